@@ -1,0 +1,64 @@
+"""`dg-moe` command line: info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def cmd_info() -> int:
+    """Print versions, the GPU, the JIT toolchain and the kernel cache."""
+    from . import jit
+
+    print(f"torch: {torch.__version__} (CUDA {torch.version.cuda or 'none: CPU build'})")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            is_sm90 = (props.major, props.minor) == (9, 0)
+            supported = "supported" if is_sm90 else "no dg_moe kernels (SM90 only)"
+            print(
+                f"GPU {index}: {props.name}, compute capability {props.major}.{props.minor} ({supported}), "
+                f"{props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB"
+            )
+    else:
+        print("GPU: none visible (CPU tensors run the reference implementation)")
+    tools = jit.toolchain_info()
+    for key, value in tools.items():
+        print(f"{key}: {value}")
+    cache = jit.cache_dir()
+    print(f"kernel cache: {cache} ({_format_bytes(jit.cache_size_bytes())})")
+    return 0
+
+
+def cmd_demo(device: str) -> int:
+    """Run the MoE demo (see dg_moe.demo)."""
+    from .demo import main as demo_main
+
+    return demo_main(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dg-moe` console script."""
+    parser = argparse.ArgumentParser(prog="dg-moe", description="FP8 MoE GEMM kernels for Hopper")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, GPU, nvcc, headers, kernel cache")
+    demo = sub.add_parser("demo", help="run a small MoE layer through the public ops and check it")
+    demo.add_argument("--device", default="auto", help="auto (SM90 GPU if present, else CPU), cpu, cuda")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return cmd_info()
+    return cmd_demo(args.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

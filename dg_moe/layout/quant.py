@@ -1,0 +1,93 @@
+"""FP8 (e4m3) quantisation in DeepGEMM's three recipes, on any device.
+
+Scales are ``amax / 448`` per block (448 is e4m3's largest finite value), with amax clamped to
+1e-4 so an all-zero block gets a finite scale; ``use_ue8m0`` rounds each scale up to a power
+of two (DeepSeek-V3.1 checkpoints, DeepEP ``use_ue8m0``), which makes dequantisation exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .math import align, ceil_to_ue8m0, pack_ue8m0_to_int
+
+FP8_E4M3_MAX = 448.0
+_AMAX_FLOOR = 1e-4
+
+
+def _check_2d_float(x: torch.Tensor, fn: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{fn}: x must be a 2-D tensor, got {shape}")
+    if not x.is_floating_point() or x.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        raise TypeError(f"{fn}: x must be bf16, fp16 or fp32, got {x.dtype}")
+
+
+def _scale_from_amax(amax: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
+    sf = amax.clamp(min=_AMAX_FLOOR) / FP8_E4M3_MAX
+    return ceil_to_ue8m0(sf) if use_ue8m0 else sf
+
+
+def per_token_cast_to_fp8(
+    x: torch.Tensor, use_ue8m0: bool = False, gran_k: int = 128, use_packed_ue8m0: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise activations with one scale per row per ``gran_k`` columns (recipe 1x128).
+
+    x: [M, K] bf16/fp16/fp32 -> (e4m3 [M, K] contiguous, sf float32 [M, ceil(K/gran_k)] row-major),
+    or with ``use_packed_ue8m0`` sf as int32 [M, ceil(ceil(K/gran_k)/4)] (four UE8M0 bytes per int).
+    """
+    _check_2d_float(x, "per_token_cast_to_fp8")
+    if use_packed_ue8m0 and not use_ue8m0:
+        raise ValueError("per_token_cast_to_fp8: use_packed_ue8m0=True needs use_ue8m0=True")
+    m, k = x.shape
+    padded_k = align(k, gran_k)
+    padded = x.new_zeros((m, padded_k))
+    padded[:, :k] = x
+    blocks = padded.view(m, padded_k // gran_k, gran_k)
+    sf = _scale_from_amax(blocks.abs().float().amax(dim=2), use_ue8m0)
+    x_fp8 = (blocks * (1.0 / sf.unsqueeze(2))).to(torch.float8_e4m3fn)
+    x_fp8 = x_fp8.view(m, padded_k)[:, :k].contiguous()
+    if not use_packed_ue8m0:
+        return x_fp8, sf
+    num_blocks = sf.size(1)
+    sf_padded = sf.new_ones((m, align(num_blocks, 4)))
+    sf_padded[:, :num_blocks] = sf
+    return x_fp8, pack_ue8m0_to_int(sf_padded)
+
+
+def per_block_cast_to_fp8(
+    x: torch.Tensor, use_ue8m0: bool = False, gran_k: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise weights with one scale per ``gran_k x gran_k`` block (recipe 128x128).
+
+    x: [N, K] -> (e4m3 [N, K] contiguous, sf float32 [ceil(N/gran_k), ceil(K/gran_k)] row-major).
+    """
+    _check_2d_float(x, "per_block_cast_to_fp8")
+    n, k = x.shape
+    padded = x.new_zeros((align(n, gran_k), align(k, gran_k)))
+    padded[:n, :k] = x
+    blocks = padded.view(padded.size(0) // gran_k, gran_k, padded.size(1) // gran_k, gran_k)
+    sf = _scale_from_amax(blocks.abs().float().amax(dim=(1, 3), keepdim=True), use_ue8m0)
+    x_fp8 = (blocks * (1.0 / sf)).to(torch.float8_e4m3fn).view_as(padded)[:n, :k].contiguous()
+    return x_fp8, sf.view(blocks.size(0), blocks.size(2))
+
+
+def per_channel_cast_to_fp8(
+    x: torch.Tensor, use_ue8m0: bool = False, gran_k: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise with one scale per column per ``gran_k`` rows (recipe 1x1x128, K along rows).
+
+    x: [K, N] with K % gran_k == 0 -> (e4m3 [K, N] contiguous, sf float32 [K/gran_k, N] row-major).
+    Used for the weight-gradient GEMMs, whose operands are MN-major (K is the leading dim).
+    """
+    _check_2d_float(x, "per_channel_cast_to_fp8")
+    k, n = x.shape
+    if k % gran_k != 0:
+        raise ValueError(
+            f"per_channel_cast_to_fp8: x.shape[0]={k} must be a multiple of gran_k={gran_k}; "
+            "pad the K dimension with zero rows first"
+        )
+    blocks = x.reshape(k // gran_k, gran_k, n)
+    sf = _scale_from_amax(blocks.abs().float().amax(dim=1), use_ue8m0)
+    x_fp8 = (blocks * (1.0 / sf.unsqueeze(1))).to(torch.float8_e4m3fn).view(k, n)
+    return x_fp8, sf
