@@ -1,1 +1,23 @@
-"""dg_moe."""
+"""JIT runtime: toolchain discovery, nvcc compilation, content-addressed kernel cache, ctypes loader."""
+
+from .env import print_configs_enabled
+from .library import KernelLibrary
+from .runtime import build, cache_dir, cache_key, cache_size_bytes, compile_only, reset, stats
+from .source import TemplateArg
+from .toolchain import Toolchain, get_toolchain, toolchain_info
+
+__all__ = [
+    "KernelLibrary",
+    "TemplateArg",
+    "Toolchain",
+    "build",
+    "cache_dir",
+    "cache_key",
+    "cache_size_bytes",
+    "compile_only",
+    "get_toolchain",
+    "print_configs_enabled",
+    "reset",
+    "stats",
+    "toolchain_info",
+]

@@ -1,0 +1,227 @@
+"""build() / compile_only(): from (family, template arguments) to a loaded or cached kernel library.
+
+A warm ``build`` is one dictionary look-up. The first call per (family, arguments) in a process
+computes the cache key (generated source, dg_moe headers it includes, toolchain versions, flags,
+arch), then loads the cached library, or compiles it under the key's file lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CompileError
+from . import cache, env
+from .compiler import ARCH, compile_flags, run_nvcc
+from .library import KernelLibrary
+from .source import CSRC_DIR, TemplateArg, forget_headers, header_digests, render_source
+from .toolchain import Toolchain, get_toolchain
+
+# Bump when the key material or the entry layout changes: old entries are then never looked up.
+KEY_FORMAT = 1
+
+# (family, sorted template args, source_root, DG_MOE_CACHE_DIR, DG_MOE_PTXAS_VERBOSE)
+_Memo = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    family: str
+    key: str
+    source: str
+    material: dict[str, Any]
+    include_dirs: tuple[Path, ...]
+    flags: tuple[str, ...]
+    toolchain: Toolchain
+
+
+_lock = threading.RLock()
+_loaded: dict[_Memo, KernelLibrary] = {}
+_by_key: dict[tuple[Path, str], KernelLibrary] = {}
+_stats = {"memory_hits": 0, "disk_hits": 0, "compiles": 0, "rebuilds": 0}
+
+
+def _debug(message: str) -> None:
+    if env.jit_debug():
+        print(f"[dg_moe.jit] {message}", file=sys.stderr)
+
+
+def _prepare(family: str, template_args: Mapping[str, TemplateArg], source_root: Path | None) -> _Prepared:
+    tc = get_toolchain()
+    source = render_source(family, template_args)
+    roots = ([source_root] if source_root is not None else []) + [CSRC_DIR]
+    headers = header_digests(source, roots)
+    if not any(name == f"launch/{family}.cu" for name, _ in headers):
+        searched = ", ".join(map(str, roots))
+        raise ValueError(f"unknown kernel family {family!r}: no launch/{family}.cu under {searched}")
+    flags = compile_flags(env.ptxas_verbose())
+    material = {
+        "format": KEY_FORMAT,
+        "family": family,
+        "template_args": dict(template_args),
+        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+        "headers": headers,
+        "cutlass_version": tc.cutlass_version,
+        "nvcc_version": tc.nvcc_version,
+        "nvcc_build": tc.nvcc_build,
+        "flags": flags,
+        "arch": ARCH,
+    }
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    include_dirs = (*roots, tc.cutlass_include)
+    return _Prepared(family, key, source, material, include_dirs, tuple(flags), tc)
+
+
+def cache_key(
+    family: str, template_args: Mapping[str, TemplateArg] | None = None, *, source_root: Path | None = None
+) -> str:
+    """The cache key ``build`` would use now (re-reading headers: no per-process memo)."""
+    forget_headers()
+    return _prepare(family, template_args or {}, _root(source_root)).key
+
+
+def _compile(prep: _Prepared, root: Path, entry: Path) -> None:
+    staging = cache.staging_dir(root, prep.family, prep.key)
+    try:
+        source = staging / cache.SOURCE_FILE
+        source.write_text(prep.source)
+        nvcc = prep.toolchain.nvcc
+        seconds = run_nvcc(nvcc, source, staging / cache.LIBRARY_FILE, prep.include_dirs, prep.flags)
+        meta = {**prep.material, "key": prep.key, "nvcc": str(nvcc), "compile_seconds": seconds}
+        meta["created"] = time.time()
+        cache.write_meta(staging, meta)
+        cache.publish(staging, entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _stats["compiles"] += 1
+
+
+def _load(prep: _Prepared, entry: Path) -> KernelLibrary | str:
+    try:
+        return KernelLibrary(entry / cache.LIBRARY_FILE, prep.family, prep.key)
+    except (OSError, AttributeError) as exc:
+        return f"kernel.so does not load ({exc})"
+
+
+def _ensure(prep: _Prepared, root: Path, load: bool) -> KernelLibrary | Path:
+    """The loaded library (load=True) or the path of an intact kernel.so, compiling if needed."""
+    entry = cache.entry_dir(root, prep.family, prep.key)
+    problem = cache.check_entry(entry, prep.key, KEY_FORMAT)
+    if problem is None:
+        result = _load(prep, entry) if load else entry / cache.LIBRARY_FILE
+        if not isinstance(result, str):
+            _stats["disk_hits"] += 1
+            _debug(f"cache hit: {prep.family} {entry}")
+            return result
+        problem = result
+    _debug(f"cache miss: {prep.family} {entry} ({problem})")
+    with cache.key_lock(root, prep.family, prep.key):
+        # Another process may have published (or repaired) the entry while we waited.
+        problem = cache.check_entry(entry, prep.key, KEY_FORMAT)
+        if problem is None:
+            result = _load(prep, entry) if load else entry / cache.LIBRARY_FILE
+            if not isinstance(result, str):
+                _stats["disk_hits"] += 1
+                _debug(f"cache hit after waiting for the key lock: {prep.family} {entry}")
+                return result
+            problem = result
+        if problem != cache.ABSENT:
+            _debug(f"discarding corrupt entry {entry}: {problem}")
+            cache.discard(entry)
+            _stats["rebuilds"] += 1
+        _compile(prep, root, entry)
+    if not load:
+        return entry / cache.LIBRARY_FILE
+    result = _load(prep, entry)
+    if isinstance(result, str):
+        raise CompileError(f"{prep.family}: nvcc built {entry / cache.LIBRARY_FILE} but {result}")
+    return result
+
+
+def _root(source_root: Path | str | None) -> Path | None:
+    return None if source_root is None else Path(source_root).resolve()
+
+
+def build(
+    family: str,
+    template_args: Mapping[str, TemplateArg] | None = None,
+    *,
+    source_root: Path | str | None = None,
+) -> KernelLibrary:
+    """Load (compiling on first use) the library of ``family`` instantiated with ``template_args``.
+
+    ``template_args`` become ``#define DG_MOE_<NAME> <value>`` ahead of ``#include "launch/<family>.cu"``.
+    ``source_root`` is an extra source tree searched before ``dg_moe/csrc`` (tests, out-of-tree kernels).
+    Raises ToolchainNotFoundError, CompileError, or ValueError for a bad family or argument.
+    """
+    items = tuple(sorted((template_args or {}).items()))
+    environ = os.environ
+    memo = (family, items, source_root, environ.get("DG_MOE_CACHE_DIR"), environ.get("DG_MOE_PTXAS_VERBOSE"))
+    lib = _loaded.get(memo)
+    if lib is not None:
+        _stats["memory_hits"] += 1
+        return lib
+    with _lock:
+        lib = _loaded.get(memo)
+        if lib is None:
+            prep = _prepare(family, dict(items), _root(source_root))
+            root = env.cache_dir()
+            lib = _by_key.get((root, prep.key))
+            if lib is None:
+                lib = _ensure(prep, root, load=True)
+                assert isinstance(lib, KernelLibrary)
+                _by_key[(root, prep.key)] = lib
+            _loaded[memo] = lib
+        return lib
+
+
+def compile_only(
+    family: str,
+    template_args: Mapping[str, TemplateArg] | None = None,
+    *,
+    source_root: Path | str | None = None,
+) -> Path:
+    """Make sure the cache holds an intact library for these arguments (no dlopen); return its kernel.so."""
+    with _lock:
+        prep = _prepare(family, template_args or {}, _root(source_root))
+        path = _ensure(prep, env.cache_dir(), load=False)
+        assert isinstance(path, Path)
+        return path
+
+
+def stats() -> dict[str, int]:
+    """Counters since the process started: memory_hits, disk_hits, compiles, rebuilds (corrupt entries)."""
+    return dict(_stats)
+
+
+def reset() -> None:
+    """Forget every in-process memo (toolchain, header digests, keys, loaded libraries).
+
+    Loaded libraries stay mapped; the next ``build`` re-checks the disk. For tests and long-lived
+    processes whose headers or environment changed.
+    """
+    with _lock:
+        _loaded.clear()
+        _by_key.clear()
+        get_toolchain.cache_clear()
+        forget_headers()
+
+
+def cache_dir() -> Path:
+    """The cache root now in effect (``DG_MOE_CACHE_DIR`` or ``~/.cache/dg_moe``)."""
+    return env.cache_dir()
+
+
+def cache_size_bytes() -> int:
+    """Bytes used by the cache (0 when it does not exist yet)."""
+    return cache.size_bytes(env.cache_dir())
