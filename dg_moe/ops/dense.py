@@ -1,0 +1,143 @@
+"""Dense GEMMs ``D = C + A @ B.T`` (FP8 with block scales, and BF16), in the four layouts nt/nn/tn/tt.
+
+Layout suffix (BLAS-style, of ``D = op(A) @ op(B)``): first letter A, second B. A is given
+``[M, K]`` for ``n`` and ``[K, M]`` for ``t``; B is given ``[K, N]`` for ``n`` and ``[N, K]`` for
+``t``; a transposed operand's scale factors are transposed likewise. So ``fp8_gemm_nn(a, b, ...)``
+computes the same as ``fp8_gemm_nt(a, (b[0].T, b[1].T), ...)``.
+
+FP8 recipes (``recipe=None`` picks by d's dtype):
+
+- (1, 128, 128): sfa float32 ``[M, K/128]`` (row-major or MN-major ``stride=(1, align(M, 4))``),
+  sfb float32 ``[ceil(N/128), K/128]``, d bfloat16 ``[M, N]``;
+- (1, 1, 128) (weight gradient): sfa ``[M, K/128]``, sfb ``[N, K/128]``, d float32 ``[M, N]``.
+
+Scales may be int32 packed UE8M0 instead (4 K-block exponents per int: ``[.., ceil(K/128/4)]``).
+K must be a multiple of 128. ``c`` (optional, d's dtype and shape) is added; d may alias c.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference as ref
+from ..reference.common import RECIPE_1D1D, RECIPE_1D2D, Recipe
+from . import _checks as chk
+from .dispatch import no_products, run_op
+
+FP8Operand = tuple[torch.Tensor, torch.Tensor]
+_OUT_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def _mn_k(t: torch.Tensor, transposed: bool) -> tuple[int, int]:
+    return (t.shape[1], t.shape[0]) if transposed else (t.shape[0], t.shape[1])
+
+
+def _layouts(a_t: bool, b_t: bool) -> tuple[str, str]:
+    return ("[K, M]" if a_t else "[M, K]"), ("[K, N]" if b_t else "[N, K]")
+
+
+def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> None:
+    lay_a, lay_b = _layouts(a_t, b_t)
+    a_data, sfa = chk.fp8_pair(op, "a", a, 2, lay_a)
+    b_data, sfb = chk.fp8_pair(op, "b", b, 2, lay_b)
+    d = chk.tensor(op, "d", d, _OUT_DTYPES, 2, "[M, N]")
+    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    (m, k), (n, k_b) = _mn_k(a_data, a_t), _mn_k(b_data, b_t)
+    chk.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
+    chk.k_aligned(op, k)
+    chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
+    chk.inner_contiguous(op, "d", d)
+    chk.unit_stride(op, "a[0]", a_data)
+    chk.unit_stride(op, "b[0]", b_data)
+    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D, RECIPE_1D1D))
+    gran_m, gran_n, gran_k = rec
+    inferred = recipe is None
+    chk.sf(op, "sfa (a[1])", sfa, (), m, k, gran_m, gran_k, rec, f"M={m}, K={k}", a_t, inferred)
+    chk.sf(op, "sfb (b[1])", sfb, (), n, k, gran_n, gran_k, rec, f"N={n}, K={k}", b_t, inferred)
+    c = chk.accumulator(op, c, d)
+    chk.compiled_dims(op, compiled_dims)
+    chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
+    run_op(op, d.device, ref_fn, a, b, d, c, rec, compiled_dims, disable_ue8m0_cast, empty=d.numel() == 0,
+           trivial=no_products(d, c) if k == 0 else None)
+
+
+def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:
+    lay_a, lay_b = _layouts(a_t, b_t)
+    hint = "cast it with .to(torch.bfloat16) (or call the fp8_* op for FP8 inputs)"
+    a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, lay_a, hint)
+    b = chk.tensor(op, "b", b, (torch.bfloat16,), 2, lay_b, hint)
+    d = chk.tensor(op, "d", d, _OUT_DTYPES, 2, "[M, N]")
+    chk.same_device(op, d, {"a": a, "b": b})
+    (m, k), (n, k_b) = _mn_k(a, a_t), _mn_k(b, b_t)
+    chk.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
+    chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
+    chk.inner_contiguous(op, "d", d)
+    chk.unit_stride(op, "a", a)
+    chk.unit_stride(op, "b", b)
+    c = chk.accumulator(op, c, d)
+    chk.compiled_dims(op, compiled_dims)
+    run_op(op, d.device, ref_fn, a, b, d, c, compiled_dims, empty=d.numel() == 0,
+           trivial=no_products(d, c) if k == 0 else None)
+
+
+def fp8_gemm_nt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
+                recipe: Recipe | None = None, compiled_dims: str = "nk",
+                disable_ue8m0_cast: bool = False) -> None:
+    """``d = c + a @ b.T``; a (e4m3 ``[M, K]``, sfa), b (e4m3 ``[N, K]``, sfb), d ``[M, N]``.
+
+    See the module docstring for the recipes and scale-factor shapes.
+    """
+    _fp8_dense("fp8_gemm_nt", ref.fp8_gemm_nt, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
+               False, False)
+
+
+def fp8_gemm_nn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
+                recipe: Recipe | None = None, compiled_dims: str = "nk",
+                disable_ue8m0_cast: bool = False) -> None:
+    """``d = c + a @ b``; a (e4m3 ``[M, K]``, sfa ``[M, K/128]``), b (e4m3 ``[K, N]``,
+    sfb ``[K/128, ceil(N/128)]`` or ``[K/128, N]``), d ``[M, N]``."""
+    _fp8_dense("fp8_gemm_nn", ref.fp8_gemm_nn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
+               False, True)
+
+
+def fp8_gemm_tn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
+                recipe: Recipe | None = None, compiled_dims: str = "mn",
+                disable_ue8m0_cast: bool = False) -> None:
+    """``d = c + a.T @ b``; a (e4m3 ``[K, M]``, sfa ``[K/128, M]``), b (e4m3 ``[K, N]``,
+    sfb ``[K/128, ceil(N/128)]`` or ``[K/128, N]``), d ``[M, N]``."""
+    _fp8_dense("fp8_gemm_tn", ref.fp8_gemm_tn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
+               True, True)
+
+
+def fp8_gemm_tt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
+                recipe: Recipe | None = None, compiled_dims: str = "mn",
+                disable_ue8m0_cast: bool = False) -> None:
+    """``d = c + a.T @ b.T``; a (e4m3 ``[K, M]``, sfa ``[K/128, M]``), b (e4m3 ``[N, K]``, sfb as
+    in nt), d ``[M, N]``."""
+    _fp8_dense("fp8_gemm_tt", ref.fp8_gemm_tt, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
+               True, False)
+
+
+def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
+                 compiled_dims: str = "nk") -> None:
+    """``d = c + a @ b.T``; a bfloat16 ``[M, K]``, b bfloat16 ``[N, K]``, d (and c) bfloat16 or
+    float32 ``[M, N]``; d may alias c."""
+    _bf16_dense("bf16_gemm_nt", ref.bf16_gemm_nt, a, b, d, c, compiled_dims, False, False)
+
+
+def bf16_gemm_nn(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
+                 compiled_dims: str = "nk") -> None:
+    """``d = c + a @ b``; a bfloat16 ``[M, K]``, b bfloat16 ``[K, N]``, d bfloat16/float32 ``[M, N]``."""
+    _bf16_dense("bf16_gemm_nn", ref.bf16_gemm_nn, a, b, d, c, compiled_dims, False, True)
+
+
+def bf16_gemm_tn(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
+                 compiled_dims: str = "mn") -> None:
+    """``d = c + a.T @ b``; a bfloat16 ``[K, M]``, b bfloat16 ``[K, N]``, d bfloat16/float32 ``[M, N]``."""
+    _bf16_dense("bf16_gemm_tn", ref.bf16_gemm_tn, a, b, d, c, compiled_dims, True, True)
+
+
+def bf16_gemm_tt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
+                 compiled_dims: str = "mn") -> None:
+    """``d = c + a.T @ b.T``; a bfloat16 ``[K, M]``, b bfloat16 ``[N, K]``, d bfloat16/float32 ``[M, N]``."""
+    _bf16_dense("bf16_gemm_tt", ref.bf16_gemm_tt, a, b, d, c, compiled_dims, True, False)

@@ -1,0 +1,88 @@
+"""M-grouped GEMMs over the masked (decode) layout: a fixed ``[G, max_m, K]`` buffer plus a device count.
+
+- a: (e4m3 ``[G, max_m, K]``, sfa ``[G, max_m, K/128]``, any strides, e.g. DeepEP's MN-major
+  ``empty(G, K/128, max_m).transpose(1, 2)``), b: (e4m3 ``[G, N, K]``, sfb
+  ``[G, ceil(N/128), K/128]``); scales float32 or int32 packed UE8M0; recipe (1, 128, 128) only.
+- d: bfloat16 ``[G, max_m, N]``; masked_m: int32 ``[G]`` contiguous on d's device.
+
+Rows at or past ``masked_m[g]`` are neither read nor written; a count above ``max_m`` is clamped to
+``max_m`` and a negative one counts as 0. ``expected_m`` (int > 0) is a hint for the kernel
+heuristic only. The call allocates nothing and reads no device value, so it can be captured in a
+CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference as ref
+from ..reference.common import RECIPE_1D2D, Recipe
+from . import _checks as chk
+from .dispatch import run_op
+
+FP8Operand = tuple[torch.Tensor, torch.Tensor]
+
+
+def _dims(op: str, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int, int]:
+    g, max_m, k = a.shape
+    g_b, n, k_b = b.shape
+    if g != g_b:
+        raise ValueError(
+            f"{op}: a has {g} groups (shape {tuple(a.shape)}) but b has {g_b} (shape {tuple(b.shape)}); "
+            "dim 0 of a, b, d and masked_m is the group"
+        )
+    if g == 0:
+        raise ValueError(f"{op}: a and b hold no group; G must be >= 1")
+    chk.same_k(op, k, k_b, "a is [G, max_m, K], b is [G, N, K]")
+    return g, max_m, n, k
+
+
+def _common(op: str, d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, masked_m: object, expected_m: object,
+            compiled_dims: object) -> tuple[int, int, int, int]:
+    g, max_m, n, k = _dims(op, a, b)
+    why = f"a [G, max_m, K] with G={g}, max_m={max_m} and b [G, N, K] with N={n}"
+    chk.shape(op, "d", d, (g, max_m, n), why)
+    chk.inner_contiguous(op, "d", d)
+    chk.unit_stride(op, "a" if a.dtype != chk.FP8 else "a[0]", a)
+    chk.unit_stride(op, "b" if b.dtype != chk.FP8 else "b[0]", b)
+    chk.int32_vector(op, "masked_m", masked_m, g, "G (groups)", d)
+    chk.positive_int(op, "expected_m", expected_m)
+    chk.compiled_dims(op, compiled_dims)
+    return g, max_m, n, k
+
+
+def m_grouped_fp8_gemm_nt_masked(
+    a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
+    recipe: Recipe | None = None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,
+) -> None:
+    """``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; shapes in the module docstring."""
+    op = "m_grouped_fp8_gemm_nt_masked"
+    a_data, sfa = chk.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
+    b_data, sfb = chk.fp8_pair(op, "b", b, 3, "[G, N, K]")
+    d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
+    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    g, max_m, n, k = _common(op, d, a_data, b_data, masked_m, expected_m, compiled_dims)
+    chk.k_aligned(op, k)
+    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D,))
+    chk.sf(op, "sfa (a[1])", sfa, (g,), max_m, k, 1, 128, rec, f"G={g}, max_m={max_m}, K={k}")
+    chk.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}")
+    chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
+    run_op(op, d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m, expected_m, rec, compiled_dims,
+           disable_ue8m0_cast, empty=d.numel() == 0)
+
+
+def m_grouped_bf16_gemm_nt_masked(
+    a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
+    compiled_dims: str = "nk",
+) -> None:
+    """BF16 ``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; a bf16 ``[G, max_m, K]``,
+    b bf16 ``[G, N, K]``, d bf16 ``[G, max_m, N]``, masked_m int32 ``[G]``."""
+    op = "m_grouped_bf16_gemm_nt_masked"
+    hint = "cast it with .to(torch.bfloat16) (or call the fp8 op for FP8 inputs)"
+    a = chk.tensor(op, "a", a, (torch.bfloat16,), 3, "[G, max_m, K]", hint)
+    b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, "[G, N, K]", hint)
+    d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
+    chk.same_device(op, d, {"a": a, "b": b})
+    _common(op, d, a, b, masked_m, expected_m, compiled_dims)
+    run_op(op, d.device, ref.m_grouped_bf16_gemm_nt_masked, a, b, d, masked_m, expected_m, compiled_dims,
+           empty=d.numel() == 0)
