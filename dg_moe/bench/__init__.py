@@ -1,0 +1,1 @@
+"""Benchmark harness: dg_moe beside its peers, one process, PERFORMANCE.md timing."""

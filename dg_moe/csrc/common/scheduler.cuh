@@ -1,0 +1,128 @@
+#pragma once
+// Persistent tile scheduler for the SM90 GEMMs. Every CTA walks the linear tile indices
+// blockIdx.x, blockIdx.x + gridDim.x, ...; producer and math warpgroups run identical copies,
+// so they agree on every tile without communicating.
+#include <cstdint>
+
+namespace dg_moe::sched {
+
+enum class GemmType : uint32_t {
+    Normal = 0,                  // one [M, K] x [N, K] problem
+    MGroupedContiguous = 1,      // layout[M_sum]: group of each row, -1 on padding rows
+    MGroupedContiguousPsum = 2,  // layout[G]: end row of each group; group g starts at align(end[g-1], 128)
+    MGroupedMasked = 3,          // layout[G]: valid rows of each group in a [G, max_m, K] buffer
+};
+
+constexpr uint32_t kContiguousAlignment = 128;
+
+__host__ __device__ constexpr uint32_t ceil_div(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
+
+struct Tile {
+    uint32_t group;       // expert index (0 for Normal)
+    uint32_t n_block;     // BLOCK_N-wide column block
+    uint32_t row;         // first row of the tile in the 2-D views of A and D
+    uint32_t local_row;   // first row inside the group (masked: the SFA map's inner coordinate)
+    uint32_t valid_rows;  // rows from `row` that hold real tokens (BLOCK_M when all do)
+    bool check_rows;      // per-row layout with padding inside the tile: test layout[row] per row
+};
+
+// Tiles are ordered in bands of kBandWidth column blocks, rows fastest inside a band: one wave of
+// CTAs then reads a few hundred rows of A and kBandWidth blocks of B, which stay in L2.
+template <GemmType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kBandWidth = 16>
+struct Scheduler {
+    static constexpr uint32_t kNumNBlocks = ceil_div(SHAPE_N, BLOCK_N);
+
+    const int* layout;
+    uint32_t m;            // rows of A (Normal, contiguous) or max_m (masked)
+    uint32_t num_groups;
+    uint32_t num_m_blocks;
+    uint32_t next_index;
+    // Cursor over groups (masked, psum): the group holding global m-block `cursor_block`.
+    uint32_t cursor_group = 0, cursor_block = 0, cursor_blocks = 0, cursor_row = 0, cursor_rows = 0;
+
+    __device__ __forceinline__ Scheduler(const int* layout_, uint32_t m_, uint32_t num_groups_)
+        : layout(layout_), m(m_), num_groups(num_groups_), next_index(blockIdx.x) {
+        if constexpr (kType == GemmType::Normal || kType == GemmType::MGroupedContiguous) {
+            num_m_blocks = ceil_div(m, BLOCK_M);
+        } else {
+            num_m_blocks = 0;
+            for (uint32_t g = 0; g < num_groups; ++g)
+                num_m_blocks += ceil_div(group_rows(g), BLOCK_M);
+            load_group(0, 0);
+        }
+    }
+
+    __device__ __forceinline__ uint32_t group_begin(uint32_t g) const {
+        if constexpr (kType == GemmType::MGroupedMasked) {
+            return g * m;
+        } else {
+            const uint32_t prev_end = g == 0 ? 0u : static_cast<uint32_t>(max(__ldg(layout + g - 1), 0));
+            return ceil_div(prev_end, kContiguousAlignment) * kContiguousAlignment;
+        }
+    }
+
+    // Rows of group g; masked_m above max_m is clamped so nothing is written outside the group.
+    __device__ __forceinline__ uint32_t group_rows(uint32_t g) const {
+        const int value = __ldg(layout + g);
+        if constexpr (kType == GemmType::MGroupedMasked) {
+            return static_cast<uint32_t>(min(max(value, 0), static_cast<int>(m)));
+        } else {
+            const uint32_t begin = group_begin(g);
+            const uint32_t end = min(static_cast<uint32_t>(max(value, 0)), m);
+            return end > begin ? end - begin : 0u;
+        }
+    }
+
+    __device__ __forceinline__ void load_group(uint32_t g, uint32_t first_block) {
+        cursor_group = g;
+        cursor_block = first_block;
+        cursor_rows = g < num_groups ? group_rows(g) : 0u;
+        cursor_row = g < num_groups ? group_begin(g) : 0u;
+        cursor_blocks = ceil_div(cursor_rows, BLOCK_M);
+    }
+
+    __device__ __forceinline__ bool next(Tile& tile) {
+        const uint32_t band_tiles = num_m_blocks * kBandWidth;
+        while (true) {
+            const uint32_t index = next_index;
+            next_index += gridDim.x;
+            if (index >= num_m_blocks * kNumNBlocks)
+                return false;
+            const uint32_t band = index / band_tiles;
+            const uint32_t in_band = index - band * band_tiles;
+            const uint32_t width = min(kBandWidth, kNumNBlocks - band * kBandWidth);
+            const uint32_t m_block = in_band / width;
+            tile.n_block = band * kBandWidth + in_band % width;
+            tile.check_rows = false;
+            if constexpr (kType == GemmType::Normal) {
+                tile.group = 0;
+                tile.row = tile.local_row = m_block * BLOCK_M;
+                tile.valid_rows = min(BLOCK_M, m - tile.row);
+                return true;
+            } else if constexpr (kType == GemmType::MGroupedContiguous) {
+                tile.row = tile.local_row = m_block * BLOCK_M;
+                const int group = __ldg(layout + tile.row);
+                if (group < 0)
+                    continue;  // a tile made only of padding rows: no loads, no math
+                const uint32_t last = min(tile.row + BLOCK_M, m) - 1;
+                tile.group = static_cast<uint32_t>(group);
+                tile.valid_rows = last + 1 - tile.row;
+                tile.check_rows = tile.valid_rows < BLOCK_M || __ldg(layout + last) < 0;
+                return true;
+            } else {
+                if (m_block < cursor_block)
+                    load_group(0, 0);
+                while (m_block >= cursor_block + cursor_blocks)
+                    load_group(cursor_group + 1, cursor_block + cursor_blocks);
+                const uint32_t local_block = m_block - cursor_block;
+                tile.group = cursor_group;
+                tile.local_row = local_block * BLOCK_M;
+                tile.row = cursor_row + tile.local_row;
+                tile.valid_rows = min(BLOCK_M, cursor_rows - tile.local_row);
+                return true;
+            }
+        }
+    }
+};
+
+}  // namespace dg_moe::sched

@@ -1,0 +1,226 @@
+#pragma once
+// SM90 FP8 GEMM with (1, 128, 128) block scaling: D[bf16] = A[e4m3] @ B[e4m3]^T, for one problem
+// (Normal) or for the M-grouped MoE layouts (contiguous, contiguous prefix-sum, masked).
+//
+// One producer warpgroup issues TMA loads of A, B (128B-swizzled, K-major) and SFA into a
+// kNumStages-deep ring of shared-memory stages; one or two math warpgroups run wgmma on each
+// 128-wide K block, then promote: the block's FP32 result is scaled by sfa[row] * sfb[block] and
+// added into separate FP32 registers on the CUDA cores, so FP8 accumulation error never builds
+// up across K. The epilogue writes BF16 through shared memory with a TMA store, or, for tiles
+// holding padding rows or rows past masked_m, with predicated 16-byte stores that never touch them.
+#include <cuda_bf16.h>
+#include <cstdint>
+
+#include "common/mbarrier.cuh"
+#include "common/scheduler.cuh"
+#include "common/tma.cuh"
+#include "common/wgmma.cuh"
+
+namespace dg_moe::sm90_fp8_gemm {
+
+using sched::GemmType;
+
+constexpr uint32_t kBlockK = 128;
+constexpr uint32_t kNumProducerThreads = 128;
+
+struct Params {
+    const float* sfb;         // [G, ceil(N/128), K/128], K-major
+    const int* layout;        // per-row groups, psum ends or masked_m; unused for Normal
+    __nv_bfloat16* d;         // for the predicated epilogue: row r starts at d + r * N
+    uint32_t m;               // rows of A, or max_m for masked
+    uint32_t num_groups;
+};
+
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
+struct SharedLayout {
+    static constexpr uint32_t kBytesA = BLOCK_M * kBlockK;
+    static constexpr uint32_t kBytesB = BLOCK_N * kBlockK;
+    static constexpr uint32_t kBytesSFA = BLOCK_M * sizeof(float);
+    static constexpr uint32_t kStageBytes = kBytesA + kBytesB + ((kBytesSFA + 1023) / 1024) * 1024;
+    static constexpr uint32_t kBytesD = BLOCK_M * BLOCK_N * sizeof(__nv_bfloat16);
+    static constexpr uint32_t kOffsetD = kNumStages * kStageBytes;
+    static constexpr uint32_t kOffsetBarriers = kOffsetD + ((kBytesD + 1023) / 1024) * 1024;
+    // +1024: the dynamic shared-memory base is only 16-byte aligned; 128B swizzle needs 1024.
+    static constexpr uint32_t kTotalBytes = kOffsetBarriers + 2 * kNumStages * sizeof(uint64_t) + 1024;
+    static constexpr uint32_t kTxBytes = kBytesA + kBytesB + kBytesSFA;
+};
+
+// The D tile is stored as BLOCK_N / kSpan column slabs of [BLOCK_M rows x kSpanBytes], each
+// swizzled the way TMA expects for that span, which also keeps the math threads' 4-byte writes
+// free of bank conflicts.
+template <uint32_t BLOCK_M, uint32_t BLOCK_N>
+struct DTile {
+    static constexpr uint32_t kSpanBytes = BLOCK_N * 2 < 128 ? BLOCK_N * 2 : 128;
+    static constexpr uint32_t kSpanCols = kSpanBytes / 2;
+    static constexpr uint32_t kChunks = kSpanBytes / 16;
+    static_assert(kSpanBytes == 32 || kSpanBytes == 64 || kSpanBytes == 128, "BLOCK_N must be 16, 32 or a multiple of 64");
+
+    // Byte offset of column `col` (even) of row `row` inside the tile.
+    __device__ __forceinline__ static uint32_t offset(uint32_t row, uint32_t col) {
+        const uint32_t slab = col / kSpanCols;
+        const uint32_t in_span = (col % kSpanCols) * 2;
+        const uint32_t chunk = (in_span / 16) ^ (((row * kSpanBytes) >> 7) & (kChunks - 1));
+        return slab * BLOCK_M * kSpanBytes + row * kSpanBytes + chunk * 16 + in_span % 16;
+    }
+};
+
+template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages,
+          GemmType kType>
+__global__ void __launch_bounds__(BLOCK_M * 2 + kNumProducerThreads, 1)
+fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
+                const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
+                const __grid_constant__ CUtensorMap tmap_d) {
+    static_assert(BLOCK_M == 64 || BLOCK_M == 128, "BLOCK_M must be 64 (one math warpgroup) or 128 (two)");
+    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128,
+                  "BLOCK_N must divide 128 so one SFB block covers the tile");
+    static_assert(SHAPE_K % kBlockK == 0, "K must be a multiple of 128");
+    static_assert(SHAPE_N % 8 == 0, "N must be a multiple of 8 (16-byte BF16 output rows)");
+    static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
+
+    constexpr uint32_t kNumMathThreads = BLOCK_M * 2;
+    constexpr uint32_t kNumKBlocks = SHAPE_K / kBlockK;
+    constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
+    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
+    using MMA = wgmma::FP8MMA<BLOCK_N>;
+    using D = DTile<BLOCK_M, BLOCK_N>;
+
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    auto stage_a = [&](uint32_t s) { return smem + s * Layout::kStageBytes; };
+    auto stage_b = [&](uint32_t s) { return smem + s * Layout::kStageBytes + Layout::kBytesA; };
+    auto stage_sfa = [&](uint32_t s) {
+        return reinterpret_cast<float*>(smem + s * Layout::kStageBytes + Layout::kBytesA + Layout::kBytesB);
+    };
+    uint8_t* smem_d = smem + Layout::kOffsetD;
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + Layout::kOffsetBarriers);
+    uint64_t* empty = full + kNumStages;
+
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == kNumMathThreads) {
+        tma_prefetch_tensor_map(&tmap_a);
+        tma_prefetch_tensor_map(&tmap_b);
+        tma_prefetch_tensor_map(&tmap_sfa);
+        tma_prefetch_tensor_map(&tmap_d);
+        for (uint32_t s = 0; s < kNumStages; ++s) {
+            mbarrier_init(full + s, 1);
+            mbarrier_init(empty + s, kNumMathThreads / 32);
+        }
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+
+    sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N> scheduler(params.layout, params.m, params.num_groups);
+    sched::Tile tile;
+
+    if (threadIdx.x >= kNumMathThreads) {
+        // Producer warpgroup: registers go to the math warpgroups; one thread issues every copy.
+        if constexpr (kNumMathThreads == 256)
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x != kNumMathThreads)
+            return;
+        uint32_t iter = 0;
+        while (scheduler.next(tile)) {
+            const uint32_t b_row = tile.group * SHAPE_N + tile.n_block * BLOCK_N;
+            const uint32_t sfa_row = kType == GemmType::MGroupedMasked ? tile.local_row : tile.row;
+            const uint32_t sfa_k0 = kType == GemmType::MGroupedMasked ? tile.group * kNumKBlocks : 0;
+            for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
+                const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
+                mbarrier_wait(empty + s, phase ^ 1);
+                mbarrier_arrive_expect_tx(full + s, Layout::kTxBytes);
+                tma_load_2d(&tmap_a, stage_a(s), full + s, k * kBlockK, tile.row);
+                tma_load_2d(&tmap_b, stage_b(s), full + s, k * kBlockK, b_row);
+                tma_load_2d(&tmap_sfa, stage_sfa(s), full + s, sfa_row, sfa_k0 + k);
+            }
+        }
+        return;
+    }
+
+    // Math warpgroups: warpgroup w owns rows [64 w, 64 w + 64) of the tile.
+    if constexpr (kNumMathThreads == 256)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const uint32_t math_wg = threadIdx.x / 128;
+    const uint32_t row_in_tile = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_tile + 8
+    float accum[MMA::kNumAccum], result[MMA::kNumAccum];
+    uint32_t iter = 0;
+
+    while (scheduler.next(tile)) {
+        const float* sfb = params.sfb + (tile.group * kNumSFBBlocksN + tile.n_block * BLOCK_N / 128) * kNumKBlocks;
+        #pragma unroll
+        for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+            result[i] = 0.0f;
+
+        for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
+            const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
+            const float scale_b = __ldg(sfb + k);
+            mbarrier_wait(full + s, phase);
+            const float scale_0 = stage_sfa(s)[row_in_tile] * scale_b;
+            const float scale_1 = stage_sfa(s)[row_in_tile + 8] * scale_b;
+
+            const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + math_wg * 64 * kBlockK);
+            const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
+            #pragma unroll
+            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                wgmma::fence_operand(accum[i]);
+            wgmma::fence();
+            #pragma unroll
+            for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
+                MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);  // +32 bytes along K
+            wgmma::commit_group();
+            #pragma unroll
+            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                wgmma::fence_operand(accum[i]);
+            wgmma::wait_group<0>();
+
+            // This warp is done reading stage s (its wgmma completed, its SFA values are in registers).
+            __syncwarp();
+            if (lane == 0)
+                mbarrier_arrive(empty + s);
+
+            // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+            #pragma unroll
+            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                result[i] += ((i / 2) % 2 == 0 ? scale_0 : scale_1) * accum[i];
+        }
+
+        // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
+        if (threadIdx.x == 0)
+            tma_store_wait_read<0>();
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kNumMathThreads));
+        #pragma unroll
+        for (uint32_t i = 0; i < MMA::kNumAccum; i += 2) {
+            const uint32_t row = row_in_tile + 8 * ((i / 2) % 2);
+            const uint32_t col = 8 * (i / 4) + 2 * (lane % 4);
+            *reinterpret_cast<__nv_bfloat162*>(smem_d + D::offset(row, col)) =
+                __floats2bfloat162_rn(result[i], result[i + 1]);
+        }
+        tma_fence_shared();
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kNumMathThreads));
+
+        const uint32_t col0 = tile.n_block * BLOCK_N;
+        // Normal tiles always take the TMA store: it clips rows past M and columns past N itself.
+        if (kType == GemmType::Normal || (tile.valid_rows == BLOCK_M && !tile.check_rows)) {
+            if (threadIdx.x == 0) {
+                #pragma unroll
+                for (uint32_t slab = 0; slab < BLOCK_N / D::kSpanCols; ++slab)
+                    tma_store_2d(&tmap_d, smem_d + slab * BLOCK_M * D::kSpanBytes, col0 + slab * D::kSpanCols, tile.row);
+                tma_store_commit();
+            }
+        } else {
+            // Tiles with padding rows or rows past masked_m: only real rows are written.
+            constexpr uint32_t kChunksPerRow = BLOCK_N / 8;
+            for (uint32_t idx = threadIdx.x; idx < BLOCK_M * kChunksPerRow; idx += kNumMathThreads) {
+                const uint32_t r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
+                bool write = r < tile.valid_rows && col0 + c < SHAPE_N;
+                if (tile.check_rows && write)
+                    write = __ldg(params.layout + tile.row + r) >= 0;
+                if (write)
+                    *reinterpret_cast<uint4*>(params.d + static_cast<uint64_t>(tile.row + r) * SHAPE_N + col0 + c) =
+                        *reinterpret_cast<const uint4*>(smem_d + D::offset(r, c));
+            }
+        }
+    }
+    if (threadIdx.x == 0)
+        tma_store_wait<0>();
+}
+
+}  // namespace dg_moe::sm90_fp8_gemm

@@ -1,0 +1,70 @@
+// Host entry of the SM90 FP8 GEMM family. The JIT defines the template arguments before
+// including this file: DG_MOE_SHAPE_N, DG_MOE_SHAPE_K, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N,
+// DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a dg_moe::sched::GemmType value).
+#include "common/abi.cuh"
+#include "common/tma.cuh"
+#include "kernels/sm90_fp8_gemm.cuh"
+
+namespace {
+
+using dg_moe::sched::GemmType;
+using namespace dg_moe::sm90_fp8_gemm;
+
+constexpr uint32_t kShapeN = DG_MOE_SHAPE_N;
+constexpr uint32_t kShapeK = DG_MOE_SHAPE_K;
+constexpr uint32_t kBlockM = DG_MOE_BLOCK_M;
+constexpr uint32_t kBlockN = DG_MOE_BLOCK_N;
+constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
+constexpr GemmType kType = static_cast<GemmType>(DG_MOE_GEMM_TYPE);
+
+using Layout = SharedLayout<kBlockM, kBlockN, kNumStages>;
+using DLayout = DTile<kBlockM, kBlockN>;
+static_assert(Layout::kTotalBytes <= 232448, "the stages and the D tile exceed 227 KB of shared memory");
+constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType>;
+
+CUtensorMapSwizzle d_swizzle() {
+  return DLayout::kSpanBytes == 128   ? CU_TENSOR_MAP_SWIZZLE_128B
+         : DLayout::kSpanBytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                     : CU_TENSOR_MAP_SWIZZLE_32B;
+}
+
+}  // namespace
+
+// a: e4m3 [rows, K] (K contiguous; rows = M, or G * max_m for masked); b: e4m3 [G * N, K];
+// sfa: float32, MN-major, column k of group g at sfa + (g * K/128 + k) * sfa_stride;
+// sfb: float32 [G, ceil(N/128), K/128]; d: bf16 [rows, N] contiguous; layout: see GemmType.
+// m is M (Normal, contiguous) or max_m (masked). Launches on `stream`; never synchronises.
+DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const void* b, const float* sfb, void* d,
+                                       const int* layout, uint32_t m, uint32_t num_groups, uint32_t sfa_stride,
+                                       uint32_t num_sms, void* stream) {
+  if (m == 0 || num_groups == 0 || num_sms == 0) return dg_moe::kStatusInvalidArgument;
+  const bool masked = kType == GemmType::MGroupedMasked;
+  const uint64_t rows = masked ? uint64_t(num_groups) * m : m;
+  const uint64_t b_rows = uint64_t(kType == GemmType::Normal ? 1 : num_groups) * kShapeN;
+  const uint64_t sfa_cols = uint64_t(masked ? num_groups : 1) * (kShapeK / kBlockK);
+
+  CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_d;
+  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, kShapeK, rows, kShapeK,
+                                                    kBlockK, kBlockM, CU_TENSOR_MAP_SWIZZLE_128B));
+  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, kShapeK, b_rows,
+                                                    kShapeK, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
+  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, sfa_cols,
+                                                    uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
+  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, d, kShapeN, rows,
+                                                    uint64_t(kShapeN) * 2, DLayout::kSpanCols, kBlockM,
+                                                    d_swizzle()));
+
+  static const cudaError_t attribute_status =
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
+  DG_MOE_RETURN_IF_ERROR(attribute_status);
+
+  uint32_t grid = num_sms;
+  if (kType == GemmType::Normal) {
+    const uint32_t tiles = dg_moe::sched::ceil_div(m, kBlockM) * dg_moe::sched::ceil_div(kShapeN, kBlockN);
+    grid = tiles < num_sms ? tiles : num_sms;
+  }
+  const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups};
+  kKernel<<<grid, kBlockM * 2 + kNumProducerThreads, Layout::kTotalBytes, static_cast<cudaStream_t>(stream)>>>(
+      params, tmap_a, tmap_b, tmap_sfa, tmap_d);
+  return static_cast<int>(cudaGetLastError());
+}

@@ -1,0 +1,110 @@
+"""Deterministic cost model choosing the SM90 FP8 GEMM configuration from the shape and SM count.
+
+Each candidate (BLOCK_M, BLOCK_N) is priced as the larger of two times, the same two numbers
+docs/perf-log.md starts every kernel from:
+- tensor-core time: waves of tiles (the last wave costs as much as a full one) times one tile's
+  MMA work at the per-SM FP8 rate, derated for narrow tiles (a 64-row tile keeps one math
+  warpgroup busy, not two; a narrow N spends more of each wgmma on fixed issue cost);
+- memory time: every byte of A, B and D once at the HBM rate, derated when fewer tiles than
+  SMs are in flight (one SM cannot pull the whole bandwidth).
+Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from ..layout.math import ceil_div
+
+PEAK_FP8_FLOPS_PER_SM = 1979e12 / 132
+HBM_BYTES_PER_S = 3.0e12
+SMEM_BYTES_PER_BLOCK = 232448
+# Below this share of SMs streaming, bandwidth falls in proportion (measured elsewhere: ~70 %).
+_SATURATING_SM_SHARE = 0.7
+MAX_STAGES = 8
+BLOCK_K = 128
+
+BLOCK_MS = (64, 128)
+BLOCK_NS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One compiled variant of the SM90 FP8 GEMM: tile shape and pipeline depth."""
+
+    block_m: int
+    block_n: int
+    num_stages: int
+    smem_bytes: int
+    predicted_us: float
+
+
+def _round_up(x: int, y: int) -> int:
+    return ceil_div(x, y) * y
+
+
+def smem_bytes(block_m: int, block_n: int, num_stages: int) -> int:
+    """Shared memory of one CTA; mirrors SharedLayout in csrc/kernels/sm90_fp8_gemm.cuh."""
+    stage = block_m * BLOCK_K + block_n * BLOCK_K + _round_up(block_m * 4, 1024)
+    d_tile = _round_up(block_m * block_n * 2, 1024)
+    return num_stages * stage + d_tile + 2 * num_stages * 8 + 1024
+
+
+def _max_stages(block_m: int, block_n: int) -> int:
+    stages = MAX_STAGES
+    while stages > 2 and smem_bytes(block_m, block_n, stages) > SMEM_BYTES_PER_BLOCK:
+        stages -= 1
+    return stages
+
+
+def _mma_efficiency(block_m: int, block_n: int) -> float:
+    warpgroups = 0.85 if block_m == 128 else 0.6
+    return warpgroups * block_n / (block_n + 16)
+
+
+def predict_us(block_m: int, block_n: int, rows_per_group: int, n: int, k: int, num_groups: int,
+               num_sms: int) -> float:
+    """Predicted kernel time in microseconds for ``num_groups`` problems of ``rows_per_group`` rows."""
+    tiles = num_groups * ceil_div(rows_per_group, block_m) * ceil_div(n, block_n)
+    waves = ceil_div(tiles, num_sms)
+    tile_flops = 2.0 * block_m * block_n * k
+    compute_s = waves * tile_flops / (PEAK_FP8_FLOPS_PER_SM * _mma_efficiency(block_m, block_n))
+    total_rows = num_groups * rows_per_group
+    bytes_moved = num_groups * n * k + total_rows * k + total_rows * n * 2
+    streaming_share = min(1.0, tiles / (_SATURATING_SM_SHARE * num_sms))
+    memory_s = bytes_moved / (HBM_BYTES_PER_S * streaming_share)
+    return max(compute_s, memory_s) * 1e6
+
+
+def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
+    """Cheapest configuration for the problem; deterministic in its arguments.
+
+    rows_per_group: M for a dense GEMM, the mean rows per expert for contiguous layouts, or
+    ``expected_m`` for masked ones.
+    """
+    best: GemmConfig | None = None
+    for block_m in BLOCK_MS:
+        for block_n in BLOCK_NS:
+            time_us = predict_us(block_m, block_n, max(rows_per_group, 1), n, k, num_groups, num_sms)
+            stages = _max_stages(block_m, block_n)
+            candidate = GemmConfig(block_m, block_n, stages, smem_bytes(block_m, block_n, stages), time_us)
+            if best is None or time_us < best.predicted_us * (1 - 1e-9):
+                best = candidate
+            elif abs(time_us - best.predicted_us) <= best.predicted_us * 1e-9 and (
+                block_m * block_n > best.block_m * best.block_n
+            ):
+                best = candidate
+    assert best is not None
+    return best
+
+
+def print_config_if_asked(name: str, shape: str, config: GemmConfig) -> None:
+    """Print the choice to stderr when DG_MOE_PRINT_CONFIGS=1."""
+    if os.environ.get("DG_MOE_PRINT_CONFIGS", "0") not in ("", "0"):
+        print(
+            f"[dg_moe] {name} {shape}: BLOCK_M={config.block_m} BLOCK_N={config.block_n} "
+            f"stages={config.num_stages} smem={config.smem_bytes} predicted={config.predicted_us:.1f}us",
+            file=sys.stderr,
+        )

@@ -1,0 +1,126 @@
+"""SM90 FP8 GEMM kernels behind the public ops: scale-factor layout, config choice, JIT build, launch.
+
+The kernels (csrc/kernels/sm90_fp8_gemm.cuh) take recipe (1, 128, 128), BF16 output, K-major
+contiguous A and B. Variants they do not cover yet (accumulating ``c``, the (1, 1, 128) recipe,
+transposed layouts) raise KernelNotAvailableError on CUDA; their CPU reference exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from collections.abc import Callable
+
+import torch
+
+from .. import device as _device
+from ..errors import KernelNotAvailableError
+from ..jit import build
+from ..jit.heuristics import choose_config, print_config_if_asked
+from ..layout.scale_factors import get_tma_aligned_size, transform_sf_into_required_layout
+from ..reference.common import RECIPE_1D2D
+from .dispatch import register_kernel
+
+_FAMILY = "sm90_fp8_gemm"
+_ENTRY = "dg_moe_sm90_fp8_gemm"
+_ARGTYPES = (
+    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+    ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p,
+)
+
+
+class GemmType(enum.IntEnum):
+    """Mirrors dg_moe::sched::GemmType in csrc/common/scheduler.cuh."""
+
+    NORMAL = 0
+    CONTIGUOUS = 1
+    CONTIGUOUS_PSUM = 2
+    MASKED = 3
+
+
+# (type, rows hint, N, K, groups, SMs) -> bound host entry; a warm call is one look-up here.
+_entries: dict[tuple[int, int, int, int, int, int], Callable[..., None]] = {}
+
+
+def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
+    key = (gemm_type, rows_hint, n, k, num_groups, num_sms)
+    entry = _entries.get(key)
+    if entry is None:
+        config = choose_config(rows_hint, n, k, num_groups, num_sms)
+        shape = f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}"
+        print_config_if_asked(_FAMILY, shape, config)
+        library = build(_FAMILY, {
+            "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+            "NUM_STAGES": config.num_stages, "GEMM_TYPE": int(gemm_type),
+        })
+        entry = library.function(_ENTRY, _ARGTYPES)
+        _entries[key] = entry
+    return entry
+
+
+def _require(op: str, condition: bool, what: str) -> None:
+    if not condition:
+        raise KernelNotAvailableError(
+            f"{op}: the SM90 kernel does not support {what} yet; run on CPU tensors for the reference, "
+            "or see the README for the supported variants"
+        )
+
+
+def _require_contiguous(op: str, name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{op}: {name} must be contiguous (strides {t.stride()} for shape {tuple(t.shape)}); "
+            f"pass {name}.contiguous()"
+        )
+
+
+def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None,
+            rows_hint: int, recipe) -> None:
+    _require(op, recipe == RECIPE_1D2D, f"recipe {recipe} (only (1, 128, 128))")
+    a_data, sfa = a
+    b_data, sfb = b
+    for name, t in (("a[0]", a_data), ("b[0]", b_data), ("d", d)):
+        _require_contiguous(op, name, t)
+    k = a_data.shape[-1]
+    n = b_data.shape[-2]
+    num_groups = 1 if gemm_type == GemmType.NORMAL else b_data.shape[0]
+    rows = a_data.shape[-2]  # M, M_sum or max_m
+    masked = gemm_type == GemmType.MASKED
+    sfa = transform_sf_into_required_layout(sfa, rows, k, (1, 128), num_groups if masked else None)
+    b_groups = b_data.shape[0] if b_data.dim() == 3 else None
+    sfb = transform_sf_into_required_layout(sfb, n, k, (128, 128), b_groups)
+    num_sms = _device.get_num_sms()
+    entry = _entry(gemm_type, rows_hint, n, k, num_groups, num_sms)
+    entry(
+        a_data.data_ptr(), sfa.data_ptr(), b_data.data_ptr(), sfb.data_ptr(), d.data_ptr(),
+        None if layout is None else layout.data_ptr(),
+        rows, num_groups, get_tma_aligned_size(rows, 4), num_sms,
+        torch.cuda.current_stream(d.device).cuda_stream,
+    )
+
+
+def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:
+    """``fp8_gemm_nt`` on SM90: D[M, N] bf16 = A[M, K] @ B[N, K]^T, recipe (1, 128, 128), no ``c``."""
+    _require("fp8_gemm_nt", c is None, "accumulation into c")
+    _launch("fp8_gemm_nt", GemmType.NORMAL, a, b, d, None, a[0].shape[0], recipe)
+
+
+def m_grouped_fp8_gemm_nt_contiguous_kernel(a, b, d, grouped_layout, recipe, compiled_dims,
+                                            disable_ue8m0_cast, use_psum_layout,
+                                            expected_m_for_psum_layout=None) -> None:
+    """Contiguous (prefill) M-grouped GEMM on SM90; padding rows of d are not written."""
+    num_groups = b[0].shape[0]
+    rows_hint = expected_m_for_psum_layout or max(1, a[0].shape[0] // num_groups)
+    gemm_type = GemmType.CONTIGUOUS_PSUM if use_psum_layout else GemmType.CONTIGUOUS
+    _launch("m_grouped_fp8_gemm_nt_contiguous", gemm_type, a, b, d, grouped_layout, rows_hint, recipe)
+
+
+def m_grouped_fp8_gemm_nt_masked_kernel(a, b, d, masked_m, expected_m, recipe, compiled_dims,
+                                        disable_ue8m0_cast) -> None:
+    """Masked (decode) M-grouped GEMM on SM90; rows at or past masked_m[g] are not written."""
+    _launch("m_grouped_fp8_gemm_nt_masked", GemmType.MASKED, a, b, d, masked_m, expected_m, recipe)
+
+
+register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel)
+register_kernel("m_grouped_fp8_gemm_nt_contiguous", m_grouped_fp8_gemm_nt_contiguous_kernel)
+register_kernel("m_grouped_fp8_gemm_nt_masked", m_grouped_fp8_gemm_nt_masked_kernel)

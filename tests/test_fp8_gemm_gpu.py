@@ -1,0 +1,180 @@
+"""SM90 FP8 GEMM kernels against the float64 reference: dense, contiguous, masked, CUDA graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dg_moe
+from dg_moe import layout, reference
+
+from .gpu_inputs import assert_matches, fp8_activations, fp8_weights
+
+pytestmark = pytest.mark.gpu
+
+DEEPSEEK_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
+EXTRA_NK = [(576, 7168), (7232, 2048)]
+MS = [0, 1, 7, 64, 65, 128, 129, 1000, 4096, 4097]
+
+
+@pytest.fixture
+def gen(request) -> torch.Generator:
+    return torch.Generator(device="cuda").manual_seed(abs(hash(request.node.name)) % 2**31)
+
+
+def _poisoned(*shape) -> torch.Tensor:
+    return torch.full(shape, float("nan"), device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("n,k", DEEPSEEK_NK + EXTRA_NK)
+@pytest.mark.parametrize("m", MS)
+def test_dense_nt(m, n, k, gen):
+    a = fp8_activations(m, k, gen)
+    b = fp8_weights(1, n, k, gen)
+    b = (b[0][0], b[1][0])
+    d = _poisoned(m, n)
+    dg_moe.fp8_gemm_nt(a, b, d)
+    if m == 0:
+        return
+    assert_matches(d, reference.ref_fp8_gemm_nt(a, b))
+    again = _poisoned(m, n)
+    dg_moe.fp8_gemm_nt(a, b, again)
+    assert torch.equal(d.view(torch.int16), again.view(torch.int16)), "second run differs bitwise"
+
+
+def test_dense_mn_major_sfa_is_used_as_is(gen):
+    m, n, k = 129, 2112, 7168
+    x, sfa = fp8_activations(m, k, gen)
+    sfa_mn = layout.get_mn_major_tma_aligned_tensor(sfa)
+    b = fp8_weights(1, n, k, gen)
+    b = (b[0][0], b[1][0])
+    d_row, d_mn = _poisoned(m, n), _poisoned(m, n)
+    dg_moe.fp8_gemm_nt((x, sfa), b, d_row)
+    dg_moe.fp8_gemm_nt((x, sfa_mn), b, d_mn)
+    assert torch.equal(d_row.view(torch.int16), d_mn.view(torch.int16))
+
+
+def test_dense_packed_ue8m0_scales(gen):
+    m, n, k = 65, 576, 7168
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    a = layout.per_token_cast_to_fp8(x, use_ue8m0=True)
+    packed = layout.per_token_cast_to_fp8(x, use_ue8m0=True, use_packed_ue8m0=True)
+    b = fp8_weights(1, n, k, gen)
+    b = (b[0][0], b[1][0])
+    d = _poisoned(m, n)
+    dg_moe.fp8_gemm_nt(packed, b, d)
+    assert_matches(d, reference.ref_fp8_gemm_nt(a, b))
+
+
+def _random_counts(groups: int, total_hint: int, gen: torch.Generator) -> list[int]:
+    counts = torch.randint(0, max(2, 2 * total_hint // groups), (groups,), device="cuda", generator=gen).tolist()
+    counts[0] = 0  # an empty expert
+    if groups > 1:
+        counts[1] = 1  # an expert with one token
+    return counts
+
+
+def _contiguous_inputs(counts: list[int], k: int, gen: torch.Generator):
+    align = layout.get_mk_alignment_for_contiguous_layout()
+    padded = [layout.align(c, align) for c in counts]
+    m_sum = max(sum(padded), align)
+    per_row = torch.full((m_sum,), -1, dtype=torch.int32, device="cuda")
+    ends, row = [], 0
+    for g, (c, p) in enumerate(zip(counts, padded, strict=True)):
+        per_row[row:row + c] = g
+        ends.append(row + c)
+        row += p
+    psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
+    return fp8_activations(m_sum, k, gen), per_row, psum
+
+
+@pytest.mark.parametrize("groups,n,k,rows", [
+    (1, 4096, 7168, 1000), (4, 4096, 7168, 2048), (8, 7168, 2048, 512), (32, 576, 7168, 64),
+    (288, 256, 512, 8), (5, 7232, 2048, 300),
+])
+def test_contiguous(groups, n, k, rows, gen):
+    counts = _random_counts(groups, rows * groups, gen)
+    a, per_row, psum = _contiguous_inputs(counts, k, gen)
+    b = fp8_weights(groups, n, k, gen)
+    ref = reference.ref_m_grouped_fp8_gemm_nt_contiguous(a, b, per_row)
+    outs = []
+    for grouped_layout, psum_form in ((per_row, False), (psum, True)):
+        d = _poisoned(a[0].shape[0], n)
+        dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, grouped_layout, use_psum_layout=psum_form)
+        assert_matches(d, ref)
+        outs.append(d)
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16)), "per-row and psum forms differ"
+
+
+@pytest.mark.parametrize("groups,max_m,n,k", [(1, 64, 4096, 7168), (8, 129, 4096, 7168), (32, 48, 7168, 2048),
+                                              (16, 256, 576, 7168)])
+def test_masked(groups, max_m, n, k, gen):
+    a = fp8_activations(groups * max_m, k, gen)
+    a = (a[0].view(groups, max_m, k), a[1].view(groups, max_m, k // 128))
+    b = fp8_weights(groups, n, k, gen)
+    masked_m = torch.randint(0, max_m + 1, (groups,), device="cuda", generator=gen, dtype=torch.int32)
+    special = [0, 1, max_m, max_m + 5]  # past max_m: clamped, never written out of bounds
+    masked_m[: min(groups, 4)] = torch.tensor(special[: min(groups, 4)], dtype=torch.int32, device="cuda")
+    d = _poisoned(groups, max_m, n)
+    dg_moe.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, expected_m=max(1, max_m // 2))
+    assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_masked(a, b, masked_m))
+
+
+def test_masked_cuda_graph_replays_with_new_contents(gen):
+    groups, max_m, n, k = 8, 96, 4096, 7168
+    a_data = torch.empty(groups, max_m, k, device="cuda", dtype=torch.float8_e4m3fn)
+    sfa = layout.get_mn_major_tma_aligned_tensor(torch.empty(groups, max_m, k // 128, device="cuda"))
+    b = fp8_weights(groups, n, k, gen)
+    masked_m = torch.zeros(groups, dtype=torch.int32, device="cuda")
+    d = _poisoned(groups, max_m, n)
+
+    def refill():
+        x, s = fp8_activations(groups * max_m, k, gen)
+        a_data.copy_(x.view(groups, max_m, k))
+        sfa.copy_(s.view(groups, max_m, k // 128))
+        masked_m.copy_(torch.randint(0, max_m + 1, (groups,), device="cuda", generator=gen, dtype=torch.int32))
+        d.fill_(float("nan"))
+
+    refill()
+    dg_moe.m_grouped_fp8_gemm_nt_masked((a_data, sfa), b, d, masked_m, expected_m=48)  # compile outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dg_moe.m_grouped_fp8_gemm_nt_masked((a_data, sfa), b, d, masked_m, expected_m=48)
+    for _ in range(5):
+        refill()
+        graph.replay()
+        assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_masked((a_data, sfa), b, masked_m))
+
+
+def test_psum_contiguous_cuda_graph_replays_with_new_counts(gen):
+    groups, n, k, capacity = 8, 2112, 7168, 8 * 256
+    a_data = torch.empty(capacity, k, device="cuda", dtype=torch.float8_e4m3fn)
+    sfa = layout.get_mn_major_tma_aligned_tensor(torch.empty(capacity, k // 128, device="cuda"))
+    psum = torch.zeros(groups, dtype=torch.int32, device="cuda")
+    b = fp8_weights(groups, n, k, gen)
+    d = _poisoned(capacity, n)
+
+    def refill():
+        counts = torch.randint(0, 129, (groups,), generator=torch.Generator().manual_seed(len(refill.seen)))
+        refill.seen.append(1)
+        x, s = fp8_activations(capacity, k, gen)
+        a_data.copy_(x)
+        sfa.copy_(s)
+        ends, row = [], 0
+        for c in counts.tolist():
+            ends.append(row + c)
+            row += layout.align(c, 128)
+        psum.copy_(torch.tensor(ends, dtype=torch.int32))
+        d.fill_(float("nan"))
+    refill.seen = []
+
+    refill()
+    dg_moe.m_grouped_fp8_gemm_nt_contiguous((a_data, sfa), b, d, psum, use_psum_layout=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dg_moe.m_grouped_fp8_gemm_nt_contiguous((a_data, sfa), b, d, psum, use_psum_layout=True)
+    for _ in range(5):
+        refill()
+        graph.replay()
+        ref = reference.ref_m_grouped_fp8_gemm_nt_contiguous((a_data, sfa), b, psum, use_psum_layout=True)
+        assert_matches(d, ref)
