@@ -21,10 +21,10 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record the exit cod
 }
 
 step info python3 -m dg_moe.cli info
-step tests python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider ${1:+-k "$1"} tests
+step tests python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 240 --timeout-method thread -rf ${1:+-k "$1"} tests
 step loadtime python3 -m dg_moe.jit.loadtime
 step demo python3 -m dg_moe.cli demo
-step bench python3 -c "import sys; from dg_moe.bench.gemm import main; sys.exit(main('$OUT'))"
+step bench timeout 300 python3 -c "import sys; from dg_moe.bench.gemm import main; sys.exit(main('$OUT'))"
 
 cat "$OUT/info.log"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 5
