@@ -5,8 +5,11 @@ docs/perf-log.md starts every kernel from:
 - tensor-core time: waves of tiles (the last wave costs as much as a full one) times one tile's
   MMA work at the per-SM FP8 rate, derated for narrow tiles (a 64-row tile keeps one math
   warpgroup busy, not two; a narrow N spends more of each wgmma on fixed issue cost);
-- memory time: every byte of A, B and D once at the HBM rate, derated when fewer tiles than
-  SMs are in flight (one SM cannot pull the whole bandwidth).
+- memory time: every byte of A, B and D once, spread evenly over the tiles; a wave of tiles
+  shares the HBM rate, so the memory time also comes in whole waves (v1 measured 192 tiles on
+  132 SMs at 1.45 TB/s where 384 narrower tiles keep every SM streaming), and a wave of fewer
+  tiles than SMs gets at most twice the per-SM share (one SM cannot pull the whole bandwidth);
+- a fixed cost per wave for filling the pipeline and the epilogue.
 Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
 """
 
@@ -21,8 +24,9 @@ from ..layout.math import ceil_div
 PEAK_FP8_FLOPS_PER_SM = 1979e12 / 132
 HBM_BYTES_PER_S = 3.0e12
 SMEM_BYTES_PER_BLOCK = 232448
-# Below this share of SMs streaming, bandwidth falls in proportion (measured elsewhere: ~70 %).
-_SATURATING_SM_SHARE = 0.7
+# A lone SM streams at most this many times its share of HBM bandwidth.
+_MAX_SM_BANDWIDTH_SHARE = 2.0
+_WAVE_OVERHEAD_S = 0.4e-6
 MAX_STAGES = 8
 BLOCK_K = 128
 
@@ -73,9 +77,9 @@ def predict_us(block_m: int, block_n: int, rows_per_group: int, n: int, k: int, 
     compute_s = waves * tile_flops / (PEAK_FP8_FLOPS_PER_SM * _mma_efficiency(block_m, block_n))
     total_rows = num_groups * rows_per_group
     bytes_moved = num_groups * n * k + total_rows * k + total_rows * n * 2
-    streaming_share = min(1.0, tiles / (_SATURATING_SM_SHARE * num_sms))
-    memory_s = bytes_moved / (HBM_BYTES_PER_S * streaming_share)
-    return max(compute_s, memory_s) * 1e6
+    sharing_sms = max(min(tiles, num_sms), num_sms / _MAX_SM_BANDWIDTH_SHARE)
+    memory_s = waves * (bytes_moved / tiles) / (HBM_BYTES_PER_S / sharing_sms)
+    return (max(compute_s, memory_s) + waves * _WAVE_OVERHEAD_S) * 1e6
 
 
 def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:

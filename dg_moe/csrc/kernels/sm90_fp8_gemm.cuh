@@ -149,12 +149,18 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
             result[i] = 0.0f;
 
+        // SFB is read one K block ahead: a global load consumed before the wgmma issue stalls the
+        // tensor cores for an L2 round trip every K block (v1 did that: ~47 % of peak).
+        // Accumulators are not double-buffered: unless the K loop is fully unrolled, ptxas cannot
+        // tell which wgmma a wait_group<1> retires and serialises them all (warning C7514); the
+        // two math warpgroups interleave on each SMSP's tensor core instead.
+        float scale_b_next = __ldg(sfb);
         for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
             const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
-            const float scale_b = __ldg(sfb + k);
+            const float scale_b = scale_b_next;
+            if (k + 1 < kNumKBlocks)
+                scale_b_next = __ldg(sfb + k + 1);
             mbarrier_wait(full + s, phase);
-            const float scale_0 = stage_sfa(s)[row_in_tile] * scale_b;
-            const float scale_1 = stage_sfa(s)[row_in_tile + 8] * scale_b;
 
             const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + math_wg * 64 * kBlockK);
             const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
@@ -166,10 +172,13 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
                 MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);  // +32 bytes along K
             wgmma::commit_group();
+            // Scales are computed while the tensor cores work.
+            const float scale_0 = stage_sfa(s)[row_in_tile] * scale_b;
+            const float scale_1 = stage_sfa(s)[row_in_tile + 8] * scale_b;
+            wgmma::wait_group<0>();
             #pragma unroll
             for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
                 wgmma::fence_operand(accum[i]);
-            wgmma::wait_group<0>();
 
             // This warp is done reading stage s (its wgmma completed, its SFA values are in registers).
             __syncwarp();
