@@ -16,12 +16,12 @@ import torch
 from .. import device as _device
 from ..errors import KernelNotAvailableError
 from ..jit import build
-from ..jit.heuristics import choose_config, print_config_if_asked
+from ..jit.heuristics import GemmConfig, choose_config, print_config_if_asked
 from ..layout.scale_factors import get_tma_aligned_size, transform_sf_into_required_layout
 from ..reference.common import RECIPE_1D2D
 from .dispatch import register_kernel
 
-_FAMILY = "sm90_fp8_gemm"
+FAMILY = "sm90_fp8_gemm"
 _ENTRY = "dg_moe_sm90_fp8_gemm"
 _ARGTYPES = (
     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -42,17 +42,22 @@ class GemmType(enum.IntEnum):
 _entries: dict[tuple[int, int, int, int, int, int], Callable[..., None]] = {}
 
 
+def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> dict[str, int]:
+    """The JIT template arguments of one kernel variant."""
+    return {
+        "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+        "NUM_STAGES": config.num_stages, "GEMM_TYPE": int(gemm_type), "MULTICAST": config.multicast,
+    }
+
+
 def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
     key = (gemm_type, rows_hint, n, k, num_groups, num_sms)
     entry = _entries.get(key)
     if entry is None:
         config = choose_config(rows_hint, n, k, num_groups, num_sms)
         shape = f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}"
-        print_config_if_asked(_FAMILY, shape, config)
-        library = build(_FAMILY, {
-            "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
-            "NUM_STAGES": config.num_stages, "GEMM_TYPE": int(gemm_type),
-        })
+        print_config_if_asked(FAMILY, shape, config)
+        library = build(FAMILY, template_args(gemm_type, config, n, k))
         entry = library.function(_ENTRY, _ARGTYPES)
         _entries[key] = entry
     return entry

@@ -28,9 +28,17 @@ struct Tile {
 
 // Tiles are ordered in bands of kBandWidth column blocks, rows fastest inside a band: one wave of
 // CTAs then reads a few hundred rows of A and kBandWidth blocks of B, which stay in L2.
-template <GemmType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kBandWidth = 16>
+// With kMulticast = 2 the CTAs of a cluster walk tile pairs (one m-block, two adjacent n-blocks,
+// rank r taking n-block 2p + r) so they can share A's loads; the n-block count is padded to even,
+// and a padding n-block past N costs a little math but writes nothing (TMA clips its store).
+template <GemmType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kMulticast = 1,
+          uint32_t kBandWidth = 16>
 struct Scheduler {
-    static constexpr uint32_t kNumNBlocks = ceil_div(SHAPE_N, BLOCK_N);
+    static_assert(kMulticast == 1 || kMulticast == 2, "clusters of 1 or 2 CTAs");
+    static_assert(kBandWidth % kMulticast == 0, "a band holds whole tile pairs");
+    static constexpr uint32_t kNumNBlocks = ceil_div(ceil_div(SHAPE_N, BLOCK_N), kMulticast) * kMulticast;
+    static constexpr uint32_t kNumNSlots = kNumNBlocks / kMulticast;
+    static constexpr uint32_t kBandSlots = kBandWidth / kMulticast;
 
     const int* layout;
     uint32_t m;            // rows of A (Normal, contiguous) or max_m (masked)
@@ -41,7 +49,7 @@ struct Scheduler {
     uint32_t cursor_group = 0, cursor_block = 0, cursor_blocks = 0, cursor_row = 0, cursor_rows = 0;
 
     __device__ __forceinline__ Scheduler(const int* layout_, uint32_t m_, uint32_t num_groups_)
-        : layout(layout_), m(m_), num_groups(num_groups_), next_index(blockIdx.x) {
+        : layout(layout_), m(m_), num_groups(num_groups_), next_index(blockIdx.x / kMulticast) {
         if constexpr (kType == GemmType::Normal || kType == GemmType::MGroupedContiguous) {
             num_m_blocks = ceil_div(m, BLOCK_M);
         } else {
@@ -82,17 +90,17 @@ struct Scheduler {
     }
 
     __device__ __forceinline__ bool next(Tile& tile) {
-        const uint32_t band_tiles = num_m_blocks * kBandWidth;
+        const uint32_t band_slots = num_m_blocks * kBandSlots;
         while (true) {
             const uint32_t index = next_index;
-            next_index += gridDim.x;
-            if (index >= num_m_blocks * kNumNBlocks)
+            next_index += gridDim.x / kMulticast;
+            if (index >= num_m_blocks * kNumNSlots)
                 return false;
-            const uint32_t band = index / band_tiles;
-            const uint32_t in_band = index - band * band_tiles;
-            const uint32_t width = min(kBandWidth, kNumNBlocks - band * kBandWidth);
+            const uint32_t band = index / band_slots;
+            const uint32_t in_band = index - band * band_slots;
+            const uint32_t width = min(kBandSlots, kNumNSlots - band * kBandSlots);
             const uint32_t m_block = in_band / width;
-            tile.n_block = band * kBandWidth + in_band % width;
+            tile.n_block = (band * kBandSlots + in_band % width) * kMulticast + blockIdx.x % kMulticast;
             tile.check_rows = false;
             if constexpr (kType == GemmType::Normal) {
                 tile.group = 0;

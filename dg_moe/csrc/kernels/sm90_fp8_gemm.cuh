@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cstdint>
 
+#include "common/cluster.cuh"
 #include "common/mbarrier.cuh"
 #include "common/scheduler.cuh"
 #include "common/tma.cuh"
@@ -65,7 +66,7 @@ struct DTile {
 };
 
 template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages,
-          GemmType kType>
+          GemmType kType, uint32_t kMulticast>
 __global__ void __launch_bounds__(BLOCK_M * 2 + kNumProducerThreads, 1)
 fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
@@ -76,10 +77,12 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     static_assert(SHAPE_K % kBlockK == 0, "K must be a multiple of 128");
     static_assert(SHAPE_N % 8 == 0, "N must be a multiple of 8 (16-byte BF16 output rows)");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
+    static_assert(kMulticast == 1 || kMulticast == 2, "A is shared across clusters of 1 or 2 CTAs");
 
     constexpr uint32_t kNumMathThreads = BLOCK_M * 2;
     constexpr uint32_t kNumKBlocks = SHAPE_K / kBlockK;
     constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
+    constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
     using D = DTile<BLOCK_M, BLOCK_N>;
@@ -103,37 +106,50 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         tma_prefetch_tensor_map(&tmap_d);
         for (uint32_t s = 0; s < kNumStages; ++s) {
             mbarrier_init(full + s, 1);
-            mbarrier_init(empty + s, kNumMathThreads / 32);
+            // A stage is refilled once the math warps of every CTA it is multicast into released it.
+            mbarrier_init(empty + s, kNumMathWarps * kMulticast);
         }
         mbarrier_init_fence();
     }
-    __syncthreads();
+    // The peer CTA arrives on these barriers and receives multicast copies: both must be set up.
+    if constexpr (kMulticast > 1)
+        cluster_sync();
+    else
+        __syncthreads();
 
-    sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N> scheduler(params.layout, params.m, params.num_groups);
+    sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast> scheduler(params.layout, params.m,
+                                                                            params.num_groups);
     sched::Tile tile;
+    const uint32_t cta_rank = blockIdx.x % kMulticast;
 
     if (threadIdx.x >= kNumMathThreads) {
         // Producer warpgroup: registers go to the math warpgroups; one thread issues every copy.
         if constexpr (kNumMathThreads == 256)
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        if (threadIdx.x != kNumMathThreads)
-            return;
-        uint32_t iter = 0;
-        while (scheduler.next(tile)) {
-            const uint32_t b_row = tile.group * SHAPE_N + tile.n_block * BLOCK_N;
-            const uint32_t sfa_row = kType == GemmType::MGroupedMasked ? tile.local_row : tile.row;
-            const uint32_t sfa_k0 = kType == GemmType::MGroupedMasked ? tile.group * kNumKBlocks : 0;
-            for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
-                const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
-                mbarrier_wait(empty + s, phase ^ 1);
-                mbarrier_arrive_expect_tx(full + s, Layout::kTxBytes);
-                tma_load_2d(&tmap_a, stage_a(s), full + s, k * kBlockK, tile.row);
-                tma_load_2d(&tmap_b, stage_b(s), full + s, k * kBlockK, b_row);
-                tma_load_2d(&tmap_sfa, stage_sfa(s), full + s, sfa_row, sfa_k0 + k);
+        if (threadIdx.x == kNumMathThreads) {
+            uint32_t iter = 0;
+            while (scheduler.next(tile)) {
+                const uint32_t b_row = tile.group * SHAPE_N + tile.n_block * BLOCK_N;
+                const uint32_t sfa_row = kType == GemmType::MGroupedMasked ? tile.local_row : tile.row;
+                const uint32_t sfa_k0 = kType == GemmType::MGroupedMasked ? tile.group * kNumKBlocks : 0;
+                for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
+                    const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
+                    mbarrier_wait(empty + s, phase ^ 1);
+                    mbarrier_arrive_expect_tx(full + s, Layout::kTxBytes);
+                    if constexpr (kMulticast == 1) {
+                        tma_load_2d(&tmap_a, stage_a(s), full + s, k * kBlockK, tile.row);
+                    } else {
+                        // Each CTA fetches its half of A's rows into both CTAs (same offsets).
+                        constexpr uint32_t kHalf = BLOCK_M / kMulticast;
+                        tma_load_2d_multicast(&tmap_a, stage_a(s) + cta_rank * kHalf * kBlockK, full + s,
+                                              k * kBlockK, tile.row + cta_rank * kHalf, (1u << kMulticast) - 1);
+                    }
+                    tma_load_2d(&tmap_b, stage_b(s), full + s, k * kBlockK, b_row);
+                    tma_load_2d(&tmap_sfa, stage_sfa(s), full + s, sfa_row, sfa_k0 + k);
+                }
             }
         }
-        return;
-    }
+    } else {
 
     // Math warpgroups: warpgroup w owns rows [64 w, 64 w + 64) of the tile.
     if constexpr (kNumMathThreads == 256)
@@ -144,7 +160,9 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     uint32_t iter = 0;
 
     while (scheduler.next(tile)) {
-        const float* sfb = params.sfb + (tile.group * kNumSFBBlocksN + tile.n_block * BLOCK_N / 128) * kNumKBlocks;
+        // A padding n-block of a multicast pair lies past N: clamp its (unused) scale row.
+        const uint32_t sfb_block = min(tile.n_block * BLOCK_N / 128, kNumSFBBlocksN - 1);
+        const float* sfb = params.sfb + (tile.group * kNumSFBBlocksN + sfb_block) * kNumKBlocks;
         #pragma unroll
         for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
             result[i] = 0.0f;
@@ -180,10 +198,18 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
                 wgmma::fence_operand(accum[i]);
 
-            // This warp is done reading stage s (its wgmma completed, its SFA values are in registers).
+            // This warp is done reading stage s (its wgmma completed, its SFA values are in registers):
+            // tell the producer of every CTA that multicasts into it.
             __syncwarp();
-            if (lane == 0)
-                mbarrier_arrive(empty + s);
+            if (lane == 0) {
+                if constexpr (kMulticast == 1) {
+                    mbarrier_arrive(empty + s);
+                } else {
+                    #pragma unroll
+                    for (uint32_t r = 0; r < kMulticast; ++r)
+                        mbarrier_arrive_cluster(empty + s, r);
+                }
+            }
 
             // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
             #pragma unroll
@@ -230,6 +256,10 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     }
     if (threadIdx.x == 0)
         tma_store_wait<0>();
+    }
+    // No CTA may leave while its peer can still multicast into it or arrive on its barriers.
+    if constexpr (kMulticast > 1)
+        cluster_sync();
 }
 
 }  // namespace dg_moe::sm90_fp8_gemm

@@ -1,6 +1,7 @@
 // Host entry of the SM90 FP8 GEMM family. The JIT defines the template arguments before
 // including this file: DG_MOE_SHAPE_N, DG_MOE_SHAPE_K, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N,
-// DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a dg_moe::sched::GemmType value).
+// DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a dg_moe::sched::GemmType value), DG_MOE_MULTICAST (CTAs
+// per cluster sharing A's loads: 1 or 2).
 #include "common/abi.cuh"
 #include "common/tma.cuh"
 #include "kernels/sm90_fp8_gemm.cuh"
@@ -16,11 +17,12 @@ constexpr uint32_t kBlockM = DG_MOE_BLOCK_M;
 constexpr uint32_t kBlockN = DG_MOE_BLOCK_N;
 constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
 constexpr GemmType kType = static_cast<GemmType>(DG_MOE_GEMM_TYPE);
+constexpr uint32_t kMulticast = DG_MOE_MULTICAST;
 
 using Layout = SharedLayout<kBlockM, kBlockN, kNumStages>;
 using DLayout = DTile<kBlockM, kBlockN>;
 static_assert(Layout::kTotalBytes <= 232448, "the stages and the D tile exceed 227 KB of shared memory");
-constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType>;
+constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast>;
 
 CUtensorMapSwizzle d_swizzle() {
   return DLayout::kSpanBytes == 128   ? CU_TENSOR_MAP_SWIZZLE_128B
@@ -45,7 +47,7 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
 
   CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_d;
   DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, kShapeK, rows, kShapeK,
-                                                    kBlockK, kBlockM, CU_TENSOR_MAP_SWIZZLE_128B));
+                                                    kBlockK, kBlockM / kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
   DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, kShapeK, b_rows,
                                                     kShapeK, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
   DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, sfa_cols,
@@ -58,13 +60,27 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
       cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
   DG_MOE_RETURN_IF_ERROR(attribute_status);
 
-  uint32_t grid = num_sms;
+  // Persistent grid: whole clusters, at most one CTA per SM.
+  uint32_t clusters = num_sms / kMulticast;
   if (kType == GemmType::Normal) {
-    const uint32_t tiles = dg_moe::sched::ceil_div(m, kBlockM) * dg_moe::sched::ceil_div(kShapeN, kBlockN);
-    grid = tiles < num_sms ? tiles : num_sms;
+    const uint32_t n_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(kShapeN, kBlockN), kMulticast);
+    const uint32_t slots = dg_moe::sched::ceil_div(m, kBlockM) * n_slots;
+    clusters = slots < clusters ? slots : clusters;
   }
+  if (clusters == 0) return dg_moe::kStatusInvalidArgument;
   const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups};
-  kKernel<<<grid, kBlockM * 2 + kNumProducerThreads, Layout::kTotalBytes, static_cast<cudaStream_t>(stream)>>>(
-      params, tmap_a, tmap_b, tmap_sfa, tmap_d);
-  return static_cast<int>(cudaGetLastError());
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(clusters * kMulticast);
+  config.blockDim = dim3(kBlockM * 2 + kNumProducerThreads);
+  config.dynamicSmemBytes = Layout::kTotalBytes;
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute cluster = {};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = kMulticast;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_d));
 }

@@ -1,0 +1,35 @@
+"""The SM90 FP8 GEMM variants a set of model shapes can need, for `dg-moe warmup` and the CI compile check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..jit.heuristics import choose_config
+from .sm90_fp8_gemm import GemmType, template_args
+
+# (N, K) of DeepSeek-V3's dense and MoE GEMMs, as listed in PERFORMANCE.md.
+DEEPSEEK_V3_NK = ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048))
+DENSE_MS = (1, 16, 64, 128, 256, 1024, 4096, 8192)
+GROUPED_SHAPES = ((4, 8192), (8, 4096), (32, 256), (256, 32), (8, 64), (16, 32), (32, 16), (1, 1024), (4, 256))
+
+
+def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int]]:
+    """Template arguments of every variant the heuristic picks for DeepSeek-V3 shapes on ``num_sms`` SMs."""
+    seen: dict[tuple, dict[str, int]] = {}
+
+    def add(gemm_type: GemmType, rows: int, n: int, k: int, groups: int) -> None:
+        args = template_args(gemm_type, choose_config(rows, n, k, groups, num_sms), n, k)
+        seen.setdefault(tuple(sorted(args.items())), args)
+
+    for n, k in DEEPSEEK_V3_NK:
+        for m in DENSE_MS:
+            add(GemmType.NORMAL, m, n, k, 1)
+        for groups, rows in GROUPED_SHAPES:
+            for gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM, GemmType.MASKED):
+                add(gemm_type, rows, n, k, groups)
+    return list(seen.values())
+
+
+def describe(variants: Iterable[dict[str, int]]) -> list[str]:
+    """One readable line per variant."""
+    return [" ".join(f"{key}={value}" for key, value in sorted(v.items())) for v in variants]
