@@ -30,7 +30,35 @@ CUtensorMapSwizzle d_swizzle() {
                                      : CU_TENSOR_MAP_SWIZZLE_32B;
 }
 
+cudaLaunchConfig_t launch_config(uint32_t clusters, cudaStream_t stream, cudaLaunchAttribute* cluster) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(clusters * kMulticast);
+  config.blockDim = dim3(kBlockM * 2 + kNumProducerThreads);
+  config.dynamicSmemBytes = Layout::kTotalBytes;
+  config.stream = stream;
+  cluster->id = cudaLaunchAttributeClusterDimension;
+  cluster->val.clusterDim.x = kMulticast;
+  cluster->val.clusterDim.y = 1;
+  cluster->val.clusterDim.z = 1;
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  return config;
+}
+
+// Clusters of this kernel the GPU can hold at once; 0 when the query fails (then no cap).
+uint32_t max_active_clusters() {
+  if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes) != cudaSuccess)
+    return 0;
+  cudaLaunchAttribute cluster;
+  const cudaLaunchConfig_t config = launch_config(1, nullptr, &cluster);
+  int count = 0;
+  return cudaOccupancyMaxActiveClusters(&count, kKernel, &config) == cudaSuccess ? static_cast<uint32_t>(count) : 0;
+}
+
 }  // namespace
+
+// Co-resident clusters of this variant (for tools and tests); 0 if the query failed.
+DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm_max_active_clusters() { return static_cast<int>(max_active_clusters()); }
 
 // a: e4m3 [rows, K] (K contiguous; rows = M, or G * max_m for masked); b: e4m3 [G * N, K];
 // sfa: float32, MN-major, column k of group g at sfa + (g * K/128 + k) * sfa_stride;
@@ -60,8 +88,11 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
       cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
   DG_MOE_RETURN_IF_ERROR(attribute_status);
 
-  // Persistent grid: whole clusters, at most one CTA per SM.
+  // Persistent grid: whole clusters, no more than can be resident at once (a cluster's CTAs must
+  // share a GPC, so fewer than num_sms / 2 pairs may fit; extra clusters would run as a second wave).
   uint32_t clusters = num_sms / kMulticast;
+  static const uint32_t resident = max_active_clusters();
+  if (resident > 0 && resident < clusters) clusters = resident;
   if (kType == GemmType::Normal) {
     const uint32_t n_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(kShapeN, kBlockN), kMulticast);
     const uint32_t slots = dg_moe::sched::ceil_div(m, kBlockM) * n_slots;
@@ -70,17 +101,7 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
   if (clusters == 0) return dg_moe::kStatusInvalidArgument;
   const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups};
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(clusters * kMulticast);
-  config.blockDim = dim3(kBlockM * 2 + kNumProducerThreads);
-  config.dynamicSmemBytes = Layout::kTotalBytes;
-  config.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute cluster = {};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = kMulticast;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
+  cudaLaunchAttribute cluster;
+  const cudaLaunchConfig_t config = launch_config(clusters, static_cast<cudaStream_t>(stream), &cluster);
   return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_d));
 }
