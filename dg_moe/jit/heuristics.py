@@ -10,8 +10,11 @@ docs/perf-log.md starts every kernel from:
   132 SMs at 1.45 TB/s where 384 narrower tiles keep every SM streaming), and a wave of fewer
   tiles than SMs gets at most twice the per-SM share (one SM cannot pull the whole bandwidth);
 - L2 time: every tile streams its A rows and B rows from L2 into shared memory, at about
-  8 TB/s over the chip (v2 was bound there: ~33 B/clk/SM at ~1030 TFLOPS) and at most
-  64 B/clk for one SM; a 2-CTA cluster multicasting A halves A's share;
+  11 TB/s over the chip and at most 64 B/clk for one SM; a 2-CTA cluster multicasting A halves
+  A's share (v3's A/B: multicast changed nothing at 128x128 tiles, so L2 was not the bound);
+- shared-memory time: TMA writes A and B into shared memory and every math warpgroup's wgmma
+  reads its A rows and all of B back, at 128 B/clk per SM; at 128x128 tiles this is as long
+  as the MMA time itself, which is why wider tiles (BLOCK_N = 192) pay;
 - a fixed cost per wave for filling the pipeline and the epilogue.
 Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
 """
@@ -27,8 +30,13 @@ from ..layout.math import ceil_div
 PEAK_FP8_FLOPS_PER_SM = 1979e12 / 132
 HBM_BYTES_PER_S = 3.0e12
 SMEM_BYTES_PER_BLOCK = 232448
-L2_TO_SM_BYTES_PER_S = 8.0e12
-L2_BYTES_PER_S_PER_SM = 64 * 1.83e9
+SM_CLOCK_HZ = 1.83e9
+L2_TO_SM_BYTES_PER_S = 11.3e12
+L2_BYTES_PER_S_PER_SM = 64 * SM_CLOCK_HZ
+SMEM_BYTES_PER_S_PER_SM = 128 * SM_CLOCK_HZ
+# Multicast must be predicted this much faster to be chosen: measured neutral or slightly slower
+# (v3 A/B on H100: 1042 vs 1101 TFLOPS at 4096^2 x 7168, 193 vs 219 at M=128, N=2112).
+_MULTICAST_MIN_GAIN = 0.10
 # A lone SM streams at most this many times its share of HBM bandwidth.
 _MAX_SM_BANDWIDTH_SHARE = 2.0
 _WAVE_OVERHEAD_S = 0.4e-6
@@ -36,7 +44,7 @@ MAX_STAGES = 8
 BLOCK_K = 128
 
 BLOCK_MS = (64, 128)
-BLOCK_NS = (16, 32, 64, 128)
+BLOCK_NS = (16, 32, 64, 128, 192)
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,10 @@ def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, 
     tile_l2_bytes = (min(block_m, rows_per_group) / multicast + block_n) * k
     sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
     l2_s = waves * tile_l2_bytes / sm_l2_rate
-    return (max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S) * 1e6
+    math_warpgroups = block_m // 64
+    tile_smem_bytes = (2 * block_m + block_n * (1 + math_warpgroups)) * k
+    smem_s = waves * tile_smem_bytes / SMEM_BYTES_PER_S_PER_SM
+    return (max(compute_s, memory_s, l2_s, smem_s) + waves * _WAVE_OVERHEAD_S) * 1e6
 
 
 def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
@@ -105,16 +116,19 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
         # Within 0.1 %: the larger tile, then the cluster (fewer L2 reads).
         return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.multicast)
 
+    rows = max(rows_per_group, 1)
     candidates = []
     for block_m in BLOCK_MS:
         for block_n in BLOCK_NS:
             stages = _max_stages(block_m, block_n)
-            multicasts = (1, 2) if ceil_div(n, block_n) >= 2 and num_sms % 2 == 0 else (1,)
-            for multicast in multicasts:
-                time_us = predict_us(block_m, block_n, multicast, max(rows_per_group, 1), n, k, num_groups,
-                                     num_sms)
-                candidates.append(GemmConfig(block_m, block_n, stages, multicast,
-                                             smem_bytes(block_m, block_n, stages), time_us))
+            time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)
+            multicast = 1
+            if ceil_div(n, block_n) >= 2 and num_sms % 2 == 0:
+                shared_us = predict_us(block_m, block_n, 2, rows, n, k, num_groups, num_sms)
+                if shared_us < time_us * (1 - _MULTICAST_MIN_GAIN):
+                    time_us, multicast = shared_us, 2
+            candidates.append(GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages),
+                                         time_us))
     return min(candidates, key=rank)
 
 

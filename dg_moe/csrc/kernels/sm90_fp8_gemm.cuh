@@ -72,8 +72,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
                 const __grid_constant__ CUtensorMap tmap_d) {
     static_assert(BLOCK_M == 64 || BLOCK_M == 128, "BLOCK_M must be 64 (one math warpgroup) or 128 (two)");
-    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128,
-                  "BLOCK_N must divide 128 so one SFB block covers the tile");
+    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 192,
+                  "BLOCK_N must divide 128 (one SFB block per tile) or be 192 (two: n0 % 128 is 0 or 64)");
     static_assert(SHAPE_K % kBlockK == 0, "K must be a multiple of 128");
     static_assert(SHAPE_N % 8 == 0, "N must be a multiple of 8 (16-byte BF16 output rows)");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
@@ -83,6 +83,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     constexpr uint32_t kNumKBlocks = SHAPE_K / kBlockK;
     constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
     constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
+    constexpr bool kTwoSFB = 128 % BLOCK_N != 0;
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
     using D = DTile<BLOCK_M, BLOCK_N>;
@@ -160,9 +161,13 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     uint32_t iter = 0;
 
     while (scheduler.next(tile)) {
-        // A padding n-block of a multicast pair lies past N: clamp its (unused) scale row.
+        // A padding n-block of a multicast pair lies past N: clamp its (unused) scale rows.
         const uint32_t sfb_block = min(tile.n_block * BLOCK_N / 128, kNumSFBBlocksN - 1);
         const float* sfb = params.sfb + (tile.group * kNumSFBBlocksN + sfb_block) * kNumKBlocks;
+        // A 192-wide tile spans two SFB blocks: columns below `split` use the first.
+        const float* sfb_next = params.sfb + (tile.group * kNumSFBBlocksN + min(sfb_block + 1, kNumSFBBlocksN - 1)) *
+                                                 kNumKBlocks;
+        const uint32_t split = 128 - (tile.n_block * BLOCK_N) % 128;
         #pragma unroll
         for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
             result[i] = 0.0f;
@@ -172,12 +177,15 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         // Accumulators are not double-buffered: unless the K loop is fully unrolled, ptxas cannot
         // tell which wgmma a wait_group<1> retires and serialises them all (warning C7514); the
         // two math warpgroups interleave on each SMSP's tensor core instead.
-        float scale_b_next = __ldg(sfb);
+        float scale_b_next = __ldg(sfb), scale_b2_next = kTwoSFB ? __ldg(sfb_next) : 0.0f;
         for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
             const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
-            const float scale_b = scale_b_next;
-            if (k + 1 < kNumKBlocks)
+            const float scale_b = scale_b_next, scale_b2 = scale_b2_next;
+            if (k + 1 < kNumKBlocks) {
                 scale_b_next = __ldg(sfb + k + 1);
+                if constexpr (kTwoSFB)
+                    scale_b2_next = __ldg(sfb_next + k + 1);
+            }
             mbarrier_wait(full + s, phase);
 
             const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + math_wg * 64 * kBlockK);
@@ -191,8 +199,9 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);  // +32 bytes along K
             wgmma::commit_group();
             // Scales are computed while the tensor cores work.
-            const float scale_0 = stage_sfa(s)[row_in_tile] * scale_b;
-            const float scale_1 = stage_sfa(s)[row_in_tile + 8] * scale_b;
+            const float sfa_0 = stage_sfa(s)[row_in_tile], sfa_1 = stage_sfa(s)[row_in_tile + 8];
+            const float scale_0 = sfa_0 * scale_b, scale_1 = sfa_1 * scale_b;
+            const float scale2_0 = sfa_0 * scale_b2, scale2_1 = sfa_1 * scale_b2;
             wgmma::wait_group<0>();
             #pragma unroll
             for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
@@ -202,19 +211,19 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             // tell the producer of every CTA that multicasts into it.
             __syncwarp();
             if (lane == 0) {
-                if constexpr (kMulticast == 1) {
-                    mbarrier_arrive(empty + s);
-                } else {
-                    #pragma unroll
-                    for (uint32_t r = 0; r < kMulticast; ++r)
-                        mbarrier_arrive_cluster(empty + s, r);
-                }
+                mbarrier_arrive(empty + s);
+                if constexpr (kMulticast == 2)
+                    mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
             }
 
             // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
             #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-                result[i] += ((i / 2) % 2 == 0 ? scale_0 : scale_1) * accum[i];
+            for (uint32_t i = 0; i < MMA::kNumAccum; ++i) {
+                const bool second_block = kTwoSFB && 8 * (i / 4) >= split;
+                const float scale = (i / 2) % 2 == 0 ? (second_block ? scale2_0 : scale_0)
+                                                     : (second_block ? scale2_1 : scale_1);
+                result[i] += scale * accum[i];
+            }
         }
 
         // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
