@@ -1,6 +1,5 @@
-"""A/B of the SM90 FP8 GEMM with and without A multicast, same tile shape, one process (GPU only).
-
-Prints the co-resident cluster count of each variant and its GPU time (PERFORMANCE.md timing).
+"""A/B of SM90 FP8 GEMM variants in one process (GPU only): the heuristic's tile and a 128x192 tile,
+each with and without A multicast. Prints each variant's co-resident clusters and GPU time.
     python tools/ab_multicast.py
 """
 
@@ -29,8 +28,10 @@ def main() -> None:
         b_data, sfb = layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         base = choose_config(m, n, k, 1, num_sms)
-        for multicast in (1, 2):
-            config = dataclasses.replace(base, multicast=multicast)
+        tiles = {(base.block_m, base.block_n, base.num_stages), (128, 192, 4)}
+        for (block_m, block_n, stages), multicast in [(t, mc) for t in sorted(tiles) for mc in (1, 2)]:
+            config = dataclasses.replace(base, block_m=block_m, block_n=block_n, num_stages=stages,
+                                         multicast=multicast)
             library = build(FAMILY, template_args(GemmType.NORMAL, config, n, k))
             entry = library.function(_ENTRY, _ARGTYPES)
             clusters = ctypes.CDLL(str(library.path)).dg_moe_sm90_fp8_gemm_max_active_clusters
