@@ -12,9 +12,9 @@ docs/perf-log.md starts every kernel from:
 - L2 time: every tile streams its A rows and B rows from L2 into shared memory, at about
   11 TB/s over the chip and at most 64 B/clk for one SM; a 2-CTA cluster multicasting A halves
   A's share (v3's A/B: multicast changed nothing at 128x128 tiles, so L2 was not the bound);
-- shared-memory time: TMA writes A and B into shared memory and every math warpgroup's wgmma
-  reads its A rows and all of B back, at 128 B/clk per SM; at 128x128 tiles this is as long
-  as the MMA time itself, which is why wider tiles (BLOCK_N = 192) pay;
+- no shared-memory term and no efficiency gain for tiles wider than 128: a 128x192 tile measured
+  slower than 128x128 at equal waves (969 vs 1091 TFLOPS at 4096^2 x 7168), so BLOCK_N = 192 is
+  chosen only where it removes a partial wave (4096 x 2112 x 7168: 754 -> 981 TFLOPS);
 - a fixed cost per wave for filling the pipeline and the epilogue.
 Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
 """
@@ -33,7 +33,6 @@ SMEM_BYTES_PER_BLOCK = 232448
 SM_CLOCK_HZ = 1.83e9
 L2_TO_SM_BYTES_PER_S = 11.3e12
 L2_BYTES_PER_S_PER_SM = 64 * SM_CLOCK_HZ
-SMEM_BYTES_PER_S_PER_SM = 128 * SM_CLOCK_HZ
 # Multicast must be predicted this much faster to be chosen: measured neutral or slightly slower
 # (v3 A/B on H100: 1042 vs 1101 TFLOPS at 4096^2 x 7168, 193 vs 219 at M=128, N=2112).
 _MULTICAST_MIN_GAIN = 0.10
@@ -79,7 +78,8 @@ def _max_stages(block_m: int, block_n: int) -> int:
 
 def _mma_efficiency(block_m: int, block_n: int) -> float:
     warpgroups = 0.85 if block_m == 128 else 0.6
-    return warpgroups * block_n / (block_n + 16)
+    narrow = min(block_n, 128)
+    return warpgroups * narrow / (narrow + 16)
 
 
 def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, n: int, k: int, num_groups: int,
@@ -100,10 +100,7 @@ def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, 
     tile_l2_bytes = (min(block_m, rows_per_group) / multicast + block_n) * k
     sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
     l2_s = waves * tile_l2_bytes / sm_l2_rate
-    math_warpgroups = block_m // 64
-    tile_smem_bytes = (2 * block_m + block_n * (1 + math_warpgroups)) * k
-    smem_s = waves * tile_smem_bytes / SMEM_BYTES_PER_S_PER_SM
-    return (max(compute_s, memory_s, l2_s, smem_s) + waves * _WAVE_OVERHEAD_S) * 1e6
+    return (max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S) * 1e6
 
 
 def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
@@ -123,7 +120,9 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
             stages = _max_stages(block_m, block_n)
             time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)
             multicast = 1
-            if ceil_div(n, block_n) >= 2 and num_sms % 2 == 0:
+            # Single-wave problems never multicast: measured slower (M=128, N=2112: 16.5 vs 15.1 us).
+            single_wave = num_groups * ceil_div(rows, block_m) * ceil_div(n, block_n) <= num_sms
+            if ceil_div(n, block_n) >= 2 and num_sms % 2 == 0 and not single_wave:
                 shared_us = predict_us(block_m, block_n, 2, rows, n, k, num_groups, num_sms)
                 if shared_us < time_us * (1 - _MULTICAST_MIN_GAIN):
                     time_us, multicast = shared_us, 2
