@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..layout.grouped import MK_ALIGNMENT_FOR_CONTIGUOUS_LAYOUT
+
 Recipe = tuple[int, int, int]
 
 #: (gran_m, gran_n, gran_k) of the inference recipe: A per-token 1x128, B per-block 128x128, BF16 output.
@@ -12,7 +14,7 @@ RECIPE_1D2D: Recipe = (1, 128, 128)
 RECIPE_1D1D: Recipe = (1, 1, 128)
 
 #: Rows per segment of the M-grouped contiguous layout (and K per group of the K-grouped one).
-MK_ALIGNMENT = 128
+MK_ALIGNMENT = MK_ALIGNMENT_FOR_CONTIGUOUS_LAYOUT
 
 
 def default_recipe(out_dtype: torch.dtype) -> Recipe:
