@@ -86,13 +86,17 @@ def run_demo(device: torch.device, shape: DemoShape = DemoShape(), seed: int = 0
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
+    # The float64 reference starts from the dequantised FP8 inputs the GEMMs consumed (per-token
+    # quantisation is row-wise, so quantising before or after the permutation is the same).
     w13_ref, w2_ref = _dequantise_experts(w13, w13_sf), _dequantise_experts(w2, w2_sf)
+    hidden_fp8, hidden_sf = layout.per_token_cast_to_fp8(hidden)
+    hidden_ref = hidden_fp8.double() * hidden_sf.double().repeat_interleave(128, dim=1)[:, :h]
     ref = torch.zeros(t, h, dtype=torch.float64, device=device)
     for slot in range(k):
         for e_id in range(e):
             sel = topk_ids[:, slot] == e_id
             if bool(sel.any()):
-                y = hidden[sel].double() @ w13_ref[e_id].T
+                y = hidden_ref[sel] @ w13_ref[e_id].T
                 z = (F.silu(y[:, :i]) * y[:, i:]) @ w2_ref[e_id].T
                 ref[sel] += topk_weights[sel, slot, None].double() * z
     return {"similarity_error": calc_diff(out, ref), "seconds": seconds}
