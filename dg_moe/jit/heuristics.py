@@ -62,16 +62,17 @@ def _round_up(x: int, y: int) -> int:
     return ceil_div(x, y) * y
 
 
-def smem_bytes(block_m: int, block_n: int, num_stages: int) -> int:
+def smem_bytes(block_m: int, block_n: int, num_stages: int, k: int) -> int:
     """Shared memory of one CTA; mirrors SharedLayout in csrc/kernels/sm90_fp8_gemm.cuh."""
     stage = block_m * BLOCK_K + block_n * BLOCK_K + _round_up(block_m * 4, 1024)
     d_tile = _round_up(block_m * block_n * 2, 1024)
-    return num_stages * stage + d_tile + 2 * num_stages * 8 + 1024
+    sfb_table = _round_up(2 * (k // BLOCK_K) * 4, 8)
+    return num_stages * stage + d_tile + sfb_table + 2 * num_stages * 8 + 1024
 
 
-def _max_stages(block_m: int, block_n: int) -> int:
+def _max_stages(block_m: int, block_n: int, k: int) -> int:
     stages = MAX_STAGES
-    while stages > 2 and smem_bytes(block_m, block_n, stages) > SMEM_BYTES_PER_BLOCK:
+    while stages > 2 and smem_bytes(block_m, block_n, stages, k) > SMEM_BYTES_PER_BLOCK:
         stages -= 1
     return stages
 
@@ -117,7 +118,7 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
     candidates = []
     for block_m in BLOCK_MS:
         for block_n in BLOCK_NS:
-            stages = _max_stages(block_m, block_n)
+            stages = _max_stages(block_m, block_n, k)
             time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)
             multicast = 1
             # Single-wave problems never multicast: measured slower (M=128, N=2112: 16.5 vs 15.1 us).
@@ -126,7 +127,7 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
                 shared_us = predict_us(block_m, block_n, 2, rows, n, k, num_groups, num_sms)
                 if shared_us < time_us * (1 - _MULTICAST_MIN_GAIN):
                     time_us, multicast = shared_us, 2
-            candidates.append(GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages),
+            candidates.append(GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages, k),
                                          time_us))
     return min(candidates, key=rank)
 

@@ -32,7 +32,7 @@ struct Params {
     uint32_t num_groups;
 };
 
-template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, uint32_t SHAPE_K>
 struct SharedLayout {
     static constexpr uint32_t kBytesA = BLOCK_M * kBlockK;
     static constexpr uint32_t kBytesB = BLOCK_N * kBlockK;
@@ -40,7 +40,10 @@ struct SharedLayout {
     static constexpr uint32_t kStageBytes = kBytesA + kBytesB + ((kBytesSFA + 1023) / 1024) * 1024;
     static constexpr uint32_t kBytesD = BLOCK_M * BLOCK_N * sizeof(__nv_bfloat16);
     static constexpr uint32_t kOffsetD = kNumStages * kStageBytes;
-    static constexpr uint32_t kOffsetBarriers = kOffsetD + ((kBytesD + 1023) / 1024) * 1024;
+    // The tile's SFB: one row of K/128 scales per 128-column block it touches (at most two).
+    static constexpr uint32_t kOffsetSFB = kOffsetD + ((kBytesD + 1023) / 1024) * 1024;
+    static constexpr uint32_t kBytesSFB = 2 * (SHAPE_K / kBlockK) * sizeof(float);
+    static constexpr uint32_t kOffsetBarriers = kOffsetSFB + ((kBytesSFB + 7) / 8) * 8;
     // +1024: the dynamic shared-memory base is only 16-byte aligned; 128B swizzle needs 1024.
     static constexpr uint32_t kTotalBytes = kOffsetBarriers + 2 * kNumStages * sizeof(uint64_t) + 1024;
     static constexpr uint32_t kTxBytes = kBytesA + kBytesB + kBytesSFA;
@@ -84,7 +87,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
     constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
     constexpr bool kTwoSFB = 128 % BLOCK_N != 0;
-    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
+    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, SHAPE_K>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
     using D = DTile<BLOCK_M, BLOCK_N>;
 
@@ -96,6 +99,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         return reinterpret_cast<float*>(smem + s * Layout::kStageBytes + Layout::kBytesA + Layout::kBytesB);
     };
     uint8_t* smem_d = smem + Layout::kOffsetD;
+    float* smem_sfb = reinterpret_cast<float*>(smem + Layout::kOffsetSFB);
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + Layout::kOffsetBarriers);
     uint64_t* empty = full + kNumStages;
 
@@ -168,6 +172,15 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         const float* sfb_next = params.sfb + (tile.group * kNumSFBBlocksN + min(sfb_block + 1, kNumSFBBlocksN - 1)) *
                                                  kNumKBlocks;
         const uint32_t split = 128 - (tile.n_block * BLOCK_N) % 128;
+        // The tile's SFB goes to shared memory before the K loop: a global load per K block sat
+        // on the critical path under L2 load (0.7 warps/issue stalled on long scoreboard, ncu).
+        // Every math thread passed the previous tile's epilogue barriers, so the table is free.
+        for (uint32_t i = threadIdx.x; i < kNumKBlocks; i += kNumMathThreads) {
+            smem_sfb[i] = __ldg(sfb + i);
+            if constexpr (kTwoSFB)
+                smem_sfb[kNumKBlocks + i] = __ldg(sfb_next + i);
+        }
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kNumMathThreads));
         #pragma unroll
         for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
             result[i] = 0.0f;
@@ -177,15 +190,9 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         // Accumulators are not double-buffered: unless the K loop is fully unrolled, ptxas cannot
         // tell which wgmma a wait_group<1> retires and serialises them all (warning C7514); the
         // two math warpgroups interleave on each SMSP's tensor core instead.
-        float scale_b_next = __ldg(sfb), scale_b2_next = kTwoSFB ? __ldg(sfb_next) : 0.0f;
         for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
             const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
-            const float scale_b = scale_b_next, scale_b2 = scale_b2_next;
-            if (k + 1 < kNumKBlocks) {
-                scale_b_next = __ldg(sfb + k + 1);
-                if constexpr (kTwoSFB)
-                    scale_b2_next = __ldg(sfb_next + k + 1);
-            }
+            const float scale_b = smem_sfb[k], scale_b2 = kTwoSFB ? smem_sfb[kNumKBlocks + k] : 0.0f;
             mbarrier_wait(full + s, phase);
 
             const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + math_wg * 64 * kBlockK);
@@ -207,9 +214,9 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
                 wgmma::fence_operand(accum[i]);
 
-            // This warp is done reading stage s (its wgmma completed, its SFA values are in registers):
-            // tell the producer of every CTA that multicasts into it.
-            __syncwarp();
+            // This warp is done reading stage s (its wgmma completed, and its SFA values were consumed
+            // by the scale products above, in a converged warp): tell the producer of every CTA that
+            // multicasts into it.
             if (lane == 0) {
                 mbarrier_arrive(empty + s);
                 if constexpr (kMulticast == 2)

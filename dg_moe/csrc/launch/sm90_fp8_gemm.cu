@@ -19,7 +19,7 @@ constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
 constexpr GemmType kType = static_cast<GemmType>(DG_MOE_GEMM_TYPE);
 constexpr uint32_t kMulticast = DG_MOE_MULTICAST;
 
-using Layout = SharedLayout<kBlockM, kBlockN, kNumStages>;
+using Layout = SharedLayout<kBlockM, kBlockN, kNumStages, kShapeK>;
 using DLayout = DTile<kBlockM, kBlockN>;
 static_assert(Layout::kTotalBytes <= 232448, "the stages and the D tile exceed 227 KB of shared memory");
 constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast>;
