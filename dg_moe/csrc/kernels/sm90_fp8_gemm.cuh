@@ -87,7 +87,6 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
     constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
     constexpr bool kTwoSFB = 128 % BLOCK_N != 0;
-    constexpr uint32_t kNumRounds = sched::ceil_div(kNumKBlocks, kNumStages);
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, SHAPE_K>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
     using D = DTile<BLOCK_M, BLOCK_N>;
@@ -133,20 +132,14 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         if constexpr (kNumMathThreads == 256)
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (threadIdx.x == kNumMathThreads) {
-            uint32_t round = 0;
+            uint32_t iter = 0;
             while (scheduler.next(tile)) {
                 const uint32_t b_row = tile.group * SHAPE_N + tile.n_block * BLOCK_N;
                 const uint32_t sfa_row = kType == GemmType::MGroupedMasked ? tile.local_row : tile.row;
                 const uint32_t sfa_k0 = kType == GemmType::MGroupedMasked ? tile.group * kNumKBlocks : 0;
-                for (uint32_t r = 0; r < kNumRounds; ++r, ++round) {
-                  #pragma unroll
-                  for (uint32_t s = 0; s < kNumStages; ++s) {
-                    const uint32_t k = r * kNumStages + s;
-                    mbarrier_wait(empty + s, (round & 1) ^ 1);
-                    if (kNumKBlocks % kNumStages != 0 && k >= kNumKBlocks) {
-                        mbarrier_arrive(full + s);  // a padding slot of the last round: no data
-                        continue;
-                    }
+                for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
+                    const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
+                    mbarrier_wait(empty + s, phase ^ 1);
                     mbarrier_arrive_expect_tx(full + s, Layout::kTxBytes);
                     if constexpr (kMulticast == 1) {
                         tma_load_2d(&tmap_a, stage_a(s), full + s, k * kBlockK, tile.row);
@@ -158,7 +151,6 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                     }
                     tma_load_2d(&tmap_b, stage_b(s), full + s, k * kBlockK, b_row);
                     tma_load_2d(&tmap_sfa, stage_sfa(s), full + s, sfa_row, sfa_k0 + k);
-                  }
                 }
             }
         }
@@ -170,15 +162,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     const uint32_t math_wg = threadIdx.x / 128;
     const uint32_t row_in_tile = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_tile + 8
     float accum[MMA::kNumAccum], result[MMA::kNumAccum];
-    uint32_t round = 0;
-    // Tell the producer of every CTA that multicasts into stage s that this warp is done with it.
-    auto release = [&](uint32_t s) {
-        if (lane == 0) {
-            mbarrier_arrive(empty + s);
-            if constexpr (kMulticast == 2)
-                mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
-        }
-    };
+    uint32_t iter = 0;
 
     while (scheduler.next(tile)) {
         // A padding n-block of a multicast pair lies past N: clamp its (unused) scale rows.
@@ -206,19 +190,10 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         // Accumulators are not double-buffered: unless the K loop is fully unrolled, ptxas cannot
         // tell which wgmma a wait_group<1> retires and serialises them all (warning C7514); the
         // two math warpgroups interleave on each SMSP's tensor core instead.
-        // Rounds of kNumStages slots with the stage index a compile-time constant: barrier and
-        // stage addresses and the wgmma descriptors fold to constants, and one phase bit serves
-        // a whole round. The last round of a tile pads with data-less slots.
-        for (uint32_t r = 0; r < kNumRounds; ++r, ++round) {
-          #pragma unroll
-          for (uint32_t s = 0; s < kNumStages; ++s) {
-            const uint32_t k = r * kNumStages + s;
-            mbarrier_wait(full + s, round & 1);
-            if (kNumKBlocks % kNumStages != 0 && k >= kNumKBlocks) {
-                release(s);
-                continue;
-            }
+        for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
+            const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
             const float scale_b = smem_sfb[k], scale_b2 = kTwoSFB ? smem_sfb[kNumKBlocks + k] : 0.0f;
+            mbarrier_wait(full + s, phase);
 
             const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + math_wg * 64 * kBlockK);
             const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
@@ -240,8 +215,13 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 wgmma::fence_operand(accum[i]);
 
             // This warp is done reading stage s (its wgmma completed, and its SFA values were consumed
-            // by the scale products above, in a converged warp).
-            release(s);
+            // by the scale products above, in a converged warp): tell the producer of every CTA that
+            // multicasts into it.
+            if (lane == 0) {
+                mbarrier_arrive(empty + s);
+                if constexpr (kMulticast == 2)
+                    mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
+            }
 
             // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
             #pragma unroll
@@ -251,7 +231,6 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                                                      : (second_block ? scale2_1 : scale_1);
                 result[i] += scale * accum[i];
             }
-          }
         }
 
         // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
