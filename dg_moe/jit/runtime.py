@@ -113,28 +113,31 @@ def _load(prep: _Prepared, entry: Path) -> KernelLibrary | str:
         return f"kernel.so does not load ({exc})"
 
 
-def _ensure(prep: _Prepared, root: Path, load: bool) -> KernelLibrary | Path:
-    """The loaded library (load=True) or the path of an intact kernel.so, compiling if needed."""
-    entry = cache.entry_dir(root, prep.family, prep.key)
+def _existing(prep: _Prepared, entry: Path, load: bool, when: str) -> tuple[KernelLibrary | Path | None, str | None]:
+    """(the cached library or kernel.so, None) when the entry is intact, else (None, what is wrong)."""
     problem = cache.check_entry(entry, prep.key, KEY_FORMAT)
     if problem is None:
         result = _load(prep, entry) if load else entry / cache.LIBRARY_FILE
         if not isinstance(result, str):
             _stats["disk_hits"] += 1
-            _debug(f"cache hit: {prep.family} {entry}")
-            return result
+            _debug(f"cache hit{when}: {prep.family} {entry}")
+            return result, None
         problem = result
+    return None, problem
+
+
+def _ensure(prep: _Prepared, root: Path, load: bool) -> KernelLibrary | Path:
+    """The loaded library (load=True) or the path of an intact kernel.so, compiling if needed."""
+    entry = cache.entry_dir(root, prep.family, prep.key)
+    found, problem = _existing(prep, entry, load, "")
+    if found is not None:
+        return found
     _debug(f"cache miss: {prep.family} {entry} ({problem})")
     with cache.key_lock(root, prep.family, prep.key):
         # Another process may have published (or repaired) the entry while we waited.
-        problem = cache.check_entry(entry, prep.key, KEY_FORMAT)
-        if problem is None:
-            result = _load(prep, entry) if load else entry / cache.LIBRARY_FILE
-            if not isinstance(result, str):
-                _stats["disk_hits"] += 1
-                _debug(f"cache hit after waiting for the key lock: {prep.family} {entry}")
-                return result
-            problem = result
+        found, problem = _existing(prep, entry, load, " after waiting for the key lock")
+        if found is not None:
+            return found
         if problem != cache.ABSENT:
             _debug(f"discarding corrupt entry {entry}: {problem}")
             cache.discard(entry)
