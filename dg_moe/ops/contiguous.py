@@ -19,7 +19,7 @@ import torch
 from .. import reference as ref
 from ..reference.common import RECIPE_1D2D, Recipe
 from . import _checks as chk
-from . import _values
+from . import _memo, _values
 from .dispatch import run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -55,6 +55,17 @@ def _layout(op: str, grouped_layout: object, d: torch.Tensor, m: int, g: int, us
 
 def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
                     use_psum_layout, expected_m, b_t, **extra) -> None:
+    signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, grouped_layout),
+                          (recipe, compiled_dims, disable_ue8m0_cast, use_psum_layout, expected_m, b_t))
+    rec = _memo.validated(signature, getattr(d, "device", None),
+                          lambda: _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims,
+                                                        disable_ue8m0_cast, use_psum_layout, expected_m, b_t))
+    run_op(op, d.device, ref_fn, a, b, d, grouped_layout, rec, compiled_dims, disable_ue8m0_cast,
+           use_psum_layout, **extra, empty=d.numel() == 0)
+
+
+def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
+                          use_psum_layout, expected_m, b_t) -> Recipe:
     lay_b = "[G, K, N]" if b_t else "[G, N, K]"
     a_data, sfa = chk.fp8_pair(op, "a", a, 2, "[M_sum, K]")
     b_data, sfb = chk.fp8_pair(op, "b", b, 3, lay_b)
@@ -74,8 +85,7 @@ def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, 
     chk.compiled_dims(op, compiled_dims)
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     _layout(op, grouped_layout, d, m, g, use_psum_layout, expected_m)
-    run_op(op, d.device, ref_fn, a, b, d, grouped_layout, rec, compiled_dims, disable_ue8m0_cast,
-           use_psum_layout, **extra, empty=d.numel() == 0)
+    return rec
 
 
 def _bf16_contiguous(op, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psum_layout, expected_m, b_t,

@@ -22,6 +22,7 @@ import torch
 from .. import reference as ref
 from ..reference.common import RECIPE_1D1D, RECIPE_1D2D, Recipe
 from . import _checks as chk
+from . import _memo
 from .dispatch import no_products, run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -37,6 +38,18 @@ def _layouts(a_t: bool, b_t: bool) -> tuple[str, str]:
 
 
 def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> None:
+    aliased = (isinstance(c, torch.Tensor) and isinstance(d, torch.Tensor) and c.device.type != "meta"
+               and c.data_ptr() == d.data_ptr())
+    signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, c),
+                          (aliased, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t))
+    rec, k = _memo.validated(signature, getattr(d, "device", None),
+                             lambda: _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
+                                                      a_t, b_t))
+    run_op(op, d.device, ref_fn, a, b, d, c, rec, compiled_dims, disable_ue8m0_cast, empty=d.numel() == 0,
+           trivial=no_products(d, c) if k == 0 else None)
+
+
+def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> tuple[Recipe, int]:
     lay_a, lay_b = _layouts(a_t, b_t)
     a_data, sfa = chk.fp8_pair(op, "a", a, 2, lay_a)
     b_data, sfb = chk.fp8_pair(op, "b", b, 2, lay_b)
@@ -54,11 +67,10 @@ def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast
     inferred = recipe is None
     chk.sf(op, "sfa (a[1])", sfa, (), m, k, gran_m, gran_k, rec, f"M={m}, K={k}", a_t, inferred)
     chk.sf(op, "sfb (b[1])", sfb, (), n, k, gran_n, gran_k, rec, f"N={n}, K={k}", b_t, inferred)
-    c = chk.accumulator(op, c, d)
+    chk.accumulator(op, c, d)
     chk.compiled_dims(op, compiled_dims)
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
-    run_op(op, d.device, ref_fn, a, b, d, c, rec, compiled_dims, disable_ue8m0_cast, empty=d.numel() == 0,
-           trivial=no_products(d, c) if k == 0 else None)
+    return rec, k
 
 
 def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:

@@ -18,6 +18,7 @@ import torch
 from .. import reference as ref
 from ..reference.common import RECIPE_1D2D, Recipe
 from . import _checks as chk
+from . import _memo
 from .dispatch import run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -57,6 +58,16 @@ def m_grouped_fp8_gemm_nt_masked(
 ) -> None:
     """``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; shapes in the module docstring."""
     op = "m_grouped_fp8_gemm_nt_masked"
+    signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, masked_m),
+                          (expected_m, recipe, compiled_dims, disable_ue8m0_cast))
+    rec = _memo.validated(signature, getattr(d, "device", None),
+                          lambda: _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims,
+                                                    disable_ue8m0_cast))
+    run_op(op, d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m, expected_m, rec, compiled_dims,
+           disable_ue8m0_cast, empty=d.numel() == 0)
+
+
+def _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast) -> Recipe:
     a_data, sfa = chk.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
     b_data, sfb = chk.fp8_pair(op, "b", b, 3, "[G, N, K]")
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
@@ -67,8 +78,7 @@ def m_grouped_fp8_gemm_nt_masked(
     chk.sf(op, "sfa (a[1])", sfa, (g,), max_m, k, 1, 128, rec, f"G={g}, max_m={max_m}, K={k}")
     chk.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}")
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
-    run_op(op, d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m, expected_m, rec, compiled_dims,
-           disable_ue8m0_cast, empty=d.numel() == 0)
+    return rec
 
 
 def m_grouped_bf16_gemm_nt_masked(
