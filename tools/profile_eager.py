@@ -8,22 +8,12 @@ from __future__ import annotations
 import cProfile
 import pstats
 import sys
-import time
 
 import torch
 
 import dg_moe
 from dg_moe import layout
-
-
-def per_call_us(fn, calls: int = 300) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e6 / calls
+from dg_moe.bench.timing import eager_us
 
 
 def main(m: int = 128, n: int = 2112, k: int = 7168) -> None:
@@ -31,8 +21,8 @@ def main(m: int = 128, n: int = 2112, k: int = 7168) -> None:
     sfa_mn = layout.get_mn_major_tma_aligned_tensor(sfa)
     b = layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
     d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-    row_major = per_call_us(lambda: dg_moe.fp8_gemm_nt((x, sfa), b, d))
-    mn_major = per_call_us(lambda: dg_moe.fp8_gemm_nt((x, sfa_mn), b, d))
+    row_major = eager_us(lambda: dg_moe.fp8_gemm_nt((x, sfa), b, d))
+    mn_major = eager_us(lambda: dg_moe.fp8_gemm_nt((x, sfa_mn), b, d))
     print(f"eager us/call: row-major SFA {row_major:.1f}, MN-major SFA {mn_major:.1f}")
     profile = cProfile.Profile()
     profile.enable()

@@ -34,7 +34,7 @@ def _fp8_dense_inputs(m: int, n: int, k: int):
     return a, b
 
 
-def _cublas_blockwise(a, b, m: int, n: int, k: int):
+def _cublas_blockwise(a, b, k: int):
     """F.scaled_mm with cuBLASLt's blockwise recipe; scale layouts as PERFORMANCE.md gives them."""
     kb = k // 128
     l4 = layout.align(kb, 4)
@@ -67,7 +67,7 @@ def bench_dense() -> list[dict]:
         ours = gpu_time_us(lambda a=a, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
         row = {
             "m": m, "n": n, "k": k, "dg_moe_us": ours,
-            "cublas_blockwise_us": _try_time(_cublas_blockwise(a, b, m, n, k)),
+            "cublas_blockwise_us": _try_time(_cublas_blockwise(a, b, k)),
             "cublas_bf16_us": _try_time(lambda x=a_bf16, y=b_bf16: x @ y.T),
         }
         if (m, n, k) == (128, 2112, 7168):

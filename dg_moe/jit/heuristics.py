@@ -21,11 +21,11 @@ Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
 from ..layout.math import ceil_div
+from .env import print_configs_enabled
 
 PEAK_FP8_FLOPS_PER_SM = 1979e12 / 132
 HBM_BYTES_PER_S = 3.0e12
@@ -134,7 +134,7 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
 
 def print_config_if_asked(name: str, shape: str, config: GemmConfig) -> None:
     """Print the choice to stderr when DG_MOE_PRINT_CONFIGS=1."""
-    if os.environ.get("DG_MOE_PRINT_CONFIGS", "0") not in ("", "0"):
+    if print_configs_enabled():
         print(
             f"[dg_moe] {name} {shape}: BLOCK_M={config.block_m} BLOCK_N={config.block_n} "
             f"stages={config.num_stages} multicast={config.multicast} smem={config.smem_bytes} "

@@ -96,18 +96,6 @@ inline int make_tensor_map_2d(CUtensorMap* map, CUtensorMapDataType dtype, const
   return make_tensor_map(map, dtype, 2, base, dims, strides, box, swizzle, l2_promotion);
 }
 
-// 3-D map (e.g. [groups, rows, inner] for the masked MoE layout), innermost first.
-inline int make_tensor_map_3d(CUtensorMap* map, CUtensorMapDataType dtype, const void* base, uint64_t dim0,
-                              uint64_t dim1, uint64_t dim2, uint64_t stride1_bytes, uint64_t stride2_bytes,
-                              uint32_t box0, uint32_t box1, uint32_t box2,
-                              CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_NONE,
-                              CUtensorMapL2promotion l2_promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
-  const uint64_t dims[3] = {dim0, dim1, dim2};
-  const uint64_t strides[2] = {stride1_bytes, stride2_bytes};
-  const uint32_t box[3] = {box0, box1, box2};
-  return make_tensor_map(map, dtype, 3, base, dims, strides, box, swizzle, l2_promotion);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Device side
 // ---------------------------------------------------------------------------------------------
@@ -131,15 +119,6 @@ __device__ __forceinline__ void tma_load_2d(const CUtensorMap* map, void* smem_d
       : "memory");
 }
 
-__device__ __forceinline__ void tma_load_3d(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
-                                            int32_t c1, int32_t c2) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
-      "[%2];" ::"r"(smem_u32(smem_dst)),
-      "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
-      : "memory");
-}
-
 // Same tile delivered to every CTA of the cluster named in `cta_mask`, at the same shared-memory
 // offsets, each completing on its own barrier at `bar`'s offset.
 __device__ __forceinline__ void tma_load_2d_multicast(const CUtensorMap* map, void* smem_dst, uint64_t* bar,
@@ -157,14 +136,6 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void*
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
                    tensor_map_ptr(map)),
                "r"(smem_u32(smem_src)), "r"(c0), "r"(c1)
-               : "memory");
-}
-
-__device__ __forceinline__ void tma_store_3d(const CUtensorMap* map, const void* smem_src, int32_t c0, int32_t c1,
-                                             int32_t c2) {
-  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];" ::"l"(
-                   tensor_map_ptr(map)),
-               "r"(smem_u32(smem_src)), "r"(c0), "r"(c1), "r"(c2)
                : "memory");
 }
 

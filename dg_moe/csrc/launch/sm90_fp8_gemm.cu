@@ -45,10 +45,16 @@ cudaLaunchConfig_t launch_config(uint32_t clusters, cudaStream_t stream, cudaLau
   return config;
 }
 
+// Raises the kernel's dynamic shared-memory limit, once per process.
+cudaError_t allow_shared_memory() {
+  static const cudaError_t status =
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
+  return status;
+}
+
 // Clusters of this kernel the GPU can hold at once; 0 when the query fails (then no cap).
 uint32_t max_active_clusters() {
-  if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes) != cudaSuccess)
-    return 0;
+  if (allow_shared_memory() != cudaSuccess) return 0;
   cudaLaunchAttribute cluster;
   const cudaLaunchConfig_t config = launch_config(1, nullptr, &cluster);
   int count = 0;
@@ -84,9 +90,7 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
                                                     uint64_t(kShapeN) * 2, DLayout::kSpanCols, kBlockM,
                                                     d_swizzle()));
 
-  static const cudaError_t attribute_status =
-      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
-  DG_MOE_RETURN_IF_ERROR(attribute_status);
+  DG_MOE_RETURN_IF_ERROR(allow_shared_memory());
 
   // Persistent grid: whole clusters, no more than can be resident at once (a cluster's CTAs must
   // share a GPC, so fewer than num_sms / 2 pairs may fit; extra clusters would run as a second wave).
