@@ -180,44 +180,49 @@ def test_psum_contiguous_cuda_graph_replays_with_new_counts(gen):
         assert_matches(d, ref)
 
 
-@pytest.mark.parametrize("block_m,block_n,multicast", [(128, 128, 2), (128, 192, 1), (128, 192, 2), (64, 32, 2)])
+@pytest.mark.parametrize("block_m,block_n,multicast", [(128, 128, 2), (128, 192, 1), (128, 192, 2), (64, 32, 2),
+                                                     (256, 128, 1), (256, 128, 2), (256, 64, 1)])
 def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, gen):
-    """Variants the heuristic rarely picks (multicast pairs, 192-wide tiles spanning two SFB blocks)
-    on every layout, with N giving an odd n-block count (a padding tile in each pair)."""
+    """Variants the heuristic rarely picks (multicast pairs, 192-wide tiles spanning two SFB blocks,
+    256-row tiles in two waves) on every layout they serve, with N giving an odd n-block count (a
+    padding tile in each pair)."""
     import dataclasses
 
+    from dg_moe.jit.heuristics import max_stages
     from dg_moe.ops import sm90_fp8_gemm as kernels
 
-    chosen = kernels.choose_config
+    chosen = kernels.config_for
 
     def forced(*args):
         return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=multicast,
-                                   num_stages=4)
+                                   num_stages=max_stages(block_m, block_n, k))
 
-    monkeypatch.setattr(kernels, "choose_config", forced)
+    monkeypatch.setattr(kernels, "config_for", forced)
     monkeypatch.setattr(kernels, "_entries", {})
     n, k = 7232, 2048  # 7232 / 192 and 7232 / 128 leave partial, odd n-block counts
 
-    a = fp8_activations(200, k, gen)
     b1 = fp8_weights(1, n, k, gen)
     b1 = (b1[0][0], b1[1][0])
-    d = _poisoned(200, n)
-    dg_moe.fp8_gemm_nt(a, b1, d)
-    assert_matches(d, reference.ref_fp8_gemm_nt(a, b1))
+    for m in (200, 600):  # one partial tile; several tiles, the last partial
+        a = fp8_activations(m, k, gen)
+        d = _poisoned(m, n)
+        dg_moe.fp8_gemm_nt(a, b1, d)
+        assert_matches(d, reference.ref_fp8_gemm_nt(a, b1))
 
-    counts = _random_counts(5, 5 * 150, gen)
-    a, per_row, psum = _contiguous_inputs(counts, k, gen)
     b = fp8_weights(5, n, k, gen)
-    ref = reference.ref_m_grouped_fp8_gemm_nt_contiguous(a, b, per_row)
-    for grouped_layout, psum_form in ((per_row, False), (psum, True)):
-        d = _poisoned(a[0].shape[0], n)
-        dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, grouped_layout, use_psum_layout=psum_form)
-        assert_matches(d, ref)
+    if block_m <= 128:  # contiguous groups start on 128-row boundaries: taller tiles are never built for them
+        counts = _random_counts(5, 5 * 150, gen)
+        a, per_row, psum = _contiguous_inputs(counts, k, gen)
+        ref = reference.ref_m_grouped_fp8_gemm_nt_contiguous(a, b, per_row)
+        for grouped_layout, psum_form in ((per_row, False), (psum, True)):
+            d = _poisoned(a[0].shape[0], n)
+            dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, grouped_layout, use_psum_layout=psum_form)
+            assert_matches(d, ref)
 
-    groups, max_m = 4, 129
+    groups, max_m = 4, 300 if block_m == 256 else 129
     x = fp8_activations(groups * max_m, k, gen)
     x = (x[0].view(groups, max_m, k), x[1].view(groups, max_m, k // 128))
-    masked_m = torch.tensor([0, 1, max_m, 77], dtype=torch.int32, device="cuda")
+    masked_m = torch.tensor([0, 1, max_m, 77 + max_m // 2], dtype=torch.int32, device="cuda")
     d = _poisoned(groups, max_m, n)
     b_masked = (b[0][:groups], b[1][:groups])
     dg_moe.m_grouped_fp8_gemm_nt_masked(x, b_masked, d, masked_m, expected_m=64)

@@ -20,12 +20,14 @@ def main(m: int, n: int, k: int, *forced: int) -> None:
     if forced:
         import dataclasses
 
+        from dg_moe.jit.heuristics import max_stages
         from dg_moe.ops import sm90_fp8_gemm as kernels
 
-        chosen = kernels.choose_config
+        chosen = kernels.config_for
         block_m, block_n, multicast = forced
-        kernels.choose_config = lambda *args: dataclasses.replace(
-            chosen(*args), block_m=block_m, block_n=block_n, multicast=multicast, num_stages=4 if block_n > 128 else 5)
+        kernels.config_for = lambda *args: dataclasses.replace(
+            chosen(*args), block_m=block_m, block_n=block_n, multicast=multicast,
+            num_stages=max_stages(block_m, block_n, k))
     a = layout.per_token_cast_to_fp8(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
     a = (a[0], layout.get_mn_major_tma_aligned_tensor(a[1]))
     b = layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))

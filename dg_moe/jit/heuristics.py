@@ -12,9 +12,11 @@ docs/perf-log.md starts every kernel from:
 - L2 time: every tile streams its A rows and B rows from L2 into shared memory, at about
   11 TB/s over the chip and at most 64 B/clk for one SM; a 2-CTA cluster multicasting A halves
   A's share (v3's A/B: multicast changed nothing at 128x128 tiles, so L2 was not the bound);
-- no shared-memory term and no efficiency gain for tiles wider than 128: a 128x192 tile measured
-  slower than 128x128 at equal waves (969 vs 1091 TFLOPS at 4096^2 x 7168), so BLOCK_N = 192 is
+- no shared-memory term, and tiles wider than 128 run 11 % slower than their terms say (128x192
+  measured 969 vs 1091 TFLOPS for 128x128 at equal waves, 4096^2 x 7168), so BLOCK_N = 192 is
   chosen only where it removes a partial wave (4096 x 2112 x 7168: 754 -> 981 TFLOPS);
+- 256-row tiles (two 128-row waves) read 25 % fewer L2 bytes per FLOP than 128 x 128 and won at
+  M = 4096 (4096^2 x 7168: 1251 vs 1130 TFLOPS); never for 128 rows or fewer, nor contiguous layouts;
 - a fixed cost per wave for filling the pipeline and the epilogue.
 Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
 """
@@ -39,10 +41,14 @@ _MULTICAST_MIN_GAIN = 0.10
 # A lone SM streams at most this many times its share of HBM bandwidth.
 _MAX_SM_BANDWIDTH_SHARE = 2.0
 _WAVE_OVERHEAD_S = 0.4e-6
+# A 192-wide tile runs at this fraction of the speed its terms predict, compute- or memory-bound
+# (H100: 969 vs 1091 TFLOPS against 128 x 128 at equal waves, 4096^2 x 7168; 22.2 vs 20.4 us
+# against 128 x 64 at M = 128, N = 24576, K = 1536).
+_WIDE_TILE_SPEED = 0.89
 MAX_STAGES = 8
 BLOCK_K = 128
 
-BLOCK_MS = (64, 128)
+BLOCK_MS = (64, 128, 256)
 BLOCK_NS = (16, 32, 64, 128, 192)
 
 
@@ -66,11 +72,19 @@ def smem_bytes(block_m: int, block_n: int, num_stages: int, k: int) -> int:
     """Shared memory of one CTA; mirrors SharedLayout in csrc/kernels/sm90_fp8_gemm.cuh."""
     stage = block_m * BLOCK_K + block_n * BLOCK_K + _round_up(block_m * 4, 1024)
     d_tile = _round_up(block_m * block_n * 2, 1024)
-    sfb_table = _round_up(2 * (k // BLOCK_K) * 4, 8)
-    return num_stages * stage + d_tile + sfb_table + 2 * num_stages * 8 + 1024
+    sfb_tables = _round_up(2 * 2 * (k // BLOCK_K) * 4, 8)
+    return num_stages * stage + d_tile + sfb_tables + (2 * num_stages + 4) * 8 + 1024
 
 
-def _max_stages(block_m: int, block_n: int, k: int) -> int:
+def fits_registers(block_m: int, block_n: int) -> bool:
+    """Whether a math thread's accumulators fit: one wave's wgmma results plus every wave's sums,
+    at most 192 of its 232 registers (the kernel's static_assert)."""
+    waves = 2 if block_m == 256 else 1
+    return block_n // 2 * (waves + 1) <= 192
+
+
+def max_stages(block_m: int, block_n: int, k: int) -> int:
+    """Most pipeline stages (up to MAX_STAGES) that fit beside the D tile in shared memory."""
     stages = MAX_STAGES
     while stages > 2 and smem_bytes(block_m, block_n, stages, k) > SMEM_BYTES_PER_BLOCK:
         stages -= 1
@@ -78,7 +92,7 @@ def _max_stages(block_m: int, block_n: int, k: int) -> int:
 
 
 def _mma_efficiency(block_m: int, block_n: int) -> float:
-    warpgroups = 0.85 if block_m == 128 else 0.6
+    warpgroups = 0.6 if block_m == 64 else 0.85
     narrow = min(block_n, 128)
     return warpgroups * narrow / (narrow + 16)
 
@@ -101,24 +115,31 @@ def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, 
     tile_l2_bytes = (min(block_m, rows_per_group) / multicast + block_n) * k
     sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
     l2_s = waves * tile_l2_bytes / sm_l2_rate
-    return (max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S) * 1e6
+    time_s = max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S
+    return time_s * 1e6 / (_WIDE_TILE_SPEED if block_n > 128 else 1.0)
 
 
-def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
+def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int,
+                  max_block_m: int = 256) -> GemmConfig:
     """Cheapest configuration for the problem; deterministic in its arguments.
 
     rows_per_group: M for a dense GEMM, the mean rows per expert for contiguous layouts, or
-    ``expected_m`` for masked ones.
+    ``expected_m`` for masked ones. max_block_m: 128 for contiguous layouts, whose groups start on
+    128-row boundaries (a taller tile could hold two experts' rows).
     """
-    def rank(c: GemmConfig) -> tuple[float, int, int]:
-        # Within 0.1 %: the larger tile, then the cluster (fewer L2 reads).
-        return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.multicast)
+    def rank(c: GemmConfig) -> tuple[float, int, int, int]:
+        # Within 0.1 %: the larger tile, then the taller one (fewer CTAs read each weight row:
+        # 128 x 64 beat 64 x 128 at M = 128, N = 7168, K = 16384, 54 vs 59 us), then the cluster.
+        return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.block_m, -c.multicast)
 
     rows = max(rows_per_group, 1)
     candidates = []
-    for block_m in BLOCK_MS:
+    for block_m in (bm for bm in BLOCK_MS if bm <= max_block_m):
         for block_n in BLOCK_NS:
-            stages = _max_stages(block_m, block_n, k)
+            # A 256-row tile over at most 128 rows would run a wave of wgmmas on rows that do not exist.
+            if not fits_registers(block_m, block_n) or (block_m == 256 and rows <= 128):
+                continue
+            stages = max_stages(block_m, block_n, k)
             time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)
             multicast = 1
             # Single-wave problems never multicast: measured slower (M=128, N=2112: 16.5 vs 15.1 us).

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..jit.heuristics import choose_config
-from .sm90_fp8_gemm import GemmType, template_args
+from .sm90_fp8_gemm import GemmType, config_for, template_args
 
 # (N, K) of DeepSeek-V3's dense and MoE GEMMs, as listed in PERFORMANCE.md.
 DEEPSEEK_V3_NK = ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048))
@@ -18,7 +17,7 @@ def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int]]:
     seen: dict[tuple, dict[str, int]] = {}
 
     def add(gemm_type: GemmType, rows: int, n: int, k: int, groups: int) -> None:
-        args = template_args(gemm_type, choose_config(rows, n, k, groups, num_sms), n, k)
+        args = template_args(gemm_type, config_for(gemm_type, rows, n, k, groups, num_sms), n, k)
         seen.setdefault(tuple(sorted(args.items())), args)
 
     for n, k in DEEPSEEK_V3_NK:

@@ -50,11 +50,17 @@ def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> di
     }
 
 
+def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
+    """The variant the cost model picks for one call shape of one layout."""
+    contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
+    return choose_config(rows_hint, n, k, num_groups, num_sms, max_block_m=128 if contiguous else 256)
+
+
 def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
     key = (gemm_type, rows_hint, n, k, num_groups, num_sms)
     entry = _entries.get(key)
     if entry is None:
-        config = choose_config(rows_hint, n, k, num_groups, num_sms)
+        config = config_for(gemm_type, rows_hint, n, k, num_groups, num_sms)
         shape = f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}"
         print_config_if_asked(FAMILY, shape, config)
         library = build(FAMILY, template_args(gemm_type, config, n, k))

@@ -13,6 +13,7 @@
 
 #include "common/cluster.cuh"
 #include "common/mbarrier.cuh"
+#include "common/named_barrier.cuh"
 #include "common/scheduler.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
@@ -23,6 +24,17 @@ using sched::GemmType;
 
 constexpr uint32_t kBlockK = 128;
 constexpr uint32_t kNumProducerThreads = 128;
+
+// A 256-row tile runs as two 128-row waves on the same two math warpgroups: each warpgroup keeps
+// one wave's wgmma accumulators and both waves' promoted sums (a second accumulator set would not
+// fit in 232 registers), and the tile reads 25 % fewer L2 bytes per FLOP than a 128 x 128 one.
+template <uint32_t BLOCK_M>
+struct MathShape {
+    static constexpr uint32_t kWarpgroups = BLOCK_M == 64 ? 1 : 2;
+    static constexpr uint32_t kThreads = kWarpgroups * 128;
+    static constexpr uint32_t kWaves = BLOCK_M / (kWarpgroups * 64);
+    static constexpr uint32_t kBlockThreads = kThreads + kNumProducerThreads;
+};
 
 struct Params {
     const float* sfb;         // [G, ceil(N/128), K/128], K-major
@@ -40,12 +52,16 @@ struct SharedLayout {
     static constexpr uint32_t kStageBytes = kBytesA + kBytesB + ((kBytesSFA + 1023) / 1024) * 1024;
     static constexpr uint32_t kBytesD = BLOCK_M * BLOCK_N * sizeof(__nv_bfloat16);
     static constexpr uint32_t kOffsetD = kNumStages * kStageBytes;
-    // The tile's SFB: one row of K/128 scales per 128-column block it touches (at most two).
+    // A tile's SFB: one row of K/128 scales per 128-column block it touches (at most two); two
+    // tables, so the next tile's is filled while this one's K loop reads it.
     static constexpr uint32_t kOffsetSFB = kOffsetD + ((kBytesD + 1023) / 1024) * 1024;
-    static constexpr uint32_t kBytesSFB = 2 * (SHAPE_K / kBlockK) * sizeof(float);
+    static constexpr uint32_t kFloatsSFBTable = 2 * (SHAPE_K / kBlockK);
+    static constexpr uint32_t kBytesSFB = 2 * kFloatsSFBTable * sizeof(float);
     static constexpr uint32_t kOffsetBarriers = kOffsetSFB + ((kBytesSFB + 7) / 8) * 8;
+    // Barriers: full and empty per stage, then full and empty per SFB table.
+    static constexpr uint32_t kNumBarriers = 2 * kNumStages + 4;
     // +1024: the dynamic shared-memory base is only 16-byte aligned; 128B swizzle needs 1024.
-    static constexpr uint32_t kTotalBytes = kOffsetBarriers + 2 * kNumStages * sizeof(uint64_t) + 1024;
+    static constexpr uint32_t kTotalBytes = kOffsetBarriers + kNumBarriers * sizeof(uint64_t) + 1024;
     static constexpr uint32_t kTxBytes = kBytesA + kBytesB + kBytesSFA;
 };
 
@@ -70,11 +86,14 @@ struct DTile {
 
 template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages,
           GemmType kType, uint32_t kMulticast>
-__global__ void __launch_bounds__(BLOCK_M * 2 + kNumProducerThreads, 1)
+__global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
 fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
                 const __grid_constant__ CUtensorMap tmap_d) {
-    static_assert(BLOCK_M == 64 || BLOCK_M == 128, "BLOCK_M must be 64 (one math warpgroup) or 128 (two)");
+    static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
+                  "BLOCK_M must be 64 (one math warpgroup), 128 (two) or 256 (two, in two waves)");
+    static_assert(BLOCK_M <= sched::kContiguousAlignment || kType == GemmType::Normal || kType == GemmType::MGroupedMasked,
+                  "contiguous groups start on 128-row boundaries: a taller tile could span two experts");
     static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 192,
                   "BLOCK_N must divide 128 (one SFB block per tile) or be 192 (two: n0 % 128 is 0 or 64)");
     static_assert(SHAPE_K % kBlockK == 0, "K must be a multiple of 128");
@@ -82,17 +101,24 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
     static_assert(kMulticast == 1 || kMulticast == 2, "A is shared across clusters of 1 or 2 CTAs");
 
-    constexpr uint32_t kNumMathThreads = BLOCK_M * 2;
+    using Math = MathShape<BLOCK_M>;
+    // Named barrier among the math warpgroups (0 is __syncthreads).
+    constexpr uint32_t kBarrierEpilogue = 1;
+    constexpr uint32_t kNumMathThreads = Math::kThreads;
+    constexpr uint32_t kNumWaves = Math::kWaves;
     constexpr uint32_t kNumKBlocks = SHAPE_K / kBlockK;
     constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
     constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
     constexpr bool kTwoSFB = 128 % BLOCK_N != 0;
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, SHAPE_K>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
+    static_assert(MMA::kNumAccum * (kNumWaves + 1) <= 192, "accumulators past 192 registers spill at 232 per thread");
     using D = DTile<BLOCK_M, BLOCK_N>;
 
     extern __shared__ uint8_t smem_raw[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    // Offset the array itself rather than round an integer address: derived from smem_raw, every
+    // pointer below stays known to be shared, so accesses compile to LDS/STS, not generic LD/ST.
+    uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
     auto stage_a = [&](uint32_t s) { return smem + s * Layout::kStageBytes; };
     auto stage_b = [&](uint32_t s) { return smem + s * Layout::kStageBytes + Layout::kBytesA; };
     auto stage_sfa = [&](uint32_t s) {
@@ -102,6 +128,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     float* smem_sfb = reinterpret_cast<float*>(smem + Layout::kOffsetSFB);
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + Layout::kOffsetBarriers);
     uint64_t* empty = full + kNumStages;
+    uint64_t* sfb_full = empty + kNumStages;
+    uint64_t* sfb_empty = sfb_full + 2;
 
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (threadIdx.x == kNumMathThreads) {
@@ -113,6 +141,10 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             mbarrier_init(full + s, 1);
             // A stage is refilled once the math warps of every CTA it is multicast into released it.
             mbarrier_init(empty + s, kNumMathWarps * kMulticast);
+        }
+        for (uint32_t b = 0; b < 2; ++b) {
+            mbarrier_init(sfb_full + b, 32);  // every lane of the loading warp
+            mbarrier_init(sfb_empty + b, kNumMathWarps);
         }
         mbarrier_init_fence();
     }
@@ -128,7 +160,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     const uint32_t cta_rank = blockIdx.x % kMulticast;
 
     if (threadIdx.x >= kNumMathThreads) {
-        // Producer warpgroup: registers go to the math warpgroups; one thread issues every copy.
+        // Producer warpgroup: registers go to the math warpgroups; one thread issues every TMA copy,
+        // the next warp fills the SFB tables.
         if constexpr (kNumMathThreads == 256)
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (threadIdx.x == kNumMathThreads) {
@@ -153,99 +186,121 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                     tma_load_2d(&tmap_sfa, stage_sfa(s), full + s, sfa_row, sfa_k0 + k);
                 }
             }
+        } else if (warp == kNumMathWarps + 1) {
+            // The second producer warp fills each tile's SFB table ahead of its K loop: loaded by the
+            // math warps at the tile's start, the L2 round trip and a CTA barrier stalled every tile.
+            for (uint32_t t = 0; scheduler.next(tile); ++t) {
+                const uint32_t b = t % 2;
+                mbarrier_wait(sfb_empty + b, ((t / 2) & 1) ^ 1);
+                // A padding n-block of a multicast pair lies past N: clamp its (unused) scale rows.
+                const uint32_t sfb_block = min(tile.n_block * BLOCK_N / 128, kNumSFBBlocksN - 1);
+                const float* sfb = params.sfb + (tile.group * kNumSFBBlocksN + sfb_block) * kNumKBlocks;
+                // A 192-wide tile spans two SFB blocks: the second row holds the next block's scales.
+                const float* sfb_next = params.sfb + (tile.group * kNumSFBBlocksN + min(sfb_block + 1, kNumSFBBlocksN - 1)) *
+                                                         kNumKBlocks;
+                float* table = smem_sfb + b * Layout::kFloatsSFBTable;
+                for (uint32_t i = lane; i < kNumKBlocks; i += 32) {
+                    table[i] = __ldg(sfb + i);
+                    if constexpr (kTwoSFB)
+                        table[kNumKBlocks + i] = __ldg(sfb_next + i);
+                }
+                mbarrier_arrive(sfb_full + b);
+            }
         }
     } else {
 
-    // Math warpgroups: warpgroup w owns rows [64 w, 64 w + 64) of the tile.
+    // Math warpgroups: warpgroup w owns rows [128 v + 64 w, 128 v + 64 w + 64) of wave v.
     if constexpr (kNumMathThreads == 256)
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const uint32_t math_wg = threadIdx.x / 128;
-    const uint32_t row_in_tile = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_tile + 8
-    float accum[MMA::kNumAccum], result[MMA::kNumAccum];
-    uint32_t iter = 0;
+    const uint32_t row_in_wave = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_wave + 8
+    constexpr uint32_t kWaveRows = BLOCK_M / kNumWaves;
+    float accum[MMA::kNumAccum], result[kNumWaves][MMA::kNumAccum];
+    uint32_t iter = 0, tile_count = 0;
 
-    while (scheduler.next(tile)) {
-        // A padding n-block of a multicast pair lies past N: clamp its (unused) scale rows.
-        const uint32_t sfb_block = min(tile.n_block * BLOCK_N / 128, kNumSFBBlocksN - 1);
-        const float* sfb = params.sfb + (tile.group * kNumSFBBlocksN + sfb_block) * kNumKBlocks;
-        // A 192-wide tile spans two SFB blocks: columns below `split` use the first.
-        const float* sfb_next = params.sfb + (tile.group * kNumSFBBlocksN + min(sfb_block + 1, kNumSFBBlocksN - 1)) *
-                                                 kNumKBlocks;
+    for (; scheduler.next(tile); ++tile_count) {
+        // Columns of a 192-wide tile at or past `split` take the second SFB row.
         const uint32_t split = 128 - (tile.n_block * BLOCK_N) % 128;
-        // The tile's SFB goes to shared memory before the K loop: a global load per K block sat
-        // on the critical path under L2 load (0.7 warps/issue stalled on long scoreboard, ncu).
-        // Every math thread passed the previous tile's epilogue barriers, so the table is free.
-        for (uint32_t i = threadIdx.x; i < kNumKBlocks; i += kNumMathThreads) {
-            smem_sfb[i] = __ldg(sfb + i);
-            if constexpr (kTwoSFB)
-                smem_sfb[kNumKBlocks + i] = __ldg(sfb_next + i);
-        }
-        asm volatile("bar.sync 1, %0;\n" ::"n"(kNumMathThreads));
+        const uint32_t table_index = tile_count % 2;
+        const float* table = smem_sfb + table_index * Layout::kFloatsSFBTable;
+        mbarrier_wait(sfb_full + table_index, (tile_count / 2) & 1);
         #pragma unroll
-        for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-            result[i] = 0.0f;
+        for (uint32_t v = 0; v < kNumWaves; ++v)
+            #pragma unroll
+            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                result[v][i] = 0.0f;
 
-        // SFB is read one K block ahead: a global load consumed before the wgmma issue stalls the
-        // tensor cores for an L2 round trip every K block (v1 did that: ~47 % of peak).
         // Accumulators are not double-buffered: unless the K loop is fully unrolled, ptxas cannot
         // tell which wgmma a wait_group<1> retires and serialises them all (warning C7514); the
-        // two math warpgroups interleave on each SMSP's tensor core instead.
+        // two math warpgroups share each SMSP's tensor cores instead. Forcing them to take turns
+        // (named barriers between their issues) measured 4-7 % slower at M = 4096.
         for (uint32_t k = 0; k < kNumKBlocks; ++k, ++iter) {
             const uint32_t s = iter % kNumStages, phase = (iter / kNumStages) & 1;
-            const float scale_b = smem_sfb[k], scale_b2 = kTwoSFB ? smem_sfb[kNumKBlocks + k] : 0.0f;
+            const float scale_b = table[k], scale_b2 = kTwoSFB ? table[kNumKBlocks + k] : 0.0f;
             mbarrier_wait(full + s, phase);
 
-            const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + math_wg * 64 * kBlockK);
             const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
             #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-                wgmma::fence_operand(accum[i]);
-            wgmma::fence();
-            #pragma unroll
-            for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
-                MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);  // +32 bytes along K
-            wgmma::commit_group();
-            // Scales are computed while the tensor cores work.
-            const float sfa_0 = stage_sfa(s)[row_in_tile], sfa_1 = stage_sfa(s)[row_in_tile + 8];
-            const float scale_0 = sfa_0 * scale_b, scale_1 = sfa_1 * scale_b;
-            const float scale2_0 = sfa_0 * scale_b2, scale2_1 = sfa_1 * scale_b2;
-            wgmma::wait_group<0>();
-            #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-                wgmma::fence_operand(accum[i]);
+            for (uint32_t v = 0; v < kNumWaves; ++v) {
+                const uint32_t row = v * kWaveRows + row_in_wave;
+                const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + (v * kWaveRows + math_wg * 64) * kBlockK);
+                #pragma unroll
+                for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                    wgmma::fence_operand(accum[i]);
+                wgmma::fence();
+                #pragma unroll
+                for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
+                    MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum, kk > 0);  // +32 bytes along K
+                wgmma::commit_group();
+                // Scales are computed while the tensor cores work.
+                const float sfa_0 = stage_sfa(s)[row], sfa_1 = stage_sfa(s)[row + 8];
+                const float scale_0 = sfa_0 * scale_b, scale_1 = sfa_1 * scale_b;
+                const float scale2_0 = sfa_0 * scale_b2, scale2_1 = sfa_1 * scale_b2;
+                wgmma::wait_group<0>();
+                #pragma unroll
+                for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                    wgmma::fence_operand(accum[i]);
 
-            // This warp is done reading stage s (its wgmma completed, and its SFA values were consumed
-            // by the scale products above, in a converged warp): tell the producer of every CTA that
-            // multicasts into it.
-            if (lane == 0) {
-                mbarrier_arrive(empty + s);
-                if constexpr (kMulticast == 2)
-                    mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
-            }
+                // After the last wave this warp is done reading stage s (its wgmmas completed, and its
+                // SFA values were consumed by the scale products above, in a converged warp): tell the
+                // producer of every CTA that multicasts into it.
+                if (v == kNumWaves - 1 && lane == 0) {
+                    mbarrier_arrive(empty + s);
+                    if constexpr (kMulticast == 2)
+                        mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
+                }
 
-            // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
-            #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i) {
-                const bool second_block = kTwoSFB && 8 * (i / 4) >= split;
-                const float scale = (i / 2) % 2 == 0 ? (second_block ? scale2_0 : scale_0)
-                                                     : (second_block ? scale2_1 : scale_1);
-                result[i] += scale * accum[i];
+                // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+                #pragma unroll
+                for (uint32_t i = 0; i < MMA::kNumAccum; ++i) {
+                    const bool second_block = kTwoSFB && 8 * (i / 4) >= split;
+                    const float scale = (i / 2) % 2 == 0 ? (second_block ? scale2_0 : scale_0)
+                                                         : (second_block ? scale2_1 : scale_1);
+                    result[v][i] += scale * accum[i];
+                }
             }
         }
+
+        // The K loop's last read of the SFB table is done in every lane of this warp.
+        __syncwarp();
+        if (lane == 0)
+            mbarrier_arrive(sfb_empty + table_index);
 
         // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
         if (threadIdx.x == 0)
             tma_store_wait_read<0>();
-        asm volatile("bar.sync 1, %0;\n" ::"n"(kNumMathThreads));
+        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
         #pragma unroll
-        for (uint32_t i = 0; i < MMA::kNumAccum; i += 2) {
-            const uint32_t row = row_in_tile + 8 * ((i / 2) % 2);
-            const uint32_t col = 8 * (i / 4) + 2 * (lane % 4);
-            *reinterpret_cast<__nv_bfloat162*>(smem_d + D::offset(row, col)) =
-                __floats2bfloat162_rn(result[i], result[i + 1]);
-        }
+        for (uint32_t v = 0; v < kNumWaves; ++v)
+            #pragma unroll
+            for (uint32_t i = 0; i < MMA::kNumAccum; i += 2) {
+                const uint32_t row = v * kWaveRows + row_in_wave + 8 * ((i / 2) % 2);
+                const uint32_t col = 8 * (i / 4) + 2 * (lane % 4);
+                *reinterpret_cast<__nv_bfloat162*>(smem_d + D::offset(row, col)) =
+                    __floats2bfloat162_rn(result[v][i], result[v][i + 1]);
+            }
         tma_fence_shared();
-        asm volatile("bar.sync 1, %0;\n" ::"n"(kNumMathThreads));
+        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
 
         const uint32_t col0 = tile.n_block * BLOCK_N;
         // Normal tiles always take the TMA store: it clips rows past M and columns past N itself.

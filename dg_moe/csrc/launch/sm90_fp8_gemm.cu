@@ -33,7 +33,7 @@ CUtensorMapSwizzle d_swizzle() {
 cudaLaunchConfig_t launch_config(uint32_t clusters, cudaStream_t stream, cudaLaunchAttribute* cluster) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(clusters * kMulticast);
-  config.blockDim = dim3(kBlockM * 2 + kNumProducerThreads);
+  config.blockDim = dim3(MathShape<kBlockM>::kBlockThreads);
   config.dynamicSmemBytes = Layout::kTotalBytes;
   config.stream = stream;
   cluster->id = cudaLaunchAttributeClusterDimension;

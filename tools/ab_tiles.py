@@ -1,0 +1,75 @@
+"""A/B of SM90 FP8 GEMM tile configurations in one process (GPU only), beside cuBLAS blockwise.
+
+Every variant is compiled first, in parallel, then each dense shape times the heuristic's choice
+(marked *) and every listed variant, with the same inputs.
+    python tools/ab_tiles.py [M ...]        (default: M = 128 and 4096 over the DeepSeek-V3 shapes)
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+from dg_moe import layout
+from dg_moe.bench.gemm import _cublas_blockwise, _fp8_dense_inputs
+from dg_moe.bench.timing import gpu_time_us
+from dg_moe.jit import build, compile_only
+from dg_moe.jit.heuristics import GemmConfig, max_stages, predict_us
+from dg_moe.ops.sm90_fp8_configs import DEEPSEEK_V3_NK
+from dg_moe.ops.sm90_fp8_gemm import _ARGTYPES, _ENTRY, FAMILY, GemmType, config_for, template_args
+
+# (BLOCK_M, BLOCK_N, multicast, stages or 0 for the most that fit)
+Variant = tuple[int, int, int, int]
+TILES: dict[int, list[Variant]] = {
+    128: [(64, 32, 1, 0), (64, 64, 1, 0), (64, 128, 1, 0), (128, 32, 1, 0), (128, 64, 1, 0), (128, 128, 1, 0)],
+    4096: [(128, 128, 1, 0), (128, 192, 1, 0), (256, 128, 1, 0), (256, 128, 2, 0)],
+}
+
+
+def _variants(m: int, n: int, k: int, num_sms: int) -> list[GemmConfig]:
+    out = [config_for(GemmType.NORMAL, m, n, k, 1, num_sms)]
+    for block_m, block_n, multicast, stages in TILES.get(m, TILES[4096]):
+        out.append(GemmConfig(block_m, block_n, stages or max_stages(block_m, block_n, k), multicast, 0,
+                              predict_us(block_m, block_n, multicast, m, n, k, 1, num_sms)))
+    return out
+
+
+def _compile(args: dict[str, int]) -> None:
+    compile_only(FAMILY, args)
+
+
+def main(ms: list[int]) -> None:
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = [(m, n, k) for m in ms for n, k in DEEPSEEK_V3_NK]
+    plans = {shape: _variants(*shape, num_sms) for shape in shapes}
+    jobs = {tuple(sorted(template_args(GemmType.NORMAL, c, n, k).items()))
+            for (_, n, k), configs in plans.items() for c in configs}
+    with ProcessPoolExecutor(max_workers=16) as pool:
+        list(pool.map(_compile, [dict(j) for j in jobs]))
+
+    print(f"{'M':>5} {'N':>6} {'K':>6} {'BM':>4} {'BN':>4} {'mc':>3} {'st':>3} {'pred':>7} {'us':>8} "
+          f"{'TFLOPS':>7} {'cuBLAS':>7} {'ratio':>6}")
+    for (m, n, k), configs in plans.items():
+        a, b = _fp8_dense_inputs(m, n, k)
+        sfa = layout.get_mn_major_tma_aligned_tensor(a[1])
+        d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        peer_us = gpu_time_us(_cublas_blockwise(a, b, k))
+        for i, config in enumerate(configs):
+            entry = build(FAMILY, template_args(GemmType.NORMAL, config, n, k)).function(_ENTRY, _ARGTYPES)
+
+            def run(entry=entry):
+                entry(a[0].data_ptr(), sfa.data_ptr(), b[0].data_ptr(), b[1].data_ptr(), d.data_ptr(), None,
+                      m, 1, layout.get_tma_aligned_size(m, 4), num_sms, torch.cuda.current_stream().cuda_stream)
+
+            us = gpu_time_us(run)
+            mark = "*" if i == 0 else " "
+            print(f"{m:>5} {n:>6} {k:>6} {config.block_m:>4} {config.block_n:>4} {config.multicast:>3} "
+                  f"{config.num_stages:>3} {config.predicted_us:7.1f} {us:8.1f} "
+                  f"{2 * m * n * k / us / 1e6:7.0f} {2 * m * n * k / peer_us / 1e6:7.0f} {peer_us / us:6.2f}{mark}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main([int(x) for x in sys.argv[1:]] or [128, 4096])
