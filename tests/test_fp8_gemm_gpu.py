@@ -13,7 +13,7 @@ from .gpu_inputs import assert_matches, fp8_activations, fp8_weights
 pytestmark = pytest.mark.gpu
 
 DEEPSEEK_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
-EXTRA_NK = [(576, 7168), (7232, 2048)]
+EXTRA_NK = [(576, 7168), (7232, 2048), (1536, 640)]  # 640: an odd K-block count
 MS = [0, 1, 7, 64, 65, 128, 129, 1000, 4096, 4097]
 
 
@@ -199,7 +199,7 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
 
     monkeypatch.setattr(kernels, "config_for", forced)
     monkeypatch.setattr(kernels, "_entries", {})
-    n, k = 7232, 2048  # 7232 / 192 and 7232 / 128 leave partial, odd n-block counts
+    n, k = 7232, 2176  # partial, odd n-block counts for 192 and 128; an odd K-block count (17)
 
     b1 = fp8_weights(1, n, k, gen)
     b1 = (b1[0][0], b1[1][0])

@@ -61,17 +61,20 @@ def bench_dense() -> list[dict]:
     rows = []
     for m, n, k in DENSE_SHAPES:
         a, b = _fp8_dense_inputs(m, n, k)
+        # Scale factors in the layout the kernel reads, as every peer gets its own (PERFORMANCE.md).
+        a_mn_major = (a[0], layout.get_mn_major_tma_aligned_tensor(a[1]))
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         a_bf16 = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         b_bf16 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        ours = gpu_time_us(lambda a=a, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
+        ours = gpu_time_us(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
         row = {
             "m": m, "n": n, "k": k, "dg_moe_us": ours,
             "cublas_blockwise_us": _try_time(_cublas_blockwise(a, b, k)),
             "cublas_bf16_us": _try_time(lambda x=a_bf16, y=b_bf16: x @ y.T),
         }
         if (m, n, k) == (128, 2112, 7168):
-            row["dg_moe_eager_us"] = eager_us(lambda a=a, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
+            row["dg_moe_eager_us"] = eager_us(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
+            row["dg_moe_eager_row_major_sfa_us"] = eager_us(lambda a=a, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
         rows.append(row)
     return rows
 
@@ -157,7 +160,8 @@ def main(out_dir: str | None = None) -> int:
         print(f"{r['m']:>5} {r['n']:>6} {r['k']:>6} {_fmt(r['dg_moe_us'], flops):>8} {_fmt(peer, flops):>10} "
               f"{_fmt(r['cublas_bf16_us'], flops):>11} {ratio:>11.2f}")
         if "dg_moe_eager_us" in r:
-            print(f"      eager call {r['dg_moe_eager_us']:.1f} us vs GPU time {r['dg_moe_us']:.1f} us")
+            print(f"      eager call {r['dg_moe_eager_us']:.1f} us (row-major SFA converted per call: "
+                  f"{r['dg_moe_eager_row_major_sfa_us']:.1f} us) vs GPU time {r['dg_moe_us']:.1f} us")
     for m, values in ratios.items():
         print(f"geomean dg_moe / cuBLAS blockwise at M={m}: {_geomean(values):.2f}x")
 
