@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from dg_moe import layout
-from dg_moe.bench.gemm import _cublas_blockwise, _fp8_dense_inputs
+from dg_moe.bench.gemm import cublas_blockwise, fp8_dense_inputs
 from dg_moe.bench.timing import gpu_time_us
 from dg_moe.jit import build, compile_only
 from dg_moe.jit.heuristics import GemmConfig, max_stages, predict_us
@@ -52,10 +52,10 @@ def main(ms: list[int]) -> None:
     print(f"{'M':>5} {'N':>6} {'K':>6} {'BM':>4} {'BN':>4} {'mc':>3} {'st':>3} {'pred':>7} {'us':>8} "
           f"{'TFLOPS':>7} {'cuBLAS':>7} {'ratio':>6}")
     for (m, n, k), configs in plans.items():
-        a, b = _fp8_dense_inputs(m, n, k)
+        a, b = fp8_dense_inputs(m, n, k)
         sfa = layout.get_mn_major_tma_aligned_tensor(a[1])
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-        peer_us = gpu_time_us(_cublas_blockwise(a, b, k))
+        peer_us = gpu_time_us(cublas_blockwise(a, b, k))
         for i, config in enumerate(configs):
             entry = build(FAMILY, template_args(GemmType.NORMAL, config, n, k)).function(_ENTRY, _ARGTYPES)
 

@@ -28,14 +28,17 @@ CONTIGUOUS_CASES = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096
                     (32, 256, 4096, 7168), (32, 256, 7168, 2048)]
 
 
-def _fp8_dense_inputs(m: int, n: int, k: int):
+def fp8_dense_inputs(m: int, n: int, k: int):
+    """Random FP8 operands, recipe (1, 128, 128): a = (e4m3 [M, K], f32 row-major sfa [M, K/128]),
+    b = (e4m3 [N, K], f32 sfb [ceil(N/128), K/128])."""
     a = layout.per_token_cast_to_fp8(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
     b = layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
     return a, b
 
 
-def _cublas_blockwise(a, b, k: int):
-    """F.scaled_mm with cuBLASLt's blockwise recipe; scale layouts as PERFORMANCE.md gives them."""
+def cublas_blockwise(a, b, k: int):
+    """A no-argument call of F.scaled_mm with cuBLASLt's blockwise recipe on the operands of
+    ``fp8_dense_inputs``; scale layouts prepared here, once, as PERFORMANCE.md gives them."""
     kb = k // 128
     l4 = layout.align(kb, 4)
     sfa = a[1].t().contiguous().t()
@@ -60,7 +63,7 @@ def _fmt(value: float | str, scale: float) -> str:
 def bench_dense() -> list[dict]:
     rows = []
     for m, n, k in DENSE_SHAPES:
-        a, b = _fp8_dense_inputs(m, n, k)
+        a, b = fp8_dense_inputs(m, n, k)
         # Scale factors in the layout the kernel reads, as every peer gets its own (PERFORMANCE.md).
         a_mn_major = (a[0], layout.get_mn_major_tma_aligned_tensor(a[1]))
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
@@ -69,7 +72,7 @@ def bench_dense() -> list[dict]:
         ours = gpu_time_us(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
         row = {
             "m": m, "n": n, "k": k, "dg_moe_us": ours,
-            "cublas_blockwise_us": _try_time(_cublas_blockwise(a, b, k)),
+            "cublas_blockwise_us": _try_time(cublas_blockwise(a, b, k)),
             "cublas_bf16_us": _try_time(lambda x=a_bf16, y=b_bf16: x @ y.T),
         }
         if (m, n, k) == (128, 2112, 7168):

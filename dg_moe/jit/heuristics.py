@@ -18,7 +18,7 @@ docs/perf-log.md starts every kernel from:
 - 256-row tiles (two 128-row waves) read 25 % fewer L2 bytes per FLOP than 128 x 128 and won at
   M = 4096 (4096^2 x 7168: 1251 vs 1130 TFLOPS); never for 128 rows or fewer, nor contiguous layouts;
 - a fixed cost per wave for filling the pipeline and the epilogue.
-Ties go to the larger tile. Stages: as many as fit in shared memory, at most 8.
+Ties go to the larger tile, then the taller one. Stages: as many as fit in shared memory, at most 8.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ _WAVE_OVERHEAD_S = 0.4e-6
 # against 128 x 64 at M = 128, N = 24576, K = 1536).
 _WIDE_TILE_SPEED = 0.89
 MAX_STAGES = 8
+ACCUM_REGISTER_BUDGET = 192
 BLOCK_K = 128
 
 BLOCK_MS = (64, 128, 256)
@@ -77,10 +78,10 @@ def smem_bytes(block_m: int, block_n: int, num_stages: int, k: int) -> int:
 
 
 def fits_registers(block_m: int, block_n: int) -> bool:
-    """Whether a math thread's accumulators fit: one wave's wgmma results plus every wave's sums,
-    at most 192 of its 232 registers (the kernel's static_assert)."""
+    """Whether a math thread's accumulators fit: one wave's wgmma results (BLOCK_N / 2 floats) plus
+    every wave's sums, within ACCUM_REGISTER_BUDGET (kAccumRegisterBudget in the kernel)."""
     waves = 2 if block_m == 256 else 1
-    return block_n // 2 * (waves + 1) <= 192
+    return block_n // 2 * (waves + 1) <= ACCUM_REGISTER_BUDGET
 
 
 def max_stages(block_m: int, block_n: int, k: int) -> int:

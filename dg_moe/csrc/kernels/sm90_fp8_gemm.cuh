@@ -6,7 +6,8 @@
 // kNumStages-deep ring of shared-memory stages and fills each tile's SFB table; one or two math
 // warpgroups run wgmma on each 128-wide K block (256-row tiles in two 128-row waves), then
 // promote: the block's FP32 result is scaled by sfa[row] * sfb[block] and added into separate
-// FP32 registers on the CUDA cores, so FP8 accumulation error never builds up across K. The epilogue writes BF16 through shared memory with a TMA store, or, for tiles
+// FP32 registers on the CUDA cores, so FP8 accumulation error never builds up across K. The
+// epilogue writes BF16 through shared memory with a TMA store, or, for tiles
 // holding padding rows or rows past masked_m, with predicated 16-byte stores that never touch them.
 #include <cuda_bf16.h>
 #include <cstdint>
@@ -24,6 +25,9 @@ using sched::GemmType;
 
 constexpr uint32_t kBlockK = 128;
 constexpr uint32_t kNumProducerThreads = 128;
+// Accumulator registers a math thread may hold (wgmma results plus promoted sums) of the 232 that
+// setmaxnreg gives it; past this the K loop spills. dg_moe/jit/heuristics.py mirrors it.
+constexpr uint32_t kAccumRegisterBudget = 192;
 
 // A 256-row tile runs as two 128-row waves on the same two math warpgroups: each warpgroup keeps
 // one wave's wgmma accumulators and both waves' promoted sums (a second accumulator set would not
@@ -92,7 +96,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 const __grid_constant__ CUtensorMap tmap_d) {
     static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
                   "BLOCK_M must be 64 (one math warpgroup), 128 (two) or 256 (two, in two waves)");
-    static_assert(BLOCK_M <= sched::kContiguousAlignment || kType == GemmType::Normal || kType == GemmType::MGroupedMasked,
+    static_assert(BLOCK_M <= sched::kContiguousAlignment || kType == GemmType::Normal ||
+                      kType == GemmType::MGroupedMasked,
                   "contiguous groups start on 128-row boundaries: a taller tile could span two experts");
     static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 192,
                   "BLOCK_N must divide 128 (one SFB block per tile) or be 192 (two: n0 % 128 is 0 or 64)");
@@ -112,7 +117,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     constexpr bool kTwoSFB = 128 % BLOCK_N != 0;
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, SHAPE_K>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
-    static_assert(MMA::kNumAccum * (kNumWaves + 1) <= 192, "accumulators past 192 registers spill at 232 per thread");
+    static_assert(MMA::kNumAccum * (kNumWaves + 1) <= kAccumRegisterBudget,
+                  "one wave's accumulators plus every wave's sums exceed the register budget");
     using D = DTile<BLOCK_M, BLOCK_N>;
 
     extern __shared__ uint8_t smem_raw[];
@@ -222,7 +228,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     // 128 x 128 tiles 8-14 % faster, 4096^2 x 7168 1039 -> 1126 TFLOPS). Across loop iterations
     // ptxas cannot tell which wgmma a wait_group<1> retires and serialises them all (warning
     // C7514); inside one iteration it can. Two-wave tiles would need 256 registers for this.
-    constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= 192;
+    constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= kAccumRegisterBudget;
     float accum[kPairs ? 2 : 1][MMA::kNumAccum], result[kNumWaves][MMA::kNumAccum];
     uint32_t iter = 0, tile_count = 0;
 

@@ -1,0 +1,53 @@
+"""The cost model's choices obey the kernel's limits: registers, shared memory, and the layouts a tile
+height may serve. CPU only."""
+
+from __future__ import annotations
+
+import pytest
+
+from dg_moe.jit.heuristics import (
+    MAX_STAGES,
+    SMEM_BYTES_PER_BLOCK,
+    choose_config,
+    fits_registers,
+    max_stages,
+    smem_bytes,
+)
+from dg_moe.ops.sm90_fp8_configs import DEEPSEEK_V3_NK
+from dg_moe.ops.sm90_fp8_gemm import GemmType, config_for
+
+
+@pytest.mark.parametrize("block_m,block_n,fits", [
+    (64, 128, True), (128, 192, True), (256, 128, True), (256, 64, True), (256, 192, False),
+])
+def test_fits_registers(block_m, block_n, fits):
+    assert fits_registers(block_m, block_n) is fits
+
+
+@pytest.mark.parametrize("block_m,block_n", [(64, 32), (128, 128), (128, 192), (256, 128)])
+@pytest.mark.parametrize("k", [512, 2048, 7168, 16384])
+def test_max_stages_is_the_most_that_fit(block_m, block_n, k):
+    stages = max_stages(block_m, block_n, k)
+    assert smem_bytes(block_m, block_n, stages, k) <= SMEM_BYTES_PER_BLOCK
+    assert stages == MAX_STAGES or smem_bytes(block_m, block_n, stages + 1, k) > SMEM_BYTES_PER_BLOCK
+
+
+@pytest.mark.parametrize("n,k", DEEPSEEK_V3_NK)
+@pytest.mark.parametrize("rows", [1, 64, 128, 129, 1024, 4096, 8192])
+def test_choices_fit_and_respect_the_layout(n, k, rows):
+    for gemm_type in GemmType:
+        config = config_for(gemm_type, rows, n, k, 1 if gemm_type == GemmType.NORMAL else 8, 132)
+        assert fits_registers(config.block_m, config.block_n)
+        assert config.smem_bytes == smem_bytes(config.block_m, config.block_n, config.num_stages, k)
+        assert config.smem_bytes <= SMEM_BYTES_PER_BLOCK
+        if gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM):
+            assert config.block_m <= 128  # groups start on 128-row boundaries
+        if rows <= 128:
+            assert config.block_m <= 128  # a 256-row tile would run a wave on missing rows
+
+
+def test_choice_is_deterministic_and_takes_tall_tiles_at_large_m():
+    first = choose_config(4096, 4096, 7168, 1, 132)
+    assert first == choose_config(4096, 4096, 7168, 1, 132)
+    assert (first.block_m, first.block_n) == (256, 128)  # measured fastest (docs/perf-log.md, v8)
+    assert choose_config(4096, 4096, 7168, 1, 132, max_block_m=128).block_m == 128
