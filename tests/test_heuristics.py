@@ -44,6 +44,8 @@ def test_choices_fit_and_respect_the_layout(n, k, rows):
             assert config.block_m <= 128  # groups start on 128-row boundaries
         if rows <= 128:
             assert config.block_m <= 128  # a 256-row tile would run a wave on missing rows
+        if config.block_m == 256:
+            assert config.block_n >= 128  # 256 x 64 lost to 128 x 128 wherever measured
 
 
 def test_choice_is_deterministic_and_takes_tall_tiles_at_large_m():
@@ -51,3 +53,9 @@ def test_choice_is_deterministic_and_takes_tall_tiles_at_large_m():
     assert first == choose_config(4096, 4096, 7168, 1, 132)
     assert (first.block_m, first.block_n) == (256, 128)  # measured fastest (docs/perf-log.md, v8)
     assert choose_config(4096, 4096, 7168, 1, 132, max_block_m=128).block_m == 128
+
+
+def test_n2112_at_large_m_takes_128x128_without_multicast():
+    # H200, same process: 128 x 128 120-123 us; 128 x 192 129-133; 128 x 64 multicast 149-150 (perf-log v9).
+    config = choose_config(4096, 2112, 7168, 1, 132)
+    assert (config.block_m, config.block_n, config.multicast) == (128, 128, 1)

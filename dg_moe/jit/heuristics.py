@@ -12,11 +12,12 @@ docs/perf-log.md starts every kernel from:
 - L2 time: every tile streams its A rows and B rows from L2 into shared memory, at about
   11 TB/s over the chip and at most 64 B/clk for one SM; a 2-CTA cluster multicasting A halves
   A's share (v3's A/B: multicast changed nothing at 128x128 tiles, so L2 was not the bound);
-- no shared-memory term, and tiles wider than 128 run 11 % slower than their terms say (128x192
-  measured 969 vs 1091 TFLOPS for 128x128 at equal waves, 4096^2 x 7168), so BLOCK_N = 192 is
-  chosen only where it removes a partial wave (4096 x 2112 x 7168: 754 -> 981 TFLOPS);
+- no shared-memory term, and tiles wider than 128 run 16 % slower than their terms say (128x192
+  measured 969 vs 1091 TFLOPS for 128x128 at equal waves, 4096^2 x 7168, H100; at 4096 x 2112 x
+  7168 on an H200 its 3 waves lost to 128x128's 4.1: 933-950 vs 1006-1032 TFLOPS);
 - 256-row tiles (two 128-row waves) read 25 % fewer L2 bytes per FLOP than 128 x 128 and won at
-  M = 4096 (4096^2 x 7168: 1251 vs 1130 TFLOPS); never for 128 rows or fewer, nor contiguous layouts;
+  M = 4096 (4096^2 x 7168: 1251 vs 1130 TFLOPS); never for 128 rows or fewer, nor contiguous
+  layouts, nor narrower than 128 (256 x 64 lost to 128 x 128 wherever measured);
 - a fixed cost per wave for filling the pipeline and the epilogue.
 Ties go to the larger tile, then the taller one. Stages: as many as fit in shared memory, at most 8.
 """
@@ -35,16 +36,18 @@ SMEM_BYTES_PER_BLOCK = 232448
 SM_CLOCK_HZ = 1.83e9
 L2_TO_SM_BYTES_PER_S = 11.3e12
 L2_BYTES_PER_S_PER_SM = 64 * SM_CLOCK_HZ
-# Multicast must be predicted this much faster to be chosen: measured neutral or slightly slower
-# (v3 A/B on H100: 1042 vs 1101 TFLOPS at 4096^2 x 7168, 193 vs 219 at M=128, N=2112).
-_MULTICAST_MIN_GAIN = 0.10
+# Multicast must be predicted this much faster to be chosen: never measured faster (v3 A/B on H100:
+# 1042 vs 1101 TFLOPS at 4096^2 x 7168, 193 vs 219 at M=128, N=2112; H200, 128 x 64 tiles at
+# 4096 x 2112 x 7168: 150 us, predicted 107, against 120 us for 128 x 128 without).
+_MULTICAST_MIN_GAIN = 0.25
 # A lone SM streams at most this many times its share of HBM bandwidth.
 _MAX_SM_BANDWIDTH_SHARE = 2.0
 _WAVE_OVERHEAD_S = 0.4e-6
 # A 192-wide tile runs at this fraction of the speed its terms predict, compute- or memory-bound
 # (H100: 969 vs 1091 TFLOPS against 128 x 128 at equal waves, 4096^2 x 7168; 22.2 vs 20.4 us
-# against 128 x 64 at M = 128, N = 24576, K = 1536).
-_WIDE_TILE_SPEED = 0.89
+# against 128 x 64 at M = 128, N = 24576, K = 1536; H200: 131 vs 121 us against 128 x 128 at
+# 4096 x 2112 x 7168, which 0.89 predicted the other way round).
+_WIDE_TILE_SPEED = 0.84
 MAX_STAGES = 8
 ACCUM_REGISTER_BUDGET = 192
 BLOCK_K = 128
@@ -137,8 +140,9 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
     candidates = []
     for block_m in (bm for bm in BLOCK_MS if bm <= max_block_m):
         for block_n in BLOCK_NS:
-            # A 256-row tile over at most 128 rows would run a wave of wgmmas on rows that do not exist.
-            if not fits_registers(block_m, block_n) or (block_m == 256 and rows <= 128):
+            # A 256-row tile over at most 128 rows would run a wave of wgmmas on rows that do not exist;
+            # one narrower than 128 lost to 128 x 128 at every shape measured (v8).
+            if not fits_registers(block_m, block_n) or (block_m == 256 and (rows <= 128 or block_n < 128)):
                 continue
             stages = max_stages(block_m, block_n, k)
             time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)

@@ -8,7 +8,8 @@
 // promote: the block's FP32 result is scaled by sfa[row] * sfb[block] and added into separate
 // FP32 registers on the CUDA cores, so FP8 accumulation error never builds up across K. The
 // epilogue writes BF16 through shared memory with a TMA store, or, for tiles
-// holding padding rows or rows past masked_m, with predicated 16-byte stores that never touch them.
+// holding padding rows or rows past masked_m, with predicated 16-byte stores that never touch them;
+// the next tile's first K block is already on the tensor cores while it runs.
 #include <cuda_bf16.h>
 #include <cstdint>
 
@@ -228,11 +229,83 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     // 128 x 128 tiles 8-14 % faster, 4096^2 x 7168 1039 -> 1126 TFLOPS). Across loop iterations
     // ptxas cannot tell which wgmma a wait_group<1> retires and serialises them all (warning
     // C7514); inside one iteration it can. Two-wave tiles would need 256 registers for this.
-    constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= kAccumRegisterBudget;
+    constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= kAccumRegisterBudget && kNumKBlocks >= 2;
     float accum[kPairs ? 2 : 1][MMA::kNumAccum], result[kNumWaves][MMA::kNumAccum];
     uint32_t iter = 0, tile_count = 0;
 
-    for (; scheduler.next(tile); ++tile_count) {
+    // Wave v of the K block in stage s, into acc: one commit group.
+    auto issue = [&](uint32_t s, uint32_t v, float (&acc)[MMA::kNumAccum]) {
+        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + (v * kWaveRows + math_wg * 64) * kBlockK);
+        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
+        #pragma unroll
+        for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+            wgmma::fence_operand(acc[i]);
+        wgmma::fence();
+        #pragma unroll
+        for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
+            MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);  // +32 bytes along K
+        wgmma::commit_group();
+    };
+    // A tile's first K block (first two with pairs), wave 0, is issued before the previous tile's
+    // epilogue, so the tensor cores work while the math threads write that tile out (H200, 256 x 128
+    // tiles: 4096^2 x 7168 1159 -> 1252 TFLOPS, 4096 x 32768 x 512 955 -> 1004).
+    auto issue_ahead = [&]() {
+        mbarrier_wait(full + iter % kNumStages, (iter / kNumStages) & 1);
+        issue(iter % kNumStages, 0, accum[0]);
+        if constexpr (kPairs) {
+            mbarrier_wait(full + (iter + 1) % kNumStages, ((iter + 1) / kNumStages) & 1);
+            issue((iter + 1) % kNumStages, 0, accum[kPairs ? 1 : 0]);
+        }
+    };
+
+    // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
+    // Storing D straight from the accumulator registers (no D tile, one more stage) was measured 2x
+    // slower at K = 512: 16-byte fragments of 8 rows per warp store cost more than this round trip.
+    auto write_out = [&](const sched::Tile& out) {
+        if (threadIdx.x == 0)
+            tma_store_wait_read<0>();
+        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
+        #pragma unroll
+        for (uint32_t v = 0; v < kNumWaves; ++v)
+            #pragma unroll
+            for (uint32_t i = 0; i < MMA::kNumAccum; i += 2) {
+                const uint32_t row = v * kWaveRows + row_in_wave + 8 * ((i / 2) % 2);
+                const uint32_t col = 8 * (i / 4) + 2 * (lane % 4);
+                *reinterpret_cast<__nv_bfloat162*>(smem_d + D::offset(row, col)) =
+                    __floats2bfloat162_rn(result[v][i], result[v][i + 1]);
+            }
+        tma_fence_shared();
+        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
+
+        const uint32_t col0 = out.n_block * BLOCK_N;
+        // Normal tiles always take the TMA store: it clips rows past M and columns past N itself.
+        if (kType == GemmType::Normal || (out.valid_rows == BLOCK_M && !out.check_rows)) {
+            if (threadIdx.x == 0) {
+                #pragma unroll
+                for (uint32_t slab = 0; slab < BLOCK_N / D::kSpanCols; ++slab)
+                    tma_store_2d(&tmap_d, smem_d + slab * BLOCK_M * D::kSpanBytes, col0 + slab * D::kSpanCols, out.row);
+                tma_store_commit();
+            }
+        } else {
+            // Tiles with padding rows or rows past masked_m: only real rows are written.
+            constexpr uint32_t kChunksPerRow = BLOCK_N / 8;
+            for (uint32_t idx = threadIdx.x; idx < BLOCK_M * kChunksPerRow; idx += kNumMathThreads) {
+                const uint32_t r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
+                bool write = r < out.valid_rows && col0 + c < SHAPE_N;
+                if (out.check_rows && write)
+                    write = __ldg(params.layout + out.row + r) >= 0;
+                if (write)
+                    *reinterpret_cast<uint4*>(params.d + static_cast<uint64_t>(out.row + r) * SHAPE_N + col0 + c) =
+                        *reinterpret_cast<const uint4*>(smem_d + D::offset(r, c));
+            }
+        }
+    };
+
+    // The loop is entered, and re-entered, only with the tile's first wgmmas in flight: where a path
+    // without them merged in, ptxas waited for them right after the issue (C7517).
+    if (scheduler.next(tile)) {
+    issue_ahead();
+    for (;; ++tile_count) {
         // Columns of a 192-wide tile at or past `split` take the second SFB row.
         const uint32_t split = 128 - (tile.n_block * BLOCK_N) % 128;
         const uint32_t table_index = tile_count % 2;
@@ -244,19 +317,6 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
                 result[v][i] = 0.0f;
 
-        // Wave v of the K block in stage s, into acc: one commit group.
-        auto issue = [&](uint32_t s, uint32_t v, float (&acc)[MMA::kNumAccum]) {
-            const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + (v * kWaveRows + math_wg * 64) * kBlockK);
-            const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
-            #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-                wgmma::fence_operand(acc[i]);
-            wgmma::fence();
-            #pragma unroll
-            for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
-                MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);  // +32 bytes along K
-            wgmma::commit_group();
-        };
         // sfa * sfb of this thread's two rows, for the tile's first and second SFB block; computed
         // while the tensor cores work, and before the stage (which holds the SFA) is released.
         auto scales = [&](uint32_t s, uint32_t v, uint32_t k) {
@@ -286,13 +346,15 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                 result[v][i] += sc * acc[i];
             }
         };
-        // One K block, every wave in turn through one accumulator set.
-        auto single_block = [&](uint32_t k) {
+        // One K block, every wave in turn through one accumulator set; `ahead`: wave 0 already issued.
+        auto single_block = [&](uint32_t k, bool ahead) {
             const uint32_t s = iter % kNumStages;
-            mbarrier_wait(full + s, (iter / kNumStages) & 1);
+            if (!ahead)
+                mbarrier_wait(full + s, (iter / kNumStages) & 1);
             #pragma unroll
             for (uint32_t v = 0; v < kNumWaves; ++v) {
-                issue(s, v, accum[0]);
+                if (v > 0 || !ahead)
+                    issue(s, v, accum[0]);
                 const float4 scale = scales(s, v, k);
                 wgmma::wait_group<0>();
                 if (v == kNumWaves - 1)
@@ -301,28 +363,38 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
             }
             ++iter;
         };
-
-        if constexpr (kPairs) {
-            for (uint32_t k = 0; k + 1 < kNumKBlocks; k += 2, iter += 2) {
-                const uint32_t s0 = iter % kNumStages, s1 = (iter + 1) % kNumStages;
+        // K blocks k and k + 1: the second one's wgmmas run while the first is promoted.
+        auto pair = [&](uint32_t k, bool ahead) {
+            const uint32_t s0 = iter % kNumStages, s1 = (iter + 1) % kNumStages;
+            if (!ahead) {
                 mbarrier_wait(full + s0, (iter / kNumStages) & 1);
                 issue(s0, 0, accum[0]);
-                const float4 scale0 = scales(s0, 0, k);
-                mbarrier_wait(full + s1, ((iter + 1) / kNumStages) & 1);
-                issue(s1, 0, accum[1]);
-                const float4 scale1 = scales(s1, 0, k + 1);
-                wgmma::wait_group<1>();
-                release(s0);
-                promote(scale0, 0, accum[0]);
-                wgmma::wait_group<0>();
-                release(s1);
-                promote(scale1, 0, accum[1]);
             }
+            const float4 scale0 = scales(s0, 0, k);
+            if (!ahead) {
+                mbarrier_wait(full + s1, ((iter + 1) / kNumStages) & 1);
+                issue(s1, 0, accum[kPairs ? 1 : 0]);
+            }
+            const float4 scale1 = scales(s1, 0, k + 1);
+            wgmma::wait_group<1>();
+            release(s0);
+            promote(scale0, 0, accum[0]);
+            wgmma::wait_group<0>();
+            release(s1);
+            promote(scale1, 0, accum[kPairs ? 1 : 0]);
+            iter += 2;
+        };
+
+        if constexpr (kPairs) {
+            pair(0, true);
+            for (uint32_t k = 2; k + 1 < kNumKBlocks; k += 2)
+                pair(k, false);
             if constexpr (kNumKBlocks % 2 == 1)
-                single_block(kNumKBlocks - 1);
+                single_block(kNumKBlocks - 1, false);
         } else {
-            for (uint32_t k = 0; k < kNumKBlocks; ++k)
-                single_block(k);
+            single_block(0, true);
+            for (uint32_t k = 1; k < kNumKBlocks; ++k)
+                single_block(k, false);
         }
 
         // The K loop's last read of the SFB table is done in every lane of this warp.
@@ -330,44 +402,17 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         if (lane == 0)
             mbarrier_arrive(sfb_empty + table_index);
 
-        // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
-        if (threadIdx.x == 0)
-            tma_store_wait_read<0>();
-        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
-        #pragma unroll
-        for (uint32_t v = 0; v < kNumWaves; ++v)
-            #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; i += 2) {
-                const uint32_t row = v * kWaveRows + row_in_wave + 8 * ((i / 2) % 2);
-                const uint32_t col = 8 * (i / 4) + 2 * (lane % 4);
-                *reinterpret_cast<__nv_bfloat162*>(smem_d + D::offset(row, col)) =
-                    __floats2bfloat162_rn(result[v][i], result[v][i + 1]);
-            }
-        tma_fence_shared();
-        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
-
-        const uint32_t col0 = tile.n_block * BLOCK_N;
-        // Normal tiles always take the TMA store: it clips rows past M and columns past N itself.
-        if (kType == GemmType::Normal || (tile.valid_rows == BLOCK_M && !tile.check_rows)) {
-            if (threadIdx.x == 0) {
-                #pragma unroll
-                for (uint32_t slab = 0; slab < BLOCK_N / D::kSpanCols; ++slab)
-                    tma_store_2d(&tmap_d, smem_d + slab * BLOCK_M * D::kSpanBytes, col0 + slab * D::kSpanCols, tile.row);
-                tma_store_commit();
-            }
-        } else {
-            // Tiles with padding rows or rows past masked_m: only real rows are written.
-            constexpr uint32_t kChunksPerRow = BLOCK_N / 8;
-            for (uint32_t idx = threadIdx.x; idx < BLOCK_M * kChunksPerRow; idx += kNumMathThreads) {
-                const uint32_t r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
-                bool write = r < tile.valid_rows && col0 + c < SHAPE_N;
-                if (tile.check_rows && write)
-                    write = __ldg(params.layout + tile.row + r) >= 0;
-                if (write)
-                    *reinterpret_cast<uint4*>(params.d + static_cast<uint64_t>(tile.row + r) * SHAPE_N + col0 + c) =
-                        *reinterpret_cast<const uint4*>(smem_d + D::offset(r, c));
-            }
+        sched::Tile next_tile;
+        if (!scheduler.next(next_tile)) {
+            write_out(tile);
+            break;
         }
+        // The wgmmas issued here stay in flight through the epilogue. Every path back to the loop
+        // head has them in flight (ptxas otherwise waits for them where the paths merge, C7517).
+        issue_ahead();
+        write_out(tile);
+        tile = next_tile;
+    }
     }
     if (threadIdx.x == 0)
         tma_store_wait<0>();
