@@ -2,13 +2,18 @@
 
 Every variant is compiled first, in parallel, then each dense shape times the heuristic's choice
 (marked *) and every listed variant, with the same inputs.
-    python tools/ab_tiles.py [M ...]        (default: M = 128 and 4096 over the DeepSeek-V3 shapes)
+    python tools/ab_tiles.py [--base DIR] [--tiles] [M ...]   (default M: 128 and 4096, DeepSeek-V3 shapes)
+--base DIR: a source tree searched before dg_moe/csrc (e.g. the committed kernel's
+    kernels/sm90_fp8_gemm.cuh and launch/sm90_fp8_gemm.cu): every variant is also built from it
+    and timed on the line before, and both outputs must be bitwise equal.
+--tiles: time the listed tiles too, not only the heuristic's choice.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -28,26 +33,33 @@ TILES: dict[int, list[Variant]] = {
 }
 
 
-def _variants(m: int, n: int, k: int, num_sms: int) -> list[GemmConfig]:
+def _variants(m: int, n: int, k: int, num_sms: int, tiles: bool) -> list[GemmConfig]:
     out = [config_for(GemmType.NORMAL, m, n, k, 1, num_sms)]
-    for block_m, block_n, multicast, stages in TILES.get(m, TILES[4096]):
+    for block_m, block_n, multicast, stages in TILES.get(m, TILES[4096]) if tiles else []:
         out.append(GemmConfig(block_m, block_n, stages or max_stages(block_m, block_n, k), multicast, 0,
                               predict_us(block_m, block_n, multicast, m, n, k, 1, num_sms)))
     return out
 
 
-def _compile(args: dict[str, int]) -> None:
-    compile_only(FAMILY, args)
+def _compile(job: tuple[dict[str, int], str | None]) -> None:
+    compile_only(FAMILY, job[0], source_root=job[1])
 
 
-def main(ms: list[int]) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, help="source tree of the kernel to compare against")
+    parser.add_argument("--tiles", action="store_true", help="also time the listed tiles")
+    parser.add_argument("ms", type=int, nargs="*", default=[128, 4096])
+    args = parser.parse_args()
+    roots = ([str(args.base.resolve())] if args.base else []) + [None]
+
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    shapes = [(m, n, k) for m in ms for n, k in DEEPSEEK_V3_NK]
-    plans = {shape: _variants(*shape, num_sms) for shape in shapes}
-    jobs = {tuple(sorted(template_args(GemmType.NORMAL, c, n, k).items()))
-            for (_, n, k), configs in plans.items() for c in configs}
+    shapes = [(m, n, k) for m in args.ms for n, k in DEEPSEEK_V3_NK]
+    plans = {shape: _variants(*shape, num_sms, args.tiles) for shape in shapes}
+    jobs = {(tuple(sorted(template_args(GemmType.NORMAL, c, n, k).items())), root)
+            for (_, n, k), configs in plans.items() for c in configs for root in roots}
     with ProcessPoolExecutor(max_workers=16) as pool:
-        list(pool.map(_compile, [dict(j) for j in jobs]))
+        list(pool.map(_compile, [(dict(a), root) for a, root in jobs]))
 
     print(f"{'M':>5} {'N':>6} {'K':>6} {'BM':>4} {'BN':>4} {'mc':>3} {'st':>3} {'pred':>7} {'us':>8} "
           f"{'TFLOPS':>7} {'cuBLAS':>7} {'ratio':>6}")
@@ -57,19 +69,28 @@ def main(ms: list[int]) -> None:
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         peer_us = gpu_time_us(cublas_blockwise(a, b, k))
         for i, config in enumerate(configs):
-            entry = build(FAMILY, template_args(GemmType.NORMAL, config, n, k)).function(_ENTRY, _ARGTYPES)
+            expected = None
+            for root in roots:
+                library = build(FAMILY, template_args(GemmType.NORMAL, config, n, k), source_root=root)
+                entry = library.function(_ENTRY, _ARGTYPES)
 
-            def run(entry=entry):
-                entry(a[0].data_ptr(), sfa.data_ptr(), b[0].data_ptr(), b[1].data_ptr(), d.data_ptr(), None,
-                      m, 1, layout.get_tma_aligned_size(m, 4), num_sms, torch.cuda.current_stream().cuda_stream)
+                def run(entry=entry):
+                    entry(a[0].data_ptr(), sfa.data_ptr(), b[0].data_ptr(), b[1].data_ptr(), d.data_ptr(), None,
+                          m, 1, layout.get_tma_aligned_size(m, 4), num_sms, torch.cuda.current_stream().cuda_stream)
 
-            us = gpu_time_us(run)
-            mark = "*" if i == 0 else " "
-            print(f"{m:>5} {n:>6} {k:>6} {config.block_m:>4} {config.block_n:>4} {config.multicast:>3} "
-                  f"{config.num_stages:>3} {config.predicted_us:7.1f} {us:8.1f} "
-                  f"{2 * m * n * k / us / 1e6:7.0f} {2 * m * n * k / peer_us / 1e6:7.0f} {peer_us / us:6.2f}{mark}",
-                  flush=True)
+                d.fill_(float("nan"))
+                run()
+                if expected is None:
+                    expected = d.clone()
+                elif not torch.equal(d, expected):
+                    raise AssertionError(f"{m}x{n}x{k} {config}: the base and this tree disagree")
+                us = gpu_time_us(run)
+                mark = ("*" if i == 0 else " ") + ("base" if root else "")
+                print(f"{m:>5} {n:>6} {k:>6} {config.block_m:>4} {config.block_n:>4} {config.multicast:>3} "
+                      f"{config.num_stages:>3} {config.predicted_us:7.1f} {us:8.1f} "
+                      f"{2 * m * n * k / us / 1e6:7.0f} {2 * m * n * k / peer_us / 1e6:7.0f} {peer_us / us:6.2f}{mark}",
+                      flush=True)
 
 
 if __name__ == "__main__":
-    main([int(x) for x in sys.argv[1:]] or [128, 4096])
+    main()

@@ -108,7 +108,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     static_assert(kMulticast == 1 || kMulticast == 2, "A is shared across clusters of 1 or 2 CTAs");
 
     using Math = MathShape<BLOCK_M>;
-    // Named barrier among the math warpgroups (0 is __syncthreads).
+    // Named barriers of math warpgroups 0 and 1: kBarrierEpilogue and the next id (0 is __syncthreads).
     constexpr uint32_t kBarrierEpilogue = 1;
     constexpr uint32_t kNumMathThreads = Math::kThreads;
     constexpr uint32_t kNumWaves = Math::kWaves;
@@ -258,13 +258,23 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         }
     };
 
-    // Epilogue. The previous tile's TMA store must have finished reading smem_d before it is overwritten.
+    // Epilogue, per math warpgroup: each writes its own rows of the D tile and issues their TMA
+    // stores, with barriers among its own 128 threads only. A CTA-wide barrier here put the two
+    // warpgroups back in step at every tile, promoting at the same time while the tensor cores idle.
     // Storing D straight from the accumulator registers (no D tile, one more stage) was measured 2x
     // slower at K = 512: 16-byte fragments of 8 rows per warp store cost more than this round trip.
+    const bool store_leader = threadIdx.x % 128 == 0;
+    auto warpgroup_sync = [&]() {
+        if (math_wg == 0)
+            named_barrier_sync<kBarrierEpilogue, 128>();
+        else
+            named_barrier_sync<kBarrierEpilogue + 1, 128>();
+    };
     auto write_out = [&](const sched::Tile& out) {
-        if (threadIdx.x == 0)
+        // This warpgroup's previous TMA stores must have finished reading its rows of smem_d.
+        if (store_leader)
             tma_store_wait_read<0>();
-        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
+        warpgroup_sync();
         #pragma unroll
         for (uint32_t v = 0; v < kNumWaves; ++v)
             #pragma unroll
@@ -275,22 +285,28 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                     __floats2bfloat162_rn(result[v][i], result[v][i + 1]);
             }
         tma_fence_shared();
-        named_barrier_sync<kBarrierEpilogue, kNumMathThreads>();
+        warpgroup_sync();
 
         const uint32_t col0 = out.n_block * BLOCK_N;
         // Normal tiles always take the TMA store: it clips rows past M and columns past N itself.
         if (kType == GemmType::Normal || (out.valid_rows == BLOCK_M && !out.check_rows)) {
-            if (threadIdx.x == 0) {
+            if (store_leader) {
                 #pragma unroll
                 for (uint32_t slab = 0; slab < BLOCK_N / D::kSpanCols; ++slab)
-                    tma_store_2d(&tmap_d, smem_d + slab * BLOCK_M * D::kSpanBytes, col0 + slab * D::kSpanCols, out.row);
+                    #pragma unroll
+                    for (uint32_t v = 0; v < kNumWaves; ++v) {
+                        const uint32_t row = v * kWaveRows + math_wg * 64;
+                        tma_store_2d(&tmap_d, smem_d + slab * BLOCK_M * D::kSpanBytes + row * D::kSpanBytes,
+                                     col0 + slab * D::kSpanCols, out.row + row);
+                    }
                 tma_store_commit();
             }
         } else {
             // Tiles with padding rows or rows past masked_m: only real rows are written.
             constexpr uint32_t kChunksPerRow = BLOCK_N / 8;
-            for (uint32_t idx = threadIdx.x; idx < BLOCK_M * kChunksPerRow; idx += kNumMathThreads) {
-                const uint32_t r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
+            for (uint32_t idx = threadIdx.x % 128; idx < kNumWaves * 64 * kChunksPerRow; idx += 128) {
+                const uint32_t j = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
+                const uint32_t r = (j / 64) * kWaveRows + math_wg * 64 + j % 64;
                 bool write = r < out.valid_rows && col0 + c < SHAPE_N;
                 if (out.check_rows && write)
                     write = __ldg(params.layout + out.row + r) >= 0;
@@ -414,7 +430,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         tile = next_tile;
     }
     }
-    if (threadIdx.x == 0)
+    if (store_leader)
         tma_store_wait<0>();
     }
     // No CTA may leave while its peer can still multicast into it or arrive on its barriers.

@@ -86,8 +86,9 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
                                                     kShapeK, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
   DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, sfa_cols,
                                                     uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
+  // D goes out in boxes of 64 rows: each math warpgroup stores its own rows of each wave.
   DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, d, kShapeN, rows,
-                                                    uint64_t(kShapeN) * 2, DLayout::kSpanCols, kBlockM,
+                                                    uint64_t(kShapeN) * 2, DLayout::kSpanCols, 64,
                                                     d_swizzle()));
 
   DG_MOE_RETURN_IF_ERROR(allow_shared_memory());
