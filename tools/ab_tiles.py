@@ -1,7 +1,7 @@
 """A/B of SM90 FP8 GEMM tile configurations in one process (GPU only), beside cuBLAS blockwise.
 
 Every variant is compiled first, in parallel, then each dense shape times the heuristic's choice
-(marked *) and every listed variant, with the same inputs.
+(marked *), and with --tiles every listed variant too, with the same inputs.
     python tools/ab_tiles.py [--base DIR] [--tiles] [M ...]   (default M: 128 and 4096, DeepSeek-V3 shapes)
 --base DIR: a source tree searched before dg_moe/csrc (e.g. the committed kernel's
     kernels/sm90_fp8_gemm.cuh and launch/sm90_fp8_gemm.cu): every variant is also built from it

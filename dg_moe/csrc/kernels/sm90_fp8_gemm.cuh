@@ -228,7 +228,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     // second block's wgmmas run on the tensor cores while the first block is promoted (H100:
     // 128 x 128 tiles 8-14 % faster, 4096^2 x 7168 1039 -> 1126 TFLOPS). Across loop iterations
     // ptxas cannot tell which wgmma a wait_group<1> retires and serialises them all (warning
-    // C7514); inside one iteration it can. Two-wave tiles would need 256 registers for this.
+    // C7514); inside one iteration it can. Two-wave tiles would need 256 registers for this, and a
+    // single K block has no partner.
     constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= kAccumRegisterBudget && kNumKBlocks >= 2;
     float accum[kPairs ? 2 : 1][MMA::kNumAccum], result[kNumWaves][MMA::kNumAccum];
     uint32_t iter = 0, tile_count = 0;
@@ -428,8 +429,8 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         issue_ahead();
         write_out(tile);
         tile = next_tile;
-    }
-    }
+    }  // tile loop
+    }  // first tile
     if (store_leader)
         tma_store_wait<0>();
     }
