@@ -181,11 +181,13 @@ def test_psum_contiguous_cuda_graph_replays_with_new_counts(gen):
 
 
 @pytest.mark.parametrize("block_m,block_n,multicast", [(128, 128, 2), (128, 192, 1), (128, 192, 2), (64, 32, 2),
-                                                     (256, 128, 1), (256, 128, 2), (256, 64, 1)])
+                                                     (256, 128, 1), (256, 128, 2), (256, 64, 1), (128, 128, 1),
+                                                     (64, 128, 1)])
 def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, gen):
     """Variants the heuristic rarely picks (multicast pairs, 192-wide tiles spanning two SFB blocks,
-    256-row tiles in two waves) on every layout they serve, with N giving an odd n-block count (a
-    padding tile in each pair)."""
+    256-row tiles in two waves, a 64-wide last column block run at half width on 128-wide tiles
+    without multicast) on every layout they serve, with N giving an odd n-block count (a padding
+    tile in each pair)."""
     import dataclasses
 
     from dg_moe.jit.heuristics import max_stages

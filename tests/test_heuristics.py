@@ -11,6 +11,8 @@ from dg_moe.jit.heuristics import (
     choose_config,
     fits_registers,
     max_stages,
+    narrow_tail,
+    predict_us,
     smem_bytes,
 )
 from dg_moe.ops.sm90_fp8_configs import DEEPSEEK_V3_NK
@@ -55,7 +57,26 @@ def test_choice_is_deterministic_and_takes_tall_tiles_at_large_m():
     assert choose_config(4096, 4096, 7168, 1, 132, max_block_m=128).block_m == 128
 
 
-def test_n2112_at_large_m_takes_128x128_without_multicast():
-    # H200, same process: 128 x 128 120-123 us; 128 x 192 129-133; 128 x 64 multicast 149-150 (perf-log v9).
+def test_n2112_at_large_m_takes_256x128_without_multicast():
+    # Its 64-wide last column block runs at half width, so 272 tiles of 256 x 128 fill exactly two
+    # waves on 132 SMs (H200: see docs/perf-log.md, v11); multicast measured slower (v9).
     config = choose_config(4096, 2112, 7168, 1, 132)
-    assert (config.block_m, config.block_n, config.multicast) == (128, 128, 1)
+    assert (config.block_m, config.block_n, config.multicast) == (256, 128, 1)
+
+
+@pytest.mark.parametrize("n,block_n,multicast,narrow", [
+    (2112, 128, 1, True), (576, 128, 1, True), (2200, 64, 1, True), (2112, 128, 2, False),
+    (2112, 64, 1, False), (2168, 128, 1, False), (4096, 128, 1, False), (2112, 192, 1, False),
+    (2064, 32, 1, False),
+])
+def test_narrow_tail_mirrors_the_kernel_condition(n, block_n, multicast, narrow):
+    assert narrow_tail(n, block_n, multicast) == narrow
+
+
+def test_half_width_tail_tiles_count_as_half_a_tile():
+    # 4096 x 2112 on 256 x 128 tiles: 256 full tiles and 16 half ones are two waves on 132 SMs, as
+    # 4096 x 2048 is; counted whole they would make a third.
+    with_tail = predict_us(256, 128, 1, 4096, 2112, 7168, 1, 132)
+    without_tail = predict_us(256, 128, 1, 4096, 2048, 7168, 1, 132)
+    assert with_tail < 1.1 * without_tail
+    assert predict_us(256, 128, 2, 4096, 2112, 7168, 1, 132) > 1.3 * without_tail

@@ -4,7 +4,9 @@ Each candidate (BLOCK_M, BLOCK_N) is priced as the larger of two times, the same
 docs/perf-log.md starts every kernel from:
 - tensor-core time: waves of tiles (the last wave costs as much as a full one) times one tile's
   MMA work at the per-SM FP8 rate, derated for narrow tiles (a 64-row tile keeps one math
-  warpgroup busy, not two; a narrow N spends more of each wgmma on fixed issue cost);
+  warpgroup busy, not two; a narrow N spends more of each wgmma on fixed issue cost); a last
+  column block at most half a tile wide (N = 2112 on 128-wide tiles) runs at half width and
+  counts as half a tile, the scheduler putting those tiles where they pair up;
 - memory time: every byte of A, B and D once, spread evenly over the tiles; a wave of tiles
   shares the HBM rate, so the memory time also comes in whole waves (v1 measured 192 tiles on
   132 SMs at 1.45 TB/s where 384 narrower tiles keep every SM streaming), and a wave of fewer
@@ -95,6 +97,12 @@ def max_stages(block_m: int, block_n: int, k: int) -> int:
     return stages
 
 
+def narrow_tail(n: int, block_n: int, multicast: int) -> bool:
+    """Whether the last column block runs at half width (kNarrowTail in the kernel)."""
+    tail = n % block_n
+    return 0 < 2 * tail <= block_n and block_n >= 64 and 128 % block_n == 0 and multicast == 1
+
+
 def _mma_efficiency(block_m: int, block_n: int) -> float:
     warpgroups = 0.6 if block_m == 64 else 0.85
     narrow = min(block_n, 128)
@@ -108,8 +116,10 @@ def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, 
     With ``multicast`` = 2 the n-blocks are padded to pairs, one per CTA of a cluster.
     """
     n_blocks = ceil_div(ceil_div(n, block_n), multicast) * multicast
-    tiles = num_groups * ceil_div(rows_per_group, block_m) * n_blocks
-    waves = ceil_div(tiles, num_sms)
+    m_blocks = num_groups * ceil_div(rows_per_group, block_m)
+    tiles = m_blocks * n_blocks
+    half_tiles = m_blocks if narrow_tail(n, block_n, multicast) else 0
+    waves = ceil_div(2 * tiles - half_tiles, 2 * num_sms)
     tile_flops = 2.0 * block_m * block_n * k
     compute_s = waves * tile_flops / (PEAK_FP8_FLOPS_PER_SM * _mma_efficiency(block_m, block_n))
     total_rows = num_groups * rows_per_group

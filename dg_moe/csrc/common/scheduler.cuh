@@ -1,7 +1,9 @@
 #pragma once
-// Persistent tile scheduler for the SM90 GEMMs. Every CTA walks the linear tile indices
-// blockIdx.x, blockIdx.x + gridDim.x, ...; producer and math warpgroups run identical copies,
-// so they agree on every tile without communicating.
+// Persistent tile scheduler for the SM90 GEMMs. Every CTA takes one linear tile index per round,
+// in serpentine order (slot b in even rounds, slot G-1-b in odd ones): tiles that cost less than a
+// full one (a narrow last column block) sit at the end of the order, and serpentine hands them to
+// the same CTAs in the last two rounds instead of adding a round to some. Producer and math
+// warpgroups run identical copies, so they agree on every tile without communicating.
 #include <cstdint>
 
 namespace dg_moe::sched {
@@ -28,23 +30,27 @@ struct Tile {
 
 // Tiles are ordered in bands of kBandWidth column blocks, rows fastest inside a band: one wave of
 // CTAs then reads a few hundred rows of A and kBandWidth blocks of B, which stay in L2.
+// With kTailLast (the kernel runs the last column block at half width), that block's tiles come
+// after all the others, as one band of its own.
 // With kMulticast = 2 the CTAs of a cluster walk tile pairs (one m-block, two adjacent n-blocks,
 // rank r taking n-block 2p + r) so they can share A's loads; the n-block count is padded to even,
 // and a padding n-block past N costs a little math but writes nothing (TMA clips its store).
 template <GemmType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kMulticast = 1,
-          uint32_t kBandWidth = 16>
+          bool kTailLast = false, uint32_t kBandWidth = 16>
 struct Scheduler {
     static_assert(kMulticast == 1 || kMulticast == 2, "clusters of 1 or 2 CTAs");
+    static_assert(!kTailLast || kMulticast == 1, "a separate last column block needs single-CTA clusters");
     static_assert(kBandWidth % kMulticast == 0, "a band holds whole tile pairs");
     static constexpr uint32_t kNumNBlocks = ceil_div(ceil_div(SHAPE_N, BLOCK_N), kMulticast) * kMulticast;
     static constexpr uint32_t kNumNSlots = kNumNBlocks / kMulticast;
     static constexpr uint32_t kBandSlots = kBandWidth / kMulticast;
+    static constexpr uint32_t kMainSlots = kTailLast ? kNumNSlots - 1 : kNumNSlots;
 
     const int* layout;
     uint32_t m;            // rows of A (Normal, contiguous) or max_m (masked)
     uint32_t num_groups;
     uint32_t num_m_blocks;
-    uint32_t next_index;
+    uint32_t next_index;  // in row order: blockIdx.x / kMulticast + round * slots
     // Cursor over groups (masked, psum): the group holding global m-block `cursor_block`.
     uint32_t cursor_group = 0, cursor_block = 0, cursor_blocks = 0, cursor_row = 0, cursor_rows = 0;
 
@@ -92,15 +98,26 @@ struct Scheduler {
     __device__ __forceinline__ bool next(Tile& tile) {
         const uint32_t band_slots = num_m_blocks * kBandSlots;
         while (true) {
-            const uint32_t index = next_index;
-            next_index += gridDim.x / kMulticast;
+            const uint32_t slots = gridDim.x / kMulticast, slot = blockIdx.x / kMulticast;
+            uint32_t index = next_index;
+            next_index += slots;
+            // Serpentine only where it pays: computed in any form, it changed ptxas's schedule of
+            // the K loop (wgmma descriptors re-derived between wgmmas) and cost 4096^2 x 7168 10 %.
+            if (kTailLast && (index / slots) % 2 == 1)
+                index += slots - 1 - 2 * slot;
             if (index >= num_m_blocks * kNumNSlots)
                 return false;
-            const uint32_t band = index / band_slots;
-            const uint32_t in_band = index - band * band_slots;
-            const uint32_t width = min(kBandSlots, kNumNSlots - band * kBandSlots);
-            const uint32_t m_block = in_band / width;
-            tile.n_block = (band * kBandSlots + in_band % width) * kMulticast + blockIdx.x % kMulticast;
+            uint32_t m_block;
+            if (!kTailLast || index < num_m_blocks * kMainSlots) {
+                const uint32_t band = index / band_slots;
+                const uint32_t in_band = index - band * band_slots;
+                const uint32_t width = min(kBandSlots, kMainSlots - band * kBandSlots);
+                m_block = in_band / width;
+                tile.n_block = (band * kBandSlots + in_band % width) * kMulticast + blockIdx.x % kMulticast;
+            } else {
+                m_block = index - num_m_blocks * kMainSlots;
+                tile.n_block = kNumNSlots - 1;
+            }
             tile.check_rows = false;
             if constexpr (kType == GemmType::Normal) {
                 tile.group = 0;

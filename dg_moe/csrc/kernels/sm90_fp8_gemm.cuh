@@ -9,9 +9,11 @@
 // FP32 registers on the CUDA cores, so FP8 accumulation error never builds up across K. The
 // epilogue writes BF16 through shared memory with a TMA store, or, for tiles
 // holding padding rows or rows past masked_m, with predicated 16-byte stores that never touch them;
-// the next tile's first K block is already on the tensor cores while it runs.
+// the next tile's first K block is already on the tensor cores while it runs. A last column block
+// at most half a tile wide runs on half-width wgmmas, in a K loop of its own.
 #include <cuda_bf16.h>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/cluster.cuh"
 #include "common/mbarrier.cuh"
@@ -116,8 +118,17 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     constexpr uint32_t kNumSFBBlocksN = sched::ceil_div(SHAPE_N, 128);
     constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
     constexpr bool kTwoSFB = 128 % BLOCK_N != 0;
+    // N = 2112 (and 576, 7232) ends in a 64-wide column block: on 128-wide tiles its wgmmas run at
+    // n64, so its tiles cost about half, and the scheduler puts them last, where its serpentine order
+    // pairs them up on the same SMs (4096 x 2112: 272 tiles of 256 x 128 are 2.06 waves at full
+    // width, 2.0 this way). No multicast: the CTAs of a cluster would disagree on the tile kind.
+    constexpr uint32_t kTailCols = SHAPE_N % BLOCK_N;
+    constexpr bool kNarrowTail = kTailCols > 0 && 2 * kTailCols <= BLOCK_N && BLOCK_N >= 64 && !kTwoSFB &&
+                                 kMulticast == 1;
+    constexpr uint32_t kLastNBlock = sched::ceil_div(SHAPE_N, BLOCK_N) - 1;
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, SHAPE_K>;
     using MMA = wgmma::FP8MMA<BLOCK_N>;
+    using NarrowMMA = wgmma::FP8MMA<kNarrowTail ? BLOCK_N / 2 : BLOCK_N>;
     static_assert(MMA::kNumAccum * (kNumWaves + 1) <= kAccumRegisterBudget,
                   "one wave's accumulators plus every wave's sums exceed the register budget");
     using D = DTile<BLOCK_M, BLOCK_N>;
@@ -161,7 +172,7 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     else
         __syncthreads();
 
-    sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast> scheduler(params.layout, params.m,
+    sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kNarrowTail> scheduler(params.layout, params.m,
                                                                             params.num_groups);
     sched::Tile tile;
     const uint32_t cta_rank = blockIdx.x % kMulticast;
@@ -231,31 +242,37 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     // C7514); inside one iteration it can. Two-wave tiles would need 256 registers for this, and a
     // single K block has no partner.
     constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= kAccumRegisterBudget && kNumKBlocks >= 2;
-    float accum[kPairs ? 2 : 1][MMA::kNumAccum], result[kNumWaves][MMA::kNumAccum];
+    float result[kNumWaves][MMA::kNumAccum];
     uint32_t iter = 0, tile_count = 0;
 
-    // Wave v of the K block in stage s, into acc: one commit group.
-    auto issue = [&](uint32_t s, uint32_t v, float (&acc)[MMA::kNumAccum]) {
+    // Wave v of the K block in stage s, into acc: one commit group. A narrow tile's n64 fragment
+    // has the layout of a full-width one's first 64 columns.
+    auto issue = [&](auto narrow, uint32_t s, uint32_t v, auto& acc) {
         const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + (v * kWaveRows + math_wg * 64) * kBlockK);
         const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
         #pragma unroll
-        for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+        for (uint32_t i = 0; i < sizeof(acc) / sizeof(float); ++i)
             wgmma::fence_operand(acc[i]);
         wgmma::fence();
         #pragma unroll
-        for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
-            MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);  // +32 bytes along K
+        for (uint32_t kk = 0; kk < kBlockK / 32; ++kk) {
+            if constexpr (decltype(narrow)::value)
+                NarrowMMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);
+            else
+                MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);  // +32 bytes along K
+        }
         wgmma::commit_group();
     };
+    auto is_narrow = [&](const sched::Tile& t) { return kNarrowTail && t.n_block == kLastNBlock; };
     // A tile's first K block (first two with pairs), wave 0, is issued before the previous tile's
     // epilogue, so the tensor cores work while the math threads write that tile out (H200, 256 x 128
     // tiles: 4096^2 x 7168 1159 -> 1252 TFLOPS, 4096 x 32768 x 512 955 -> 1004).
-    auto issue_ahead = [&]() {
+    auto issue_ahead = [&](auto narrow, auto& accum) {
         mbarrier_wait(full + iter % kNumStages, (iter / kNumStages) & 1);
-        issue(iter % kNumStages, 0, accum[0]);
+        issue(narrow, iter % kNumStages, 0, accum[0]);
         if constexpr (kPairs) {
             mbarrier_wait(full + (iter + 1) % kNumStages, ((iter + 1) / kNumStages) & 1);
-            issue((iter + 1) % kNumStages, 0, accum[kPairs ? 1 : 0]);
+            issue(narrow, (iter + 1) % kNumStages, 0, accum[kPairs ? 1 : 0]);
         }
     };
 
@@ -318,119 +335,139 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         }
     };
 
-    // The loop is entered, and re-entered, only with the tile's first wgmmas in flight: where a path
+    // Runs `tile` and the tiles after it while they are of one kind (narrow or not); returns whether
+    // another tile follows (then in `tile`). Each kind has its own loop: a K loop that branched
+    // between n64 and n128 wgmmas made ptxas serialise them (C7511). The scheduler orders every
+    // narrow tile after the full ones, so a CTA runs each loop at most once.
+    // A loop is entered, and re-entered, only with the tile's first wgmmas in flight: where a path
     // without them merged in, ptxas waited for them right after the issue (C7517).
-    if (scheduler.next(tile)) {
-    issue_ahead();
-    for (;; ++tile_count) {
-        // Columns of a 192-wide tile at or past `split` take the second SFB row.
-        const uint32_t split = 128 - (tile.n_block * BLOCK_N) % 128;
-        const uint32_t table_index = tile_count % 2;
-        const float* table = smem_sfb + table_index * Layout::kFloatsSFBTable;
-        mbarrier_wait(sfb_full + table_index, (tile_count / 2) & 1);
-        #pragma unroll
-        for (uint32_t v = 0; v < kNumWaves; ++v)
+    auto run_tiles = [&](auto narrow) -> bool {
+        // Each kind has its own accumulators: sharing them between n64 and n128 wgmmas left ptxas short
+        // of registers for the wgmma pipeline (C7511).
+        constexpr uint32_t kNumAccum = decltype(narrow)::value ? NarrowMMA::kNumAccum : MMA::kNumAccum;
+        float accum[kPairs ? 2 : 1][kNumAccum];
+        issue_ahead(narrow, accum);
+        for (;; ++tile_count) {
+            // Columns of a 192-wide tile at or past `split` take the second SFB row.
+            const uint32_t split = 128 - (tile.n_block * BLOCK_N) % 128;
+            const uint32_t table_index = tile_count % 2;
+            const float* table = smem_sfb + table_index * Layout::kFloatsSFBTable;
+            mbarrier_wait(sfb_full + table_index, (tile_count / 2) & 1);
             #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-                result[v][i] = 0.0f;
+            for (uint32_t v = 0; v < kNumWaves; ++v)
+                #pragma unroll
+                for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+                    result[v][i] = 0.0f;
 
-        // sfa * sfb of this thread's two rows, for the tile's first and second SFB block; computed
-        // while the tensor cores work, and before the stage (which holds the SFA) is released.
-        auto scales = [&](uint32_t s, uint32_t v, uint32_t k) {
-            const uint32_t row = v * kWaveRows + row_in_wave;
-            const float sfa_0 = stage_sfa(s)[row], sfa_1 = stage_sfa(s)[row + 8];
-            const float scale_b = table[k], scale_b2 = kTwoSFB ? table[kNumKBlocks + k] : 0.0f;
-            return float4{sfa_0 * scale_b, sfa_1 * scale_b, sfa_0 * scale_b2, sfa_1 * scale_b2};
-        };
-        // This warp is done reading stage s (its wgmmas completed, and its SFA values were consumed
-        // by `scales`, in a converged warp): tell the producer of every CTA that multicasts into it.
-        auto release = [&](uint32_t s) {
-            if (lane == 0) {
-                mbarrier_arrive(empty + s);
-                if constexpr (kMulticast == 2)
-                    mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
-            }
-        };
-        // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
-        auto promote = [&](const float4& scale, uint32_t v, float (&acc)[MMA::kNumAccum]) {
-            #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
-                wgmma::fence_operand(acc[i]);
-            #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; ++i) {
-                const bool second_block = kTwoSFB && 8 * (i / 4) >= split;
-                const float sc = (i / 2) % 2 == 0 ? (second_block ? scale.z : scale.x) : (second_block ? scale.w : scale.y);
-                result[v][i] += sc * acc[i];
-            }
-        };
-        // One K block, every wave in turn through one accumulator set; `ahead`: wave 0 already issued.
-        auto single_block = [&](uint32_t k, bool ahead) {
-            const uint32_t s = iter % kNumStages;
-            if (!ahead)
-                mbarrier_wait(full + s, (iter / kNumStages) & 1);
-            #pragma unroll
-            for (uint32_t v = 0; v < kNumWaves; ++v) {
-                if (v > 0 || !ahead)
-                    issue(s, v, accum[0]);
-                const float4 scale = scales(s, v, k);
+            // sfa * sfb of this thread's two rows, for the tile's first and second SFB block; computed
+            // while the tensor cores work, and before the stage (which holds the SFA) is released.
+            auto scales = [&](uint32_t s, uint32_t v, uint32_t k) {
+                const uint32_t row = v * kWaveRows + row_in_wave;
+                const float sfa_0 = stage_sfa(s)[row], sfa_1 = stage_sfa(s)[row + 8];
+                const float scale_b = table[k], scale_b2 = kTwoSFB ? table[kNumKBlocks + k] : 0.0f;
+                return float4{sfa_0 * scale_b, sfa_1 * scale_b, sfa_0 * scale_b2, sfa_1 * scale_b2};
+            };
+            // This warp is done reading stage s (its wgmmas completed, and its SFA values were consumed
+            // by `scales`, in a converged warp): tell the producer of every CTA that multicasts into it.
+            auto release = [&](uint32_t s) {
+                if (lane == 0) {
+                    mbarrier_arrive(empty + s);
+                    if constexpr (kMulticast == 2)
+                        mbarrier_arrive_cluster(empty + s, cta_rank ^ 1);
+                }
+            };
+            // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+            // A narrow tile's sums past its half width stay zero: those columns lie past N.
+            auto promote = [&](const float4& scale, uint32_t v, float (&acc)[kNumAccum]) {
+                #pragma unroll
+                for (uint32_t i = 0; i < kNumAccum; ++i)
+                    wgmma::fence_operand(acc[i]);
+                #pragma unroll
+                for (uint32_t i = 0; i < kNumAccum; ++i) {
+                    const bool second_block = kTwoSFB && 8 * (i / 4) >= split;
+                    const float sc = (i / 2) % 2 == 0 ? (second_block ? scale.z : scale.x) : (second_block ? scale.w : scale.y);
+                    result[v][i] += sc * acc[i];
+                }
+            };
+            // One K block, every wave in turn through one accumulator set; `ahead`: wave 0 already issued.
+            auto single_block = [&](uint32_t k, bool ahead) {
+                const uint32_t s = iter % kNumStages;
+                if (!ahead)
+                    mbarrier_wait(full + s, (iter / kNumStages) & 1);
+                #pragma unroll
+                for (uint32_t v = 0; v < kNumWaves; ++v) {
+                    if (v > 0 || !ahead)
+                        issue(narrow, s, v, accum[0]);
+                    const float4 scale = scales(s, v, k);
+                    wgmma::wait_group<0>();
+                    if (v == kNumWaves - 1)
+                        release(s);
+                    promote(scale, v, accum[0]);
+                }
+                ++iter;
+            };
+            // K blocks k and k + 1: the second one's wgmmas run while the first is promoted.
+            auto pair = [&](uint32_t k, bool ahead) {
+                const uint32_t s0 = iter % kNumStages, s1 = (iter + 1) % kNumStages;
+                if (!ahead) {
+                    mbarrier_wait(full + s0, (iter / kNumStages) & 1);
+                    issue(narrow, s0, 0, accum[0]);
+                }
+                const float4 scale0 = scales(s0, 0, k);
+                if (!ahead) {
+                    mbarrier_wait(full + s1, ((iter + 1) / kNumStages) & 1);
+                    issue(narrow, s1, 0, accum[kPairs ? 1 : 0]);
+                }
+                const float4 scale1 = scales(s1, 0, k + 1);
+                wgmma::wait_group<1>();
+                release(s0);
+                promote(scale0, 0, accum[0]);
                 wgmma::wait_group<0>();
-                if (v == kNumWaves - 1)
-                    release(s);
-                promote(scale, v, accum[0]);
-            }
-            ++iter;
-        };
-        // K blocks k and k + 1: the second one's wgmmas run while the first is promoted.
-        auto pair = [&](uint32_t k, bool ahead) {
-            const uint32_t s0 = iter % kNumStages, s1 = (iter + 1) % kNumStages;
-            if (!ahead) {
-                mbarrier_wait(full + s0, (iter / kNumStages) & 1);
-                issue(s0, 0, accum[0]);
-            }
-            const float4 scale0 = scales(s0, 0, k);
-            if (!ahead) {
-                mbarrier_wait(full + s1, ((iter + 1) / kNumStages) & 1);
-                issue(s1, 0, accum[kPairs ? 1 : 0]);
-            }
-            const float4 scale1 = scales(s1, 0, k + 1);
-            wgmma::wait_group<1>();
-            release(s0);
-            promote(scale0, 0, accum[0]);
-            wgmma::wait_group<0>();
-            release(s1);
-            promote(scale1, 0, accum[kPairs ? 1 : 0]);
-            iter += 2;
-        };
+                release(s1);
+                promote(scale1, 0, accum[kPairs ? 1 : 0]);
+                iter += 2;
+            };
 
-        if constexpr (kPairs) {
-            pair(0, true);
-            for (uint32_t k = 2; k + 1 < kNumKBlocks; k += 2)
-                pair(k, false);
-            if constexpr (kNumKBlocks % 2 == 1)
-                single_block(kNumKBlocks - 1, false);
-        } else {
-            single_block(0, true);
-            for (uint32_t k = 1; k < kNumKBlocks; ++k)
-                single_block(k, false);
-        }
+            if constexpr (kPairs) {
+                pair(0, true);
+                for (uint32_t k = 2; k + 1 < kNumKBlocks; k += 2)
+                    pair(k, false);
+                if constexpr (kNumKBlocks % 2 == 1)
+                    single_block(kNumKBlocks - 1, false);
+            } else {
+                single_block(0, true);
+                for (uint32_t k = 1; k < kNumKBlocks; ++k)
+                    single_block(k, false);
+            }
 
-        // The K loop's last read of the SFB table is done in every lane of this warp.
-        __syncwarp();
-        if (lane == 0)
-            mbarrier_arrive(sfb_empty + table_index);
+            // The K loop's last read of the SFB table is done in every lane of this warp.
+            __syncwarp();
+            if (lane == 0)
+                mbarrier_arrive(sfb_empty + table_index);
 
-        sched::Tile next_tile;
-        if (!scheduler.next(next_tile)) {
+            sched::Tile next_tile;
+            const bool more = scheduler.next(next_tile);
+            if (!more || is_narrow(next_tile) != decltype(narrow)::value) {
+                write_out(tile);
+                tile = next_tile;
+                ++tile_count;
+                return more;
+            }
+            // The wgmmas issued here stay in flight through the epilogue. Every path back to the loop
+            // head has them in flight (ptxas otherwise waits for them where the paths merge, C7517).
+            issue_ahead(narrow, accum);
             write_out(tile);
-            break;
-        }
-        // The wgmmas issued here stay in flight through the epilogue. Every path back to the loop
-        // head has them in flight (ptxas otherwise waits for them where the paths merge, C7517).
-        issue_ahead();
-        write_out(tile);
-        tile = next_tile;
-    }  // tile loop
-    }  // first tile
+            tile = next_tile;
+        }  // tile loop
+    };
+
+    bool more = scheduler.next(tile);
+    if (more && !is_narrow(tile))
+        more = run_tiles(std::false_type{});
+    if constexpr (kNarrowTail) {
+        if (more)
+            run_tiles(std::true_type{});
+    }
     if (store_leader)
         tma_store_wait<0>();
     }
