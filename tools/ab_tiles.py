@@ -2,10 +2,10 @@
 
 Every variant is compiled first, in parallel, then each dense shape times the heuristic's choice
 (marked *), and with --tiles every listed variant too, with the same inputs.
-    python tools/ab_tiles.py [--base DIR] [--tiles] [M ...]   (default M: 128 and 4096, DeepSeek-V3 shapes)
+    python tools/ab_tiles.py [--base DIR]... [--tiles] [M ...]   (default M: 128 and 4096, DeepSeek-V3 shapes)
 --base DIR: a source tree searched before dg_moe/csrc (e.g. the committed kernel's
-    kernels/sm90_fp8_gemm.cuh and launch/sm90_fp8_gemm.cu): every variant is also built from it
-    and timed on the line before, and both outputs must be bitwise equal.
+    kernels/, launch/ and common/): every variant is also built from it and timed on the lines
+    before, and all outputs must be bitwise equal. May be given more than once.
 --tiles: time the listed tiles too, not only the heuristic's choice.
 """
 
@@ -47,11 +47,12 @@ def _compile(job: tuple[dict[str, int], str | None]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, help="source tree of the kernel to compare against")
+    parser.add_argument("--base", type=Path, action="append", default=[],
+                        help="source tree of a kernel to compare against (repeatable)")
     parser.add_argument("--tiles", action="store_true", help="also time the listed tiles")
     parser.add_argument("ms", type=int, nargs="*", default=[128, 4096])
     args = parser.parse_args()
-    roots = ([str(args.base.resolve())] if args.base else []) + [None]
+    roots = [str(base.resolve()) for base in args.base] + [None]
 
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = [(m, n, k) for m in args.ms for n, k in DEEPSEEK_V3_NK]
@@ -85,7 +86,7 @@ def main() -> None:
                 elif not torch.equal(d, expected):
                     raise AssertionError(f"{m}x{n}x{k} {config}: the base and this tree disagree")
                 us = gpu_time_us(run)
-                mark = ("*" if i == 0 else " ") + ("base" if root else "")
+                mark = ("*" if i == 0 else " ") + (Path(root).name if root else "")
                 print(f"{m:>5} {n:>6} {k:>6} {config.block_m:>4} {config.block_n:>4} {config.multicast:>3} "
                       f"{config.num_stages:>3} {config.predicted_us:7.1f} {us:8.1f} "
                       f"{2 * m * n * k / us / 1e6:7.0f} {2 * m * n * k / peer_us / 1e6:7.0f} {peer_us / us:6.2f}{mark}",
