@@ -1,0 +1,130 @@
+"""The activation between the two expert GEMMs: ``SiLU(gate) * up``, then 1x128 FP8 quantisation.
+
+The first GEMM's output rows are ``[gate | up]`` (gate in the first half of the columns, as in
+vLLM's w13). Both halves are widened to FP32, ``F.silu(gate) * up`` is computed in FP32 and the
+result is quantised exactly as ``per_token_cast_to_fp8`` does; scales come back MN-major and
+TMA-aligned, ready for the second GEMM. Rows that hold no token (padding rows of the contiguous
+layout, rows at or past ``masked_m`` of the masked layout) come out as zeros with scale 1.0,
+whatever the input holds there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks as chk
+from ._permute import mn_major
+from .grouped import get_mk_alignment_for_contiguous_layout
+from .quant import per_token_cast_to_fp8
+
+
+def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, use_ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # x: [rows, 2I]; valid: bool [rows]. Returns (e4m3 [rows, I], float32 [rows, I/128] row-major).
+    inter = x.shape[1] // 2
+    act = F.silu(x[:, :inter].float()) * x[:, inter:].float()
+    q, sf = per_token_cast_to_fp8(act, use_ue8m0=use_ue8m0)
+    keep = valid.unsqueeze(1)
+    # Bytes again: 0x00 is +0.0 in e4m3, and where() on uint8 needs no float8 kernel.
+    q = torch.where(keep, q.view(torch.uint8), 0).view(chk.FP8)
+    return q, torch.where(keep, sf, 1.0)
+
+
+def _check_gate_up(fn: str, x: object, ndim: int, layout: str) -> torch.Tensor:
+    x = chk.tensor(fn, "x", x, chk.FLOAT_DTYPES, ndim, layout)
+    two_i = x.shape[-1]
+    if two_i % 2 != 0:
+        raise ValueError(f"{fn}: x has {two_i} columns; it holds [gate | up], so the count must be even (2I)")
+    chk.hidden_size(fn, "x's gate half (I)", two_i // 2)
+    return x
+
+
+def _psum_bounds(grouped_layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # int64 (previous end, start, end) of each group: group g starts at align(end[g-1], 128).
+    alignment = get_mk_alignment_for_contiguous_layout()
+    ends = grouped_layout.long()
+    prev = torch.cat([ends.new_zeros(1), ends[:-1]])
+    return prev, (prev + alignment - 1) // alignment * alignment, ends
+
+
+def _psum_rows(grouped_layout: torch.Tensor, num_rows: int) -> torch.Tensor:
+    # Row r is valid when start[g] <= r < end[g] for its group g, the last one starting at or below r.
+    _, starts, ends = _psum_bounds(grouped_layout)
+    rows = torch.arange(num_rows, device=ends.device)
+    group = (torch.searchsorted(starts, rows, right=True) - 1).clamp(min=0)
+    return rows < ends[group]
+
+
+def _check_psum(fn: str, grouped_layout: torch.Tensor, num_rows: int) -> None:
+    if grouped_layout.device.type != "cpu" or grouped_layout.numel() == 0:
+        return
+    prev, starts, ends = _psum_bounds(grouped_layout)
+    bad = ((ends < prev) | ((ends > prev) & (ends < starts)) | (ends > num_rows)).nonzero()
+    if bad.numel() > 0:
+        g = bad[0, 0].item()
+        raise ValueError(
+            f"{fn}: grouped_layout[{g}] = {ends[g].item()} is not a valid segment end: with use_psum_layout=True "
+            f"it holds non-decreasing exclusive ends, each equal to the previous end (empty) or at least "
+            f"align(previous end, {get_mk_alignment_for_contiguous_layout()}) = {starts[g].item()}, and at most "
+            f"the {num_rows} rows of x"
+        )
+
+
+def silu_and_mul_to_fp8_contiguous(
+    x: torch.Tensor, grouped_layout: torch.Tensor, *, use_psum_layout: bool = False, use_ue8m0: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SiLU(gate) * up`` over the contiguous layout, quantised for the second GEMM.
+
+    x: bf16 (or fp16/fp32) [M_cap, 2I], ``[gate | up]`` per row; I a multiple of 128.
+    grouped_layout: int32, either per-row [M_cap] (expert of each row, -1 on padding) or, with
+        ``use_psum_layout=True``, the prefix-sum ends [E] (as ``ContiguousLayout`` gives both).
+    use_ue8m0: round scales up to powers of two.
+    Returns (e4m3 [M_cap, I] contiguous, float32 [M_cap, I/128] with strides
+    ``(1, align(M_cap, 4))``); rows that belong to no expert are zero with scale 1.0.
+    """
+    fn = "silu_and_mul_to_fp8_contiguous"
+    chk.flag(fn, "use_psum_layout", use_psum_layout)
+    chk.flag(fn, "use_ue8m0", use_ue8m0)
+    x = _check_gate_up(fn, x, 2, "[M_cap, 2I]")
+    num_rows = x.shape[0]
+    what = "[E] (prefix-sum ends)" if use_psum_layout else "[M_cap] (expert of each row)"
+    grouped_layout = chk.tensor(fn, "grouped_layout", grouped_layout, (torch.int32,), 1, what,
+                                "convert it with .to(torch.int32)")
+    chk.same_device(fn, "x", x, {"grouped_layout": grouped_layout})
+    if use_psum_layout:
+        _check_psum(fn, grouped_layout, num_rows)
+        valid = _psum_rows(grouped_layout, num_rows)
+    else:
+        chk.shape(fn, "grouped_layout", grouped_layout, (num_rows,), f"x of {num_rows} rows (per-row layout)")
+        chk.per_row_layout(fn, "grouped_layout", grouped_layout)
+        valid = grouped_layout >= 0
+    q, sf = _silu_mul_quant(x, valid, use_ue8m0)
+    return q, mn_major(sf)
+
+
+def silu_and_mul_to_fp8_masked(
+    x: torch.Tensor, masked_m: torch.Tensor, *, use_ue8m0: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SiLU(gate) * up`` over the masked layout, quantised for the second GEMM.
+
+    x: bf16 (or fp16/fp32) [E, max_m, 2I], ``[gate | up]`` per row; I a multiple of 128.
+    masked_m: int32 [E] on x's device; as in the masked GEMM, a count above ``max_m`` means
+        ``max_m`` and a negative one 0. Rows at or past it are not computed: they come out zero with
+        scale 1.0 (no NaN from whatever x holds there).
+    use_ue8m0: round scales up to powers of two.
+    Returns (e4m3 [E, max_m, I] contiguous, float32 [E, max_m, I/128] with strides
+    ``(I/128 * A, 1, A)``, ``A = align(max_m, 4)``).
+    """
+    fn = "silu_and_mul_to_fp8_masked"
+    chk.flag(fn, "use_ue8m0", use_ue8m0)
+    x = _check_gate_up(fn, x, 3, "[E, max_m, 2I]")
+    num_experts, max_m, two_i = x.shape
+    masked_m = chk.tensor(fn, "masked_m", masked_m, (torch.int32,), 1, "[E]", "convert it with .to(torch.int32)")
+    chk.shape(fn, "masked_m", masked_m, (num_experts,), f"x [E, max_m, 2I] with E={num_experts}")
+    chk.same_device(fn, "x", x, {"masked_m": masked_m})
+    rows = torch.arange(max_m, device=x.device)
+    # A negative count selects no row and one above max_m every row, as the masked GEMM reads them.
+    valid = rows.unsqueeze(0) < masked_m.long().unsqueeze(1)
+    q, sf = _silu_mul_quant(x.reshape(num_experts * max_m, two_i), valid.reshape(-1), use_ue8m0)
+    inter = two_i // 2
+    return q.view(num_experts, max_m, inter), mn_major(sf.view(num_experts, max_m, inter // chk.BLOCK_K))

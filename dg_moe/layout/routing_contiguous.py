@@ -1,0 +1,107 @@
+"""Routing to the contiguous (prefill) layout: tokens permuted by expert into one padded buffer.
+
+Each expert's rows form one segment padded to ``get_mk_alignment_for_contiguous_layout()`` (128)
+rows; within a segment rows follow increasing (token, slot) order. The buffer size depends on
+shapes only (:func:`get_contiguous_layout_capacity`), so routing never synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import _checks as chk
+from ._permute import TokenRows, expert_ranks, fp8_token_rows, gather_rows, mn_major, rows_of_buffer, topk_ids_of
+from .grouped import get_mk_alignment_for_contiguous_layout
+from .math import align
+
+
+class ContiguousLayout(NamedTuple):
+    """Inputs of ``m_grouped_fp8_gemm_nt_contiguous`` and the map back to the tokens.
+
+    a: float8_e4m3fn [M_cap, H] contiguous; padding and unused rows are zero.
+    sfa: float32 [M_cap, H/128], MN-major and TMA-aligned (strides ``(1, align(M_cap, 4))``);
+        padding and unused rows hold 1.0.
+    grouped_layout: int32 [M_cap], the expert of each row, -1 on padding and unused rows.
+    grouped_layout_psum: int32 [E], the exclusive end row of each expert's rows; expert g starts at
+        ``align(grouped_layout_psum[g-1], 128)`` (0 for g = 0). Pass with ``use_psum_layout=True``.
+    inverse: int32 [T, k], the row of ``a`` holding each (token, slot), -1 where the slot's expert
+        is not local.
+    """
+
+    a: torch.Tensor
+    sfa: torch.Tensor
+    grouped_layout: torch.Tensor
+    grouped_layout_psum: torch.Tensor
+    inverse: torch.Tensor
+
+
+def get_contiguous_layout_capacity(num_tokens: int, top_k: int, num_experts: int) -> int:
+    """Rows of the contiguous buffer for ``num_tokens`` tokens routed to ``top_k`` of ``num_experts``.
+
+    Each expert's segment is its count rounded up to the alignment (128), and at most
+    ``min(E, T*k)`` experts receive entries, so the rows used never exceed
+    ``align(T*k + min(E, T*k)*127, 128)`` whatever the routing: a bound from shapes alone, which
+    lets the buffer be allocated without reading the routing on the host (and keeps one decode
+    token over 256 experts at 128 rows, not 32,640).
+    """
+    fn = "get_contiguous_layout_capacity"
+    for name, value in (("num_tokens", num_tokens), ("top_k", top_k)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{fn}: {name} must be a non-negative int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{fn}: {name} must be >= 0, got {value}")
+    chk.positive_int(fn, "num_experts", num_experts)
+    alignment = get_mk_alignment_for_contiguous_layout()
+    entries = num_tokens * top_k
+    return align(entries + min(num_experts, entries) * (alignment - 1), alignment)
+
+
+def route_to_contiguous(
+    hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, *, use_ue8m0: bool = False
+) -> ContiguousLayout:
+    """Permute tokens into the contiguous layout, quantising BF16 input to FP8 on the way.
+
+    hidden: bf16 (or fp16/fp32) [T, H], quantised 1x128 exactly as ``per_token_cast_to_fp8``
+        (``use_ue8m0`` rounds scales up to powers of two); or an FP8 pair (e4m3 [T, H],
+        float32 [T, H/128] in any strides). H must be a multiple of 128.
+    topk_ids: int32 or int64 [T, k], expert of each slot in [0, num_experts), -1 for an expert that
+        is not local (ignored). Ids are range-checked on CPU; on CUDA an out-of-range id is treated
+        as -1.
+    Returns a :class:`ContiguousLayout` with
+    ``M_cap = get_contiguous_layout_capacity(T, k, num_experts)`` rows; experts without tokens
+    have empty segments.
+    """
+    return route_contiguous("route_to_contiguous", hidden, topk_ids, num_experts, use_ue8m0)
+
+
+def route_contiguous(fn: str, hidden: object, topk_ids: object, num_experts: object, use_ue8m0: object,
+                     names: tuple[str, str, str] = ("hidden", "topk_ids", "num_experts")) -> ContiguousLayout:
+    """:func:`route_to_contiguous` with the caller's argument ``names`` (hidden, ids, experts) in
+    error messages: DeepEP's, for its adapter."""
+    hidden_name, ids_name, experts_name = names
+    chk.positive_int(fn, experts_name, num_experts)
+    x, sf = fp8_token_rows(fn, hidden_name, hidden, use_ue8m0)
+    ids = topk_ids_of(fn, ids_name, topk_ids, x.shape[0], num_experts, hidden_name, x)
+    num_tokens, top_k = ids.shape
+    m_cap = get_contiguous_layout_capacity(num_tokens, top_k, num_experts)
+    chk.fits_int32(fn, "the buffer rows get_contiguous_layout_capacity(T, k, E)", m_cap)
+
+    expert, rank, counts = expert_ranks(ids, num_experts)
+    alignment = get_mk_alignment_for_contiguous_layout()
+    padded = (counts + alignment - 1) // alignment * alignment
+    starts = torch.cumsum(padded, 0) - padded
+    routed = expert < num_experts
+    # Entries not routed point one past the end, where rows_of_buffer drops them.
+    dest = torch.where(routed, starts[expert.clamp(max=num_experts - 1)] + rank, m_cap)
+    token = torch.arange(expert.numel(), device=x.device) // max(top_k, 1)
+    row_token = rows_of_buffer(dest, token, m_cap)
+
+    return ContiguousLayout(
+        a=gather_rows(x, row_token, 0),
+        sfa=mn_major(gather_rows(sf, row_token, 1.0)),
+        grouped_layout=rows_of_buffer(dest, expert, m_cap).int(),
+        grouped_layout_psum=(starts + counts).int(),
+        inverse=torch.where(routed, dest, -1).view(num_tokens, top_k).int(),
+    )

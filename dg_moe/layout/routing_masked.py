@@ -1,0 +1,78 @@
+"""Routing to the masked (decode) layout: a fixed ``[E, max_m, H]`` buffer plus a device count.
+
+Shapes depend on (E, max_m, H) only and nothing is read on the host, so the op can be captured in
+a CUDA graph. Overflow policy: an expert that receives more than ``max_m`` (token, slot) entries
+keeps the first ``max_m`` of them in (token, slot) order and drops the rest. A dropped entry has
+-1 in the inverse map, so it contributes nothing to the weighted reduce, and is counted in
+``overflow[e]``; ``masked_m`` is clamped to ``max_m``. Nothing is written out of bounds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import _checks as chk
+from ._permute import TokenRows, expert_ranks, fp8_token_rows, gather_rows, mn_major, rows_of_buffer, topk_ids_of
+
+
+class MaskedLayout(NamedTuple):
+    """Inputs of ``m_grouped_fp8_gemm_nt_masked`` and the map back to the tokens.
+
+    a: float8_e4m3fn [E, max_m, H] contiguous; rows at or past ``masked_m[e]`` are zero.
+    sfa: float32 [E, max_m, H/128], MN-major and TMA-aligned: strides ``(H/128 * A, 1, A)`` with
+        ``A = align(max_m, 4)``; rows at or past ``masked_m[e]`` hold 1.0.
+    masked_m: int32 [E], the rows of each expert, at most ``max_m``.
+    inverse: int32 [T, k], ``e * max_m + r`` for the (token, slot) held in row r of expert e (a row
+        of ``y.view(E * max_m, N)``), -1 where the expert is not local or the entry was dropped.
+    overflow: int32 [E], entries dropped per expert (0 everywhere unless an expert received more
+        than ``max_m``); check ``overflow.any()`` when convenient, it needs no synchronisation here.
+    """
+
+    a: torch.Tensor
+    sfa: torch.Tensor
+    masked_m: torch.Tensor
+    inverse: torch.Tensor
+    overflow: torch.Tensor
+
+
+def route_to_masked(
+    hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, max_m: int, *, use_ue8m0: bool = False
+) -> MaskedLayout:
+    """Scatter tokens into per-expert buffers of ``max_m`` rows, quantising BF16 input on the way.
+
+    hidden: bf16 (or fp16/fp32) [T, H], quantised 1x128 exactly as ``per_token_cast_to_fp8``
+        (``use_ue8m0`` rounds scales up to powers of two); or an FP8 pair (e4m3 [T, H],
+        float32 [T, H/128] in any strides). H must be a multiple of 128.
+    topk_ids: int32 or int64 [T, k], expert of each slot in [0, num_experts), -1 for an expert that
+        is not local (ignored). Ids are range-checked on CPU; on CUDA an out-of-range id is treated
+        as -1.
+    max_m: rows per expert (> 0). Within an expert, rows follow increasing (token, slot) order;
+        entries past ``max_m`` are dropped and counted in ``overflow`` (module docstring).
+    Returns a :class:`MaskedLayout`.
+    """
+    fn = "route_to_masked"
+    chk.positive_int(fn, "num_experts", num_experts)
+    chk.positive_int(fn, "max_m", max_m)
+    x, sf = fp8_token_rows(fn, "hidden", hidden, use_ue8m0)
+    ids = topk_ids_of(fn, "topk_ids", topk_ids, x.shape[0], num_experts, "hidden", x)
+    num_tokens, top_k = ids.shape
+    num_rows = num_experts * max_m
+    chk.fits_int32(fn, "num_experts * max_m", num_rows)
+
+    expert, rank, counts = expert_ranks(ids, num_experts)
+    kept = (expert < num_experts) & (rank < max_m)
+    # Entries not kept point one past the end, where rows_of_buffer drops them.
+    dest = torch.where(kept, expert * max_m + rank, num_rows)
+    token = torch.arange(expert.numel(), device=x.device) // max(top_k, 1)
+    row_token = rows_of_buffer(dest, token, num_rows).view(num_experts, max_m)
+    masked_m = counts.clamp(max=max_m)
+
+    return MaskedLayout(
+        a=gather_rows(x, row_token, 0),
+        sfa=mn_major(gather_rows(sf, row_token, 1.0)),
+        masked_m=masked_m.int(),
+        inverse=torch.where(kept, dest, -1).view(num_tokens, top_k).int(),
+        overflow=(counts - masked_m).int(),
+    )
