@@ -22,6 +22,7 @@ from .layout import (
     transform_sf_into_required_layout,
     unpack_ue8m0_from_int,
 )
+from .moe import FusedMoE, fused_moe
 from .ops import (
     bf16_gemm_nn,
     bf16_gemm_nt,
@@ -47,6 +48,7 @@ __all__ = [
     "CompileError",
     "CudaError",
     "DgMoeError",
+    "FusedMoE",
     "KernelNotAvailableError",
     "ToolchainNotFoundError",
     "UnsupportedArchitectureError",
@@ -59,6 +61,7 @@ __all__ = [
     "fp8_gemm_nt",
     "fp8_gemm_tn",
     "fp8_gemm_tt",
+    "fused_moe",
     "get_mk_alignment_for_contiguous_layout",
     "get_mn_major_tma_aligned_packed_ue8m0_tensor",
     "get_mn_major_tma_aligned_tensor",

@@ -41,7 +41,7 @@ def cmd_info() -> int:
 
 
 def cmd_demo(device: str) -> int:
-    """Run the MoE demo (see dg_moe.demo)."""
+    """Run the fused MoE demo (see dg_moe.demo)."""
     from .demo import main as demo_main
 
     return demo_main(device)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dg-moe", description="FP8 MoE GEMM kernels for Hopper")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPU, nvcc, headers, kernel cache")
-    demo = sub.add_parser("demo", help="run a small MoE layer through the public ops and check it")
+    demo = sub.add_parser("demo", help="run a DeepSeek-V3-shaped fused MoE layer in both layouts and check it")
     demo.add_argument("--device", default="auto", help="auto (SM90 GPU if present, else CPU), cpu, cuda")
     args = parser.parse_args(argv)
     if args.command == "info":

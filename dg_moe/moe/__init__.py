@@ -1,0 +1,21 @@
+"""The fused MoE layer: routed FP8 experts over the contiguous (prefill) or masked (decode) layout,
+an optional shared expert, and an ``nn.Module`` holding the weights (docs/moe-layer.md)."""
+
+from .fused import AUTO_MASKED_MAX_TOKENS, Mode, fused_moe, select_mode
+from .masked import default_max_m
+from .module import FusedMoE
+from .quantize import quantize_expert_weights
+from .reference import reference_moe
+from .shared import SharedExpert
+
+__all__ = [
+    "AUTO_MASKED_MAX_TOKENS",
+    "FusedMoE",
+    "Mode",
+    "SharedExpert",
+    "default_max_m",
+    "fused_moe",
+    "quantize_expert_weights",
+    "reference_moe",
+    "select_mode",
+]

@@ -1,0 +1,42 @@
+"""The routed experts over the contiguous (prefill) layout.
+
+route_to_contiguous -> m_grouped_fp8_gemm_nt_contiguous (w13) -> silu_and_mul_to_fp8_contiguous ->
+m_grouped_fp8_gemm_nt_contiguous (w2) -> unpermute_reduce_contiguous. Every step reads the
+prefix-sum form of ``grouped_layout``, and the buffer size comes from shapes alone
+(``get_contiguous_layout_capacity``), so nothing waits on the host. No entry is ever dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import route_to_contiguous, silu_and_mul_to_fp8_contiguous, unpermute_reduce_contiguous
+from ..ops import m_grouped_fp8_gemm_nt_contiguous
+from .hints import expected_rows_per_expert
+
+FP8Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def routed_experts_contiguous(tokens: FP8Pair, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
+                              topk_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of each token's routed experts: bfloat16 [T, H].
+
+    tokens: (e4m3 [T, H], float32 [T, H/128]); w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
+    w2: (e4m3 [E, H, I], float32 [E, H/128, I/128]); topk_ids int [T, k] (-1: not local);
+    topk_weights float [T, k]. Arguments as ``fused_moe`` validated them.
+    """
+    num_experts, two_i, hidden = w13[0].shape
+    num_tokens, top_k = topk_ids.shape
+    routed = route_to_contiguous(tokens, topk_ids, num_experts)
+    ends = routed.grouped_layout_psum
+    rows = routed.a.shape[0]
+    hint = expected_rows_per_expert(num_tokens, top_k, num_experts)
+    device = routed.a.device
+    # Padding rows stay unwritten: the activation zeroes them and the reduce never reads them.
+    gate_up = torch.empty(rows, two_i, dtype=torch.bfloat16, device=device)
+    m_grouped_fp8_gemm_nt_contiguous((routed.a, routed.sfa), w13, gate_up, ends, use_psum_layout=True,
+                                     expected_m_for_psum_layout=hint)
+    act = silu_and_mul_to_fp8_contiguous(gate_up, ends, use_psum_layout=True)
+    down = torch.empty(rows, hidden, dtype=torch.bfloat16, device=device)
+    m_grouped_fp8_gemm_nt_contiguous(act, w2, down, ends, use_psum_layout=True, expected_m_for_psum_layout=hint)
+    return unpermute_reduce_contiguous(down, routed.inverse, topk_weights)

@@ -1,0 +1,133 @@
+"""``fused_moe``: one MoE layer's experts (routed, plus an optional shared one) on FP8 weights.
+
+The routing itself (gate, top-k, softmax or sigmoid scores) stays with the caller, as in vLLM's
+FusedMoE: the layer takes ``topk_ids`` and ``topk_weights``. Two layouts carry the routed tokens:
+
+- "contiguous" (prefill): every expert's tokens in one buffer padded per expert to 128 rows;
+  no entry is ever dropped.
+- "masked" (decode): a fixed ``[E, max_m, H]`` buffer with per-expert counts on the device; every
+  shape follows from (T, max_m), so the path can be captured in a CUDA graph.
+- "auto": masked when ``T <= AUTO_MASKED_MAX_TOKENS``, contiguous above.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, overload
+
+import torch
+
+from ..layout import per_token_cast_to_fp8
+from . import _checks as chk
+from .contiguous import routed_experts_contiguous
+from .masked import default_max_m, routed_experts_masked
+from .shared import SharedExpert, shared_expert_forward
+
+Mode = Literal["auto", "contiguous", "masked"]
+
+AUTO_MASKED_MAX_TOKENS = 128
+"""Largest batch "auto" runs through the masked layout.
+
+The two layouts reserve rows from shapes alone: masked ``E * T`` (``max_m = T``), contiguous
+``T*k + min(E, T*k) * 127`` (every segment may waste up to 127 padding rows). Masked is the smaller
+up to ``T = 127 E / (E - k)``, which is at least 127 for every shape (DeepSeek-V3, E=256 k=8: 131;
+E=8 k=2: 169), and 128 is also DeepEP's default low-latency batch per rank. The GPU benchmark
+(``dg-moe bench moe``) is to confirm it against measured time.
+"""
+
+
+def select_mode(mode: Mode, num_tokens: int) -> Literal["contiguous", "masked"]:
+    """The layout ``fused_moe`` runs: ``mode`` itself, or for "auto" masked up to
+    :data:`AUTO_MASKED_MAX_TOKENS` tokens and contiguous above."""
+    if mode == "auto":
+        return "masked" if num_tokens <= AUTO_MASKED_MAX_TOKENS else "contiguous"
+    return mode
+
+
+@overload
+def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+              w2_scale: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, mode: Mode = ...,
+              max_m: int | None = ..., routed_scaling_factor: float = ..., shared_expert: SharedExpert | None = ...,
+              return_overflow: Literal[False] = ...) -> torch.Tensor: ...
+
+
+@overload
+def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+              w2_scale: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, mode: Mode = ...,
+              max_m: int | None = ..., routed_scaling_factor: float = ..., shared_expert: SharedExpert | None = ...,
+              return_overflow: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+              w2_scale: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, mode: Mode = ...,
+              max_m: int | None = ..., routed_scaling_factor: float = ..., shared_expert: SharedExpert | None = ...,
+              return_overflow: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def fused_moe(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scale: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    *,
+    mode: Mode = "auto",
+    max_m: int | None = None,
+    routed_scaling_factor: float = 1.0,
+    shared_expert: SharedExpert | None = None,
+    return_overflow: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``out[t] = rsf * sum_s w[t, s] * expert_{ids[t, s]}(x[t]) + shared(x[t])`` in FP8.
+
+    Each expert is ``(SiLU(x @ gate.T) * (x @ up.T)) @ down.T``. Tokens are quantised 1x128
+    (``per_token_cast_to_fp8``), the intermediate activation likewise; GEMMs accumulate in FP32
+    and write BF16; the top-k reduce accumulates in FP32 in slot order.
+
+    hidden: bfloat16 [T, H], H a multiple of 128.
+    w13: float8_e4m3fn [E, 2I, H], ``[gate | up]`` halves along 2I (vLLM's layout), I a multiple of
+        128; w13_scale: float32 [E, 2I/128, H/128], one dequantisation scale per 128x128 block.
+    w2: float8_e4m3fn [E, H, I]; w2_scale: float32 [E, H/128, I/128]. All four contiguous.
+    topk_ids: int32/int64 [T, k], local expert ids in [0, E), -1 for a slot whose expert is not on
+        this rank (skipped). On CPU the ids are range-checked; on CUDA an id outside [-1, E) counts
+        as -1.
+    topk_weights: bf16/fp16/fp32 [T, k], used as given (no renormalisation).
+    mode: "contiguous", "masked" or "auto" (:func:`select_mode`, :data:`AUTO_MASKED_MAX_TOKENS`).
+    max_m: rows per expert of the masked layout; ignored by the contiguous one. Default
+        :func:`default_max_m` = T, which drops nothing when each token's experts are distinct (on
+        CPU a repeated expert then raises; on CUDA it would be dropped and counted). A smaller
+        ``max_m`` saves memory: an expert's entries past ``max_m`` are dropped, first come first
+        kept in (token, slot) order, and counted in the overflow.
+    routed_scaling_factor: multiplies the routed experts' sum (DeepSeek-V3: 2.5), not the shared
+        expert; folded into the top-k weights in FP32.
+    shared_expert: an FP8 expert applied to every token with weight 1 and added (see
+        :class:`SharedExpert`); any other shared MLP is added by the caller.
+    return_overflow: also return int32 [E] on the device, the entries dropped per expert (masked
+        path; zeros for the contiguous one). ``overflow.any()`` is the flag; reading it synchronises,
+        so check it when convenient.
+
+    Returns bfloat16 [T, H] (and the overflow counts). Neither path reads a device value on the
+    host. Output buffers are allocated per call.
+    """
+    fn = "fused_moe"
+    dims = chk.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
+                              routed_scaling_factor, shared_expert)
+    layout = select_mode(mode, dims.num_tokens)
+    tokens = per_token_cast_to_fp8(hidden)
+    weights = topk_weights if routed_scaling_factor == 1.0 else topk_weights.float() * routed_scaling_factor
+    overflow = None
+    if layout == "masked":
+        if max_m is None:
+            chk.distinct_experts(fn, topk_ids)
+            max_m = default_max_m(dims.num_tokens)
+        out, overflow = routed_experts_masked(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, max_m)
+    else:
+        out = routed_experts_contiguous(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights)
+    if shared_expert is not None:
+        out.add_(shared_expert_forward(tokens, shared_expert))
+    if not return_overflow:
+        return out
+    if overflow is None:
+        overflow = torch.zeros(dims.num_experts, dtype=torch.int32, device=hidden.device)
+    return out, overflow

@@ -1,0 +1,52 @@
+"""The routed experts over the masked (decode) layout.
+
+route_to_masked -> m_grouped_fp8_gemm_nt_masked (w13) -> silu_and_mul_to_fp8_masked ->
+m_grouped_fp8_gemm_nt_masked (w2) -> unpermute_reduce_masked. Every tensor's shape follows from
+(T, k, E, max_m, H, I) and the per-expert counts stay on the device, so the path can be captured in
+a CUDA graph for one (T, max_m) and replayed with new routing.
+
+An expert that receives more than ``max_m`` entries keeps the first ``max_m`` in (token, slot)
+order and drops the rest (``route_to_masked``'s policy); ``overflow`` counts the dropped entries.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import route_to_masked, silu_and_mul_to_fp8_masked, unpermute_reduce_masked
+from ..ops import m_grouped_fp8_gemm_nt_masked
+from .hints import expected_rows_per_expert
+
+FP8Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def default_max_m(num_tokens: int) -> int:
+    """Rows per expert of the masked buffers when the caller gives none: ``max(T, 1)``.
+
+    A top-k router sends each token to k distinct experts, so no expert receives more than T
+    entries and nothing is dropped, whatever the load imbalance. (T = 0 still needs one row.)
+    """
+    return max(num_tokens, 1)
+
+
+def routed_experts_masked(tokens: FP8Pair, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
+                          topk_weights: torch.Tensor, max_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum of each token's routed experts and the overflow counts.
+
+    tokens: (e4m3 [T, H], float32 [T, H/128]); w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
+    w2: (e4m3 [E, H, I], float32 [E, H/128, I/128]); topk_ids int [T, k] (-1: not local);
+    topk_weights float [T, k]; max_m rows per expert. Arguments as ``fused_moe`` validated them.
+    Returns (bfloat16 [T, H], int32 [E] entries dropped per expert, on the device).
+    """
+    num_experts, two_i, hidden = w13[0].shape
+    num_tokens, top_k = topk_ids.shape
+    routed = route_to_masked(tokens, topk_ids, num_experts, max_m)
+    hint = min(max_m, expected_rows_per_expert(num_tokens, top_k, num_experts))
+    device = routed.a.device
+    # Rows at or past masked_m stay unwritten: the activation zeroes them and the reduce never reads them.
+    gate_up = torch.empty(num_experts, max_m, two_i, dtype=torch.bfloat16, device=device)
+    m_grouped_fp8_gemm_nt_masked((routed.a, routed.sfa), w13, gate_up, routed.masked_m, hint)
+    act = silu_and_mul_to_fp8_masked(gate_up, routed.masked_m)
+    down = torch.empty(num_experts, max_m, hidden, dtype=torch.bfloat16, device=device)
+    m_grouped_fp8_gemm_nt_masked(act, w2, down, routed.masked_m, hint)
+    return unpermute_reduce_masked(down, routed.inverse, topk_weights), routed.overflow
