@@ -231,7 +231,9 @@ def test_transposed_bf16_experts_match_eager():
     config = AriaTextConfig(hidden_size=HIDDEN, intermediate_size=INTER, moe_num_experts=EXPERTS, moe_topk=2)
     torch.manual_seed(0)
     experts = AriaExperts(config).to(torch.bfloat16)
-    assert experts.is_transposed
+    if not getattr(experts, "is_transposed", False):
+        pytest.skip("this transformers stores Aria's experts untransposed (transposed experts came after 5.17); "
+                    "the untransposed layout is what the model-level tests check")
     with torch.no_grad():
         experts.gate_up_proj.normal_(0, 0.05)
         experts.down_proj.normal_(0, 0.05)
@@ -248,7 +250,8 @@ def test_transposed_bf16_experts_match_eager():
 
 def test_slots_of_other_expert_parallel_ranks_are_skipped():
     # transformers' expert parallelism marks a slot whose expert lives on another rank with id E (>= the
-    # local expert count) and weight 0; its own eager loop skips that id.
+    # local expert count) and weight 0. The reference is eager with those slots pointed at expert 0
+    # with weight 0 instead (the same sum), since eager only learned to skip id E after 5.17.
     model = _build("mixtral", experts_implementation="eager")
     experts = _experts_modules(model)[0]
     hidden = torch.randn(24, HIDDEN).bfloat16()
@@ -256,12 +259,13 @@ def test_slots_of_other_expert_parallel_ranks_are_skipped():
     top_k_index[::3, 1] = EXPERTS
     top_k_weights = torch.rand(24, 2).softmax(dim=1)
     top_k_weights[::3, 1] = 0.0
-    outputs = {}
-    for implementation in (adapter.IMPLEMENTATION, "eager"):
-        model.set_experts_implementation(implementation)
-        with torch.inference_mode():
-            outputs[implementation] = experts(hidden, top_k_index, top_k_weights)
-    assert calc_diff(outputs[adapter.IMPLEMENTATION], outputs["eager"]) < BF16_EXPERTS_BOUND
+    local_index = torch.where(top_k_index == EXPERTS, 0, top_k_index)
+    with torch.inference_mode():
+        model.set_experts_implementation(adapter.IMPLEMENTATION)
+        got = experts(hidden, top_k_index, top_k_weights)
+        model.set_experts_implementation("eager")
+        want = experts(hidden, local_index, top_k_weights)
+    assert calc_diff(got, want) < BF16_EXPERTS_BOUND
 
 
 def test_register_is_idempotent():
