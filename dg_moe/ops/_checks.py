@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..layout._checks import _dtype_names, tensor
 from ..layout.math import align, ceil_div
 from ..reference.common import RECIPE_1D1D, RECIPE_1D2D, Recipe, default_recipe
 
@@ -22,26 +23,8 @@ BLOCK_K = 128
 _OUT_DTYPE_OF_RECIPE = {RECIPE_1D2D: torch.bfloat16, RECIPE_1D1D: torch.float32}
 
 
-def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
-    return " or ".join(str(t).removeprefix("torch.") for t in dtypes)
-
-
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
-
-
-def tensor(op: str, name: str, t: object, dtypes: Sequence[torch.dtype], ndim: int, layout: str,
-           hint: str = "") -> torch.Tensor:
-    """``t`` is a tensor of one of ``dtypes`` with ``ndim`` dims (``layout`` documents them)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        fix = f"; {hint}" if hint else ""
-        got = _dtype_names([t.dtype])
-        raise TypeError(f"{op}: {name} must have dtype {_dtype_names(dtypes)} {layout}, got {got}{fix}")
-    if t.dim() != ndim:
-        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {_shape(t)}")
-    return t
 
 
 def fp8_pair(op: str, name: str, x: object, ndim: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
