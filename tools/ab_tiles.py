@@ -7,6 +7,8 @@ Every variant is compiled first, in parallel, then each dense shape times the he
     kernels/, launch/ and common/): every variant is also built from it and timed on the lines
     before, and all outputs must be bitwise equal. May be given more than once.
 --tiles: time the listed tiles too, not only the heuristic's choice.
+--tile BMxBNxMC[xST]: time this tile instead of the listed ones (repeatable; ST 0 or absent: the
+    most stages that fit), e.g. --tile 128x128x2.
 """
 
 from __future__ import annotations
@@ -33,9 +35,16 @@ TILES: dict[int, list[Variant]] = {
 }
 
 
-def _variants(m: int, n: int, k: int, num_sms: int, tiles: bool) -> list[GemmConfig]:
+def _parse_tile(text: str) -> Variant:
+    parts = [int(x) for x in text.lower().split("x")]
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"--tile {text!r}: expected BMxBNxMC or BMxBNxMCxST")
+    return (*parts, 0)[:4] if len(parts) == 3 else tuple(parts)
+
+
+def _variants(m: int, n: int, k: int, num_sms: int, tiles: list[Variant]) -> list[GemmConfig]:
     out = [config_for(GemmType.NORMAL, m, n, k, 1, num_sms)]
-    for block_m, block_n, multicast, stages in TILES.get(m, TILES[4096]) if tiles else []:
+    for block_m, block_n, multicast, stages in tiles:
         out.append(GemmConfig(block_m, block_n, stages or max_stages(block_m, block_n, k), multicast, 0,
                               predict_us(block_m, block_n, multicast, m, n, k, 1, num_sms)))
     return out
@@ -50,13 +59,18 @@ def main() -> None:
     parser.add_argument("--base", type=Path, action="append", default=[],
                         help="source tree of a kernel to compare against (repeatable)")
     parser.add_argument("--tiles", action="store_true", help="also time the listed tiles")
+    parser.add_argument("--tile", type=_parse_tile, action="append", default=[],
+                        help="also time this tile, BMxBNxMC[xST] (repeatable)")
     parser.add_argument("ms", type=int, nargs="*", default=[128, 4096])
     args = parser.parse_args()
     roots = [str(base.resolve()) for base in args.base] + [None]
 
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = [(m, n, k) for m in args.ms for n, k in DEEPSEEK_V3_NK]
-    plans = {shape: _variants(*shape, num_sms, args.tiles) for shape in shapes}
+    def listed(m: int) -> list[Variant]:
+        return args.tile or (TILES.get(m, TILES[4096]) if args.tiles else [])
+
+    plans = {shape: _variants(*shape, num_sms, listed(shape[0])) for shape in shapes}
     jobs = {(tuple(sorted(template_args(GemmType.NORMAL, c, n, k).items())), root)
             for (_, n, k), configs in plans.items() for c in configs for root in roots}
     with ProcessPoolExecutor(max_workers=16) as pool:

@@ -9,13 +9,17 @@ namespace dg_moe::wgmma {
 // rows are 128 bytes and 128B-swizzled, as the TMA engine writes it: groups of 8 rows (one swizzle
 // atom) are 1024 bytes apart. The tile must start on a 1024-byte boundary; advancing along K
 // inside the 128-byte row is done by adding (bytes >> 4) to the start-address field.
-__device__ __forceinline__ uint64_t smem_desc_k_major_sw128(const void* tile) {
-    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+// `addr` is the tile's shared-window address.
+__device__ __forceinline__ uint64_t smem_desc_k_major_sw128(uint32_t addr) {
     uint64_t desc = (addr & 0x3FFFFu) >> 4;            // bits 0-13: start address >> 4
     desc |= uint64_t(1) << 16;                          // bits 16-29: leading byte offset (unused here)
     desc |= uint64_t(1024 >> 4) << 32;                  // bits 32-45: stride byte offset (8 rows)
     desc |= uint64_t(1) << 62;                          // bits 62-63: 1 = 128-byte swizzle
     return desc;
+}
+
+__device__ __forceinline__ uint64_t smem_desc_k_major_sw128(const void* tile) {
+    return smem_desc_k_major_sw128(static_cast<uint32_t>(__cvta_generic_to_shared(tile)));
 }
 
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }

@@ -19,6 +19,7 @@
 #include "common/mbarrier.cuh"
 #include "common/named_barrier.cuh"
 #include "common/scheduler.cuh"
+#include "common/stmatrix.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
 
@@ -232,7 +233,10 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     // Math warpgroups: warpgroup w owns rows [128 v + 64 w, 128 v + 64 w + 64) of wave v.
     if constexpr (kNumMathThreads == 256)
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const uint32_t math_wg = threadIdx.x / 128;
+    // Broadcast from lane 0 so ptxas knows the value is warp-uniform: the A descriptors built from it
+    // then live in uniform registers, and a wave's four wgmmas issue back to back instead of each
+    // waiting on R2UR moves of a descriptor built in per-thread registers.
+    const uint32_t math_wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
     const uint32_t row_in_wave = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_wave + 8
     constexpr uint32_t kWaveRows = BLOCK_M / kNumWaves;
     // Single-wave tiles whose accumulators fit twice run the K loop in pairs of K blocks: the
@@ -244,12 +248,17 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     constexpr bool kPairs = kNumWaves == 1 && 3 * MMA::kNumAccum <= kAccumRegisterBudget && kNumKBlocks >= 2;
     float result[kNumWaves][MMA::kNumAccum];
     uint32_t iter = 0, tile_count = 0;
+    // The descriptors are built from this integer address: converted from the generic pointer at
+    // every issue, it cost an S2UR of the CTA's shared window on each K loop's critical path.
+    const uint32_t smem_addr = smem_u32(smem);
+    const uint32_t smem_d_addr = smem_addr + Layout::kOffsetD;
 
     // Wave v of the K block in stage s, into acc: one commit group. A narrow tile's n64 fragment
     // has the layout of a full-width one's first 64 columns.
     auto issue = [&](auto narrow, uint32_t s, uint32_t v, auto& acc) {
-        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage_a(s) + (v * kWaveRows + math_wg * 64) * kBlockK);
-        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage_b(s));
+        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
+        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage + (v * kWaveRows + math_wg * 64) * kBlockK);
+        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage + Layout::kBytesA);
         #pragma unroll
         for (uint32_t i = 0; i < sizeof(acc) / sizeof(float); ++i)
             wgmma::fence_operand(acc[i]);
@@ -293,14 +302,18 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         if (store_leader)
             tma_store_wait_read<0>();
         warpgroup_sync();
+        // Sixteen columns per stmatrix.x4: accumulators 8j..8j+7 are rows 0-7 and 8-15 of column
+        // chunks 2j and 2j + 1, the four 8x8 matrices in stmatrix's order (a quarter of the
+        // instructions of 4-byte stores).
         #pragma unroll
         for (uint32_t v = 0; v < kNumWaves; ++v)
             #pragma unroll
-            for (uint32_t i = 0; i < MMA::kNumAccum; i += 2) {
-                const uint32_t row = v * kWaveRows + row_in_wave + 8 * ((i / 2) % 2);
-                const uint32_t col = 8 * (i / 4) + 2 * (lane % 4);
-                *reinterpret_cast<__nv_bfloat162*>(smem_d + D::offset(row, col)) =
-                    __floats2bfloat162_rn(result[v][i], result[v][i + 1]);
+            for (uint32_t j = 0; j < BLOCK_N / 16; ++j) {
+                const uint32_t row = v * kWaveRows + math_wg * 64 + (warp % 4) * 16 + lane % 8 + 8 * ((lane / 8) % 2);
+                const uint32_t col = 16 * j + 8 * (lane / 16);
+                const float* acc = result[v] + 8 * j;
+                stmatrix_x4(smem_d_addr + D::offset(row, col), pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]),
+                            pack_bf16x2(acc[4], acc[5]), pack_bf16x2(acc[6], acc[7]));
             }
         tma_fence_shared();
         warpgroup_sync();
