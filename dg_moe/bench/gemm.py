@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import dg_moe
 from dg_moe import layout
 
-from .timing import eager_us, gpu_time_us
+from .timing import eager_us, gpu_times_us
 
 DENSE_SHAPES = [(m, n, k) for m in (128, 4096) for n, k in
                 [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]]
@@ -49,11 +49,14 @@ def cublas_blockwise(a, b, k: int):
                                F.ScalingType.BlockWise128x128, output_dtype=torch.bfloat16, use_fast_accum=False)
 
 
-def _try_time(fn) -> float | str:
-    try:
-        return gpu_time_us(fn)
-    except Exception as err:  # a peer that cannot run reports why instead of a number
-        return f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
+def _time_with_peers(ours, *peers) -> tuple[float, ...]:
+    """GPU times of ours and its peers, replays interleaved; ours must run, a peer that cannot
+    reports why instead of a number."""
+    ours()  # raises, with its traceback, if our kernel fails
+    times = gpu_times_us([ours, *peers])
+    if isinstance(times[0], str):
+        raise RuntimeError(times[0])
+    return tuple(times)
 
 
 def _fmt(value: float | str, scale: float) -> str:
@@ -69,12 +72,9 @@ def bench_dense() -> list[dict]:
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         a_bf16 = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         b_bf16 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        ours = gpu_time_us(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
-        row = {
-            "m": m, "n": n, "k": k, "dg_moe_us": ours,
-            "cublas_blockwise_us": _try_time(cublas_blockwise(a, b, k)),
-            "cublas_bf16_us": _try_time(lambda x=a_bf16, y=b_bf16: x @ y.T),
-        }
+        ours, blockwise, bf16 = _time_with_peers(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d),
+                                                 cublas_blockwise(a, b, k), lambda x=a_bf16, y=b_bf16: x @ y.T)
+        row = {"m": m, "n": n, "k": k, "dg_moe_us": ours, "cublas_blockwise_us": blockwise, "cublas_bf16_us": bf16}
         if (m, n, k) == (128, 2112, 7168):
             row["dg_moe_eager_us"] = eager_us(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
             row["dg_moe_eager_row_major_sfa_us"] = eager_us(lambda a=a, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
@@ -100,14 +100,15 @@ def bench_masked() -> list[dict]:
         b = (torch.stack([p[0] for p in w]), torch.stack([p[1] for p in w]))
         masked_m = _masked_counts(groups, expected, max_m)
         d = torch.empty(groups, max_m, n, device="cuda", dtype=torch.bfloat16)
-        ours = gpu_time_us(lambda: dg_moe.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, expected))
         valid = int(masked_m.sum())
         bytes_moved = groups * n * k + valid * k + valid * n * 2 + groups * (n // 128) * (k // 128) * 4
         a_bf16 = torch.randn(groups, max_m, k, device="cuda", dtype=torch.bfloat16)
         b_bf16 = torch.randn(groups, k, n, device="cuda", dtype=torch.bfloat16)
+        ours, bmm = _time_with_peers(lambda: dg_moe.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, expected),
+                                     lambda: torch.bmm(a_bf16, b_bf16))
         rows.append({
             "groups": groups, "expected_m": expected, "n": n, "k": k, "dg_moe_us": ours,
-            "dg_moe_gbps": bytes_moved / ours / 1e3, "bmm_bf16_us": _try_time(lambda: torch.bmm(a_bf16, b_bf16)),
+            "dg_moe_gbps": bytes_moved / ours / 1e3, "bmm_bf16_us": bmm,
         })
     return rows
 
@@ -129,15 +130,16 @@ def bench_contiguous() -> list[dict]:
              for _ in range(groups)]
         b = (torch.stack([p[0] for p in w]), torch.stack([p[1] for p in w]))
         d = torch.empty(m_sum, n, device="cuda", dtype=torch.bfloat16)
-        ours = gpu_time_us(lambda: dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, psum, use_psum_layout=True))
         valid = sum(counts)
         x_bf16 = torch.randn(valid, k, device="cuda", dtype=torch.bfloat16)
         w_bf16 = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
         offs = torch.tensor(counts, device="cuda", dtype=torch.int32).cumsum(0).int()
+        ours, grouped_mm = _time_with_peers(
+            lambda: dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, psum, use_psum_layout=True),
+            lambda: torch._grouped_mm(x_bf16, w_bf16.transpose(1, 2), offs=offs))
         rows.append({
             "groups": groups, "rows_per_group": per_group, "n": n, "k": k, "valid_rows": valid,
-            "dg_moe_us": ours, "dg_moe_tflops": 2 * valid * n * k / ours / 1e6,
-            "grouped_mm_bf16_us": _try_time(lambda: torch._grouped_mm(x_bf16, w_bf16.transpose(1, 2), offs=offs)),
+            "dg_moe_us": ours, "dg_moe_tflops": 2 * valid * n * k / ours / 1e6, "grouped_mm_bf16_us": grouped_mm,
         })
     return rows
 

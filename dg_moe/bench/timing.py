@@ -1,7 +1,8 @@
 """GPU and eager timing as PERFORMANCE.md prescribes.
 
 GPU time: a CUDA graph of ``calls`` launches, each preceded by a 256 MB memset that flushes L2,
-replayed several times; the same graph of memsets alone is subtracted; medians throughout.
+replayed several times; the same graph of memsets alone is subtracted; medians throughout. Peers
+timed together have their replays interleaved.
 Eager time: wall time per call of back-to-back eager calls (host cost included).
 """
 
@@ -9,48 +10,70 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 FLUSH_BYTES = 256 * 2**20
 
 
-def _graph_ms(body: Callable[[], None], replays: int) -> float:
+def _capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         body()
     graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return graph
 
 
-def gpu_time_us(fn: Callable[[], None], calls: int = 10, replays: int = 7) -> float:
-    """Median kernel time of ``fn`` in microseconds, L2 flushed before every call."""
+def gpu_times_us(fns: Sequence[Callable[[], None]], calls: int = 10, replays: int = 15) -> list[float | str]:
+    """Median kernel time of each of ``fns`` in microseconds, L2 flushed before every call.
+
+    The graphs' replays are interleaved (every fn once, and the flush-only graph, per round), so
+    clock drift over the measurement falls on every peer alike rather than on whichever ran while
+    the GPU was hotter. A fn that fails to run or to be captured gets the error's text instead.
+    """
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-    fn()  # compile and warm outside the capture
-    torch.cuda.synchronize()
 
-    def with_fn() -> None:
-        for _ in range(calls):
-            flush.zero_()
-            fn()
+    def flushed(fn: Callable[[], None] | None) -> Callable[[], None]:
+        def body() -> None:
+            for _ in range(calls):
+                flush.zero_()
+                if fn is not None:
+                    fn()
+        return body
 
-    def flush_only() -> None:
-        for _ in range(calls):
-            flush.zero_()
+    graphs: list[torch.cuda.CUDAGraph | str] = [_capture(flushed(None))]
+    for fn in fns:
+        try:
+            fn()  # compile and warm outside the capture
+            torch.cuda.synchronize()
+            graphs.append(_capture(flushed(fn)))
+        except Exception as err:  # a peer that cannot run reports why instead of a number
+            graphs.append(f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''})")
+    times: list[list[float]] = [[] for _ in graphs]
+    for _ in range(replays):
+        for graph, samples in zip(graphs, times, strict=True):
+            if isinstance(graph, str):
+                continue
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    flush_ms = statistics.median(times[0])
+    return [graph if isinstance(graph, str) else max(statistics.median(samples) - flush_ms, 0.0) * 1e3 / calls
+            for graph, samples in zip(graphs[1:], times[1:], strict=True)]
 
-    total = _graph_ms(with_fn, replays)
-    flushes = _graph_ms(flush_only, replays)
-    return max(total - flushes, 0.0) * 1e3 / calls
+
+def gpu_time_us(fn: Callable[[], None], calls: int = 10, replays: int = 15) -> float:
+    """Median kernel time of ``fn`` in microseconds, L2 flushed before every call; raises if it fails."""
+    fn()  # errors surface here, with their traceback, rather than as text
+    (us,) = gpu_times_us([fn], calls, replays)
+    if isinstance(us, str):
+        raise RuntimeError(us)
+    return us
 
 
 def eager_us(fn: Callable[[], None], calls: int = 200) -> float:
