@@ -29,6 +29,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from dg_moe.integrations import lazy_exports
+
 BACKEND = "dg_moe"
 """The name to pass as ``--moe-runner-backend`` (``moe_runner_backend=`` of ``sglang.Engine``)."""
 
@@ -56,13 +58,4 @@ def _impl() -> Any:
     return importlib.import_module("dg_moe.integrations._sglang_impl")
 
 
-def __getattr__(name: str) -> Any:
-    # The SGLang subclasses are defined in _sglang_impl; resolving them here keeps `import` of this module free
-    # of SGLang while `from dg_moe.integrations.sglang import DgMoeRunnerCore` still works where it is installed.
-    if name in _EXPORTS:
-        return getattr(_impl(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, "dg_moe.integrations._sglang_impl", _EXPORTS)

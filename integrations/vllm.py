@@ -32,6 +32,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from dg_moe.integrations import lazy_exports
+
 QUANTIZATION = "dg_moe_fp8"
 """The name to pass as ``--quantization`` (``quantization=`` of ``vllm.LLM``)."""
 
@@ -61,13 +63,4 @@ def _impl() -> Any:
     return importlib.import_module("dg_moe.integrations._vllm_impl")
 
 
-def __getattr__(name: str) -> Any:
-    # The vLLM subclasses are defined in _vllm_impl; resolving them here keeps `import` of this module free
-    # of vLLM while `from dg_moe.integrations.vllm import DgMoeExperts` still works where vLLM is installed.
-    if name in _EXPORTS:
-        return getattr(_impl(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, "dg_moe.integrations._vllm_impl", _EXPORTS)
