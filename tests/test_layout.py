@@ -116,6 +116,23 @@ def test_mn_major_from_transposed_input():
     assert out.stride() == (1, 204) and torch.equal(out, odd)
 
 
+@pytest.mark.parametrize("shape", [(7, 3), (129, 56), (2, 65, 4), (3, 8, 56)])
+def test_is_mn_major_tma_aligned_agrees_with_the_conversion(shape):
+    from dg_moe.layout.scale_factors import is_mn_major_tma_aligned
+
+    row_major = torch.rand(shape)
+    assert not is_mn_major_tma_aligned(row_major)
+    converted = layout.get_mn_major_tma_aligned_tensor(row_major)
+    assert is_mn_major_tma_aligned(converted)
+    # The launch path trusts this check to skip the conversion: it must hold exactly when the
+    # conversion would return its input unchanged.
+    for sf in (row_major, converted, torch.rand(shape[-1], shape[-2]).t()):
+        assert is_mn_major_tma_aligned(sf) == (layout.get_mn_major_tma_aligned_tensor(sf) is sf)
+    offset = torch.empty(1 + 2 * converted.untyped_storage().nbytes() // 4)[1:]  # storage offset of one float
+    assert not is_mn_major_tma_aligned(offset.as_strided(converted.shape, converted.stride()))
+    assert not is_mn_major_tma_aligned(torch.rand(4))
+
+
 @pytest.mark.parametrize("shape", [(7, 3), (129, 9), (2, 65, 4), (3, 8, 56)])
 def test_packed_ue8m0_tensor(shape):
     sf = layout.ceil_to_ue8m0(torch.rand(shape) * 3 + 1e-3)

@@ -1,5 +1,6 @@
 """Where the host time of one eager dg_moe FP8 GEMM call goes (GPU only): wall time per call with
-row-major and with MN-major SFA, then a cProfile of the MN-major case.
+row-major and with MN-major SFA, the same call's pieces timed alone, then a cProfile of the
+MN-major case.
     python tools/profile_eager.py [M N K]
 """
 
@@ -8,12 +9,27 @@ from __future__ import annotations
 import cProfile
 import pstats
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 
 import dg_moe
+from dg_moe import device as _device
 from dg_moe import layout
 from dg_moe.bench.timing import eager_us
+from dg_moe.layout.scale_factors import get_tma_aligned_size, transform_sf_into_required_layout
+from dg_moe.ops import _memo
+from dg_moe.ops import sm90_fp8_gemm as sm90
+
+
+def _host_us(fn: Callable[[], object], calls: int = 2000) -> float:
+    """Wall time per call on the host (GPU work, if any, only queued)."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) * 1e6 / calls
 
 
 def main(m: int = 128, n: int = 2112, k: int = 7168) -> None:
@@ -24,6 +40,36 @@ def main(m: int = 128, n: int = 2112, k: int = 7168) -> None:
     row_major = eager_us(lambda: dg_moe.fp8_gemm_nt((x, sfa), b, d))
     mn_major = eager_us(lambda: dg_moe.fp8_gemm_nt((x, sfa_mn), b, d))
     print(f"eager us/call: row-major SFA {row_major:.1f}, MN-major SFA {mn_major:.1f}")
+
+    num_sms = _device.get_num_sms()
+    entry = sm90._entry(sm90.GemmType.NORMAL, m, n, k, 1, num_sms)
+    stream = torch.cuda.current_stream().cuda_stream
+    args = (x.data_ptr(), sfa_mn.data_ptr(), b[0].data_ptr(), b[1].data_ptr(), d.data_ptr(), None,
+            m, 1, get_tma_aligned_size(m, 4), num_sms, stream)
+    pieces = {
+        "signature (_memo.key)": lambda: _memo.key("fp8_gemm_nt", lambda: (x, sfa_mn, b[0], b[1], d, None),
+                                                   (False, None, "nk", True, False, False)),
+        "sfa + sfb layout checks": lambda: (transform_sf_into_required_layout(sfa_mn, m, k, (1, 128)),
+                                            transform_sf_into_required_layout(b[1], n, k, (128, 128))),
+        "current stream handle": lambda: torch.cuda.current_stream(d.device).cuda_stream,
+        "SM count": _device.get_num_sms,
+    }
+    for name, fn in pieces.items():
+        print(f"  {name:<28} {_host_us(fn):6.2f} us")
+    # Launching pieces: 200 calls queue far fewer kernels than the launch queue holds, so the wall time
+    # is the host's, not the GPU's.
+    launch = sm90._launch
+    launching = {
+        "host entry alone (ctypes)": lambda: entry(*args),
+        "_launch": lambda: launch("fp8_gemm_nt", sm90.GemmType.NORMAL, (x, sfa_mn), b, d, None, m, (1, 128, 128)),
+        "dg_moe.fp8_gemm_nt": lambda: dg_moe.fp8_gemm_nt((x, sfa_mn), b, d),
+        "baseline: torch d.zero_()": d.zero_,
+    }
+    for name, fn in launching.items():
+        torch.cuda.synchronize()
+        print(f"  {name:<28} {_host_us(fn, calls=200):6.2f} us")
+    torch.cuda.synchronize()
+
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(300):

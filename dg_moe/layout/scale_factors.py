@@ -27,6 +27,11 @@ def _as_batched(sf: torch.Tensor, fn: str) -> tuple[torch.Tensor, bool]:
     return (sf.unsqueeze(0), True) if sf.dim() == 2 else (sf, False)
 
 
+def is_mn_major_tma_aligned(sf: torch.Tensor) -> bool:
+    """Whether ``sf`` ([MN, Kb] or [G, MN, Kb]) is already MN-major and TMA-aligned (no copy needed)."""
+    return sf.dim() in (2, 3) and _is_mn_major_aligned(sf if sf.dim() == 3 else sf.unsqueeze(0))
+
+
 def _is_mn_major_aligned(sf: torch.Tensor) -> bool:
     g, mn, k = sf.shape
     aligned_mn = get_tma_aligned_size(mn, sf.element_size())
