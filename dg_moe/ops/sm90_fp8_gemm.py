@@ -111,11 +111,18 @@ def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.T
     device = d.device
     num_sms = _device.num_sms_for(device)
     entry = _entry(gemm_type, rows_hint, n, k, num_groups, num_sms)
-    entry(
+    args = (
         a_data.data_ptr(), sfa.data_ptr(), b_data.data_ptr(), sfb.data_ptr(), d.data_ptr(),
         None if layout is None else layout.data_ptr(),
         rows, num_groups, get_tma_aligned_size(rows, 4), num_sms, _device.stream_handle(device),
     )
+    # A launch goes to the current device with that device's stream: tensors on another GPU of this
+    # process (e.g. transformers' device_map="auto") are launched with their device made current.
+    if device.index is not None and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            entry(*args)
+    else:
+        entry(*args)
 
 
 def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:

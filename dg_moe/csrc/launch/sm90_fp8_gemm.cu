@@ -45,20 +45,47 @@ cudaLaunchConfig_t launch_config(uint32_t clusters, cudaStream_t stream, cudaLau
   return config;
 }
 
-// Raises the kernel's dynamic shared-memory limit, once per process.
+// cudaFuncSetAttribute and the occupancy query concern the current device only, so their results
+// are kept per device (a process may drive several GPUs, e.g. transformers' device_map="auto").
+// Plain ints through __atomic builtins: host code stays free of libstdc++ (see common/abi.cuh).
+constexpr int kMaxDevices = 64;
+
+int current_device() {
+  int device = -1;
+  return cudaGetDevice(&device) == cudaSuccess && device < kMaxDevices ? device : -1;
+}
+
+// Raises the kernel's dynamic shared-memory limit, once per device.
 cudaError_t allow_shared_memory() {
-  static const cudaError_t status =
+  static int status_plus_one[kMaxDevices];  // 0: not set on that device yet
+  const int device = current_device();
+  if (device >= 0) {
+    const int cached = __atomic_load_n(&status_plus_one[device], __ATOMIC_ACQUIRE);
+    if (cached != 0) return static_cast<cudaError_t>(cached - 1);
+  }
+  const cudaError_t status =
       cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
+  if (device >= 0) __atomic_store_n(&status_plus_one[device], static_cast<int>(status) + 1, __ATOMIC_RELEASE);
   return status;
 }
 
-// Clusters of this kernel the GPU can hold at once; 0 when the query fails (then no cap).
+// Clusters of this kernel the current GPU can hold at once; 0 when the query fails (then no cap).
 uint32_t max_active_clusters() {
-  if (allow_shared_memory() != cudaSuccess) return 0;
-  cudaLaunchAttribute cluster;
-  const cudaLaunchConfig_t config = launch_config(1, nullptr, &cluster);
-  int count = 0;
-  return cudaOccupancyMaxActiveClusters(&count, kKernel, &config) == cudaSuccess ? static_cast<uint32_t>(count) : 0;
+  static uint32_t count_plus_one[kMaxDevices];  // 0: not queried on that device yet
+  const int device = current_device();
+  if (device >= 0) {
+    const uint32_t cached = __atomic_load_n(&count_plus_one[device], __ATOMIC_ACQUIRE);
+    if (cached != 0) return cached - 1;
+  }
+  uint32_t result = 0;
+  if (allow_shared_memory() == cudaSuccess) {
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t config = launch_config(1, nullptr, &cluster);
+    int count = 0;
+    if (cudaOccupancyMaxActiveClusters(&count, kKernel, &config) == cudaSuccess) result = static_cast<uint32_t>(count);
+  }
+  if (device >= 0) __atomic_store_n(&count_plus_one[device], result + 1, __ATOMIC_RELEASE);
+  return result;
 }
 
 }  // namespace
@@ -69,7 +96,8 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm_max_active_clusters() { return static_cas
 // a: e4m3 [rows, K] (K contiguous; rows = M, or G * max_m for masked); b: e4m3 [G * N, K];
 // sfa: float32, MN-major, column k of group g at sfa + (g * K/128 + k) * sfa_stride;
 // sfb: float32 [G, ceil(N/128), K/128]; d: bf16 [rows, N] contiguous; layout: see GemmType.
-// m is M (Normal, contiguous) or max_m (masked). Launches on `stream`; never synchronises.
+// m is M (Normal, contiguous) or max_m (masked). Launches on `stream`, which must belong to the
+// current device; never synchronises.
 DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const void* b, const float* sfb, void* d,
                                        const int* layout, uint32_t m, uint32_t num_groups, uint32_t sfa_stride,
                                        uint32_t num_sms, void* stream) {
@@ -96,7 +124,7 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
   // Persistent grid: whole clusters, no more than can be resident at once (a cluster's CTAs must
   // share a GPC, so fewer than num_sms / 2 pairs may fit; extra clusters would run as a second wave).
   uint32_t clusters = num_sms / kMulticast;
-  static const uint32_t resident = max_active_clusters();
+  const uint32_t resident = max_active_clusters();
   if (resident > 0 && resident < clusters) clusters = resident;
   if (kType == GemmType::Normal) {
     const uint32_t n_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(kShapeN, kBlockN), kMulticast);
