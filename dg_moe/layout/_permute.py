@@ -4,19 +4,32 @@ scatter, gather), so nothing reads a value on the host and the same code runs on
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from . import _checks as chk
+from . import _kernels
 from .quant import per_token_cast_to_fp8
 from .scale_factors import get_tma_aligned_size
 
 TokenRows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def fp8_token_rows(fn: str, name: str, hidden: object, use_ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hidden`` as (e4m3 [T, H], float32 [T, H/128] scales, any strides), quantising BF16 on the way.
+class TokenSource(NamedTuple):
+    """Validated token rows for a routing op: ``rows`` [T, H] is either bf16/fp16/fp32, to be
+    quantised 1x128 where it lands (``use_ue8m0`` as given), or e4m3 with ``scales`` float32
+    [T, H/128] in any strides."""
 
-    hidden: bf16/fp16/fp32 [T, H], quantised 1x128 with ``per_token_cast_to_fp8``; or an
+    rows: torch.Tensor
+    scales: torch.Tensor | None
+    use_ue8m0: bool
+
+
+def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSource:
+    """``hidden`` validated as a :class:`TokenSource`.
+
+    hidden: bf16/fp16/fp32 [T, H], quantised 1x128 as ``per_token_cast_to_fp8`` does; or an
     already-FP8 pair (e4m3 [T, H], float32 [T, H/128]). H must be a multiple of 128.
     """
     chk.flag(fn, "use_ue8m0", use_ue8m0)
@@ -35,11 +48,28 @@ def fp8_token_rows(fn: str, name: str, hidden: object, use_ue8m0: bool) -> tuple
         chk.same_device(fn, f"{name}[0]", x, {f"{name}[1] (scales)": sf})
         if use_ue8m0:
             raise ValueError(f"{fn}: use_ue8m0=True applies when quantising BF16 {name}; FP8 input keeps its scales")
-        return x, sf
+        return TokenSource(x, sf, False)
     x = chk.tensor(fn, name, hidden, chk.FLOAT_DTYPES, 2, "[T, H]",
                    "pass FP8 input as an (e4m3 [T, H], float32 [T, H/128]) tuple")
     chk.hidden_size(fn, name, x.shape[1])
-    return per_token_cast_to_fp8(x, use_ue8m0=use_ue8m0)
+    return TokenSource(x, None, use_ue8m0)
+
+
+def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffer rows filled from the tokens: (e4m3 [G, R, H] contiguous, float32 [G, R, H/128] MN-major).
+
+    row_token: int64 [G, R], the token each buffer row holds, -1 for a row that holds none (zeros,
+    scale 1.0). Scales come out as :func:`mn_major` lays them out. CUDA tensors go through the Triton
+    kernel (:mod:`._kernels`), which quantises only the rows it writes; the PyTorch formulation
+    quantises every token first, then gathers.
+    """
+    if _kernels.enabled(source.rows.device):
+        return _kernels.token_rows_to_fp8(source.rows, source.scales, source.use_ue8m0, row_token)
+    if source.scales is None:
+        x, sf = per_token_cast_to_fp8(source.rows, use_ue8m0=source.use_ue8m0)
+    else:
+        x, sf = source.rows, source.scales
+    return gather_rows(x, row_token, 0), mn_major(gather_rows(sf, row_token, 1.0))
 
 
 def topk_ids_of(fn: str, name: str, ids: object, num_tokens: int, num_experts: int,

@@ -14,20 +14,26 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks as chk
+from . import _kernels
 from ._permute import mn_major
 from .grouped import get_mk_alignment_for_contiguous_layout
 from .quant import per_token_cast_to_fp8
 
 
-def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, use_ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # x: [rows, 2I]; valid: bool [rows]. Returns (e4m3 [rows, I], float32 [rows, I/128] row-major).
+def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, groups: int,
+                    use_ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # x: [G * R, 2I]; valid: bool [G * R]. Returns (e4m3 [G, R, I], float32 [G, R, I/128] MN-major).
+    if _kernels.enabled(x.device):
+        return _kernels.silu_mul_to_fp8(x, valid, groups, use_ue8m0)
     inter = x.shape[1] // 2
     act = F.silu(x[:, :inter].float()) * x[:, inter:].float()
     q, sf = per_token_cast_to_fp8(act, use_ue8m0=use_ue8m0)
     keep = valid.unsqueeze(1)
     # Bytes again: 0x00 is +0.0 in e4m3, and where() on uint8 needs no float8 kernel.
     q = torch.where(keep, q.view(torch.uint8), 0).view(chk.FP8)
-    return q, torch.where(keep, sf, 1.0)
+    sf = torch.where(keep, sf, 1.0)
+    per_group = x.shape[0] // groups
+    return q.view(groups, per_group, inter), mn_major(sf.view(groups, per_group, sf.shape[1]))
 
 
 def _check_gate_up(fn: str, x: object, ndim: int, layout: str) -> torch.Tensor:
@@ -98,8 +104,8 @@ def silu_and_mul_to_fp8_contiguous(
         chk.shape(fn, "grouped_layout", grouped_layout, (num_rows,), f"x of {num_rows} rows (per-row layout)")
         chk.per_row_layout(fn, "grouped_layout", grouped_layout)
         valid = grouped_layout >= 0
-    q, sf = _silu_mul_quant(x, valid, use_ue8m0)
-    return q, mn_major(sf)
+    q, sf = _silu_mul_quant(x, valid, 1, use_ue8m0)
+    return q[0], sf[0]
 
 
 def silu_and_mul_to_fp8_masked(
@@ -125,6 +131,4 @@ def silu_and_mul_to_fp8_masked(
     rows = torch.arange(max_m, device=x.device)
     # A negative count selects no row and one above max_m every row, as the masked GEMM reads them.
     valid = rows.unsqueeze(0) < masked_m.long().unsqueeze(1)
-    q, sf = _silu_mul_quant(x.reshape(num_experts * max_m, two_i), valid.reshape(-1), use_ue8m0)
-    inter = two_i // 2
-    return q.view(num_experts, max_m, inter), mn_major(sf.view(num_experts, max_m, inter // chk.BLOCK_K))
+    return _silu_mul_quant(x.reshape(num_experts * max_m, two_i), valid.reshape(-1), num_experts, use_ue8m0)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from . import _checks as chk
-from ._permute import TokenRows, expert_ranks, fp8_token_rows, gather_rows, mn_major, rows_of_buffer, topk_ids_of
+from ._permute import TokenRows, expert_ranks, rows_of_buffer, scatter_token_rows, token_source, topk_ids_of
 from .grouped import get_mk_alignment_for_contiguous_layout
 from .math import align
 
@@ -82,7 +82,8 @@ def route_contiguous(fn: str, hidden: object, topk_ids: object, num_experts: obj
     error messages: DeepEP's, for its adapter."""
     hidden_name, ids_name, experts_name = names
     chk.positive_int(fn, experts_name, num_experts)
-    x, sf = fp8_token_rows(fn, hidden_name, hidden, use_ue8m0)
+    source = token_source(fn, hidden_name, hidden, use_ue8m0)
+    x = source.rows
     ids = topk_ids_of(fn, ids_name, topk_ids, x.shape[0], num_experts, hidden_name, x)
     num_tokens, top_k = ids.shape
     m_cap = get_contiguous_layout_capacity(num_tokens, top_k, num_experts)
@@ -96,11 +97,11 @@ def route_contiguous(fn: str, hidden: object, topk_ids: object, num_experts: obj
     # Entries not routed point one past the end, where rows_of_buffer drops them.
     dest = torch.where(routed, starts[expert.clamp(max=num_experts - 1)] + rank, m_cap)
     token = torch.arange(expert.numel(), device=x.device) // max(top_k, 1)
-    row_token = rows_of_buffer(dest, token, m_cap)
+    a, sfa = scatter_token_rows(source, rows_of_buffer(dest, token, m_cap).view(1, m_cap))
 
     return ContiguousLayout(
-        a=gather_rows(x, row_token, 0),
-        sfa=mn_major(gather_rows(sf, row_token, 1.0)),
+        a=a[0],
+        sfa=sfa[0],
         grouped_layout=rows_of_buffer(dest, expert, m_cap).int(),
         grouped_layout_psum=(starts + counts).int(),
         inverse=torch.where(routed, dest, -1).view(num_tokens, top_k).int(),

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from . import _checks as chk
-from ._permute import TokenRows, expert_ranks, fp8_token_rows, gather_rows, mn_major, rows_of_buffer, topk_ids_of
+from ._permute import TokenRows, expert_ranks, rows_of_buffer, scatter_token_rows, token_source, topk_ids_of
 
 
 class MaskedLayout(NamedTuple):
@@ -55,7 +55,8 @@ def route_to_masked(
     fn = "route_to_masked"
     chk.positive_int(fn, "num_experts", num_experts)
     chk.positive_int(fn, "max_m", max_m)
-    x, sf = fp8_token_rows(fn, "hidden", hidden, use_ue8m0)
+    source = token_source(fn, "hidden", hidden, use_ue8m0)
+    x = source.rows
     ids = topk_ids_of(fn, "topk_ids", topk_ids, x.shape[0], num_experts, "hidden", x)
     num_tokens, top_k = ids.shape
     num_rows = num_experts * max_m
@@ -68,10 +69,11 @@ def route_to_masked(
     token = torch.arange(expert.numel(), device=x.device) // max(top_k, 1)
     row_token = rows_of_buffer(dest, token, num_rows).view(num_experts, max_m)
     masked_m = counts.clamp(max=max_m)
+    a, sfa = scatter_token_rows(source, row_token)
 
     return MaskedLayout(
-        a=gather_rows(x, row_token, 0),
-        sfa=mn_major(gather_rows(sf, row_token, 1.0)),
+        a=a,
+        sfa=sfa,
         masked_m=masked_m.int(),
         inverse=torch.where(kept, dest, -1).view(num_tokens, top_k).int(),
         overflow=(counts - masked_m).int(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks as chk
+from . import _kernels
 
 
 def _check_common(fn: str, y: torch.Tensor, inverse: object, topk_weights: object, weights_name: str,
@@ -26,6 +27,8 @@ def _check_common(fn: str, y: torch.Tensor, inverse: object, topk_weights: objec
 
 def _weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
     # The reduce of the module docstring over validated 2-D y [rows, H]: bfloat16 [T, H].
+    if _kernels.enabled(y.device):
+        return _kernels.weighted_reduce(y, inverse, topk_weights)
     num_tokens, top_k = inverse.shape
     acc = torch.zeros((num_tokens, y.shape[1]), dtype=torch.float32, device=y.device)
     if y.shape[0] == 0:

@@ -1,0 +1,155 @@
+"""Launchers of the Triton layout kernels, and the rule for when the layout ops use them.
+
+The layout ops run these kernels on CUDA tensors when Triton imports (it ships with CUDA builds of
+PyTorch); otherwise, and whenever ``DG_MOE_LAYOUT_KERNELS=torch``, they run their PyTorch
+formulation, which is also the reference the kernels are tested against bit for bit. Every launcher
+allocates its outputs with ``torch.empty`` and writes every element (zeros and 1.0 where no token
+lands), reads nothing on the host and so can be captured in a CUDA graph once Triton has compiled the
+kernel (one eager call first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from types import ModuleType
+
+import torch
+
+from . import _checks as chk
+from .math import ceil_div
+from .scale_factors import get_tma_aligned_size
+
+BACKEND_ENV = "DG_MOE_LAYOUT_KERNELS"
+"""Which implementation the layout ops run: unset or ``auto``, the Triton kernels on CUDA tensors when
+Triton imports and PyTorch otherwise; ``torch``, PyTorch everywhere; ``triton``, the kernels always,
+which on CPU tensors needs Triton's interpreter (``TRITON_INTERPRET=1``, how CI tests them)."""
+
+_CHUNK_BLOCKS = 8  # 128-column blocks per loop step: 1024 columns, 8 registers a thread at 4 warps
+_REDUCE_BLOCK = 1024
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether the layout ops run the Triton kernels for tensors on ``device`` (:data:`BACKEND_ENV`)."""
+    backend = os.environ.get(BACKEND_ENV, "auto")
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return device.type == "cuda" and _triton_importable()
+    if backend != "triton":
+        raise ValueError(f"{BACKEND_ENV}={backend!r} is not a layout backend; use 'auto', 'triton' or 'torch'")
+    if not _triton_importable():
+        raise RuntimeError(f"{BACKEND_ENV}=triton but Triton does not import here; pip install triton")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"{BACKEND_ENV}=triton on a {device.type} tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
+            "before the first layout op"
+        )
+    return True
+
+
+def _module() -> ModuleType:
+    from . import _triton_kernels
+
+    return _triton_kernels
+
+
+def _launch_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    # Triton launches on the current device; make the tensor's device current for the launch.
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def mn_major_storage(groups: int, rows: int, num_blocks: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """float32 storage ``[groups, num_blocks, A]`` for MN-major scales, ``A = align(rows, 4)``, and A.
+
+    Columns past ``rows`` hold 1.0 (as ``get_mn_major_tma_aligned_tensor`` pads them); the kernels
+    write the rest.
+    """
+    aligned = get_tma_aligned_size(rows, 4)
+    storage = torch.empty((groups, num_blocks, aligned), dtype=torch.float32, device=device)
+    if aligned > rows:
+        storage[:, :, rows:].fill_(1.0)
+    return storage, aligned
+
+
+def mn_major_view(storage: torch.Tensor, rows: int, squeeze_group: bool) -> torch.Tensor:
+    """The logical ``[G, rows, Kb]`` (or ``[rows, Kb]``) scale tensor over :func:`mn_major_storage`."""
+    view = storage.transpose(1, 2)[:, :rows, :]
+    return view[0] if squeeze_group else view
+
+
+def token_rows_to_fp8(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0: bool, row_token: torch.Tensor,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather token rows into a routing buffer in FP8, quantising on the way when ``scales`` is None.
+
+    rows: bf16/fp16/fp32 [T, H] (quantised 1x128, ``use_ue8m0`` rounds scales up to powers of two) or
+    e4m3 [T, H] with ``scales`` float32 [T, H/128] (any strides). row_token: integer [G, R], the token
+    of each buffer row or -1. Returns (e4m3 [G, R, H] contiguous, float32 [G, R, H/128] MN-major
+    with strides ``(H/128 * A, 1, A)``); rows of token -1 are zero with scale 1.0.
+    """
+    groups, per_group = row_token.shape
+    hidden = rows.shape[1]
+    num_blocks = hidden // chk.BLOCK_K
+    device = rows.device
+    a = torch.empty((groups, per_group, hidden), dtype=torch.uint8, device=device)
+    storage, aligned = mn_major_storage(groups, per_group, num_blocks, device)
+    if a.numel() > 0:
+        if rows.stride(1) != 1:
+            rows = rows.contiguous()
+        quantize = scales is None
+        src = rows if quantize else rows.view(torch.uint8)
+        src_scales = src if quantize else scales
+        sf_strides = (0, 0) if quantize else (scales.stride(0), scales.stride(1))
+        with _launch_device(rows):
+            _module().token_rows_to_fp8_kernel[(groups * per_group,)](
+                src, src.stride(0), src_scales, *sf_strides, row_token.contiguous(), a, storage,
+                per_group, num_blocks * aligned, aligned,
+                NUM_BLOCKS=num_blocks, QUANTIZE=quantize, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, enable_fp_fusion=False,
+            )
+    return a.view(chk.FP8), mn_major_view(storage, per_group, squeeze_group=False)
+
+
+def silu_mul_to_fp8(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SiLU(gate) * up`` of x [G * R, 2I] quantised 1x128: (e4m3 [G, R, I], float32 [G, R, I/128]
+    MN-major). valid: bool [G * R]; rows where it is False come out zero with scale 1.0."""
+    num_rows, two_i = x.shape
+    per_group = num_rows // groups if groups > 0 else 0
+    inter = two_i // 2
+    num_blocks = inter // chk.BLOCK_K
+    q = torch.empty((groups, per_group, inter), dtype=torch.uint8, device=x.device)
+    storage, aligned = mn_major_storage(groups, per_group, num_blocks, x.device)
+    if q.numel() > 0:
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        with _launch_device(x):
+            _module().silu_mul_to_fp8_kernel[(num_rows,)](
+                x, x.stride(0), valid.to(torch.int8), q, storage, per_group, num_blocks * aligned, aligned,
+                NUM_BLOCKS=num_blocks, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, enable_fp_fusion=False,
+            )
+    return q.view(chk.FP8), mn_major_view(storage, per_group, squeeze_group=False)
+
+
+def weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """bfloat16 [T, H]: per token, ``sum_s w[t, s] * y[inverse[t, s]]`` over slots with inverse >= 0,
+    accumulated in float32 in slot order without FMA. y: float [rows, H]; inverse int32 [T, k]."""
+    num_tokens, top_k = inverse.shape
+    width = y.shape[1]
+    out = torch.empty((num_tokens, width), dtype=torch.bfloat16, device=y.device)
+    if out.numel() > 0:
+        if y.stride(1) != 1:
+            y = y.contiguous()
+        grid = (num_tokens, ceil_div(width, _REDUCE_BLOCK))
+        with _launch_device(y):
+            _module().weighted_reduce_kernel[grid](
+                y, y.stride(0), inverse.contiguous(), topk_weights, topk_weights.stride(0), topk_weights.stride(1),
+                out.view(torch.int16), width, TOP_K=top_k, BLOCK=_REDUCE_BLOCK, enable_fp_fusion=False,
+            )
+    return out

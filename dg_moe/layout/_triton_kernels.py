@@ -1,0 +1,160 @@
+"""Triton kernels of the MoE layout ops: token rows to FP8 buffers, SiLU-and-mul to FP8, weighted reduce.
+
+Imported only through :mod:`dg_moe.layout._kernels`, never at package import: Triton is optional.
+The row width (in 128-column blocks) and top-k are compile-time: a model has one or two of each, and
+loops with static bounds unroll (the interpreter also needs them: it cannot iterate a runtime bound
+under NumPy 2.4).
+Each kernel reproduces its PyTorch reference (``dg_moe.layout``'s torch path, run on CPU) bit for bit,
+except the SiLU's ``exp``: the same arithmetic in the same order, IEEE division where the reference
+divides, no FMA contraction (the launches pass ``enable_fp_fusion=False``).
+
+Casts to e4m3 and BF16 round in integer arithmetic first, so the final cast is exact: Triton's CPU
+interpreter (TRITON_INTERPRET=1, how CI runs these kernels) truncates where the mantissa rounding
+carries into the exponent (124.5 -> 64.0 in e4m3), and the hardware conversion of a value already on
+the target grid is exact, so the result is the same round-to-nearest-even everywhere.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+FP8_E4M3_MAX: tl.constexpr = 448.0
+AMAX_FLOOR: tl.constexpr = 1e-4
+E4M3_MIN_NORMAL: tl.constexpr = 0.015625  # 2^-6; below it e4m3 steps by 2^-9
+E4M3_SUBNORMAL_SHIFT: tl.constexpr = 16384.0  # 2^14: adding it puts float32's ulp at 2^-9
+
+
+@triton.jit
+def _round_to_e4m3_grid(v):
+    # Round-to-nearest-even of float32 v (|v| <= 448) onto e4m3's values, still as float32.
+    bits = v.to(tl.int32, bitcast=True)
+    # Normal range: keep 3 of 23 mantissa bits (add half an ulp minus one, plus the kept lsb for ties).
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
+    # Subnormal range: multiples of 2^-9, rounded by float32 addition itself; the sign bit is put back
+    # so -0.0 stays -0.0.
+    magnitude = (tl.abs(v) + E4M3_SUBNORMAL_SHIFT) - E4M3_SUBNORMAL_SHIFT
+    subnormal = (magnitude.to(tl.int32, bitcast=True) | (bits & -0x80000000)).to(tl.float32, bitcast=True)
+    return tl.where(tl.abs(v) < E4M3_MIN_NORMAL, subnormal, normal)
+
+
+@triton.jit
+def _bf16_bits(v):
+    # float32 -> bfloat16 bit pattern (int16), round-to-nearest-even; NaN stays a quiet NaN.
+    bits = v.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(v != v, 0x7FC0, rounded).to(tl.int16)
+
+
+@triton.jit
+def _ceil_to_ue8m0(sf):
+    # The smallest power of two >= sf (exponent clamped to UE8M0's 1..254), as dg_moe.layout.ceil_to_ue8m0.
+    bits = sf.to(tl.int32, bitcast=True)
+    exponent = ((bits >> 23) & 0xFF) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+    exponent = tl.minimum(tl.maximum(exponent, 1), 254)
+    return (exponent << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _quantize_blocks(x, UE8M0: tl.constexpr):
+    # x: float32 [CHUNK, 128] -> (e4m3 bytes uint8 [CHUNK, 128], float32 scales [CHUNK]) as
+    # per_token_cast_to_fp8: sf = max(amax, 1e-4) / 448, q = x * (1 / sf).
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_FLOOR)
+    sf = tl.math.div_rn(amax, FP8_E4M3_MAX)
+    if UE8M0:
+        sf = _ceil_to_ue8m0(sf)
+    scaled = x * tl.math.div_rn(tl.full(sf.shape, 1.0, tl.float32), sf)[:, None]
+    q = _round_to_e4m3_grid(scaled).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    return q, sf
+
+
+@triton.jit
+def token_rows_to_fp8_kernel(
+    src_ptr, src_row_stride, src_sf_ptr, src_sf_row_stride, src_sf_col_stride,
+    row_token_ptr, a_ptr, sfa_ptr, rows_per_group, sfa_group_stride, sfa_col_stride,
+    NUM_BLOCKS: tl.constexpr, QUANTIZE: tl.constexpr, UE8M0: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program per destination row r: row ``row_token[r]`` of the tokens, or zeros with scale 1.0
+    where it is -1.
+
+    QUANTIZE: src is bf16/fp16/fp32 [T, H], quantised 1x128 on the way; else src is e4m3 bytes [T, H]
+    with float32 scales at ``src_sf_ptr`` (any strides), both copied. a: uint8 [rows, H] contiguous.
+    sfa: float32 storage [G, H/128, A]; row r is (group r // rows_per_group, row r % rows_per_group).
+    """
+    r = tl.program_id(0).to(tl.int64)
+    token = tl.load(row_token_ptr + r).to(tl.int64)
+    group = r // rows_per_group
+    sf_row_ptr = sfa_ptr + group * sfa_group_stride + (r - group * rows_per_group)
+    width = NUM_BLOCKS * 128
+    blocks = tl.arange(0, CHUNK)
+    cols = tl.arange(0, 128)
+    for first in tl.static_range(0, NUM_BLOCKS, CHUNK):
+        block = first + blocks
+        in_row = block < NUM_BLOCKS
+        offsets = block[:, None] * 128 + cols[None, :]
+        if token >= 0:
+            if QUANTIZE:
+                x = tl.load(src_ptr + token * src_row_stride + offsets, mask=in_row[:, None], other=0.0)
+                q, sf = _quantize_blocks(x.to(tl.float32), UE8M0)
+            else:
+                q = tl.load(src_ptr + token * src_row_stride + offsets, mask=in_row[:, None], other=0)
+                sf = tl.load(src_sf_ptr + token * src_sf_row_stride + block * src_sf_col_stride, mask=in_row,
+                             other=1.0)
+        else:
+            q = tl.zeros([CHUNK, 128], dtype=tl.uint8)
+            sf = tl.full([CHUNK], 1.0, tl.float32)
+        tl.store(a_ptr + r * width + offsets, q, mask=in_row[:, None])
+        tl.store(sf_row_ptr + block * sfa_col_stride, sf, mask=in_row)
+
+
+@triton.jit
+def silu_mul_to_fp8_kernel(
+    x_ptr, x_row_stride, valid_ptr, q_ptr, sfa_ptr, rows_per_group, sfa_group_stride, sfa_col_stride,
+    NUM_BLOCKS: tl.constexpr, UE8M0: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program per row r of x [rows, 2I] = [gate | up]: ``silu(gate) * up`` in float32, quantised
+    1x128 into q uint8 [rows, I] and the MN-major scale storage [G, I/128, A]; a row whose
+    ``valid[r]`` is 0 becomes zeros with scale 1.0 and its input is never read."""
+    r = tl.program_id(0).to(tl.int64)
+    valid = tl.load(valid_ptr + r)
+    group = r // rows_per_group
+    sf_row_ptr = sfa_ptr + group * sfa_group_stride + (r - group * rows_per_group)
+    width = NUM_BLOCKS * 128
+    blocks = tl.arange(0, CHUNK)
+    cols = tl.arange(0, 128)
+    for first in tl.static_range(0, NUM_BLOCKS, CHUNK):
+        block = first + blocks
+        in_row = block < NUM_BLOCKS
+        offsets = block[:, None] * 128 + cols[None, :]
+        if valid != 0:
+            row_ptr = x_ptr + r * x_row_stride + offsets
+            gate = tl.load(row_ptr, mask=in_row[:, None], other=0.0).to(tl.float32)
+            up = tl.load(row_ptr + width, mask=in_row[:, None], other=0.0).to(tl.float32)
+            # F.silu's formula, x / (1 + exp(-x)); exp may differ from PyTorch's in the last bit.
+            act = tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up
+            q, sf = _quantize_blocks(act, UE8M0)
+        else:
+            q = tl.zeros([CHUNK, 128], dtype=tl.uint8)
+            sf = tl.full([CHUNK], 1.0, tl.float32)
+        tl.store(q_ptr + r * width + offsets, q, mask=in_row[:, None])
+        tl.store(sf_row_ptr + block * sfa_col_stride, sf, mask=in_row)
+
+
+@triton.jit
+def weighted_reduce_kernel(
+    y_ptr, y_row_stride, inverse_ptr, w_ptr, w_row_stride, w_col_stride, out_ptr, width,
+    TOP_K: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Program (t, c): columns [c*BLOCK, (c+1)*BLOCK) of token t, ``acc = acc + w[t, s] * y[inverse[t, s]]``
+    over slots s in order, skipping -1, then one rounding to BF16 (out viewed as int16 [T, width])."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    in_row = cols < width
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(TOP_K):
+        row = tl.load(inverse_ptr + t * TOP_K + s).to(tl.int64)
+        if row >= 0:
+            weight = tl.load(w_ptr + t * w_row_stride + s * w_col_stride).to(tl.float32)
+            y = tl.load(y_ptr + row * y_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
+            acc = acc + weight * y
+    tl.store(out_ptr + t * width + cols, _bf16_bits(acc), mask=in_row)

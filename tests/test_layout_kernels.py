@@ -1,0 +1,234 @@
+"""The Triton layout kernels against the PyTorch formulation of the same ops.
+
+Routing, the moves and the reduce must agree bit for bit; the activation may differ where its ``exp``
+does (one ulp), which the test bounds. Where no GPU is present the kernels run in Triton's interpreter
+(conftest.py sets TRITON_INTERPRET=1 before anything imports them). On a GPU machine the cuda cases run
+the compiled kernels against the PyTorch path on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import triton  # noqa: F401  (a missing Triton must fail this module, not skip it)
+
+from dg_moe import layout
+from dg_moe.layout._kernels import BACKEND_ENV, enabled
+
+from .layout_loops import assert_fp8_equal, hidden_states, topk_ids
+from .test_layout_routing import CASES, case_inputs
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICES = [
+    pytest.param("cpu", id="interpreter",
+                 marks=pytest.mark.skipif(not INTERPRETED, reason="a GPU is present: the cuda cases run the kernels")),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
+]
+
+
+def to(value: object, device: str) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to(v, device) for v in value)
+    return value
+
+
+def both(monkeypatch: pytest.MonkeyPatch, device: str, op, *args, **kwargs) -> tuple[object, object]:
+    """(PyTorch formulation on CPU, Triton kernels on ``device``) of ``op(*args, **kwargs)``."""
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    want = op(*to(args, "cpu"), **kwargs)
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    assert enabled(torch.device(device))
+    got = op(*to(args, device), **kwargs)
+    return want, got
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).contiguous().view(torch.uint8)
+
+
+def assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Same dtype, shape, strides and bits."""
+    got = got.cpu() if got.device.type != "cpu" else got
+    assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride()
+    if got.dtype == torch.float8_e4m3fn:
+        assert_fp8_equal(got, want)
+    else:
+        assert torch.equal(bits(got), bits(want))
+
+
+def assert_layouts_same(got: tuple, want: tuple) -> None:
+    for name, g, w in zip(want._fields, got, want, strict=True):
+        try:
+            assert_same(g, w)
+        except AssertionError as e:
+            raise AssertionError(f"field {name} differs") from e
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_route_to_contiguous_kernel_matches_torch(monkeypatch, device, name):
+    hidden, ids, num_experts = case_inputs(name, seed=3 * len(name))
+    want, got = both(monkeypatch, device, layout.route_to_contiguous, hidden, ids, num_experts)
+    assert_layouts_same(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["random", "minus_one_entries", "all_on_one_expert", "no_tokens", "k8"])
+@pytest.mark.parametrize("max_m", [1, 6, 130])
+def test_route_to_masked_kernel_matches_torch(monkeypatch, device, name, max_m):
+    hidden, ids, num_experts = case_inputs(name, seed=5 * len(name) + max_m)
+    want, got = both(monkeypatch, device, layout.route_to_masked, hidden, ids, num_experts, max_m)
+    assert_layouts_same(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_routing_kernel_quantises_like_per_token_cast(monkeypatch, device, dtype):
+    # H = 1152: nine 128-column blocks, so the kernel's 8-block loop runs a full and a partial step.
+    hidden = (hidden_states(45, 1152, seed=7) * 3).to(dtype)
+    ids = topk_ids(45, 3, 5, seed=8, drop=0.2)
+    for use_ue8m0 in (False, True):
+        want, got = both(monkeypatch, device, layout.route_to_masked, hidden, ids, 5, 40, use_ue8m0=use_ue8m0)
+        assert_layouts_same(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_routing_kernel_moves_fp8_input_with_strided_scales(monkeypatch, device):
+    x, sf = layout.per_token_cast_to_fp8(hidden_states(33, 512, seed=9))
+    sf_mn_major = layout.get_mn_major_tma_aligned_tensor(sf)
+    assert sf_mn_major.stride(0) == 1
+    ids = topk_ids(33, 2, 4, seed=10, drop=0.3)
+    want, got = both(monkeypatch, device, layout.route_to_contiguous, (x, sf_mn_major), ids, 4)
+    assert_layouts_same(got, want)
+
+
+def e4m3_rounding_edges() -> torch.Tensor:
+    """float32 values at and around every rounding boundary of e4m3 (|x| <= 448), both signs."""
+    grid = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # 0 .. 448
+    mid = (grid[:-1] + grid[1:]) / 2
+    up = torch.nextafter(mid, torch.tensor(float("inf")))
+    down = torch.nextafter(mid, torch.tensor(0.0))
+    tiny = torch.tensor([2.0**-10, 2.0**-11, 3 * 2.0**-11, 1e-30, 0.0])
+    values = torch.cat([grid, mid, up, down, tiny])
+    return torch.cat([values, -values])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_routing_kernel_rounds_to_nearest_even_at_every_e4m3_boundary(monkeypatch, device):
+    # 448 in every block makes the scale exactly 1.0, so the kernel rounds these very values.
+    edges = e4m3_rounding_edges()
+    blocks = -(-edges.numel() // 127)
+    padded = torch.zeros(blocks * 127)
+    padded[: edges.numel()] = edges
+    hidden = torch.cat([padded.view(blocks, 127), torch.full((blocks, 1), 448.0)], dim=1)  # [T, 128]
+    ids = torch.zeros(blocks, 1, dtype=torch.int64)
+    want, got = both(monkeypatch, device, layout.route_to_contiguous, hidden, ids, 1)
+    assert_layouts_same(got, want)
+    assert torch.equal(want.sfa[:blocks], torch.ones(blocks, 1))
+
+
+def reduce_inputs(rows: int, tokens: int, top_k: int, width: int, y_dtype: torch.dtype, w_dtype: torch.dtype,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(rows, width, generator=g).to(y_dtype)
+    inverse = torch.randint(-1, rows, (tokens, top_k), generator=g, dtype=torch.int32)
+    # Rows nothing points at hold NaN and inf: the reduce must never read them.
+    unread = torch.ones(rows, dtype=torch.bool)
+    unread[inverse[inverse >= 0].long()] = False
+    y[unread] = float("nan")
+    y[unread.nonzero()[::2, 0]] = float("inf")
+    weights = torch.rand(top_k, tokens, generator=g).to(w_dtype).t()  # column-major on purpose
+    return y, inverse, weights
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("y_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
+def test_reduce_kernel_matches_torch(monkeypatch, device, y_dtype, w_dtype):
+    # 1280 columns: one full and one partial 1024-column block per token.
+    y, inverse, weights = reduce_inputs(300, 57, 4, 1280, y_dtype, w_dtype, seed=11)
+    want, got = both(monkeypatch, device, layout.unpermute_reduce_contiguous, y, inverse, weights)
+    assert_same(got, want)
+    assert not torch.isnan(want).any()
+    y3 = y[:296].view(8, 37, 1280)
+    inverse3 = torch.where(inverse < 296, inverse, -1)
+    want, got = both(monkeypatch, device, layout.unpermute_reduce_masked, y3, inverse3, weights)
+    assert_same(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reduce_kernel_rounds_bf16_to_nearest_even(monkeypatch, device):
+    # One slot of weight 1: the output is y rounded to bf16, ties and all.
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(512, generator=g).to(torch.bfloat16).float()
+    half_ulp = base.abs().view(torch.int32).bitwise_and(0x7F800000).view(torch.float32) * 2.0**-8
+    ties = base + half_ulp
+    values = torch.cat([ties, torch.nextafter(ties, ties * 2), torch.nextafter(ties, base), -ties,
+                        torch.tensor([float("inf"), -float("inf"), 3.0e38, 1e-40] * 32)])
+    y = values.view(-1, 128)
+    inverse = torch.arange(y.shape[0], dtype=torch.int32).view(-1, 1)
+    weights = torch.ones(y.shape[0], 1)
+    want, got = both(monkeypatch, device, layout.unpermute_reduce_contiguous, y, inverse, weights)
+    assert_same(got, want)
+
+
+def silu_inputs(rows: int, inter: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, 2 * inter, generator=g) * 4).to(torch.bfloat16)
+
+
+def assert_activation_close(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The kernel's exp may differ from PyTorch's in the last bit: scales within 2 ulp, codes within one
+    e4m3 step, and almost all codes equal; the layout exactly."""
+    (q, sf), (q_want, sf_want) = (to(got, "cpu"), want)
+    assert q.shape == q_want.shape and q.stride() == q_want.stride()
+    assert sf.shape == sf_want.shape and sf.stride() == sf_want.stride()
+    assert torch.allclose(sf, sf_want, rtol=2.0**-22, atol=0)
+    codes, codes_want = q.view(torch.uint8).int(), q_want.view(torch.uint8).int()
+    assert (codes - codes_want).abs().max() <= 1
+    assert (codes != codes_want).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("use_ue8m0", [False, True])
+def test_silu_kernel_contiguous_close_to_torch(monkeypatch, device, use_ue8m0):
+    x = silu_inputs(260, 1152, seed=13)
+    per_row = torch.randint(-1, 3, (260,), generator=torch.Generator().manual_seed(14), dtype=torch.int32)
+    x[per_row < 0] = float("nan")  # padding rows: never read
+    want, got = both(monkeypatch, device, layout.silu_and_mul_to_fp8_contiguous, x, per_row, use_ue8m0=use_ue8m0)
+    assert_activation_close(got, want)
+    padding = per_row < 0
+    assert not want[0][padding].view(torch.uint8).any() and torch.equal(want[1][padding], torch.ones(1, 9).expand(
+        int(padding.sum()), 9))
+    ends = torch.tensor([100, 100, 250], dtype=torch.int32)
+    want, got = both(monkeypatch, device, layout.silu_and_mul_to_fp8_contiguous, x.nan_to_num(), ends,
+                     use_psum_layout=True, use_ue8m0=use_ue8m0)
+    assert_activation_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_silu_kernel_masked_close_to_torch(monkeypatch, device):
+    x = silu_inputs(5 * 24, 256, seed=15).view(5, 24, 512)
+    masked_m = torch.tensor([0, 24, 7, -3, 99], dtype=torch.int32)
+    rows = torch.arange(24)
+    x[rows.unsqueeze(0) >= masked_m.clamp(0, 24).unsqueeze(1)] = float("nan")
+    want, got = both(monkeypatch, device, layout.silu_and_mul_to_fp8_masked, x, masked_m)
+    assert_activation_close(got, want)
+
+
+def test_backend_env_selects_the_implementation(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert not enabled(torch.device("cpu"))
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    assert not enabled(torch.device("cpu"))
+    monkeypatch.setenv(BACKEND_ENV, "cuda")
+    with pytest.raises(ValueError, match="not a layout backend"):
+        enabled(torch.device("cpu"))
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        enabled(torch.device("cpu"))
