@@ -47,6 +47,17 @@ def cmd_demo(device: str) -> int:
     return demo_main(device)
 
 
+def cmd_bench(what: str, options: list[str]) -> int:
+    """Run one of the GPU benchmarks (dg_moe.bench.moe, dg_moe.bench.layout)."""
+    if what == "moe":
+        from .bench.moe import main as bench_main
+
+        return bench_main(options)
+    from .bench.layout import main as layout_main
+
+    return layout_main(options)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dg-moe` console script."""
     parser = argparse.ArgumentParser(prog="dg-moe", description="FP8 MoE GEMM kernels for Hopper")
@@ -54,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, GPU, nvcc, headers, kernel cache")
     demo = sub.add_parser("demo", help="run a DeepSeek-V3-shaped fused MoE layer in both layouts and check it")
     demo.add_argument("--device", default="auto", help="auto (SM90 GPU if present, else CPU), cpu, cuda")
+    bench = sub.add_parser("bench", help="GPU benchmarks: moe (fused layer vs BF16 grouped GEMM), layout (layout ops)")
+    bench.add_argument("what", choices=("moe", "layout"))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed on; `dg-moe bench moe --help` lists them")
     args = parser.parse_args(argv)
     if args.command == "info":
         return cmd_info()
+    if args.command == "bench":
+        return cmd_bench(args.what, args.options)
     return cmd_demo(args.device)
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-FP8_E4M3_MAX: tl.constexpr = 448.0
-AMAX_FLOOR: tl.constexpr = 1e-4
-E4M3_MIN_NORMAL: tl.constexpr = 0.015625  # 2^-6; below it e4m3 steps by 2^-9
-E4M3_SUBNORMAL_SHIFT: tl.constexpr = 16384.0  # 2^14: adding it puts float32's ulp at 2^-9
+FP8_E4M3_MAX = tl.constexpr(448.0)
+AMAX_FLOOR = tl.constexpr(1e-4)
+E4M3_MIN_NORMAL = tl.constexpr(0.015625)  # 2^-6; below it e4m3 steps by 2^-9
+E4M3_SUBNORMAL_SHIFT = tl.constexpr(16384.0)  # 2^14: adding it puts float32's ulp at 2^-9
 
 
 @triton.jit

@@ -1,6 +1,7 @@
 """The fused MoE layer: routed FP8 experts over the contiguous (prefill) or masked (decode) layout,
 an optional shared expert, and an ``nn.Module`` holding the weights (docs/moe-layer.md)."""
 
+from .decode_graph import DecodeGraphRunner
 from .fused import AUTO_MASKED_MAX_TOKENS, Mode, fused_moe, select_mode
 from .masked import default_max_m
 from .module import FusedMoE
@@ -10,6 +11,7 @@ from .shared import SharedExpert
 
 __all__ = [
     "AUTO_MASKED_MAX_TOKENS",
+    "DecodeGraphRunner",
     "FusedMoE",
     "Mode",
     "SharedExpert",

@@ -15,13 +15,15 @@ from ..ops import m_grouped_fp8_gemm_nt_contiguous
 from .hints import expected_rows_per_expert
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
+TokenRows = torch.Tensor | FP8Pair
 
 
-def routed_experts_contiguous(tokens: FP8Pair, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
+def routed_experts_contiguous(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
                               topk_weights: torch.Tensor) -> torch.Tensor:
     """Weighted sum of each token's routed experts: bfloat16 [T, H].
 
-    tokens: (e4m3 [T, H], float32 [T, H/128]); w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
+    tokens: bf16 [T, H] (the routing quantises it 1x128) or (e4m3 [T, H], float32 [T, H/128]);
+    w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
     w2: (e4m3 [E, H, I], float32 [E, H/128, I/128]); topk_ids int [T, k] (-1: not local);
     topk_weights float [T, k]. Arguments as ``fused_moe`` validated them.
     """

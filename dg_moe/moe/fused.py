@@ -114,7 +114,9 @@ def fused_moe(
     dims = chk.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                               routed_scaling_factor, shared_expert)
     layout = select_mode(mode, dims.num_tokens)
-    tokens = per_token_cast_to_fp8(hidden)
+    # The routing kernels quantise each row where it lands; only the shared expert needs the FP8 copy of
+    # every token, and then that one copy feeds the routing too.
+    tokens = hidden if shared_expert is None else per_token_cast_to_fp8(hidden)
     weights = topk_weights if routed_scaling_factor == 1.0 else topk_weights.float() * routed_scaling_factor
     overflow = None
     if layout == "masked":

@@ -18,6 +18,7 @@ from ..ops import m_grouped_fp8_gemm_nt_masked
 from .hints import expected_rows_per_expert
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
+TokenRows = torch.Tensor | FP8Pair
 
 
 def default_max_m(num_tokens: int) -> int:
@@ -29,11 +30,12 @@ def default_max_m(num_tokens: int) -> int:
     return max(num_tokens, 1)
 
 
-def routed_experts_masked(tokens: FP8Pair, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
+def routed_experts_masked(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
                           topk_weights: torch.Tensor, max_m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted sum of each token's routed experts and the overflow counts.
 
-    tokens: (e4m3 [T, H], float32 [T, H/128]); w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
+    tokens: bf16 [T, H] (the routing quantises it 1x128) or (e4m3 [T, H], float32 [T, H/128]);
+    w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
     w2: (e4m3 [E, H, I], float32 [E, H/128, I/128]); topk_ids int [T, k] (-1: not local);
     topk_weights float [T, k]; max_m rows per expert. Arguments as ``fused_moe`` validated them.
     Returns (bfloat16 [T, H], int32 [E] entries dropped per expert, on the device).

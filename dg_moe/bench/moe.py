@@ -1,0 +1,192 @@
+"""`dg-moe bench moe`: the fused MoE layer against a BF16 grouped-GEMM MoE with the same routing.
+
+For each model shape of PERFORMANCE.md and each batch size: random FP8 experts (every block its own
+scale) and a softmax top-k routing; dg_moe's ``fused_moe`` and the peer, ``torch._grouped_mm`` over
+the same experts dequantised to BF16, run the same tokens. Decode batches (T <= 128, the masked
+path) are timed as GPU time of CUDA-graph replays with L2 flushed, as a decode step runs them;
+prefill batches (the contiguous path) as eager wall time per call, host included. Bandwidth counts
+the FP8 weights of the experts the routing touches, read once; the floor is that read at the GPU's
+datasheet HBM bandwidth (PERFORMANCE.md's decode goal: time <= 1.2x the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..layout import per_block_cast_to_fp8
+from ..moe import AUTO_MASKED_MAX_TOKENS, fused_moe
+from ..reference import calc_diff
+from .timing import eager_us, gpu_times_us
+
+
+@dataclass(frozen=True)
+class MoEShape:
+    name: str
+    hidden: int
+    intermediate: int
+    experts: int
+    top_k: int
+
+
+SHAPES = {
+    "deepseek-v3": MoEShape("deepseek-v3", 7168, 2048, 256, 8),
+    "qwen3-235b-a22b": MoEShape("qwen3-235b-a22b", 4096, 1536, 128, 8),
+    "qwen3-30b-a3b": MoEShape("qwen3-30b-a3b", 2048, 768, 128, 8),
+}
+BATCHES = (1, 8, 32, 128, 512, 4096)
+# Datasheet HBM bandwidth (bytes/s) by a substring of the device name; an unknown GPU gets no floor.
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H800": 3.35e12, "H20": 4.0e12}
+
+
+@dataclass
+class Row:
+    model: str
+    tokens: int
+    mode: str
+    timing: str
+    experts_touched: int
+    dg_moe_us: float | str
+    bf16_grouped_us: float | str
+    weight_gbps: float | None
+    time_over_floor: float | None
+    speedup: float | None
+    similarity_to_bf16: float
+
+
+def hbm_bandwidth(device_name: str) -> float | None:
+    """Datasheet HBM bytes/s of the named GPU, or None."""
+    return next((bw for key, bw in HBM_BYTES_PER_S.items() if key in device_name), None)
+
+
+def _fp8_experts(experts: int, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # (e4m3 [E, rows, cols], float32 scales, bf16 dequantised copy), one expert at a time to bound memory.
+    q = torch.empty(experts, rows, cols, dtype=torch.float8_e4m3fn, device="cuda")
+    sf = torch.empty(experts, rows // 128, cols // 128, dtype=torch.float32, device="cuda")
+    bf16 = torch.empty(experts, rows, cols, dtype=torch.bfloat16, device="cuda")
+    for e in range(experts):
+        w = torch.randn(rows, cols, device="cuda") * (0.5 + torch.rand(rows // 128, 1, cols // 128, 1, device="cuda")
+                                                       ).expand(-1, 128, -1, 128).reshape(rows, cols) / cols**0.5
+        q[e], sf[e] = per_block_cast_to_fp8(w)
+        scale = sf[e].repeat_interleave(128, 0).repeat_interleave(128, 1)
+        bf16[e] = (q[e].float() * scale).to(torch.bfloat16)
+    return q, sf, bf16
+
+
+def grouped_mm_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """The peer: a BF16 MoE through ``torch._grouped_mm``, tokens sorted by expert on the device.
+
+    hidden bf16 [T, H]; w13 bf16 [E, 2I, H]; w2 bf16 [E, H, I]; ids int [T, k] (all routed); weights
+    float [T, k]. No host synchronisation, so it can be captured like the dg_moe layer.
+    """
+    num_tokens, top_k = ids.shape
+    flat = ids.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    counts = torch.zeros(w13.shape[0], dtype=torch.int32, device=ids.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+    x = hidden[order // top_k]
+    gate_up = torch._grouped_mm(x, w13.transpose(1, 2), offs=offsets)
+    inter = w13.shape[1] // 2
+    act = (F.silu(gate_up[:, :inter].float()) * gate_up[:, inter:].float()).to(torch.bfloat16)
+    down = torch._grouped_mm(act, w2.transpose(1, 2), offs=offsets)
+    contrib = down.float() * weights.reshape(-1)[order].unsqueeze(1)
+    out = torch.zeros(num_tokens, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+    out.index_add_(0, order // top_k, contrib)
+    return out.to(torch.bfloat16)
+
+
+def _routing(tokens: int, shape: MoEShape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.rand(tokens, shape.experts, device="cuda", generator=generator)
+    weights, ids = scores.softmax(-1).topk(shape.top_k, dim=-1)
+    return ids.to(torch.int32), weights
+
+
+def bench_shape(shape: MoEShape, batches: Sequence[int], hbm: float | None) -> list[Row]:
+    """Time dg_moe and the BF16 peer at every batch size of one model shape."""
+    g = torch.Generator(device="cuda").manual_seed(len(shape.name))
+    w13, w13_sf, w13_bf16 = _fp8_experts(shape.experts, 2 * shape.intermediate, shape.hidden)
+    w2, w2_sf, w2_bf16 = _fp8_experts(shape.experts, shape.hidden, shape.intermediate)
+    expert_bytes = (w13[0].numel() + w2[0].numel()) + 4 * (w13_sf[0].numel() + w2_sf[0].numel())
+    rows = []
+    for tokens in batches:
+        hidden = (torch.randn(tokens, shape.hidden, device="cuda", generator=g) * 2).to(torch.bfloat16)
+        ids, weights = _routing(tokens, shape, g)
+        mode = "masked" if tokens <= AUTO_MASKED_MAX_TOKENS else "contiguous"
+
+        def ours() -> torch.Tensor:
+            return fused_moe(hidden, w13, w13_sf, w2, w2_sf, ids, weights, mode=mode)
+
+        def peer() -> torch.Tensor:
+            return grouped_mm_moe(hidden, w13_bf16, w2_bf16, ids, weights)
+
+        similarity = calc_diff(ours().double(), peer().double())
+        fns: list[Callable[[], object]] = [ours, peer]
+        if mode == "masked":
+            ours_us, peer_us = gpu_times_us(fns)
+            timing = "gpu (graph)"
+        else:
+            ours_us, peer_us = (eager_us(f, calls=20) for f in fns)
+            timing = "eager"
+        touched = int(torch.unique(ids).numel())
+        weight_bytes = touched * expert_bytes
+        ok = isinstance(ours_us, float) and ours_us > 0
+        gbps = weight_bytes / ours_us / 1e3 if ok else None
+        floor_us = weight_bytes / hbm * 1e6 if hbm else None
+        rows.append(Row(
+            model=shape.name, tokens=tokens, mode=mode, timing=timing, experts_touched=touched,
+            dg_moe_us=ours_us, bf16_grouped_us=peer_us, weight_gbps=gbps,
+            time_over_floor=ours_us / floor_us if ok and floor_us else None,
+            speedup=peer_us / ours_us if ok and isinstance(peer_us, float) else None,
+            similarity_to_bf16=similarity,
+        ))
+        print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (f"{'model':<16} {'T':>5} {'mode':<10} {'timing':<11} {'experts':>7} {'dg_moe us':>10} "
+          f"{'bf16-gmm us':>11} {'GB/s':>6} {'x floor':>7} {'speedup':>7} {'diff':>8}")
+
+
+def format_row(r: Row) -> str:
+    def num(v: float | str | None, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, float) else ("-" if v is None else str(v)[:10])
+
+    return (f"{r.model:<16} {r.tokens:>5} {r.mode:<10} {r.timing:<11} {r.experts_touched:>7} "
+            f"{num(r.dg_moe_us, '10.1f'):>10} {num(r.bf16_grouped_us, '11.1f'):>11} {num(r.weight_gbps, '6.0f'):>6} "
+            f"{num(r.time_over_floor, '7.2f'):>7} {num(r.speedup, '7.2f'):>7} {r.similarity_to_bf16:8.1e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the MoE benchmark; prints a table, writes JSON with ``--json``."""
+    parser = argparse.ArgumentParser(prog="dg-moe bench moe", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma list of token counts")
+    parser.add_argument("--json", help="write the rows to this file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("dg-moe bench moe: needs a CUDA GPU (SM90); none is visible")
+        return 2
+    unknown = [m for m in args.models.split(",") if m not in SHAPES]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SHAPES)}")
+    batches = [int(b) for b in args.batches.split(",")]
+    name = torch.cuda.get_device_name()
+    hbm = hbm_bandwidth(name)
+    print(f"GPU: {name}; floor at {hbm / 1e12 if hbm else float('nan'):.2f} TB/s (datasheet HBM); "
+          f"peer: BF16 torch._grouped_mm MoE, same experts and routing")
+    print(HEADER)
+    rows = []
+    for model in args.models.split(","):
+        rows += bench_shape(SHAPES[model], batches, hbm)
+        torch.cuda.empty_cache()  # the next model's experts reuse the memory these held
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=1)
+    return 0
