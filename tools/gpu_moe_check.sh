@@ -18,10 +18,10 @@ step() {  # step NAME SECONDS COMMAND...: run under a timeout, log to $OUT/NAME.
   summary+=("$(printf '%-8s rc=%-3s %4ss  %s' "$name" "$rc" $((SECONDS - start)) "$(tail -n 1 "$OUT/$name.log")")")
 }
 
-step tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 140 -rf \
+step tests 120 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 110 -rf \
   tests/test_layout_kernels.py tests/test_moe_gpu.py
-step layout 60 python3 -m dg_moe.cli bench layout
-step moe 150 python3 -m dg_moe.cli bench moe --json "$OUT/moe.json" "${@:---models=deepseek-v3}"
+step layout 45 python3 -m dg_moe.cli bench layout
+step moe 100 python3 -m dg_moe.cli bench moe --json "$OUT/moe.json" "${@:---models=deepseek-v3}"
 
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 8
 cat "$OUT/layout.log" "$OUT/moe.log"
