@@ -3,20 +3,8 @@
 # layout-op benchmark and the MoE benchmark, each under its own timeout. Logs go to $OUT; a summary last.
 #   usage (device machine, repo root, .whl carried): bash tools/gpu_moe_check.sh [bench moe options]
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-export DG_MOE_CACHE_DIR=/tmp/dg_moe_cache PYTHONUNBUFFERED=1
-
-summary=()
-step() {  # step NAME SECONDS COMMAND...: run under a timeout, log to $OUT/NAME.log, record the exit code
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  summary+=("$(printf '%-8s rc=%-3s %4ss  %s' "$name" "$rc" $((SECONDS - start)) "$(tail -n 1 "$OUT/$name.log")")")
-}
+# shellcheck source=tools/gpu_session.sh
+source "$(dirname "$0")/gpu_session.sh"
 
 step tests 120 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 110 -rf \
   tests/test_layout_kernels.py tests/test_moe_gpu.py
