@@ -60,19 +60,26 @@ def cmd_bench(what: str, options: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dg-moe` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # warmup and bench own their options (and their --help): everything after the command goes to them.
+    if argv[:1] == ["warmup"]:
+        from .moe.warmup import main as warmup_main
+
+        return warmup_main(argv[1:])
+    if argv[:1] == ["bench"] and argv[1:2] in (["moe"], ["layout"]):
+        return cmd_bench(argv[1], argv[2:])
     parser = argparse.ArgumentParser(prog="dg-moe", description="FP8 MoE GEMM kernels for Hopper")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPU, nvcc, headers, kernel cache")
     demo = sub.add_parser("demo", help="run a DeepSeek-V3-shaped fused MoE layer in both layouts and check it")
     demo.add_argument("--device", default="auto", help="auto (SM90 GPU if present, else CPU), cpu, cuda")
-    bench = sub.add_parser("bench", help="GPU benchmarks: moe (fused layer vs BF16 grouped GEMM), layout (layout ops)")
+    sub.add_parser("warmup", help="compile ahead of serving every GEMM kernel a model's MoE layer needs "
+                   "(`dg-moe warmup --help`)")
+    bench = sub.add_parser("bench", help="GPU benchmarks (`dg-moe bench moe --help`, `dg-moe bench layout`)")
     bench.add_argument("what", choices=("moe", "layout"))
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed on; `dg-moe bench moe --help` lists them")
     args = parser.parse_args(argv)
     if args.command == "info":
         return cmd_info()
-    if args.command == "bench":
-        return cmd_bench(args.what, args.options)
     return cmd_demo(args.device)
 
 

@@ -1,9 +1,9 @@
 """`dg-moe bench moe`: the fused MoE layer against a BF16 grouped-GEMM MoE with the same routing.
 
-For each model shape of PERFORMANCE.md and each batch size: random FP8 experts (every block its own
-scale) and a softmax top-k routing; dg_moe's ``fused_moe`` and the peer, ``torch._grouped_mm`` over
-the same experts dequantised to BF16, run the same tokens. Decode batches (T <= 128, the masked
-path) are timed as GPU time of CUDA-graph replays with L2 flushed, as a decode step runs them;
+For each model shape of PERFORMANCE.md and each batch size: random FP8 routed experts (every block its
+own scale; no shared expert) and a softmax top-k routing; dg_moe's ``fused_moe`` and the peer,
+``torch._grouped_mm`` over the same experts dequantised to BF16, run the same tokens. Decode batches
+(T <= 128, the masked path) are timed as GPU time of CUDA-graph replays with L2 flushed, as a decode step runs them;
 prefill batches (the contiguous path) as eager wall time per call, host included. Bandwidth counts
 the FP8 weights of the experts the routing touches, read once; the floor is that read at the GPU's
 datasheet HBM bandwidth (PERFORMANCE.md's decode goal: time <= 1.2x the floor).
@@ -21,24 +21,12 @@ import torch.nn.functional as F
 
 from ..layout import per_block_cast_to_fp8
 from ..moe import AUTO_MASKED_MAX_TOKENS, fused_moe
+from ..moe.shapes import MODEL_SHAPES, MoEShape
 from ..reference import calc_diff
 from .timing import eager_us, gpu_times_us
 
-
-@dataclass(frozen=True)
-class MoEShape:
-    name: str
-    hidden: int
-    intermediate: int
-    experts: int
-    top_k: int
-
-
-SHAPES = {
-    "deepseek-v3": MoEShape("deepseek-v3", 7168, 2048, 256, 8),
-    "qwen3-235b-a22b": MoEShape("qwen3-235b-a22b", 4096, 1536, 128, 8),
-    "qwen3-30b-a3b": MoEShape("qwen3-30b-a3b", 2048, 768, 128, 8),
-}
+# Mixtral's 8 experts of 14336 are a prefill shape; the default list keeps PERFORMANCE.md's MoE models.
+SHAPES = {name: MODEL_SHAPES[name] for name in ("deepseek-v3", "qwen3-235b-a22b", "qwen3-30b-a3b")}
 BATCHES = (1, 8, 32, 128, 512, 4096)
 # Datasheet HBM bandwidth (bytes/s) by a substring of the device name; an unknown GPU gets no floor.
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H800": 3.35e12, "H20": 4.0e12}

@@ -2,6 +2,7 @@
 
 from .env import print_configs_enabled
 from .library import KernelLibrary
+from .parallel import compile_many
 from .runtime import build, cache_dir, cache_key, cache_size_bytes, compile_only, reset, stats
 from .source import TemplateArg
 from .toolchain import Toolchain, get_toolchain, toolchain_info
@@ -14,6 +15,7 @@ __all__ = [
     "cache_dir",
     "cache_key",
     "cache_size_bytes",
+    "compile_many",
     "compile_only",
     "get_toolchain",
     "print_configs_enabled",

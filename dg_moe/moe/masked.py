@@ -15,7 +15,7 @@ import torch
 
 from ..layout import route_to_masked, silu_and_mul_to_fp8_masked, unpermute_reduce_masked
 from ..ops import m_grouped_fp8_gemm_nt_masked
-from .hints import expected_rows_per_expert
+from .hints import masked_rows_hint
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
 TokenRows = torch.Tensor | FP8Pair
@@ -43,7 +43,7 @@ def routed_experts_masked(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk_ids
     num_experts, two_i, hidden = w13[0].shape
     num_tokens, top_k = topk_ids.shape
     routed = route_to_masked(tokens, topk_ids, num_experts, max_m)
-    hint = min(max_m, expected_rows_per_expert(num_tokens, top_k, num_experts))
+    hint = masked_rows_hint(num_tokens, top_k, num_experts, max_m)
     device = routed.a.device
     # Rows at or past masked_m stay unwritten: the activation zeroes them and the reduce never reads them.
     gate_up = torch.empty(num_experts, max_m, two_i, dtype=torch.bfloat16, device=device)

@@ -12,21 +12,32 @@ DENSE_MS = (1, 16, 64, 128, 256, 1024, 4096, 8192)
 GROUPED_SHAPES = ((4, 8192), (8, 4096), (32, 256), (256, 32), (8, 64), (16, 32), (32, 16), (1, 1024), (4, 256))
 
 
+class VariantSet:
+    """Distinct template arguments of the variants the heuristic picks for call shapes, in first-added order."""
+
+    def __init__(self, num_sms: int) -> None:
+        self.num_sms = num_sms
+        self._seen: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
+
+    def add(self, gemm_type: GemmType, rows_hint: int, n: int, k: int, groups: int) -> None:
+        """The variant one call of ``gemm_type`` with this rows hint, N, K and group count runs."""
+        args = template_args(gemm_type, config_for(gemm_type, rows_hint, n, k, groups, self.num_sms), n, k)
+        self._seen.setdefault(tuple(sorted(args.items())), args)
+
+    def variants(self) -> list[dict[str, int]]:
+        return list(self._seen.values())
+
+
 def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int]]:
     """Template arguments of every variant the heuristic picks for DeepSeek-V3 shapes on ``num_sms`` SMs."""
-    seen: dict[tuple, dict[str, int]] = {}
-
-    def add(gemm_type: GemmType, rows: int, n: int, k: int, groups: int) -> None:
-        args = template_args(gemm_type, config_for(gemm_type, rows, n, k, groups, num_sms), n, k)
-        seen.setdefault(tuple(sorted(args.items())), args)
-
+    found = VariantSet(num_sms)
     for n, k in DEEPSEEK_V3_NK:
         for m in DENSE_MS:
-            add(GemmType.NORMAL, m, n, k, 1)
+            found.add(GemmType.NORMAL, m, n, k, 1)
         for groups, rows in GROUPED_SHAPES:
             for gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM, GemmType.MASKED):
-                add(gemm_type, rows, n, k, groups)
-    return list(seen.values())
+                found.add(gemm_type, rows, n, k, groups)
+    return found.variants()
 
 
 def describe(variants: Iterable[dict[str, int]]) -> list[str]:

@@ -1,0 +1,26 @@
+"""The MoE layer shapes PERFORMANCE.md benchmarks, by name (bench, warmup)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MoEShape:
+    """One model's MoE layer: hidden size H, routed experts' intermediate size I, E experts, top-k,
+    and the shared expert's intermediate size (None: no shared expert)."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    experts: int
+    top_k: int
+    shared_intermediate: int | None = None
+
+
+MODEL_SHAPES = {
+    "deepseek-v3": MoEShape("deepseek-v3", 7168, 2048, 256, 8, shared_intermediate=2048),
+    "qwen3-235b-a22b": MoEShape("qwen3-235b-a22b", 4096, 1536, 128, 8),
+    "qwen3-30b-a3b": MoEShape("qwen3-30b-a3b", 2048, 768, 128, 8),
+    "mixtral-8x7b": MoEShape("mixtral-8x7b", 4096, 14336, 8, 2),
+}

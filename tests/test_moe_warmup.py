@@ -1,0 +1,88 @@
+"""`dg-moe warmup`: it lists exactly the GEMM variants the layer's forward asks for, and compiles them."""
+
+from __future__ import annotations
+
+import pytest
+
+from dg_moe.moe import contiguous, fused_moe, masked, shared
+from dg_moe.moe.shapes import MODEL_SHAPES, MoEShape
+from dg_moe.moe.warmup import layer_variants
+from dg_moe.moe.warmup import main as warmup_main
+from dg_moe.ops.sm90_fp8_configs import VariantSet
+from dg_moe.ops.sm90_fp8_gemm import GemmType
+
+from .moe_loops import hidden_states, layer, routing
+
+SHAPE = MoEShape("tiny", hidden=256, intermediate=128, experts=8, top_k=2, shared_intermediate=128)
+
+
+@pytest.fixture
+def requested(monkeypatch):
+    """The (type, rows hint, N, K, groups) of every GEMM call the MoE forward makes (CPU reference runs them)."""
+    calls = []
+
+    def record(module, name, describe):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(describe(*args, **kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    def grouped(gemm_type):
+        def describe(a, b, d, layout, hint=None, **kwargs):
+            hint = kwargs.get("expected_m_for_psum_layout", hint)
+            groups, n, k = b[0].shape
+            return gemm_type, hint, n, k, groups
+        return describe
+
+    record(masked, "m_grouped_fp8_gemm_nt_masked", grouped(GemmType.MASKED))
+    record(contiguous, "m_grouped_fp8_gemm_nt_contiguous", grouped(GemmType.CONTIGUOUS_PSUM))
+    record(shared, "fp8_gemm_nt", lambda a, b, d, *rest, **kw: (GemmType.NORMAL, a[0].shape[0], *b[0].shape, 1))
+    return calls
+
+
+@pytest.mark.parametrize("num_tokens", [1, 3, 40, 129])
+def test_warmup_lists_every_variant_the_forward_requests(requested, num_tokens):
+    lay = layer(SHAPE.experts, SHAPE.hidden, SHAPE.intermediate, num_tokens, SHAPE.shared_intermediate)
+    hidden = hidden_states(num_tokens, SHAPE.hidden, seed=num_tokens + 1)
+    ids, weights = routing(num_tokens, SHAPE.top_k, SHAPE.experts, seed=num_tokens + 2)
+    for mode in ("masked", "contiguous"):
+        fused_moe(hidden, *lay.routed, ids, weights, mode=mode, shared_expert=lay.shared)
+    assert {call[0] for call in requested} == {GemmType.MASKED, GemmType.CONTIGUOUS_PSUM, GemmType.NORMAL}
+    for num_sms in (132, 78):
+        asked = VariantSet(num_sms)
+        for call in requested:
+            asked.add(*call)
+        listed = layer_variants(SHAPE, [num_tokens], num_sms)
+        assert sorted(map(sorted, (v.items() for v in asked.variants()))) == \
+            sorted(map(sorted, (v.items() for v in listed)))
+
+
+def test_deepseek_v3_needs_few_variants():
+    variants = layer_variants(MODEL_SHAPES["deepseek-v3"], [2**i for i in range(14)], 132)
+    assert 4 <= len(variants) <= 24
+    assert len({tuple(sorted(v.items())) for v in variants}) == len(variants)
+
+
+def test_warmup_command_compiles_into_the_cache_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
+    argv = ["--shape", "256,128,8,2", "--batches", "1", "--num-sms", "132", "--jobs", "2"]
+    assert warmup_main(argv) == 0
+    libraries = sorted(tmp_path.rglob("kernel.so"))
+    assert len(libraries) == len(layer_variants(MoEShape("c", 256, 128, 8, 2), [1], 132)) > 0
+    stamps = [p.stat().st_mtime_ns for p in libraries]
+    assert warmup_main(argv) == 0  # all cached: nothing is rebuilt
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("kernel.so"))] == stamps
+    assert "variants cached" in capsys.readouterr().out
+
+
+def test_warmup_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        warmup_main(["--models", "gpt-moe"])
+    assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        warmup_main(["--batches", "0,4"])
+    with pytest.raises(SystemExit):
+        warmup_main(["--shape", "256,x,8,2"])
