@@ -1,0 +1,62 @@
+"""Compile the layout Triton kernels for sm_90 without a GPU and print facts about their PTX as JSON.
+
+Run as a script (tests/test_layout_kernels_compile.py does, in a fresh process): the test session sets
+TRITON_INTERPRET=1, under which ``triton.jit`` yields interpreted functions that cannot be compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from dg_moe.layout import _triton_kernels as kernels  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+ROUTING = {"src_ptr": "*bf16", "src_row_stride": "i32", "src_sf_ptr": "*fp32", "src_sf_row_stride": "i32",
+           "src_sf_col_stride": "i32", "row_token_ptr": "*i64", "a_ptr": "*u8", "sfa_ptr": "*fp32",
+           "rows_per_group": "i32", "sfa_group_stride": "i32", "sfa_col_stride": "i32"}
+ACTIVATION = {"x_ptr": "*bf16", "x_row_stride": "i32", "valid_ptr": "*i8", "q_ptr": "*u8", "sfa_ptr": "*fp32",
+              "rows_per_group": "i32", "sfa_group_stride": "i32", "sfa_col_stride": "i32"}
+REDUCE = {"y_ptr": "*bf16", "y_row_stride": "i32", "inverse_ptr": "*i32", "w_ptr": "*fp32", "w_row_stride": "i32",
+          "w_col_stride": "i32", "out_ptr": "*i16", "width": "i32"}
+
+
+def ptx_facts(fn, signature: dict[str, str], constants: dict[str, object]) -> dict[str, object]:
+    signature = {**signature, **{name: "constexpr" for name in constants}}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants), target=TARGET,
+                              options={"enable_fp_fusion": False, "num_warps": 4})
+    ptx = compiled.asm["ptx"]
+    return {
+        "kernel": fn.__name__, "constants": {k: str(v) for k, v in constants.items()},
+        "fma_f32": len(re.findall(r"\bfma\.rn\.f32\b", ptx)),
+        "cvt_e4m3": len(re.findall(r"cvt\.rn\.satfinite\.e4m3x2\.f32", ptx)),
+        "div_rn_f32": len(re.findall(r"\bdiv\.rn\.f32\b", ptx)),
+        "local_memory": len(re.findall(r"\b(ld|st)\.local\b", ptx)),
+    }
+
+
+def main() -> None:
+    facts = []
+    for num_blocks in (1, 9, 56):  # one block, a full and a partial 8-block step, DeepSeek-V3's H
+        for quantize in (True, False):
+            signature = dict(ROUTING) if quantize else {**ROUTING, "src_ptr": "*u8"}
+            for ue8m0 in (False, True):
+                facts.append(ptx_facts(kernels.token_rows_to_fp8_kernel, signature,
+                                       {"NUM_BLOCKS": num_blocks, "QUANTIZE": quantize, "UE8M0": ue8m0, "CHUNK": 8}))
+        facts.append(ptx_facts(kernels.silu_mul_to_fp8_kernel, ACTIVATION,
+                               {"NUM_BLOCKS": num_blocks, "UE8M0": False, "CHUNK": 8}))
+    for top_k in (1, 8):
+        facts.append(ptx_facts(kernels.weighted_reduce_kernel, REDUCE, {"TOP_K": top_k, "BLOCK": 1024}))
+    json.dump(facts, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
