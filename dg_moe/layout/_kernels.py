@@ -79,10 +79,9 @@ def mn_major_storage(groups: int, rows: int, num_blocks: int, device: torch.devi
     return storage, aligned
 
 
-def mn_major_view(storage: torch.Tensor, rows: int, squeeze_group: bool) -> torch.Tensor:
-    """The logical ``[G, rows, Kb]`` (or ``[rows, Kb]``) scale tensor over :func:`mn_major_storage`."""
-    view = storage.transpose(1, 2)[:, :rows, :]
-    return view[0] if squeeze_group else view
+def mn_major_view(storage: torch.Tensor, rows: int) -> torch.Tensor:
+    """The logical ``[G, rows, Kb]`` scale tensor over :func:`mn_major_storage`."""
+    return storage.transpose(1, 2)[:, :rows, :]
 
 
 def token_rows_to_fp8(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0: bool, row_token: torch.Tensor,
@@ -113,7 +112,7 @@ def token_rows_to_fp8(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0
                 per_group, num_blocks * aligned, aligned,
                 NUM_BLOCKS=num_blocks, QUANTIZE=quantize, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, enable_fp_fusion=False,
             )
-    return a.view(chk.FP8), mn_major_view(storage, per_group, squeeze_group=False)
+    return a.view(chk.FP8), mn_major_view(storage, per_group)
 
 
 def silu_mul_to_fp8(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool,
@@ -134,7 +133,7 @@ def silu_mul_to_fp8(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0
                 x, x.stride(0), valid.to(torch.int8), q, storage, per_group, num_blocks * aligned, aligned,
                 NUM_BLOCKS=num_blocks, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, enable_fp_fusion=False,
             )
-    return q.view(chk.FP8), mn_major_view(storage, per_group, squeeze_group=False)
+    return q.view(chk.FP8), mn_major_view(storage, per_group)
 
 
 def weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
