@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from ..layout import per_block_cast_to_fp8
 from ..moe import AUTO_MASKED_MAX_TOKENS, fused_moe
-from ..moe.shapes import MODEL_SHAPES, MoEShape
-from ..reference import calc_diff
+from ..moe.shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
+from ..reference import calc_diff, dequantize
 from .timing import eager_us, gpu_times_us
 
 # Mixtral's 8 experts of 14336 are a prefill shape; the default list keeps PERFORMANCE.md's MoE models.
@@ -61,8 +61,7 @@ def _fp8_experts(experts: int, rows: int, cols: int) -> tuple[torch.Tensor, torc
         w = torch.randn(rows, cols, device="cuda") * (0.5 + torch.rand(rows // 128, 1, cols // 128, 1, device="cuda")
                                                        ).expand(-1, 128, -1, 128).reshape(rows, cols) / cols**0.5
         q[e], sf[e] = per_block_cast_to_fp8(w)
-        scale = sf[e].repeat_interleave(128, 0).repeat_interleave(128, 1)
-        bf16[e] = (q[e].float() * scale).to(torch.bfloat16)
+        bf16[e] = dequantize(q[e], sf[e], 128, 128).to(torch.bfloat16)
     return q, sf, bf16
 
 
@@ -155,24 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the MoE benchmark; prints a table, writes JSON with ``--json``."""
     parser = argparse.ArgumentParser(prog="dg-moe bench moe", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
-    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma list of token counts")
+    parser.add_argument("--batches", type=token_counts, default=list(BATCHES), help="comma list of token counts")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("dg-moe bench moe: needs a CUDA GPU (SM90); none is visible")
         return 2
-    unknown = [m for m in args.models.split(",") if m not in SHAPES]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SHAPES)}")
-    batches = [int(b) for b in args.batches.split(",")]
+    shapes = shapes_named(parser, args.models, SHAPES)
     name = torch.cuda.get_device_name()
     hbm = hbm_bandwidth(name)
     print(f"GPU: {name}; floor at {hbm / 1e12 if hbm else float('nan'):.2f} TB/s (datasheet HBM); "
           f"peer: BF16 torch._grouped_mm MoE, same experts and routing")
     print(HEADER)
     rows = []
-    for model in args.models.split(","):
-        rows += bench_shape(SHAPES[model], batches, hbm)
+    for shape in shapes:
+        rows += bench_shape(shape, args.batches, hbm)
         torch.cuda.empty_cache()  # the next model's experts reuse the memory these held
     if args.json:
         with open(args.json, "w") as f:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from ..layout import route_to_contiguous, silu_and_mul_to_fp8_contiguous, unpermute_reduce_contiguous
+from ..layout._permute import TokenRows
 from ..ops import m_grouped_fp8_gemm_nt_contiguous
 from .hints import expected_rows_per_expert
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
-TokenRows = torch.Tensor | FP8Pair
 
 
 def routed_experts_contiguous(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,

@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 
 from ..layout import route_to_masked, silu_and_mul_to_fp8_masked, unpermute_reduce_masked
+from ..layout._permute import TokenRows
 from ..ops import m_grouped_fp8_gemm_nt_masked
 from .hints import masked_rows_hint
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
-TokenRows = torch.Tensor | FP8Pair
 
 
 def default_max_m(num_tokens: int) -> int:

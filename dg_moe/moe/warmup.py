@@ -15,11 +15,13 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 
+import torch
+
 from ..jit import compile_many
 from ..ops.sm90_fp8_configs import VariantSet
 from ..ops.sm90_fp8_gemm import FAMILY, GemmType
 from .hints import expected_rows_per_expert, masked_rows_hint
-from .shapes import MODEL_SHAPES, MoEShape
+from .shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
 
 DEFAULT_BATCHES = tuple(2**i for i in range(14))  # 1 .. 8192 tokens
 H100_SXM_SMS = 132
@@ -48,21 +50,9 @@ def layer_variants(shape: MoEShape, batches: Iterable[int], num_sms: int) -> lis
 def _num_sms(requested: int | None) -> int:
     if requested is not None:
         return requested
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     return H100_SXM_SMS
-
-
-def _parse_batches(text: str) -> list[int]:
-    try:
-        batches = [int(b) for b in text.split(",") if b]
-    except ValueError:
-        batches = []
-    if not batches or min(batches) < 1:
-        raise argparse.ArgumentTypeError(f"--batches takes positive token counts separated by commas, got {text!r}")
-    return batches
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default="deepseek-v3", help=f"comma list of {', '.join(MODEL_SHAPES)}")
     parser.add_argument("--shape", metavar="H,I,E,K[,Is]",
                         help="a custom layer instead: hidden, intermediate, experts, top-k, shared intermediate")
-    parser.add_argument("--batches", type=_parse_batches, default=list(DEFAULT_BATCHES),
+    parser.add_argument("--batches", type=token_counts, default=list(DEFAULT_BATCHES),
                         help="token counts to cover (default 1,2,4,...,8192)")
     parser.add_argument("--num-sms", type=int, help="SM count of the serving GPU (default: this GPU's, else 132)")
     parser.add_argument("--jobs", type=int, help="parallel nvcc processes (default: one per CPU)")
@@ -84,10 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--shape takes H,I,E,K[,Is] as integers, got {args.shape!r}")
         shapes = [shape]
     else:
-        unknown = [m for m in args.models.split(",") if m not in MODEL_SHAPES]
-        if unknown:
-            parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODEL_SHAPES)} or pass --shape")
-        shapes = [MODEL_SHAPES[m] for m in args.models.split(",")]
+        shapes = shapes_named(parser, args.models, MODEL_SHAPES)
     num_sms = _num_sms(args.num_sms)
     variants = [v for shape in shapes for v in layer_variants(shape, args.batches, num_sms)]
     unique = list({tuple(sorted(v.items())): v for v in variants}.values())
