@@ -4,6 +4,13 @@
 // full one (a narrow last column block) sit at the end of the order, and serpentine hands them to
 // the same CTAs in the last two rounds instead of adding a round to some. Producer and math
 // warpgroups run identical copies, so they agree on every tile without communicating.
+//
+// Masked and prefix-sum layouts map a global m-block to its group through a table of each group's
+// first m-block in shared memory (built once per CTA, binary-searched per tile) when it fits beside
+// the stages; otherwise by walking the groups from a cursor. The walk alone cost decode dearly: with
+// 256 experts of which 8 hold a token, every tile of a band change walked ~256 groups one dependent
+// load at a time, several microseconds per tile before its first TMA load (H200, DeepSeek-V3 T=1:
+// 54 us for a down projection whose weights take 24 us to read).
 #include <cstdint>
 
 namespace dg_moe::sched {
@@ -46,27 +53,35 @@ struct Scheduler {
     static constexpr uint32_t kBandSlots = kBandWidth / kMulticast;
     static constexpr uint32_t kMainSlots = kTailLast ? kNumNSlots - 1 : kNumNSlots;
 
+    static constexpr bool kGroupCursor = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
+
     const int* layout;
     uint32_t m;            // rows of A (Normal, contiguous) or max_m (masked)
     uint32_t num_groups;
+    const uint32_t* block_table;  // shared memory, num_groups + 1 entries (build_block_table), or null
     uint32_t num_m_blocks;
     uint32_t next_index;  // in row order: blockIdx.x / kMulticast + round * slots
     // Cursor over groups (masked, psum): the group holding global m-block `cursor_block`.
     uint32_t cursor_group = 0, cursor_block = 0, cursor_blocks = 0, cursor_row = 0, cursor_rows = 0;
 
-    __device__ __forceinline__ Scheduler(const int* layout_, uint32_t m_, uint32_t num_groups_)
-        : layout(layout_), m(m_), num_groups(num_groups_), next_index(blockIdx.x / kMulticast) {
-        if constexpr (kType == GemmType::Normal || kType == GemmType::MGroupedContiguous) {
+    __device__ __forceinline__ Scheduler(const int* layout_, uint32_t m_, uint32_t num_groups_,
+                                         const uint32_t* block_table_ = nullptr)
+        : layout(layout_), m(m_), num_groups(num_groups_), block_table(block_table_),
+          next_index(blockIdx.x / kMulticast) {
+        if constexpr (!kGroupCursor) {
             num_m_blocks = ceil_div(m, BLOCK_M);
+        } else if (block_table != nullptr) {
+            num_m_blocks = block_table[num_groups];
+            load_group(0, 0);
         } else {
             num_m_blocks = 0;
             for (uint32_t g = 0; g < num_groups; ++g)
-                num_m_blocks += ceil_div(group_rows(g), BLOCK_M);
+                num_m_blocks += ceil_div(group_rows(layout, m, g), BLOCK_M);
             load_group(0, 0);
         }
     }
 
-    __device__ __forceinline__ uint32_t group_begin(uint32_t g) const {
+    __device__ __forceinline__ static uint32_t group_begin(const int* layout, uint32_t m, uint32_t g) {
         if constexpr (kType == GemmType::MGroupedMasked) {
             return g * m;
         } else {
@@ -76,23 +91,77 @@ struct Scheduler {
     }
 
     // Rows of group g; masked_m above max_m is clamped so nothing is written outside the group.
-    __device__ __forceinline__ uint32_t group_rows(uint32_t g) const {
+    __device__ __forceinline__ static uint32_t group_rows(const int* layout, uint32_t m, uint32_t g) {
         const int value = __ldg(layout + g);
         if constexpr (kType == GemmType::MGroupedMasked) {
             return static_cast<uint32_t>(min(max(value, 0), static_cast<int>(m)));
         } else {
-            const uint32_t begin = group_begin(g);
+            const uint32_t begin = group_begin(layout, m, g);
             const uint32_t end = min(static_cast<uint32_t>(max(value, 0)), m);
             return end > begin ? end - begin : 0u;
+        }
+    }
+
+    // table[g] = the first global m-block of group g, table[num_groups] = all m-blocks. Called by
+    // every thread of the CTA with a barrier between the two phases (`between` runs it): the counts
+    // load in parallel, then one warp scans them.
+    template <typename Barrier>
+    __device__ __forceinline__ static void build_block_table(uint32_t* table, const int* layout, uint32_t m,
+                                                             uint32_t num_groups, Barrier between) {
+        for (uint32_t g = threadIdx.x; g < num_groups; g += blockDim.x)
+            table[g + 1] = ceil_div(group_rows(layout, m, g), BLOCK_M);
+        between();
+        if (threadIdx.x < 32) {
+            const uint32_t lane = threadIdx.x;
+            uint32_t carry = 0;
+            for (uint32_t base = 0; base < num_groups; base += 32) {
+                const uint32_t g = base + lane;
+                uint32_t sum = g < num_groups ? table[g + 1] : 0u;
+                #pragma unroll
+                for (uint32_t offset = 1; offset < 32; offset *= 2) {
+                    const uint32_t other = __shfl_up_sync(0xffffffffu, sum, offset);
+                    if (lane >= offset)
+                        sum += other;
+                }
+                if (g < num_groups)
+                    table[g + 1] = carry + sum;
+                carry += __shfl_sync(0xffffffffu, sum, 31);
+            }
+            if (lane == 0)
+                table[0] = 0;
         }
     }
 
     __device__ __forceinline__ void load_group(uint32_t g, uint32_t first_block) {
         cursor_group = g;
         cursor_block = first_block;
-        cursor_rows = g < num_groups ? group_rows(g) : 0u;
-        cursor_row = g < num_groups ? group_begin(g) : 0u;
+        cursor_rows = g < num_groups ? group_rows(layout, m, g) : 0u;
+        cursor_row = g < num_groups ? group_begin(layout, m, g) : 0u;
         cursor_blocks = ceil_div(cursor_rows, BLOCK_M);
+    }
+
+    // Points the cursor at the group holding global m-block `m_block` (< num_m_blocks).
+    __device__ __forceinline__ void seek(uint32_t m_block) {
+        if (m_block >= cursor_block && m_block < cursor_block + cursor_blocks)
+            return;
+        if (block_table != nullptr) {
+            // The last group starting at or before m_block; empty groups share their successor's
+            // start, so it is the one that holds m_block.
+            uint32_t lo = 0, hi = num_groups;
+            while (hi - lo > 1) {
+                const uint32_t mid = (lo + hi) / 2;
+                if (block_table[mid] <= m_block)
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            load_group(lo, block_table[lo]);
+            return;
+        }
+        if (m_block < cursor_block)
+            load_group(0, 0);
+        while (m_block >= cursor_block + cursor_blocks)
+            load_group(cursor_group + 1, cursor_block + cursor_blocks);
     }
 
     __device__ __forceinline__ bool next(Tile& tile) {
@@ -135,10 +204,7 @@ struct Scheduler {
                 tile.check_rows = tile.valid_rows < BLOCK_M || __ldg(layout + last) < 0;
                 return true;
             } else {
-                if (m_block < cursor_block)
-                    load_group(0, 0);
-                while (m_block >= cursor_block + cursor_blocks)
-                    load_group(cursor_group + 1, cursor_block + cursor_blocks);
+                seek(m_block);
                 const uint32_t local_block = m_block - cursor_block;
                 tile.group = cursor_group;
                 tile.local_row = local_block * BLOCK_M;

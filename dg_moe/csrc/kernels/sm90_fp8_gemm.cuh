@@ -50,6 +50,7 @@ struct Params {
     __nv_bfloat16* d;         // for the predicated epilogue: row r starts at d + r * N
     uint32_t m;               // rows of A, or max_m for masked
     uint32_t num_groups;
+    uint32_t group_table;     // 1: the launch added num_groups + 1 words of shared memory for the group table
 };
 
 template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, uint32_t SHAPE_K>
@@ -68,8 +69,11 @@ struct SharedLayout {
     static constexpr uint32_t kOffsetBarriers = kOffsetSFB + ((kBytesSFB + 7) / 8) * 8;
     // Barriers: full and empty per stage, then full and empty per SFB table.
     static constexpr uint32_t kNumBarriers = 2 * kNumStages + 4;
+    // The masked and prefix-sum layouts' group table (Scheduler::build_block_table) follows, sized at
+    // launch: (num_groups + 1) words when they fit, none otherwise; kTotalBytes excludes it.
+    static constexpr uint32_t kOffsetGroupTable = kOffsetBarriers + kNumBarriers * sizeof(uint64_t);
     // +1024: the dynamic shared-memory base is only 16-byte aligned; 128B swizzle needs 1024.
-    static constexpr uint32_t kTotalBytes = kOffsetBarriers + kNumBarriers * sizeof(uint64_t) + 1024;
+    static constexpr uint32_t kTotalBytes = kOffsetGroupTable + 1024;
     static constexpr uint32_t kTxBytes = kBytesA + kBytesB + kBytesSFA;
 };
 
@@ -150,6 +154,13 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
     uint64_t* sfb_full = empty + kNumStages;
     uint64_t* sfb_empty = sfb_full + 2;
 
+    using Scheduler = sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kNarrowTail>;
+    uint32_t* group_table = nullptr;
+    if constexpr (Scheduler::kGroupCursor) {
+        if (params.group_table != 0)
+            group_table = reinterpret_cast<uint32_t*>(smem + Layout::kOffsetGroupTable);
+    }
+
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (threadIdx.x == kNumMathThreads) {
         tma_prefetch_tensor_map(&tmap_a);
@@ -168,13 +179,20 @@ fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
         mbarrier_init_fence();
     }
     // The peer CTA arrives on these barriers and receives multicast copies: both must be set up.
-    if constexpr (kMulticast > 1)
-        cluster_sync();
-    else
+    auto block_sync = [] {
+        if constexpr (kMulticast > 1)
+            cluster_sync();
+        else
+            __syncthreads();
+    };
+    if (group_table != nullptr) {
+        Scheduler::build_block_table(group_table, params.layout, params.m, params.num_groups, block_sync);
         __syncthreads();
+    } else {
+        block_sync();
+    }
 
-    sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kNarrowTail> scheduler(params.layout, params.m,
-                                                                            params.num_groups);
+    Scheduler scheduler(params.layout, params.m, params.num_groups, group_table);
     sched::Tile tile;
     const uint32_t cta_rank = blockIdx.x % kMulticast;
 

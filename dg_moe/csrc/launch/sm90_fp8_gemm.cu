@@ -21,7 +21,9 @@ constexpr uint32_t kMulticast = DG_MOE_MULTICAST;
 
 using Layout = SharedLayout<kBlockM, kBlockN, kNumStages, kShapeK>;
 using DLayout = DTile<kBlockM, kBlockN>;
-static_assert(Layout::kTotalBytes <= 232448, "the stages and the D tile exceed 227 KB of shared memory");
+constexpr uint32_t kMaxSharedBytes = 232448;  // 227 KB: the most one SM90 block may request
+static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages and the D tile exceed 227 KB of shared memory");
+constexpr bool kGroupTable = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
 constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast>;
 
 CUtensorMapSwizzle d_swizzle() {
@@ -30,11 +32,12 @@ CUtensorMapSwizzle d_swizzle() {
                                      : CU_TENSOR_MAP_SWIZZLE_32B;
 }
 
-cudaLaunchConfig_t launch_config(uint32_t clusters, cudaStream_t stream, cudaLaunchAttribute* cluster) {
+cudaLaunchConfig_t launch_config(uint32_t clusters, uint32_t smem_bytes, cudaStream_t stream,
+                                 cudaLaunchAttribute* cluster) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(clusters * kMulticast);
   config.blockDim = dim3(MathShape<kBlockM>::kBlockThreads);
-  config.dynamicSmemBytes = Layout::kTotalBytes;
+  config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   cluster->id = cudaLaunchAttributeClusterDimension;
   cluster->val.clusterDim.x = kMulticast;
@@ -55,7 +58,8 @@ int current_device() {
   return cudaGetDevice(&device) == cudaSuccess && device < kMaxDevices ? device : -1;
 }
 
-// Raises the kernel's dynamic shared-memory limit, once per device.
+// Raises the kernel's dynamic shared-memory limit, once per device: to the whole 227 KB where a group
+// table may follow the layout (its size is known per launch only).
 cudaError_t allow_shared_memory() {
   static int status_plus_one[kMaxDevices];  // 0: not set on that device yet
   const int device = current_device();
@@ -64,7 +68,8 @@ cudaError_t allow_shared_memory() {
     if (cached != 0) return static_cast<cudaError_t>(cached - 1);
   }
   const cudaError_t status =
-      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           kGroupTable ? kMaxSharedBytes : Layout::kTotalBytes);
   if (device >= 0) __atomic_store_n(&status_plus_one[device], static_cast<int>(status) + 1, __ATOMIC_RELEASE);
   return status;
 }
@@ -80,7 +85,7 @@ uint32_t max_active_clusters() {
   uint32_t result = 0;
   if (allow_shared_memory() == cudaSuccess) {
     cudaLaunchAttribute cluster;
-    const cudaLaunchConfig_t config = launch_config(1, nullptr, &cluster);
+    const cudaLaunchConfig_t config = launch_config(1, Layout::kTotalBytes, nullptr, &cluster);
     int count = 0;
     if (cudaOccupancyMaxActiveClusters(&count, kKernel, &config) == cudaSuccess) result = static_cast<uint32_t>(count);
   }
@@ -132,9 +137,13 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
     clusters = slots < clusters ? slots : clusters;
   }
   if (clusters == 0) return dg_moe::kStatusInvalidArgument;
-  const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups};
+  // The group table takes shared memory the stages left over; without room the scheduler walks the groups.
+  const uint64_t table_bytes = (uint64_t(num_groups) + 1) * sizeof(uint32_t);
+  const bool group_table = kGroupTable && Layout::kTotalBytes + table_bytes <= kMaxSharedBytes;
+  const uint32_t smem_bytes = Layout::kTotalBytes + (group_table ? static_cast<uint32_t>(table_bytes) : 0u);
+  const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups, group_table ? 1u : 0u};
 
   cudaLaunchAttribute cluster;
-  const cudaLaunchConfig_t config = launch_config(clusters, static_cast<cudaStream_t>(stream), &cluster);
+  const cudaLaunchConfig_t config = launch_config(clusters, smem_bytes, static_cast<cudaStream_t>(stream), &cluster);
   return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_d));
 }
