@@ -15,6 +15,7 @@ import torch
 import triton  # noqa: F401  (a missing Triton must fail this module, not skip it)
 
 from dg_moe import layout
+from dg_moe.layout import _kernels
 from dg_moe.layout._kernels import BACKEND_ENV, enabled
 
 from .layout_loops import assert_fp8_equal, hidden_states, topk_ids
@@ -220,6 +221,145 @@ def test_silu_kernel_masked_close_to_torch(monkeypatch, device):
     x[rows.unsqueeze(0) >= masked_m.clamp(0, 24).unsqueeze(1)] = float("nan")
     want, got = both(monkeypatch, device, layout.silu_and_mul_to_fp8_masked, x, masked_m)
     assert_activation_close(got, want)
+
+
+def valid_rows(masked_m: torch.Tensor, max_m: int) -> torch.Tensor:
+    """bool [E, max_m]: the rows below ``clamp(masked_m[e], 0, max_m)``."""
+    return torch.arange(max_m).unsqueeze(0) < masked_m.cpu().long().clamp(0, max_m).unsqueeze(1)
+
+
+def scale_storage(sfa: torch.Tensor) -> torch.Tensor:
+    """The whole MN-major storage [E, Kb, A] under ``sfa`` [E, max_m, Kb] (strides ``(Kb*A, 1, A)``)."""
+    groups, _, num_blocks = sfa.shape
+    aligned = sfa.stride(2)
+    # Strided on the tensor's own device: a copy to the CPU keeps only the logical elements.
+    return sfa.as_strided((groups, num_blocks, aligned), (num_blocks * aligned, aligned, 1)).cpu()
+
+
+def assert_rows_same(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor],
+                     masked_m: torch.Tensor) -> None:
+    """(e4m3 [E, max_m, H], float32 [E, max_m, H/128]) agree in layout, and in bits on the valid rows."""
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape and g.stride() == w.stride()
+    valid = valid_rows(masked_m, want[0].shape[1])
+    assert torch.equal(got[0].cpu().view(torch.uint8)[valid], want[0].cpu().view(torch.uint8)[valid])
+    assert torch.equal(got[1].cpu().view(torch.int32)[valid], want[1].cpu().view(torch.int32)[valid])
+
+
+def assert_padding_unwritten(a: torch.Tensor, sfa: torch.Tensor, masked_m: torch.Tensor, poison: int) -> None:
+    """Rows at or past masked_m, their scales and the storage's alignment columns all still hold the
+    ``poisoned_empty`` byte."""
+    max_m = a.shape[1]
+    padding = ~valid_rows(masked_m, max_m)
+    assert bool((a.cpu().view(torch.uint8)[padding] == poison).all())
+    storage = scale_storage(sfa).view(torch.int32)
+    padding_columns = torch.cat([padding, padding.new_ones(padding.shape[0], storage.shape[2] - max_m)], dim=1)
+    assert bool((storage.transpose(1, 2)[padding_columns] == poison * 0x01010101).all())
+
+
+def assert_unpadded_route_same(got: layout.MaskedLayout, want: layout.MaskedLayout, poison: int) -> None:
+    for name in ("masked_m", "inverse", "overflow"):
+        try:
+            assert_same(getattr(got, name), getattr(want, name))
+        except AssertionError as e:
+            raise AssertionError(f"field {name} differs") from e
+    assert_rows_same((got.a, got.sfa), (want.a, want.sfa), want.masked_m)
+    assert_padding_unwritten(got.a, got.sfa, want.masked_m, poison)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("max_m", [1, 6, 130])
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32])
+def test_route_to_masked_unpadded_kernels_match_torch(monkeypatch, poisoned_empty, device, name, max_m, ids_dtype):
+    hidden, ids, num_experts = case_inputs(name, seed=7 * len(name) + max_m, dtype=ids_dtype)
+    want, got = both(monkeypatch, device, layout.route_to_masked, hidden, ids, num_experts, max_m,
+                     zero_padding=False)
+    assert_unpadded_route_same(got, want, poisoned_empty)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_unpadded_routing_quantises_like_per_token_cast(monkeypatch, poisoned_empty, device, dtype):
+    # 300 entries: several chunks of the index kernel, the last partial; ~60 entries an expert overflow
+    # max_m = 40. H = 1152: nine 128-column blocks, a full and a partial 8-block step.
+    hidden = (hidden_states(100, 1152, seed=17) * 3).to(dtype)
+    ids = topk_ids(100, 3, 5, seed=18, drop=0.1)
+    for use_ue8m0 in (False, True):
+        want, got = both(monkeypatch, device, layout.route_to_masked, hidden, ids, 5, 40, use_ue8m0=use_ue8m0,
+                         zero_padding=False)
+        assert bool(want.overflow.gt(0).any())
+        assert ids.numel() > 2 * _kernels._INDEX_BLOCK and ids.numel() % _kernels._INDEX_BLOCK != 0
+        assert_unpadded_route_same(got, want, poisoned_empty)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unpadded_routing_moves_fp8_input_with_strided_scales(monkeypatch, poisoned_empty, device):
+    x, sf = layout.per_token_cast_to_fp8(hidden_states(33, 512, seed=19))
+    sf_mn_major = layout.get_mn_major_tma_aligned_tensor(sf)
+    assert sf_mn_major.stride(0) == 1
+    ids = topk_ids(33, 2, 4, seed=20, drop=0.3)
+    want, got = both(monkeypatch, device, layout.route_to_masked, (x, sf_mn_major), ids, 4, 7, zero_padding=False)
+    assert_unpadded_route_same(got, want, poisoned_empty)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32])
+def test_masked_index_kernel_treats_out_of_range_ids_as_not_routed(poisoned_empty, device, ids_dtype):
+    # 2400 entries: chunk counts rounded up to a power of two leave chunks past the entries. The op's CPU
+    # range check rejects such ids, so the launcher is called directly; the reference sees them as -1.
+    g = torch.Generator().manual_seed(21)
+    ids = torch.randint(-3, 12, (300, 8), generator=g, dtype=ids_dtype)
+    if ids_dtype == torch.int64:
+        ids[0, 0] = 2**32 + 1  # would be expert 1 if truncated to int32 before the range check
+    in_range = (ids >= 0) & (ids < 10)
+    want = layout.route_to_masked(hidden_states(300, 128, 22), torch.where(in_range, ids, -1), 10, 150)
+    inverse, masked_m, overflow = _kernels.masked_route_index(ids.to(device), 10, 150)
+    assert_same(inverse, want.inverse)
+    assert_same(masked_m, want.masked_m)
+    assert_same(overflow, want.overflow)
+    assert bool(want.overflow.gt(0).any())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unpadded_routing_of_one_decode_token(monkeypatch, poisoned_empty, device):
+    # DeepSeek-V3's decode routing in miniature: one token, top-8 of 256 experts, max_m = 1.
+    ids = torch.randperm(256, generator=torch.Generator().manual_seed(23))[:8].view(1, 8)
+    want, got = both(monkeypatch, device, layout.route_to_masked, hidden_states(1, 256, 24), ids, 256, 1,
+                     zero_padding=False)
+    assert_unpadded_route_same(got, want, poisoned_empty)
+    assert int(want.masked_m.sum()) == 8
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_kernels_write_every_element(monkeypatch, poisoned_empty, device):
+    hidden, ids, num_experts = case_inputs("random", seed=25)
+    want, got = both(monkeypatch, device, layout.route_to_masked, hidden, ids, num_experts, 7)
+    assert_layouts_same(got, want)
+    assert bool((scale_storage(got.sfa)[:, :, 7:] == 1.0).all())
+    x = silu_inputs(4 * 7, 256, seed=26).view(4, 7, 512)
+    masked_m = torch.tensor([0, 7, 3, 12], dtype=torch.int32)
+    want, got = both(monkeypatch, device, layout.silu_and_mul_to_fp8_masked, x, masked_m)
+    assert_activation_close(got, want)
+    assert bool((scale_storage(got[1])[:, :, 7:] == 1.0).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("max_m", [6, 24])
+@pytest.mark.parametrize("use_ue8m0", [False, True])
+def test_silu_kernel_masked_unpadded_matches_padded(monkeypatch, poisoned_empty, device, max_m, use_ue8m0):
+    # I = 1152: a full and a partial 8-block step. max_m = 6 leaves two alignment columns (A = 8).
+    x = silu_inputs(5 * max_m, 1152, seed=27).view(5, max_m, 2304)
+    masked_m = torch.tensor([0, max_m, 3, -3, 99], dtype=torch.int32)
+    x[~valid_rows(masked_m, max_m)] = float("nan")  # never read
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    x, masked_m = x.to(device), masked_m.to(device)
+    padded = layout.silu_and_mul_to_fp8_masked(x, masked_m, use_ue8m0=use_ue8m0)
+    unpadded = layout.silu_and_mul_to_fp8_masked(x, masked_m, use_ue8m0=use_ue8m0, zero_padding=False)
+    assert_rows_same(unpadded, padded, masked_m)
+    assert_padding_unwritten(*unpadded, masked_m, poisoned_empty)
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert_activation_close(padded, layout.silu_and_mul_to_fp8_masked(x.cpu(), masked_m.cpu(), use_ue8m0=use_ue8m0))
 
 
 def test_backend_env_selects_the_implementation(monkeypatch):

@@ -3,10 +3,13 @@ and weights (the numeric contract: global similarity error < 1e-3), in every mod
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from dg_moe.layout import per_token_cast_to_fp8
+from dg_moe.layout._kernels import BACKEND_ENV
 from dg_moe.moe import (
     AUTO_MASKED_MAX_TOKENS,
     SharedExpert,
@@ -80,6 +83,19 @@ def test_contiguous_and_masked_agree(name):
     # order, so the bits agree; kernels on a GPU may differ by a rounding.
     assert torch.equal(contiguous, masked)
     assert torch.equal(contiguous, _run(lay, hidden, ids, weights, rsf, mode="contiguous"))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the layout kernels in the interpreter")
+def test_masked_mode_on_the_layout_kernels_reads_no_padding(monkeypatch, poisoned_empty):
+    """On the Triton layout kernels the masked mode leaves its buffers' padding rows unwritten (here
+    full of poison, e4m3 NaN): no stage reads them, so it still agrees bit for bit with the contiguous
+    mode on the same kernels."""
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    lay, hidden, ids, weights, rsf = _case("batch96_top2_empty_experts_shared", seed=11)
+    contiguous = _run(lay, hidden, ids, weights, rsf, mode="contiguous")
+    masked = _run(lay, hidden, ids, weights, rsf, mode="masked")
+    assert torch.equal(contiguous, masked)
+    assert calc_diff(masked, loop_moe(hidden, lay, ids, weights, rsf)) < LIMIT
 
 
 def test_weights_in_bf16_and_int32_ids():

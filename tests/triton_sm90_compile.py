@@ -23,6 +23,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 ROUTING = {"src_ptr": "*bf16", "src_row_stride": "i32", "src_sf_ptr": "*fp32", "src_sf_row_stride": "i32",
            "src_sf_col_stride": "i32", "row_token_ptr": "*i64", "a_ptr": "*u8", "sfa_ptr": "*fp32",
            "rows_per_group": "i32", "sfa_group_stride": "i32", "sfa_col_stride": "i32"}
+SCATTER = {**{k: v for k, v in ROUTING.items() if k != "row_token_ptr"}, "inverse_ptr": "*i32"}
+INDEX = {"ids_ptr": "*i64", "inverse_ptr": "*i32", "masked_m_ptr": "*i32", "overflow_ptr": "*i32",
+         "num_entries": "i32", "num_experts": "i32", "max_m": "i32"}
 ACTIVATION = {"x_ptr": "*bf16", "x_row_stride": "i32", "valid_ptr": "*i8", "q_ptr": "*u8", "sfa_ptr": "*fp32",
               "rows_per_group": "i32", "sfa_group_stride": "i32", "sfa_col_stride": "i32"}
 REDUCE = {"y_ptr": "*bf16", "y_row_stride": "i32", "inverse_ptr": "*i32", "w_ptr": "*fp32", "w_row_stride": "i32",
@@ -49,12 +52,24 @@ def main() -> None:
         for quantize in (True, False):
             signature = dict(ROUTING) if quantize else {**ROUTING, "src_ptr": "*u8"}
             for ue8m0 in (False, True):
-                facts.append(ptx_facts(kernels.token_rows_to_fp8_kernel, signature,
-                                       {"NUM_BLOCKS": num_blocks, "QUANTIZE": quantize, "UE8M0": ue8m0, "CHUNK": 8}))
-        facts.append(ptx_facts(kernels.silu_mul_to_fp8_kernel, ACTIVATION,
-                               {"NUM_BLOCKS": num_blocks, "UE8M0": False, "CHUNK": 8}))
+                constants = {"NUM_BLOCKS": num_blocks, "QUANTIZE": quantize, "UE8M0": ue8m0, "CHUNK": 8}
+                facts.append(ptx_facts(kernels.token_rows_to_fp8_kernel, signature, constants))
+            scatter = dict(SCATTER) if quantize else {**SCATTER, "src_ptr": "*u8"}
+            facts.append(ptx_facts(kernels.tokens_to_fp8_rows_kernel, scatter,
+                                   {"TOP_K": 8, "NUM_BLOCKS": num_blocks, "QUANTIZE": quantize, "UE8M0": False,
+                                    "CHUNK": 8}))
+        # The contiguous op's per-row flags (zeros written) and the masked op's counts, padding written or not.
+        for counts, zero_padding in ((False, True), (True, True), (True, False)):
+            signature = {**ACTIVATION, "valid_ptr": "*i32"} if counts else ACTIVATION
+            facts.append(ptx_facts(kernels.silu_mul_to_fp8_kernel, signature,
+                                   {"NUM_BLOCKS": num_blocks, "UE8M0": False, "CHUNK": 8, "COUNTS": counts,
+                                    "ZERO_PADDING": zero_padding}))
     for top_k in (1, 8):
         facts.append(ptx_facts(kernels.weighted_reduce_kernel, REDUCE, {"TOP_K": top_k, "BLOCK": 1024}))
+    # One decode token of top-8 (one chunk) to T = 512 (128 chunks), int64 and int32 ids.
+    for ids_type, num_chunks in (("*i64", 1), ("*i64", 128), ("*i32", 32)):
+        facts.append(ptx_facts(kernels.masked_route_index_kernel, {**INDEX, "ids_ptr": ids_type},
+                               {"BLOCK": 32, "NUM_CHUNKS": num_chunks}))
     json.dump(facts, sys.stdout)
 
 

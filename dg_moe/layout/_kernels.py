@@ -4,8 +4,8 @@ The layout ops run these kernels on CUDA tensors when Triton imports (it ships w
 PyTorch); otherwise, and whenever ``DG_MOE_LAYOUT_KERNELS=torch``, they run their PyTorch
 formulation, which is also the reference the kernels are tested against bit for bit. Every launcher
 allocates its outputs with ``torch.empty`` and writes every element (zeros and 1.0 where no token
-lands), reads nothing on the host and so can be captured in a CUDA graph once Triton has compiled the
-kernel (one eager call first).
+lands) unless it says it leaves padding unwritten, reads nothing on the host and so can be captured in
+a CUDA graph once Triton has compiled the kernel (one eager call first).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ which on CPU tensors needs Triton's interpreter (``TRITON_INTERPRET=1``, how CI 
 
 _CHUNK_BLOCKS = 8  # 128-column blocks per loop step: 1024 columns, 8 registers a thread at 4 warps
 _REDUCE_BLOCK = 1024
+# (token, slot) entries per program of the masked index kernel. Its work grows as (T*k)^2 / BLOCK per
+# program; on an H200 at top-8 of 256 experts 32 beat 16, 64 and 128 at every T from 1 to 512 (T = 128:
+# 13 us against 45 us at 128, where too few programs each loop over too large compares).
+_INDEX_BLOCK = 32
 
 
 @functools.cache
@@ -66,15 +70,16 @@ def _launch_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def mn_major_storage(groups: int, rows: int, num_blocks: int, device: torch.device) -> tuple[torch.Tensor, int]:
+def mn_major_storage(groups: int, rows: int, num_blocks: int, device: torch.device, *, pad: bool = True,
+                     ) -> tuple[torch.Tensor, int]:
     """float32 storage ``[groups, num_blocks, A]`` for MN-major scales, ``A = align(rows, 4)``, and A.
 
-    Columns past ``rows`` hold 1.0 (as ``get_mn_major_tma_aligned_tensor`` pads them); the kernels
-    write the rest.
+    With ``pad``, columns past ``rows`` hold 1.0 (as ``get_mn_major_tma_aligned_tensor`` pads them);
+    without, they stay uninitialised (no kernel reads them). The kernels write the rest.
     """
     aligned = get_tma_aligned_size(rows, 4)
     storage = torch.empty((groups, num_blocks, aligned), dtype=torch.float32, device=device)
-    if aligned > rows:
+    if pad and aligned > rows:
         storage[:, :, rows:].fill_(1.0)
     return storage, aligned
 
@@ -82,6 +87,17 @@ def mn_major_storage(groups: int, rows: int, num_blocks: int, device: torch.devi
 def mn_major_view(storage: torch.Tensor, rows: int) -> torch.Tensor:
     """The logical ``[G, rows, Kb]`` scale tensor over :func:`mn_major_storage`."""
     return storage.transpose(1, 2)[:, :rows, :]
+
+
+def _source_args(rows: torch.Tensor, scales: torch.Tensor | None) -> tuple[torch.Tensor, tuple, bool]:
+    # (rows with unit column stride, (src, src row stride, src scales, their two strides), quantise).
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    quantize = scales is None
+    src = rows if quantize else rows.view(torch.uint8)
+    src_scales = src if quantize else scales
+    sf_strides = (0, 0) if quantize else (scales.stride(0), scales.stride(1))
+    return rows, (src, src.stride(0), src_scales, *sf_strides), quantize
 
 
 def token_rows_to_fp8(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0: bool, row_token: torch.Tensor,
@@ -100,40 +116,99 @@ def token_rows_to_fp8(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0
     a = torch.empty((groups, per_group, hidden), dtype=torch.uint8, device=device)
     storage, aligned = mn_major_storage(groups, per_group, num_blocks, device)
     if a.numel() > 0:
-        if rows.stride(1) != 1:
-            rows = rows.contiguous()
-        quantize = scales is None
-        src = rows if quantize else rows.view(torch.uint8)
-        src_scales = src if quantize else scales
-        sf_strides = (0, 0) if quantize else (scales.stride(0), scales.stride(1))
+        rows, src_args, quantize = _source_args(rows, scales)
         with _launch_device(rows):
             _module().token_rows_to_fp8_kernel[(groups * per_group,)](
-                src, src.stride(0), src_scales, *sf_strides, row_token.contiguous(), a, storage,
-                per_group, num_blocks * aligned, aligned,
+                *src_args, row_token.contiguous(), a, storage, per_group, num_blocks * aligned, aligned,
                 NUM_BLOCKS=num_blocks, QUANTIZE=quantize, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, enable_fp_fusion=False,
             )
     return a.view(chk.FP8), mn_major_view(storage, per_group)
+
+
+def masked_route_index(ids: torch.Tensor, num_experts: int, max_m: int,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The masked layout's maps from ids int32/int64 [T, k] (entries outside [0, E) not routed), as
+    ``expert_ranks`` ranks them: (inverse int32 [T, k], ``e * max_m + rank`` or -1 where not routed or
+    ``rank >= max_m``; masked_m int32 [E], ``min(count, max_m)``; overflow int32 [E], ``count - masked_m``)."""
+    num_tokens, top_k = ids.shape
+    num_entries = num_tokens * top_k
+    inverse = torch.empty((num_tokens, top_k), dtype=torch.int32, device=ids.device)
+    # The kernel writes only experts that have entries: the others must read 0.
+    counts = torch.zeros((2, num_experts), dtype=torch.int32, device=ids.device)
+    if num_entries > 0:
+        programs = ceil_div(num_entries, _INDEX_BLOCK)
+        with _launch_device(ids):
+            _module().masked_route_index_kernel[(programs,)](
+                ids.contiguous(), inverse, counts[0], counts[1], num_entries, num_experts, max_m,
+                # Chunks rounded up to a power of two: a few compiled variants cover every T of eager calls.
+                BLOCK=_INDEX_BLOCK, NUM_CHUNKS=1 << (programs - 1).bit_length(),
+            )
+    return inverse, counts[0], counts[1]
+
+
+def tokens_to_fp8_rows(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0: bool, inverse: torch.Tensor,
+                       groups: int, per_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scatter token rows to their destinations in FP8, quantising on the way when ``scales`` is None.
+
+    rows, scales, use_ue8m0: as :func:`token_rows_to_fp8`. inverse: int32 [T, k], the buffer row of each
+    (token, slot) in [0, G*R), or -1. Returns (e4m3 [G, R, H] contiguous, float32 [G, R, H/128] MN-major
+    with strides ``(H/128 * A, 1, A)``). Only the rows inverse points at are written: every other row,
+    its scales and the storage's alignment columns are left uninitialised.
+    """
+    num_tokens, top_k = inverse.shape
+    hidden = rows.shape[1]
+    num_blocks = hidden // chk.BLOCK_K
+    device = rows.device
+    a = torch.empty((groups, per_group, hidden), dtype=torch.uint8, device=device)
+    storage, aligned = mn_major_storage(groups, per_group, num_blocks, device, pad=False)
+    if inverse.numel() > 0 and a.numel() > 0:
+        rows, src_args, quantize = _source_args(rows, scales)
+        with _launch_device(rows):
+            _module().tokens_to_fp8_rows_kernel[(num_tokens,)](
+                *src_args, inverse.contiguous(), a, storage, per_group, num_blocks * aligned, aligned,
+                TOP_K=top_k, NUM_BLOCKS=num_blocks, QUANTIZE=quantize, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS,
+                enable_fp_fusion=False,
+            )
+    return a.view(chk.FP8), mn_major_view(storage, per_group)
+
+
+def _silu_launch(x: torch.Tensor, valid: torch.Tensor, groups: int, per_group: int, use_ue8m0: bool, counts: bool,
+                 zero_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # x [G * R, 2I]; valid as silu_mul_to_fp8_kernel reads it (COUNTS = counts).
+    two_i = x.shape[1]
+    inter = two_i // 2
+    num_blocks = inter // chk.BLOCK_K
+    q = torch.empty((groups, per_group, inter), dtype=torch.uint8, device=x.device)
+    storage, aligned = mn_major_storage(groups, per_group, num_blocks, x.device, pad=zero_padding)
+    if q.numel() > 0:
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        with _launch_device(x):
+            _module().silu_mul_to_fp8_kernel[(groups * per_group,)](
+                x, x.stride(0), valid, q, storage, per_group, num_blocks * aligned, aligned,
+                NUM_BLOCKS=num_blocks, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, COUNTS=counts, ZERO_PADDING=zero_padding,
+                enable_fp_fusion=False,
+            )
+    return q.view(chk.FP8), mn_major_view(storage, per_group)
 
 
 def silu_mul_to_fp8(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``SiLU(gate) * up`` of x [G * R, 2I] quantised 1x128: (e4m3 [G, R, I], float32 [G, R, I/128]
     MN-major). valid: bool [G * R]; rows where it is False come out zero with scale 1.0."""
-    num_rows, two_i = x.shape
-    per_group = num_rows // groups if groups > 0 else 0
-    inter = two_i // 2
-    num_blocks = inter // chk.BLOCK_K
-    q = torch.empty((groups, per_group, inter), dtype=torch.uint8, device=x.device)
-    storage, aligned = mn_major_storage(groups, per_group, num_blocks, x.device)
-    if q.numel() > 0:
-        if x.stride(1) != 1:
-            x = x.contiguous()
-        with _launch_device(x):
-            _module().silu_mul_to_fp8_kernel[(num_rows,)](
-                x, x.stride(0), valid.to(torch.int8), q, storage, per_group, num_blocks * aligned, aligned,
-                NUM_BLOCKS=num_blocks, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, enable_fp_fusion=False,
-            )
-    return q.view(chk.FP8), mn_major_view(storage, per_group)
+    per_group = x.shape[0] // groups if groups > 0 else 0
+    return _silu_launch(x, valid.to(torch.int8), groups, per_group, use_ue8m0, counts=False, zero_padding=True)
+
+
+def silu_mul_to_fp8_masked(x: torch.Tensor, masked_m: torch.Tensor, use_ue8m0: bool, zero_padding: bool,
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SiLU(gate) * up`` of x [E, max_m, 2I] quantised 1x128: (e4m3 [E, max_m, I], float32
+    [E, max_m, I/128] MN-major). Rows at or past ``clamp(masked_m[e], 0, max_m)`` (masked_m int32 [E])
+    are never read; they come out zero with scale 1.0 with ``zero_padding``, else they, their scales and
+    the storage's alignment columns are left uninitialised."""
+    groups, per_group, two_i = x.shape
+    return _silu_launch(x.reshape(groups * per_group, two_i), masked_m.contiguous(), groups, per_group, use_ue8m0,
+                        counts=True, zero_padding=zero_padding)
 
 
 def weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Triton kernels of the MoE layout ops: token rows to FP8 buffers, SiLU-and-mul to FP8, weighted reduce.
+"""Triton kernels of the MoE layout ops: token rows to FP8 buffers, SiLU-and-mul to FP8, weighted reduce,
+and the masked routing's index map.
 
 Imported only through :mod:`dg_moe.layout._kernels`, never at package import: Triton is optional.
 The row width (in 128-column blocks) and top-k are compile-time: a model has one or two of each, and
@@ -69,6 +70,20 @@ def _quantize_blocks(x, UE8M0: tl.constexpr):
 
 
 @triton.jit
+def _token_blocks(src_ptr, src_row_stride, src_sf_ptr, src_sf_row_stride, src_sf_col_stride, token, block, in_row,
+                  offsets, QUANTIZE: tl.constexpr, UE8M0: tl.constexpr):
+    # Blocks ``block`` [CHUNK] of token ``token`` as (e4m3 bytes uint8 [CHUNK, 128], float32 scales [CHUNK]):
+    # quantised 1x128 from bf16/fp16/fp32 (QUANTIZE), or e4m3 bytes and their scales copied.
+    if QUANTIZE:
+        x = tl.load(src_ptr + token * src_row_stride + offsets, mask=in_row[:, None], other=0.0)
+        q, sf = _quantize_blocks(x.to(tl.float32), UE8M0)
+    else:
+        q = tl.load(src_ptr + token * src_row_stride + offsets, mask=in_row[:, None], other=0)
+        sf = tl.load(src_sf_ptr + token * src_sf_row_stride + block * src_sf_col_stride, mask=in_row, other=1.0)
+    return q, sf
+
+
+@triton.jit
 def token_rows_to_fp8_kernel(
     src_ptr, src_row_stride, src_sf_ptr, src_sf_row_stride, src_sf_col_stride,
     row_token_ptr, a_ptr, sfa_ptr, rows_per_group, sfa_group_stride, sfa_col_stride,
@@ -93,13 +108,8 @@ def token_rows_to_fp8_kernel(
         in_row = block < NUM_BLOCKS
         offsets = block[:, None] * 128 + cols[None, :]
         if token >= 0:
-            if QUANTIZE:
-                x = tl.load(src_ptr + token * src_row_stride + offsets, mask=in_row[:, None], other=0.0)
-                q, sf = _quantize_blocks(x.to(tl.float32), UE8M0)
-            else:
-                q = tl.load(src_ptr + token * src_row_stride + offsets, mask=in_row[:, None], other=0)
-                sf = tl.load(src_sf_ptr + token * src_sf_row_stride + block * src_sf_col_stride, mask=in_row,
-                             other=1.0)
+            q, sf = _token_blocks(src_ptr, src_row_stride, src_sf_ptr, src_sf_row_stride, src_sf_col_stride, token,
+                                  block, in_row, offsets, QUANTIZE, UE8M0)
         else:
             q = tl.zeros([CHUNK, 128], dtype=tl.uint8)
             sf = tl.full([CHUNK], 1.0, tl.float32)
@@ -108,16 +118,63 @@ def token_rows_to_fp8_kernel(
 
 
 @triton.jit
+def tokens_to_fp8_rows_kernel(
+    src_ptr, src_row_stride, src_sf_ptr, src_sf_row_stride, src_sf_col_stride,
+    inverse_ptr, a_ptr, sfa_ptr, rows_per_group, sfa_group_stride, sfa_col_stride,
+    TOP_K: tl.constexpr, NUM_BLOCKS: tl.constexpr, QUANTIZE: tl.constexpr, UE8M0: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """One program per token t: its row read (and quantised) once, then written to each destination row
+    ``inverse[t, s] >= 0`` of a, slots in order. Rows no entry points at are not written at all.
+
+    src, src_sf, QUANTIZE, UE8M0: as :func:`token_rows_to_fp8_kernel`. inverse: int32 [T, TOP_K]
+    contiguous. a: uint8 [rows, H] contiguous. sfa: float32 storage [G, H/128, A]; row r is
+    (group r // rows_per_group, column r % rows_per_group).
+    """
+    t = tl.program_id(0).to(tl.int64)
+    width = NUM_BLOCKS * 128
+    blocks = tl.arange(0, CHUNK)
+    cols = tl.arange(0, 128)
+    for first in tl.static_range(0, NUM_BLOCKS, CHUNK):
+        block = first + blocks
+        in_row = block < NUM_BLOCKS
+        offsets = block[:, None] * 128 + cols[None, :]
+        q, sf = _token_blocks(src_ptr, src_row_stride, src_sf_ptr, src_sf_row_stride, src_sf_col_stride, t,
+                              block, in_row, offsets, QUANTIZE, UE8M0)
+        for s in tl.static_range(TOP_K):
+            dest = tl.load(inverse_ptr + t * TOP_K + s).to(tl.int64)
+            if dest >= 0:
+                group = dest // rows_per_group
+                sf_row_ptr = sfa_ptr + group * sfa_group_stride + (dest - group * rows_per_group)
+                tl.store(a_ptr + dest * width + offsets, q, mask=in_row[:, None])
+                tl.store(sf_row_ptr + block * sfa_col_stride, sf, mask=in_row)
+
+
+@triton.jit
+def _row_is_valid(valid_ptr, r, group, rows_per_group, COUNTS: tl.constexpr):
+    # COUNTS: valid_ptr holds each group's row count (int32 [G]); clamped to [0, rows_per_group] as the
+    # masked GEMM reads it. Else it holds one flag per row (int8 [rows]).
+    if COUNTS:
+        count = tl.minimum(tl.maximum(tl.load(valid_ptr + group), 0), rows_per_group)
+        return (r - group * rows_per_group) < count
+    return tl.load(valid_ptr + r) != 0
+
+
+@triton.jit
 def silu_mul_to_fp8_kernel(
     x_ptr, x_row_stride, valid_ptr, q_ptr, sfa_ptr, rows_per_group, sfa_group_stride, sfa_col_stride,
-    NUM_BLOCKS: tl.constexpr, UE8M0: tl.constexpr, CHUNK: tl.constexpr,
+    NUM_BLOCKS: tl.constexpr, UE8M0: tl.constexpr, CHUNK: tl.constexpr, COUNTS: tl.constexpr,
+    ZERO_PADDING: tl.constexpr,
 ):
     """One program per row r of x [rows, 2I] = [gate | up]: ``silu(gate) * up`` in float32, quantised
-    1x128 into q uint8 [rows, I] and the MN-major scale storage [G, I/128, A]; a row whose
-    ``valid[r]`` is 0 becomes zeros with scale 1.0 and its input is never read."""
+    1x128 into q uint8 [rows, I] and the MN-major scale storage [G, I/128, A].
+
+    Row r is valid per ``valid_ptr`` (:func:`_row_is_valid`, COUNTS picks its form). An invalid row's
+    input is never read; with ZERO_PADDING it becomes zeros with scale 1.0, else nothing is written.
+    """
     r = tl.program_id(0).to(tl.int64)
-    valid = tl.load(valid_ptr + r)
     group = r // rows_per_group
+    valid = _row_is_valid(valid_ptr, r, group, rows_per_group, COUNTS)
     sf_row_ptr = sfa_ptr + group * sfa_group_stride + (r - group * rows_per_group)
     width = NUM_BLOCKS * 128
     blocks = tl.arange(0, CHUNK)
@@ -126,18 +183,60 @@ def silu_mul_to_fp8_kernel(
         block = first + blocks
         in_row = block < NUM_BLOCKS
         offsets = block[:, None] * 128 + cols[None, :]
-        if valid != 0:
+        if valid:
             row_ptr = x_ptr + r * x_row_stride + offsets
             gate = tl.load(row_ptr, mask=in_row[:, None], other=0.0).to(tl.float32)
             up = tl.load(row_ptr + width, mask=in_row[:, None], other=0.0).to(tl.float32)
             # F.silu's formula, x / (1 + exp(-x)); exp may differ from PyTorch's in the last bit.
             act = tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up
             q, sf = _quantize_blocks(act, UE8M0)
-        else:
-            q = tl.zeros([CHUNK, 128], dtype=tl.uint8)
-            sf = tl.full([CHUNK], 1.0, tl.float32)
-        tl.store(q_ptr + r * width + offsets, q, mask=in_row[:, None])
-        tl.store(sf_row_ptr + block * sfa_col_stride, sf, mask=in_row)
+            tl.store(q_ptr + r * width + offsets, q, mask=in_row[:, None])
+            tl.store(sf_row_ptr + block * sfa_col_stride, sf, mask=in_row)
+        elif ZERO_PADDING:
+            tl.store(q_ptr + r * width + offsets, tl.zeros([CHUNK, 128], dtype=tl.uint8), mask=in_row[:, None])
+            tl.store(sf_row_ptr + block * sfa_col_stride, tl.full([CHUNK], 1.0, tl.float32), mask=in_row)
+
+
+@triton.jit
+def _routed_expert(ids_ptr, i, num_entries, num_experts):
+    # int32 expert of flattened entries i, -1 past the end and for ids outside [0, num_experts) (not routed;
+    # compared in the ids' own width, so a large int64 id cannot wrap into range).
+    e = tl.load(ids_ptr + i, mask=i < num_entries, other=-1)
+    return tl.where((e >= 0) & (e < num_experts), e, -1).to(tl.int32)
+
+
+@triton.jit
+def masked_route_index_kernel(
+    ids_ptr, inverse_ptr, masked_m_ptr, overflow_ptr, num_entries, num_experts, max_m,
+    BLOCK: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+):
+    """Program p ranks flattened entries [p*BLOCK, (p+1)*BLOCK) of ids [T*k] (int32 or int64) among their
+    expert's entries, in increasing flattened (token, slot) order, without atomics (bit-exact, deterministic).
+
+    Entry i's rank counts the equal ids at j < i and its expert's total the equal ids anywhere, both by
+    [BLOCK, BLOCK] compares against every chunk in turn. Writes inverse int32 [T*k] (``e * max_m + rank``
+    when rank < max_m, else -1); the expert's last entry alone writes ``masked_m[e] = min(total, max_m)``
+    and ``overflow[e] = total - masked_m[e]``, so both must start zero (experts with no entry stay 0).
+    NUM_CHUNKS: at least ceil(T*k / BLOCK); chunks past the entries are skipped.
+    """
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mine = _routed_expert(ids_ptr, i, num_entries, num_experts)
+    before = tl.zeros([BLOCK], dtype=tl.int32)
+    total = tl.zeros([BLOCK], dtype=tl.int32)
+    # A compile-time trip count: the interpreter cannot iterate a runtime bound under NumPy 2.4 (module
+    # docstring), and a fixed T*k is what a captured decode graph replays anyway.
+    for q in range(NUM_CHUNKS):
+        if q * BLOCK < num_entries:
+            j = q * BLOCK + tl.arange(0, BLOCK)
+            same = mine[:, None] == _routed_expert(ids_ptr, j, num_entries, num_experts)[None, :]
+            before += tl.sum((same & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
+            total += tl.sum(same.to(tl.int32), axis=1)
+    routed = mine >= 0
+    kept = routed & (before < max_m)
+    tl.store(inverse_ptr + i, tl.where(kept, mine * max_m + before, -1), mask=i < num_entries)
+    last = routed & (before == total - 1)
+    tl.store(masked_m_ptr + mine, tl.minimum(total, max_m), mask=last)
+    tl.store(overflow_ptr + mine, tl.maximum(total - max_m, 0), mask=last)
 
 
 @triton.jit

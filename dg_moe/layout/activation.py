@@ -5,7 +5,7 @@ vLLM's w13). Both halves are widened to FP32, ``F.silu(gate) * up`` is computed 
 result is quantised exactly as ``per_token_cast_to_fp8`` does; scales come back MN-major and
 TMA-aligned, ready for the second GEMM. Rows that hold no token (padding rows of the contiguous
 layout, rows at or past ``masked_m`` of the masked layout) come out as zeros with scale 1.0,
-whatever the input holds there.
+whatever the input holds there; the masked op can instead leave them unwritten (``zero_padding=False``).
 """
 
 from __future__ import annotations
@@ -109,25 +109,34 @@ def silu_and_mul_to_fp8_contiguous(
 
 
 def silu_and_mul_to_fp8_masked(
-    x: torch.Tensor, masked_m: torch.Tensor, *, use_ue8m0: bool = False
+    x: torch.Tensor, masked_m: torch.Tensor, *, use_ue8m0: bool = False, zero_padding: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``SiLU(gate) * up`` over the masked layout, quantised for the second GEMM.
 
     x: bf16 (or fp16/fp32) [E, max_m, 2I], ``[gate | up]`` per row; I a multiple of 128.
     masked_m: int32 [E] on x's device; as in the masked GEMM, a count above ``max_m`` means
-        ``max_m`` and a negative one 0. Rows at or past it are not computed: they come out zero with
-        scale 1.0 (no NaN from whatever x holds there).
+        ``max_m`` and a negative one 0. Rows at or past it are not computed (no NaN from whatever x
+        holds there).
     use_ue8m0: round scales up to powers of two.
+    zero_padding: True, rows at or past ``masked_m`` come out zero with scale 1.0 (as do the scale
+        storage's alignment columns). False, the Triton path leaves them, their scales and the alignment
+        columns unwritten (uninitialised memory), for consumers such as the masked GEMM that never read
+        them; the PyTorch path (CPU, or ``DG_MOE_LAYOUT_KERNELS=torch``) may still write them. Rows
+        below ``masked_m`` are the same either way.
     Returns (e4m3 [E, max_m, I] contiguous, float32 [E, max_m, I/128] with strides
     ``(I/128 * A, 1, A)``, ``A = align(max_m, 4)``).
     """
     fn = "silu_and_mul_to_fp8_masked"
     chk.flag(fn, "use_ue8m0", use_ue8m0)
+    chk.flag(fn, "zero_padding", zero_padding)
     x = _check_gate_up(fn, x, 3, "[E, max_m, 2I]")
     num_experts, max_m, two_i = x.shape
     masked_m = chk.tensor(fn, "masked_m", masked_m, (torch.int32,), 1, "[E]", "convert it with .to(torch.int32)")
     chk.shape(fn, "masked_m", masked_m, (num_experts,), f"x [E, max_m, 2I] with E={num_experts}")
     chk.same_device(fn, "x", x, {"masked_m": masked_m})
+    if _kernels.enabled(x.device):
+        # The kernel reads masked_m itself: no per-row mask to build first.
+        return _kernels.silu_mul_to_fp8_masked(x, masked_m, use_ue8m0, zero_padding)
     rows = torch.arange(max_m, device=x.device)
     # A negative count selects no row and one above max_m every row, as the masked GEMM reads them.
     valid = rows.unsqueeze(0) < masked_m.long().unsqueeze(1)

@@ -5,6 +5,10 @@ a CUDA graph. Overflow policy: an expert that receives more than ``max_m`` (toke
 keeps the first ``max_m`` of them in (token, slot) order and drops the rest. A dropped entry has
 -1 in the inverse map, so it contributes nothing to the weighted reduce, and is counted in
 ``overflow[e]``; ``masked_m`` is clamped to ``max_m``. Nothing is written out of bounds.
+
+Padding rows (at or past ``masked_m[e]``) are zero with scale 1.0 by default; ``zero_padding=False``
+leaves them unwritten where the Triton kernels run, for callers that, like the masked GEMM, never read
+them: at decode shapes the zero fill is most of the op's memory traffic.
 """
 
 from __future__ import annotations
@@ -14,15 +18,26 @@ from typing import NamedTuple
 import torch
 
 from . import _checks as chk
-from ._permute import TokenRows, expert_ranks, rows_of_buffer, scatter_token_rows, token_source, topk_ids_of
+from . import _kernels
+from ._permute import (
+    TokenRows,
+    TokenSource,
+    expert_ranks,
+    rows_of_buffer,
+    scatter_token_rows,
+    token_source,
+    topk_ids_of,
+)
 
 
 class MaskedLayout(NamedTuple):
     """Inputs of ``m_grouped_fp8_gemm_nt_masked`` and the map back to the tokens.
 
-    a: float8_e4m3fn [E, max_m, H] contiguous; rows at or past ``masked_m[e]`` are zero.
+    a: float8_e4m3fn [E, max_m, H] contiguous; rows at or past ``masked_m[e]`` are zero, or
+        uninitialised memory when routed with ``zero_padding=False``.
     sfa: float32 [E, max_m, H/128], MN-major and TMA-aligned: strides ``(H/128 * A, 1, A)`` with
-        ``A = align(max_m, 4)``; rows at or past ``masked_m[e]`` hold 1.0.
+        ``A = align(max_m, 4)``; rows at or past ``masked_m[e]`` and the storage's alignment columns
+        past ``max_m`` hold 1.0, or uninitialised memory when routed with ``zero_padding=False``.
     masked_m: int32 [E], the rows of each expert, at most ``max_m``.
     inverse: int32 [T, k], ``e * max_m + r`` for the (token, slot) held in row r of expert e (a row
         of ``y.view(E * max_m, N)``), -1 where the expert is not local or the entry was dropped.
@@ -38,7 +53,8 @@ class MaskedLayout(NamedTuple):
 
 
 def route_to_masked(
-    hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, max_m: int, *, use_ue8m0: bool = False
+    hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, max_m: int, *, use_ue8m0: bool = False,
+    zero_padding: bool = True,
 ) -> MaskedLayout:
     """Scatter tokens into per-expert buffers of ``max_m`` rows, quantising BF16 input on the way.
 
@@ -50,23 +66,43 @@ def route_to_masked(
         as -1.
     max_m: rows per expert (> 0). Within an expert, rows follow increasing (token, slot) order;
         entries past ``max_m`` are dropped and counted in ``overflow`` (module docstring).
-    Returns a :class:`MaskedLayout`.
+    zero_padding: True, rows at or past ``masked_m[e]`` come out zero with scale 1.0 (as do the scale
+        storage's alignment columns). False, the Triton path leaves them, their scales and the alignment
+        columns unwritten (uninitialised memory) and skips the sort-based ranking; for consumers that
+        read only rows below ``masked_m``. The PyTorch path (CPU, or ``DG_MOE_LAYOUT_KERNELS=torch``)
+        may still write them: their contents are unspecified either way.
+    Returns a :class:`MaskedLayout`; ``masked_m``, ``inverse``, ``overflow`` and the rows below
+    ``masked_m`` are the same whatever ``zero_padding``.
     """
     fn = "route_to_masked"
     chk.positive_int(fn, "num_experts", num_experts)
     chk.positive_int(fn, "max_m", max_m)
+    chk.flag(fn, "zero_padding", zero_padding)
     source = token_source(fn, "hidden", hidden, use_ue8m0)
     x = source.rows
     ids = topk_ids_of(fn, "topk_ids", topk_ids, x.shape[0], num_experts, "hidden", x)
+    chk.fits_int32(fn, "num_experts * max_m", num_experts * max_m)
+    if not zero_padding and _kernels.enabled(x.device):
+        return _route_unpadded(source, ids, num_experts, max_m)
+    return _route_padded(source, ids, num_experts, max_m)
+
+
+def _route_unpadded(source: TokenSource, ids: torch.Tensor, num_experts: int, max_m: int) -> MaskedLayout:
+    # Two kernels, no padding written: the ranks straight from the ids, then each token read once and
+    # written to its destinations.
+    inverse, masked_m, overflow = _kernels.masked_route_index(ids, num_experts, max_m)
+    a, sfa = _kernels.tokens_to_fp8_rows(source.rows, source.scales, source.use_ue8m0, inverse, num_experts, max_m)
+    return MaskedLayout(a=a, sfa=sfa, masked_m=masked_m, inverse=inverse, overflow=overflow)
+
+
+def _route_padded(source: TokenSource, ids: torch.Tensor, num_experts: int, max_m: int) -> MaskedLayout:
     num_tokens, top_k = ids.shape
     num_rows = num_experts * max_m
-    chk.fits_int32(fn, "num_experts * max_m", num_rows)
-
     expert, rank, counts = expert_ranks(ids, num_experts)
     kept = (expert < num_experts) & (rank < max_m)
     # Entries not kept point one past the end, where rows_of_buffer drops them.
     dest = torch.where(kept, expert * max_m + rank, num_rows)
-    token = torch.arange(expert.numel(), device=x.device) // max(top_k, 1)
+    token = torch.arange(expert.numel(), device=ids.device) // max(top_k, 1)
     row_token = rows_of_buffer(dest, token, num_rows).view(num_experts, max_m)
     masked_m = counts.clamp(max=max_m)
     a, sfa = scatter_token_rows(source, row_token)

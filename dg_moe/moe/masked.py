@@ -7,6 +7,11 @@ a CUDA graph for one (T, max_m) and replayed with new routing.
 
 An expert that receives more than ``max_m`` entries keeps the first ``max_m`` in (token, slot)
 order and drops the rest (``route_to_masked``'s policy); ``overflow`` counts the dropped entries.
+
+No result depends on a row at or past ``masked_m[e]``: the masked GEMM's tiles may load such rows, but
+each output row depends on its own input row alone and rows at or past ``masked_m[e]`` are not stored;
+the activation skips them and the reduce follows ``inverse``. So the routing and the activation leave
+them unwritten (``zero_padding=False``): at decode sizes zero-filling them costs more than the real rows.
 """
 
 from __future__ import annotations
@@ -42,13 +47,13 @@ def routed_experts_masked(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk_ids
     """
     num_experts, two_i, hidden = w13[0].shape
     num_tokens, top_k = topk_ids.shape
-    routed = route_to_masked(tokens, topk_ids, num_experts, max_m)
+    # Rows at or past masked_m stay unwritten in every buffer below: only rows below it are ever read.
+    routed = route_to_masked(tokens, topk_ids, num_experts, max_m, zero_padding=False)
     hint = masked_rows_hint(num_tokens, top_k, num_experts, max_m)
     device = routed.a.device
-    # Rows at or past masked_m stay unwritten: the activation zeroes them and the reduce never reads them.
     gate_up = torch.empty(num_experts, max_m, two_i, dtype=torch.bfloat16, device=device)
     m_grouped_fp8_gemm_nt_masked((routed.a, routed.sfa), w13, gate_up, routed.masked_m, hint)
-    act = silu_and_mul_to_fp8_masked(gate_up, routed.masked_m)
+    act = silu_and_mul_to_fp8_masked(gate_up, routed.masked_m, zero_padding=False)
     down = torch.empty(num_experts, max_m, hidden, dtype=torch.bfloat16, device=device)
     m_grouped_fp8_gemm_nt_masked(act, w2, down, routed.masked_m, hint)
     return unpermute_reduce_masked(down, routed.inverse, topk_weights), routed.overflow
