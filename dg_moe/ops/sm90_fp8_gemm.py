@@ -54,10 +54,25 @@ def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> di
     }
 
 
+MASKED_SHORT_GROUP_ROWS = 64
+"""Masked groups of at most this many expected rows run 64-row tiles (one math warpgroup).
+
+Decode streams weights: each SM's rate is bounded by the weight bytes it keeps in flight, and a 64-row
+tile spends a stage's shared memory on weights rather than on A rows that do not exist. Measured
+(tools/ab_masked.py, H200, DeepSeek-V3 experts, 1-4 rows in 8-252 of 256 experts): 64 x 128 (8
+stages) against the cost model's 128 x 128 (5 stages) 1229 vs 1421 us (gate_up) and 604 vs 737 us
+(down) at 2 rows per expert, 1929 vs 2120 and 924 vs 1094 at 4 rows, 68 vs 70 and 42 vs 45 at one
+token; 3.8-4.0 TB/s of weights against 3.3-3.5. The cost model prices memory time by waves and
+cannot see this.
+"""
+
+
 def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
     """The variant the cost model picks for one call shape of one layout."""
     contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
-    return choose_config(rows_hint, n, k, num_groups, num_sms, max_block_m=128 if contiguous else 256)
+    short_masked = gemm_type == GemmType.MASKED and rows_hint <= MASKED_SHORT_GROUP_ROWS
+    max_block_m = 128 if contiguous else 64 if short_masked else 256
+    return choose_config(rows_hint, n, k, num_groups, num_sms, max_block_m=max_block_m)
 
 
 def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
