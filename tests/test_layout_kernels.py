@@ -237,20 +237,22 @@ def scale_storage(sfa: torch.Tensor) -> torch.Tensor:
 
 
 def assert_rows_same(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor],
-                     masked_m: torch.Tensor) -> None:
-    """(e4m3 [E, max_m, H], float32 [E, max_m, H/128]) agree in layout, and in bits on the valid rows."""
+                     valid: torch.Tensor) -> None:
+    """(e4m3 [G, R, H], float32 [G, R, H/128]) agree in layout, and in bits on the rows where ``valid``
+    (bool [G, R]) holds."""
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape and g.stride() == w.stride()
-    valid = valid_rows(masked_m, want[0].shape[1])
     assert torch.equal(got[0].cpu().view(torch.uint8)[valid], want[0].cpu().view(torch.uint8)[valid])
     assert torch.equal(got[1].cpu().view(torch.int32)[valid], want[1].cpu().view(torch.int32)[valid])
 
 
-def assert_padding_unwritten(a: torch.Tensor, sfa: torch.Tensor, masked_m: torch.Tensor, poison: int) -> None:
-    """Rows at or past masked_m, their scales and the storage's alignment columns all still hold the
-    ``poisoned_empty`` byte."""
+def assert_padding_unwritten(a: torch.Tensor, sfa: torch.Tensor, valid: torch.Tensor, poison: int) -> None:
+    """Rows of a [G, R, H] where ``valid`` (bool [G, R]) is False, their scales (sfa [G, R, H/128] MN-major)
+    and the storage's alignment columns all still hold the ``poisoned_empty`` byte."""
     max_m = a.shape[1]
-    padding = ~valid_rows(masked_m, max_m)
+    if max_m == 0:
+        return  # no rows, and no scale storage either
+    padding = ~valid
     assert bool((a.cpu().view(torch.uint8)[padding] == poison).all())
     storage = scale_storage(sfa).view(torch.int32)
     padding_columns = torch.cat([padding, padding.new_ones(padding.shape[0], storage.shape[2] - max_m)], dim=1)
@@ -263,8 +265,9 @@ def assert_unpadded_route_same(got: layout.MaskedLayout, want: layout.MaskedLayo
             assert_same(getattr(got, name), getattr(want, name))
         except AssertionError as e:
             raise AssertionError(f"field {name} differs") from e
-    assert_rows_same((got.a, got.sfa), (want.a, want.sfa), want.masked_m)
-    assert_padding_unwritten(got.a, got.sfa, want.masked_m, poison)
+    valid = valid_rows(want.masked_m, want.a.shape[1])
+    assert_rows_same((got.a, got.sfa), (want.a, want.sfa), valid)
+    assert_padding_unwritten(got.a, got.sfa, valid, poison)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -293,14 +296,13 @@ def test_unpadded_routing_quantises_like_per_token_cast(monkeypatch, poisoned_em
         assert_unpadded_route_same(got, want, poisoned_empty)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_unpadded_routing_moves_fp8_input_with_strided_scales(monkeypatch, poisoned_empty, device):
-    x, sf = layout.per_token_cast_to_fp8(hidden_states(33, 512, seed=19))
-    sf_mn_major = layout.get_mn_major_tma_aligned_tensor(sf)
-    assert sf_mn_major.stride(0) == 1
-    ids = topk_ids(33, 2, 4, seed=20, drop=0.3)
-    want, got = both(monkeypatch, device, layout.route_to_masked, (x, sf_mn_major), ids, 4, 7, zero_padding=False)
-    assert_unpadded_route_same(got, want, poisoned_empty)
+def out_of_range_ids(dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [300, 8] for 10 experts with values in [-3, 12), and the same with every id outside [0, 10) as -1
+    (what the kernels must make of them)."""
+    ids = torch.randint(-3, 12, (300, 8), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    if dtype == torch.int64:
+        ids[0, 0] = 2**32 + 1  # would be expert 1 if truncated to int32 before the range check
+    return ids, torch.where((ids >= 0) & (ids < 10), ids, -1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -308,12 +310,8 @@ def test_unpadded_routing_moves_fp8_input_with_strided_scales(monkeypatch, poiso
 def test_masked_index_kernel_treats_out_of_range_ids_as_not_routed(poisoned_empty, device, ids_dtype):
     # 2400 entries: chunk counts rounded up to a power of two leave chunks past the entries. The op's CPU
     # range check rejects such ids, so the launcher is called directly; the reference sees them as -1.
-    g = torch.Generator().manual_seed(21)
-    ids = torch.randint(-3, 12, (300, 8), generator=g, dtype=ids_dtype)
-    if ids_dtype == torch.int64:
-        ids[0, 0] = 2**32 + 1  # would be expert 1 if truncated to int32 before the range check
-    in_range = (ids >= 0) & (ids < 10)
-    want = layout.route_to_masked(hidden_states(300, 128, 22), torch.where(in_range, ids, -1), 10, 150)
+    ids, routed_ids = out_of_range_ids(ids_dtype, 21)
+    want = layout.route_to_masked(hidden_states(300, 128, 22), routed_ids, 10, 150)
     inverse, masked_m, overflow = _kernels.masked_route_index(ids.to(device), 10, 150)
     assert_same(inverse, want.inverse)
     assert_same(masked_m, want.masked_m)
@@ -351,15 +349,115 @@ def test_silu_kernel_masked_unpadded_matches_padded(monkeypatch, poisoned_empty,
     # I = 1152: a full and a partial 8-block step. max_m = 6 leaves two alignment columns (A = 8).
     x = silu_inputs(5 * max_m, 1152, seed=27).view(5, max_m, 2304)
     masked_m = torch.tensor([0, max_m, 3, -3, 99], dtype=torch.int32)
-    x[~valid_rows(masked_m, max_m)] = float("nan")  # never read
+    valid = valid_rows(masked_m, max_m)
+    x[~valid] = float("nan")  # never read
     monkeypatch.setenv(BACKEND_ENV, "triton")
     x, masked_m = x.to(device), masked_m.to(device)
     padded = layout.silu_and_mul_to_fp8_masked(x, masked_m, use_ue8m0=use_ue8m0)
     unpadded = layout.silu_and_mul_to_fp8_masked(x, masked_m, use_ue8m0=use_ue8m0, zero_padding=False)
-    assert_rows_same(unpadded, padded, masked_m)
-    assert_padding_unwritten(*unpadded, masked_m, poisoned_empty)
+    assert_rows_same(unpadded, padded, valid)
+    assert_padding_unwritten(*unpadded, valid, poisoned_empty)
     monkeypatch.setenv(BACKEND_ENV, "torch")
     assert_activation_close(padded, layout.silu_and_mul_to_fp8_masked(x.cpu(), masked_m.cpu(), use_ue8m0=use_ue8m0))
+
+
+def one_group(layout_pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contiguous layout's (e4m3 [M, H], float32 [M, H/128] MN-major) as one group [1, M, ...]."""
+    return tuple(t.unsqueeze(0) for t in layout_pair)
+
+
+def assert_unpadded_contiguous_same(got: layout.ContiguousLayout, want: layout.ContiguousLayout,
+                                    poison: int) -> None:
+    for name in ("grouped_layout", "grouped_layout_psum", "inverse"):
+        try:
+            assert_same(getattr(got, name), getattr(want, name))
+        except AssertionError as e:
+            raise AssertionError(f"field {name} differs") from e
+    valid = (want.grouped_layout >= 0).unsqueeze(0)
+    assert_rows_same(one_group((got.a, got.sfa)), one_group((want.a, want.sfa)), valid)
+    assert_padding_unwritten(*one_group((got.a, got.sfa)), valid, poison)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", CASES)
+def test_route_to_contiguous_unpadded_kernels_match_torch(monkeypatch, poisoned_empty, device, name):
+    hidden, ids, num_experts = case_inputs(name, seed=11 * len(name))
+    want, got = both(monkeypatch, device, layout.route_to_contiguous, hidden, ids, num_experts, zero_padding=False)
+    assert_unpadded_contiguous_same(got, want, poisoned_empty)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("num_experts", [37, 600])
+def test_unpadded_contiguous_routing_over_several_blocks(monkeypatch, poisoned_empty, device, ids_dtype,
+                                                         num_experts):
+    # 560 entries: four full 128-entry blocks of the index kernels and a partial fifth. E = 37 pads to 64
+    # lanes, every expert spans blocks; E = 600 pads to 1024, so the prefix over blocks takes two 4-block
+    # steps. int32 ids also round scales to UE8M0, which only the quantisation sees.
+    hidden = hidden_states(70, 128, seed=29)
+    ids = topk_ids(70, 8, num_experts, seed=30, drop=0.1, dtype=ids_dtype)
+    assert ids.numel() > 2 * _kernels._CONTIGUOUS_BLOCK and ids.numel() % _kernels._CONTIGUOUS_BLOCK != 0
+    want, got = both(monkeypatch, device, layout.route_to_contiguous, hidden, ids, num_experts,
+                     use_ue8m0=ids_dtype == torch.int32, zero_padding=False)
+    assert_unpadded_contiguous_same(got, want, poisoned_empty)
+
+
+def route_masked_unpadded(hidden, ids, num_experts):
+    return layout.route_to_masked(hidden, ids, num_experts, 7, zero_padding=False)
+
+
+def route_contiguous_unpadded(hidden, ids, num_experts):
+    return layout.route_to_contiguous(hidden, ids, num_experts, zero_padding=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("route", ["masked", "contiguous"])
+def test_unpadded_routing_moves_fp8_input_with_strided_scales(monkeypatch, poisoned_empty, device, route):
+    x, sf = layout.per_token_cast_to_fp8(hidden_states(33, 512, seed=19))
+    sf_mn_major = layout.get_mn_major_tma_aligned_tensor(sf)
+    assert sf_mn_major.stride(0) == 1
+    ids = topk_ids(33, 2, 4, seed=20, drop=0.3)
+    op, check = ((route_masked_unpadded, assert_unpadded_route_same) if route == "masked"
+                 else (route_contiguous_unpadded, assert_unpadded_contiguous_same))
+    want, got = both(monkeypatch, device, op, (x, sf_mn_major), ids, 4)
+    check(got, want, poisoned_empty)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32])
+def test_contiguous_index_kernels_treat_out_of_range_ids_as_not_routed(poisoned_empty, device, ids_dtype):
+    # 2400 entries in 19 blocks. The op's CPU range check rejects such ids, so the launcher is called
+    # directly; the reference sees them as -1.
+    ids, routed_ids = out_of_range_ids(ids_dtype, 33)
+    want = layout.route_to_contiguous(hidden_states(300, 128, 34), routed_ids, 10)
+    grouped_layout, psum, inverse = _kernels.contiguous_route_index(ids.to(device), 10, want.a.shape[0])
+    assert_same(grouped_layout, want.grouped_layout)
+    assert_same(psum, want.grouped_layout_psum)
+    assert_same(inverse, want.inverse)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("use_psum_layout", [False, True])
+def test_silu_kernel_contiguous_unpadded_matches_padded(monkeypatch, poisoned_empty, device, use_psum_layout):
+    # 134 rows leave two alignment columns (A = 136). Expert 0 holds rows [0, 40), expert 1 none, expert 2
+    # rows [128, 130), rows past 130 are unused: the same rows in either form of grouped_layout.
+    x = silu_inputs(134, 256, seed=35)
+    per_row = torch.full((134,), -1, dtype=torch.int32)
+    per_row[:40], per_row[128:130] = 0, 2
+    grouped_layout = torch.tensor([40, 40, 130], dtype=torch.int32) if use_psum_layout else per_row
+    valid = per_row >= 0
+    x[~valid] = float("nan")  # never read
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    x, grouped_layout = x.to(device), grouped_layout.to(device)
+    padded = layout.silu_and_mul_to_fp8_contiguous(x, grouped_layout, use_psum_layout=use_psum_layout)
+    unpadded = layout.silu_and_mul_to_fp8_contiguous(x, grouped_layout, use_psum_layout=use_psum_layout,
+                                                     zero_padding=False)
+    assert_rows_same(one_group(unpadded), one_group(padded), valid.unsqueeze(0))
+    assert_padding_unwritten(*one_group(unpadded), valid.unsqueeze(0), poisoned_empty)
+    assert bool((scale_storage(one_group(padded)[1])[:, :, 134:] == 1.0).all())
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    want = layout.silu_and_mul_to_fp8_contiguous(x.cpu(), grouped_layout.cpu(), use_psum_layout=use_psum_layout)
+    assert_activation_close(padded, want)
 
 
 def test_backend_env_selects_the_implementation(monkeypatch):

@@ -27,8 +27,9 @@ def ptx_facts() -> list[dict]:
 def test_every_variant_compiles(ptx_facts):
     kernels = {f["kernel"] for f in ptx_facts}
     assert kernels == {"token_rows_to_fp8_kernel", "tokens_to_fp8_rows_kernel", "silu_mul_to_fp8_kernel",
-                       "weighted_reduce_kernel", "masked_route_index_kernel"}
-    assert len(ptx_facts) == 32
+                       "weighted_reduce_kernel", "masked_route_index_kernel", "contiguous_block_counts_kernel",
+                       "contiguous_route_offsets_kernel", "contiguous_route_place_kernel"}
+    assert len(ptx_facts) == 48
 
 
 def test_no_fma_contraction_and_ieee_division(ptx_facts):

@@ -86,10 +86,10 @@ def test_contiguous_and_masked_agree(name):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the layout kernels in the interpreter")
-def test_masked_mode_on_the_layout_kernels_reads_no_padding(monkeypatch, poisoned_empty):
-    """On the Triton layout kernels the masked mode leaves its buffers' padding rows unwritten (here
-    full of poison, e4m3 NaN): no stage reads them, so it still agrees bit for bit with the contiguous
-    mode on the same kernels."""
+def test_layout_kernels_read_no_padding(monkeypatch, poisoned_empty):
+    """On the Triton layout kernels both modes leave their buffers' padding rows unwritten (here full of
+    poison, e4m3 NaN): no stage reads them, so they still agree bit for bit with each other and with the
+    float64 MoE."""
     monkeypatch.setenv(BACKEND_ENV, "triton")
     lay, hidden, ids, weights, rsf = _case("batch96_top2_empty_experts_shared", seed=11)
     contiguous = _run(lay, hidden, ids, weights, rsf, mode="contiguous")

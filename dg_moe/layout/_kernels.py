@@ -19,6 +19,7 @@ from types import ModuleType
 import torch
 
 from . import _checks as chk
+from .grouped import get_mk_alignment_for_contiguous_layout
 from .math import ceil_div
 from .scale_factors import get_tma_aligned_size
 
@@ -33,6 +34,15 @@ _REDUCE_BLOCK = 1024
 # program; on an H200 at top-8 of 256 experts 32 beat 16, 64 and 128 at every T from 1 to 512 (T = 128:
 # 13 us against 45 us at 128, where too few programs each loop over too large compares).
 _INDEX_BLOCK = 32
+# (token, slot) entries per program of the contiguous index kernels. Unlike the masked kernel's, a program's
+# work does not grow with T*k: a [BLOCK, BLOCK] rank compare and a [BLOCK, E] one-hot count. 128 gives 32
+# programs at T = 512, top-8 (Qwen3-30B-A3B prefill) and 256 at T*k = 32768, while keeping the single
+# program that sums over blocks to ceil(P / (4096 / E_PAD)) steps (4 at E = 128, 16 at E = 512). Not timed
+# on a GPU yet.
+_CONTIGUOUS_BLOCK = 128
+# Elements of one loop step's int32 tile ([SUB, E_PAD] one-hot, [BLOCK, SUB] compare, [STEP, E_PAD] prefix):
+# 32 registers a thread at 4 warps.
+_TILE_ELEMENTS = 4096
 
 
 @functools.cache
@@ -146,6 +156,54 @@ def masked_route_index(ids: torch.Tensor, num_experts: int, max_m: int,
     return inverse, counts[0], counts[1]
 
 
+def _power_of_two_at_least(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def contiguous_route_index(ids: torch.Tensor, num_experts: int, num_rows: int,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The contiguous layout's maps from ids int32/int64 [T, k] (entries outside [0, E) not routed), in
+    increasing (token, slot) order within each expert as ``expert_ranks`` ranks them: (grouped_layout int32
+    [num_rows], the expert of each row or -1; grouped_layout_psum int32 [E], each segment's exclusive end;
+    inverse int32 [T, k], the row of each entry or -1). Expert e's segment starts at ``align(end of e - 1,
+    128)``; num_rows must cover the last end (``get_contiguous_layout_capacity`` does)."""
+    num_tokens, top_k = ids.shape
+    num_entries = num_tokens * top_k
+    device = ids.device
+    programs = ceil_div(num_entries, _CONTIGUOUS_BLOCK)
+    # 16 lanes at least: narrower one-hot and prefix rows would idle most of a warp anyway, and every E up
+    # to 16 shares one compiled variant.
+    experts_pad = max(16, _power_of_two_at_least(num_experts))
+    blocks_per_step = max(1, _TILE_ELEMENTS // experts_pad)
+    # Rows [0, P): each block's counts, then their prefix over blocks; row P: each segment's start.
+    bases = torch.empty((programs + 1, num_experts), dtype=torch.int32, device=device)
+    psum = torch.empty(num_experts, dtype=torch.int32, device=device)
+    inverse = torch.empty((num_tokens, top_k), dtype=torch.int32, device=device)
+    # The place kernel writes the rows entries land on; padding and unused rows keep -1.
+    grouped_layout = torch.full((num_rows,), -1, dtype=torch.int32, device=device)
+    ids = ids.contiguous()
+    kernels = _module()
+    with _launch_device(ids):
+        if programs > 0:
+            kernels.contiguous_block_counts_kernel[(programs,)](
+                ids, bases, num_entries, num_experts, BLOCK=_CONTIGUOUS_BLOCK,
+                SUB=min(_CONTIGUOUS_BLOCK, max(1, _TILE_ELEMENTS // experts_pad)), E_PAD=experts_pad,
+            )
+        # Launched even without entries: it writes psum (zeros then).
+        kernels.contiguous_route_offsets_kernel[(1,)](
+            bases, bases[programs], psum, programs, num_experts, E_PAD=experts_pad, STEP=blocks_per_step,
+            # Steps rounded up to a power of two: a few compiled variants cover every T of eager calls.
+            NUM_STEPS=_power_of_two_at_least(ceil_div(programs, blocks_per_step)),
+            ALIGN=get_mk_alignment_for_contiguous_layout(),
+        )
+        if programs > 0:
+            kernels.contiguous_route_place_kernel[(programs,)](
+                ids, bases, bases[programs], inverse, grouped_layout, num_entries, num_experts,
+                BLOCK=_CONTIGUOUS_BLOCK, SUB=_TILE_ELEMENTS // _CONTIGUOUS_BLOCK,
+            )
+    return grouped_layout, psum, inverse
+
+
 def tokens_to_fp8_rows(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0: bool, inverse: torch.Tensor,
                        groups: int, per_group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scatter token rows to their destinations in FP8, quantising on the way when ``scales`` is None.
@@ -164,7 +222,7 @@ def tokens_to_fp8_rows(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m
     if inverse.numel() > 0 and a.numel() > 0:
         rows, src_args, quantize = _source_args(rows, scales)
         with _launch_device(rows):
-            _module().tokens_to_fp8_rows_kernel[(num_tokens,)](
+            _module().tokens_to_fp8_rows_kernel[(num_tokens, ceil_div(num_blocks, _CHUNK_BLOCKS))](
                 *src_args, inverse.contiguous(), a, storage, per_group, num_blocks * aligned, aligned,
                 TOP_K=top_k, NUM_BLOCKS=num_blocks, QUANTIZE=quantize, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS,
                 enable_fp_fusion=False,
@@ -172,9 +230,9 @@ def tokens_to_fp8_rows(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m
     return a.view(chk.FP8), mn_major_view(storage, per_group)
 
 
-def _silu_launch(x: torch.Tensor, valid: torch.Tensor, groups: int, per_group: int, use_ue8m0: bool, counts: bool,
+def _silu_launch(x: torch.Tensor, valid: torch.Tensor, groups: int, per_group: int, use_ue8m0: bool, form: str,
                  zero_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # x [G * R, 2I]; valid as silu_mul_to_fp8_kernel reads it (COUNTS = counts).
+    # x [G * R, 2I]; valid as silu_mul_to_fp8_kernel reads it (VALID = form).
     two_i = x.shape[1]
     inter = two_i // 2
     num_blocks = inter // chk.BLOCK_K
@@ -186,18 +244,28 @@ def _silu_launch(x: torch.Tensor, valid: torch.Tensor, groups: int, per_group: i
         with _launch_device(x):
             _module().silu_mul_to_fp8_kernel[(groups * per_group,)](
                 x, x.stride(0), valid, q, storage, per_group, num_blocks * aligned, aligned,
-                NUM_BLOCKS=num_blocks, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, COUNTS=counts, ZERO_PADDING=zero_padding,
+                NUM_BLOCKS=num_blocks, UE8M0=use_ue8m0, CHUNK=_CHUNK_BLOCKS, VALID=form, ZERO_PADDING=zero_padding,
                 enable_fp_fusion=False,
             )
     return q.view(chk.FP8), mn_major_view(storage, per_group)
 
 
-def silu_mul_to_fp8(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool,
+def silu_mul_to_fp8(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool, zero_padding: bool,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``SiLU(gate) * up`` of x [G * R, 2I] quantised 1x128: (e4m3 [G, R, I], float32 [G, R, I/128]
-    MN-major). valid: bool [G * R]; rows where it is False come out zero with scale 1.0."""
+    MN-major). valid: bool [G * R]; rows where it is False are never read; they come out zero with scale
+    1.0 with ``zero_padding``, else they, their scales and the storage's alignment columns are left
+    uninitialised."""
     per_group = x.shape[0] // groups if groups > 0 else 0
-    return _silu_launch(x, valid.to(torch.int8), groups, per_group, use_ue8m0, counts=False, zero_padding=True)
+    return _silu_launch(x, valid.to(torch.int8), groups, per_group, use_ue8m0, "flags", zero_padding)
+
+
+def silu_mul_to_fp8_per_row(x: torch.Tensor, grouped_layout: torch.Tensor, use_ue8m0: bool, zero_padding: bool,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SiLU(gate) * up`` of x [M, 2I] quantised 1x128: (e4m3 [1, M, I], float32 [1, M, I/128] MN-major).
+    grouped_layout: int32 [M], the contiguous layout's expert of each row; rows where it is negative are
+    treated as :func:`silu_mul_to_fp8` treats invalid rows."""
+    return _silu_launch(x, grouped_layout.contiguous(), 1, x.shape[0], use_ue8m0, "experts", zero_padding)
 
 
 def silu_mul_to_fp8_masked(x: torch.Tensor, masked_m: torch.Tensor, use_ue8m0: bool, zero_padding: bool,
@@ -208,7 +276,7 @@ def silu_mul_to_fp8_masked(x: torch.Tensor, masked_m: torch.Tensor, use_ue8m0: b
     the storage's alignment columns are left uninitialised."""
     groups, per_group, two_i = x.shape
     return _silu_launch(x.reshape(groups * per_group, two_i), masked_m.contiguous(), groups, per_group, use_ue8m0,
-                        counts=True, zero_padding=zero_padding)
+                        "counts", zero_padding)
 
 
 def weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ vLLM's w13). Both halves are widened to FP32, ``F.silu(gate) * up`` is computed 
 result is quantised exactly as ``per_token_cast_to_fp8`` does; scales come back MN-major and
 TMA-aligned, ready for the second GEMM. Rows that hold no token (padding rows of the contiguous
 layout, rows at or past ``masked_m`` of the masked layout) come out as zeros with scale 1.0,
-whatever the input holds there; the masked op can instead leave them unwritten (``zero_padding=False``).
+whatever the input holds there; both ops can instead leave them unwritten (``zero_padding=False``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from .grouped import get_mk_alignment_for_contiguous_layout
 from .quant import per_token_cast_to_fp8
 
 
-def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, groups: int,
-                    use_ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool,
+                    zero_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
     # x: [G * R, 2I]; valid: bool [G * R]. Returns (e4m3 [G, R, I], float32 [G, R, I/128] MN-major).
+    # Invalid rows come out zero with scale 1.0; the kernel leaves them unwritten without zero_padding.
     if _kernels.enabled(x.device):
-        return _kernels.silu_mul_to_fp8(x, valid, groups, use_ue8m0)
+        return _kernels.silu_mul_to_fp8(x, valid, groups, use_ue8m0, zero_padding)
     inter = x.shape[1] // 2
     act = F.silu(x[:, :inter].float()) * x[:, inter:].float()
     q, sf = per_token_cast_to_fp8(act, use_ue8m0=use_ue8m0)
@@ -77,7 +78,8 @@ def _check_psum(fn: str, grouped_layout: torch.Tensor, num_rows: int) -> None:
 
 
 def silu_and_mul_to_fp8_contiguous(
-    x: torch.Tensor, grouped_layout: torch.Tensor, *, use_psum_layout: bool = False, use_ue8m0: bool = False
+    x: torch.Tensor, grouped_layout: torch.Tensor, *, use_psum_layout: bool = False, use_ue8m0: bool = False,
+    zero_padding: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``SiLU(gate) * up`` over the contiguous layout, quantised for the second GEMM.
 
@@ -85,12 +87,19 @@ def silu_and_mul_to_fp8_contiguous(
     grouped_layout: int32, either per-row [M_cap] (expert of each row, -1 on padding) or, with
         ``use_psum_layout=True``, the prefix-sum ends [E] (as ``ContiguousLayout`` gives both).
     use_ue8m0: round scales up to powers of two.
+    zero_padding: True, rows that belong to no expert come out zero with scale 1.0 (as do the scale
+        storage's alignment columns). False, the Triton path leaves them, their scales and the alignment
+        columns unwritten (uninitialised memory), for consumers such as the contiguous GEMM with the
+        prefix-sum layout that read no result from them; the PyTorch path (CPU, or
+        ``DG_MOE_LAYOUT_KERNELS=torch``) may still write them. Rows of an expert are the same either way,
+        and are the only rows read.
     Returns (e4m3 [M_cap, I] contiguous, float32 [M_cap, I/128] with strides
-    ``(1, align(M_cap, 4))``); rows that belong to no expert are zero with scale 1.0.
+    ``(1, align(M_cap, 4))``).
     """
     fn = "silu_and_mul_to_fp8_contiguous"
     chk.flag(fn, "use_psum_layout", use_psum_layout)
     chk.flag(fn, "use_ue8m0", use_ue8m0)
+    chk.flag(fn, "zero_padding", zero_padding)
     x = _check_gate_up(fn, x, 2, "[M_cap, 2I]")
     num_rows = x.shape[0]
     what = "[E] (prefix-sum ends)" if use_psum_layout else "[M_cap] (expert of each row)"
@@ -103,8 +112,12 @@ def silu_and_mul_to_fp8_contiguous(
     else:
         chk.shape(fn, "grouped_layout", grouped_layout, (num_rows,), f"x of {num_rows} rows (per-row layout)")
         chk.per_row_layout(fn, "grouped_layout", grouped_layout)
+        if _kernels.enabled(x.device):
+            # The kernel reads the per-row layout itself: no mask to build first.
+            q, sf = _kernels.silu_mul_to_fp8_per_row(x, grouped_layout, use_ue8m0, zero_padding)
+            return q[0], sf[0]
         valid = grouped_layout >= 0
-    q, sf = _silu_mul_quant(x, valid, 1, use_ue8m0)
+    q, sf = _silu_mul_quant(x, valid, 1, use_ue8m0, zero_padding)
     return q[0], sf[0]
 
 
@@ -140,4 +153,5 @@ def silu_and_mul_to_fp8_masked(
     rows = torch.arange(max_m, device=x.device)
     # A negative count selects no row and one above max_m every row, as the masked GEMM reads them.
     valid = rows.unsqueeze(0) < masked_m.long().unsqueeze(1)
-    return _silu_mul_quant(x.reshape(num_experts * max_m, two_i), valid.reshape(-1), num_experts, use_ue8m0)
+    return _silu_mul_quant(x.reshape(num_experts * max_m, two_i), valid.reshape(-1), num_experts, use_ue8m0,
+                           zero_padding)

@@ -1,9 +1,15 @@
 """The routed experts over the contiguous (prefill) layout.
 
 route_to_contiguous -> m_grouped_fp8_gemm_nt_contiguous (w13) -> silu_and_mul_to_fp8_contiguous ->
-m_grouped_fp8_gemm_nt_contiguous (w2) -> unpermute_reduce_contiguous. Every step reads the
-prefix-sum form of ``grouped_layout``, and the buffer size comes from shapes alone
-(``get_contiguous_layout_capacity``), so nothing waits on the host. No entry is ever dropped.
+m_grouped_fp8_gemm_nt_contiguous (w2) -> unpermute_reduce_contiguous. The GEMMs read the prefix-sum
+form of ``grouped_layout``, the activation the per-row form, and the buffer size comes from shapes
+alone (``get_contiguous_layout_capacity``), so nothing waits on the host. No entry is ever dropped.
+
+No result depends on a padding or unused row (outside every expert's segment): the GEMMs' tiles may
+load such rows, but each output row depends on its own input row alone and rows outside the segments
+are not stored; the activation skips them and the reduce follows ``inverse``. So the routing and the
+activation leave them unwritten (``zero_padding=False``), which also lets both run as a few Triton
+kernels instead of dozens of small PyTorch ops.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ def routed_experts_contiguous(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk
     """
     num_experts, two_i, hidden = w13[0].shape
     num_tokens, top_k = topk_ids.shape
-    routed = route_to_contiguous(tokens, topk_ids, num_experts)
+    # Rows outside the segments stay unwritten in every buffer below: no result is read from them.
+    routed = route_to_contiguous(tokens, topk_ids, num_experts, zero_padding=False)
     ends = routed.grouped_layout_psum
     rows = routed.a.shape[0]
     hint = expected_rows_per_expert(num_tokens, top_k, num_experts)
     device = routed.a.device
-    # Padding rows stay unwritten: the activation zeroes them and the reduce never reads them.
     gate_up = torch.empty(rows, two_i, dtype=torch.bfloat16, device=device)
     m_grouped_fp8_gemm_nt_contiguous((routed.a, routed.sfa), w13, gate_up, ends, use_psum_layout=True,
                                      expected_m_for_psum_layout=hint)
-    act = silu_and_mul_to_fp8_contiguous(gate_up, ends, use_psum_layout=True)
+    # The per-row form: the kernel reads each row's expert itself, where the prefix-sum form would need
+    # a row mask built from the ends first.
+    act = silu_and_mul_to_fp8_contiguous(gate_up, routed.grouped_layout, zero_padding=False)
     down = torch.empty(rows, hidden, dtype=torch.bfloat16, device=device)
     m_grouped_fp8_gemm_nt_contiguous(act, w2, down, ends, use_psum_layout=True, expected_m_for_psum_layout=hint)
     return unpermute_reduce_contiguous(down, routed.inverse, topk_weights)
