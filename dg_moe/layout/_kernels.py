@@ -135,6 +135,10 @@ def token_rows_to_fp8(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m0
     return a.view(chk.FP8), mn_major_view(storage, per_group)
 
 
+def _power_of_two_at_least(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
 def masked_route_index(ids: torch.Tensor, num_experts: int, max_m: int,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The masked layout's maps from ids int32/int64 [T, k] (entries outside [0, E) not routed), as
@@ -151,13 +155,9 @@ def masked_route_index(ids: torch.Tensor, num_experts: int, max_m: int,
             _module().masked_route_index_kernel[(programs,)](
                 ids.contiguous(), inverse, counts[0], counts[1], num_entries, num_experts, max_m,
                 # Chunks rounded up to a power of two: a few compiled variants cover every T of eager calls.
-                BLOCK=_INDEX_BLOCK, NUM_CHUNKS=1 << (programs - 1).bit_length(),
+                BLOCK=_INDEX_BLOCK, NUM_CHUNKS=_power_of_two_at_least(programs),
             )
     return inverse, counts[0], counts[1]
-
-
-def _power_of_two_at_least(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def contiguous_route_index(ids: torch.Tensor, num_experts: int, num_rows: int,
