@@ -9,6 +9,7 @@ from .errors import (
     ToolchainNotFoundError,
     UnsupportedArchitectureError,
 )
+from .kernels import register_all as _register_kernels
 from .layout import (
     ceil_to_ue8m0,
     get_mk_alignment_for_contiguous_layout,
@@ -43,6 +44,7 @@ from .ops import (
 )
 
 __version__ = "0.1.0"
+_register_kernels()
 
 __all__ = [
     "CompileError",

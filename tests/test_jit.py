@@ -24,7 +24,7 @@ import torch
 from dg_moe import jit
 from dg_moe.errors import CompileError, CudaError, ToolchainNotFoundError
 from dg_moe.jit import cache, runtime, source, toolchain
-from dg_moe.ops.scale import scale
+from dg_moe.jit.selftest import scale
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE_ARGS = {"DTYPE": "__nv_bfloat16", "BLOCK_M": 32, "BLOCK_N": 128, "STAGES": 4, "THREADS": 128}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from dg_moe.kernels.sm90_fp8_gemm import GemmType
+from dg_moe.kernels.sm90_fp8_gemm.variants import VariantSet
 from dg_moe.moe import contiguous, fused_moe, masked, shared
 from dg_moe.moe.shapes import MODEL_SHAPES, MoEShape
 from dg_moe.moe.warmup import layer_variants
 from dg_moe.moe.warmup import main as warmup_main
-from dg_moe.ops.sm90_fp8_configs import VariantSet
-from dg_moe.ops.sm90_fp8_gemm import GemmType
 
 from .moe_loops import hidden_states, layer, routing
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dg_moe.ops.scale import scale
+from dg_moe.jit.selftest import scale
 
 pytestmark = pytest.mark.gpu
 

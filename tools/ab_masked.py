@@ -19,9 +19,10 @@ import torch
 from dg_moe import layout
 from dg_moe.bench.timing import gpu_times_us
 from dg_moe.jit import build, compile_many
-from dg_moe.jit.heuristics import max_stages
+from dg_moe.kernels.sm90_fp8_gemm import FAMILY, GemmType, config_for, template_args
+from dg_moe.kernels.sm90_fp8_gemm.heuristic import max_stages
+from dg_moe.kernels.sm90_fp8_gemm.launcher import _ARGTYPES, _ENTRY
 from dg_moe.layout.scale_factors import get_tma_aligned_size
-from dg_moe.ops.sm90_fp8_gemm import _ARGTYPES, _ENTRY, FAMILY, GemmType, config_for, template_args
 
 # name, experts, active experts, rows per active expert, N, K (DeepSeek-V3 gate_up and down)
 CASES = [

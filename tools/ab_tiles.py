@@ -23,9 +23,10 @@ from dg_moe import layout
 from dg_moe.bench.gemm import cublas_blockwise, fp8_dense_inputs
 from dg_moe.bench.timing import gpu_times_us
 from dg_moe.jit import build, compile_only
-from dg_moe.jit.heuristics import GemmConfig, max_stages, predict_us
-from dg_moe.ops.sm90_fp8_configs import DEEPSEEK_V3_NK
-from dg_moe.ops.sm90_fp8_gemm import _ARGTYPES, _ENTRY, FAMILY, GemmType, config_for, template_args
+from dg_moe.kernels.sm90_fp8_gemm import FAMILY, GemmType, config_for, template_args
+from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig, max_stages, predict_us
+from dg_moe.kernels.sm90_fp8_gemm.launcher import _ARGTYPES, _ENTRY
+from dg_moe.kernels.sm90_fp8_gemm.variants import DEEPSEEK_V3_NK
 
 # (BLOCK_M, BLOCK_N, multicast, stages or 0 for the most that fit)
 Variant = tuple[int, int, int, int]

@@ -18,9 +18,9 @@ import dg_moe
 from dg_moe import device as _device
 from dg_moe import layout
 from dg_moe.bench.timing import eager_us
+from dg_moe.kernels.sm90_fp8_gemm import launcher as sm90
 from dg_moe.layout.scale_factors import get_tma_aligned_size, transform_sf_into_required_layout
 from dg_moe.ops import _memo
-from dg_moe.ops import sm90_fp8_gemm as sm90
 
 
 def _host_us(fn: Callable[[], object], calls: int = 2000) -> float:

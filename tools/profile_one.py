@@ -20,8 +20,8 @@ def main(m: int, n: int, k: int, *forced: int) -> None:
     if forced:
         import dataclasses
 
-        from dg_moe.jit.heuristics import max_stages
-        from dg_moe.ops import sm90_fp8_gemm as kernels
+        from dg_moe.kernels.sm90_fp8_gemm import launcher as kernels
+        from dg_moe.kernels.sm90_fp8_gemm.heuristic import max_stages
 
         chosen = kernels.config_for
         block_m, block_n, multicast = forced

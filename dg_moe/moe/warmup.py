@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..jit import compile_many
-from ..ops.sm90_fp8_configs import VariantSet
-from ..ops.sm90_fp8_gemm import FAMILY, GemmType
+from ..kernels.sm90_fp8_gemm import FAMILY, GemmType
+from ..kernels.sm90_fp8_gemm.variants import VariantSet
 from .hints import expected_rows_per_expert, masked_rows_hint
 from .shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
 

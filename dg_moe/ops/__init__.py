@@ -19,10 +19,6 @@ from .dense import (
 from .k_grouped import k_grouped_bf16_gemm_tn_contiguous, k_grouped_fp8_gemm_tn_contiguous
 from .masked import m_grouped_bf16_gemm_nt_masked, m_grouped_fp8_gemm_nt_masked
 
-# Registration only: routes the CUDA calls of the FP8 ops it covers to the SM90 kernels.
-from . import sm90_fp8_gemm  # noqa: F401,E402  isort: skip
-from .scale import scale
-
 __all__ = [
     "bf16_gemm_nn",
     "bf16_gemm_nt",
@@ -40,5 +36,4 @@ __all__ = [
     "m_grouped_fp8_gemm_nn_contiguous",
     "m_grouped_fp8_gemm_nt_contiguous",
     "m_grouped_fp8_gemm_nt_masked",
-    "scale",
 ]

@@ -22,16 +22,13 @@
 #include "common/stmatrix.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
+#include "kernels/sm90_fp8_gemm_constants.cuh"
 
 namespace dg_moe::sm90_fp8_gemm {
 
 using sched::GemmType;
 
-constexpr uint32_t kBlockK = 128;
 constexpr uint32_t kNumProducerThreads = 128;
-// Accumulator registers a math thread may hold (wgmma results plus promoted sums) of the 232 that
-// setmaxnreg gives it; past this the K loop spills. dg_moe/jit/heuristics.py mirrors it.
-constexpr uint32_t kAccumRegisterBudget = 192;
 
 // A 256-row tile runs as two 128-row waves on the same two math warpgroups: each warpgroup keeps
 // one wave's wgmma accumulators and both waves' promoted sums (a second accumulator set would not

@@ -1,7 +1,8 @@
 // Host entry of the SM90 FP8 GEMM family. The JIT defines the template arguments before
-// including this file: DG_MOE_SHAPE_N, DG_MOE_SHAPE_K, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N,
-// DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a dg_moe::sched::GemmType value), DG_MOE_MULTICAST (CTAs
-// per cluster sharing A's loads: 1 or 2).
+// including this file (dg_moe/kernels/sm90_fp8_gemm/variants.py, template_args): DG_MOE_SHAPE_N,
+// DG_MOE_SHAPE_K, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a
+// dg_moe::sched::GemmType enumerator), DG_MOE_MULTICAST (CTAs per cluster sharing A's loads: 1 or
+// 2) and DG_MOE_SMEM_BYTES (the host heuristic's shared-memory formula, checked against the layout).
 #include "common/abi.cuh"
 #include "common/tma.cuh"
 #include "kernels/sm90_fp8_gemm.cuh"
@@ -16,13 +17,14 @@ constexpr uint32_t kShapeK = DG_MOE_SHAPE_K;
 constexpr uint32_t kBlockM = DG_MOE_BLOCK_M;
 constexpr uint32_t kBlockN = DG_MOE_BLOCK_N;
 constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
-constexpr GemmType kType = static_cast<GemmType>(DG_MOE_GEMM_TYPE);
+constexpr GemmType kType = DG_MOE_GEMM_TYPE;
 constexpr uint32_t kMulticast = DG_MOE_MULTICAST;
 
 using Layout = SharedLayout<kBlockM, kBlockN, kNumStages, kShapeK>;
 using DLayout = DTile<kBlockM, kBlockN>;
-constexpr uint32_t kMaxSharedBytes = 232448;  // 227 KB: the most one SM90 block may request
 static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages and the D tile exceed 227 KB of shared memory");
+static_assert(Layout::kTotalBytes == DG_MOE_SMEM_BYTES,
+              "smem_bytes() in dg_moe/kernels/sm90_fp8_gemm/heuristic.py disagrees with SharedLayout: mend the two together");
 constexpr bool kGroupTable = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
 constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast>;
 

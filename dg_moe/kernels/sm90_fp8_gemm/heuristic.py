@@ -29,12 +29,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ..layout.math import ceil_div
-from .env import print_configs_enabled
+from ...jit.env import print_configs_enabled
+from ...layout.math import ceil_div
+from .constants import ACCUM_REGISTER_BUDGET, BLOCK_K, SMEM_BYTES_PER_BLOCK, GemmType
 
 PEAK_FP8_FLOPS_PER_SM = 1979e12 / 132
 HBM_BYTES_PER_S = 3.0e12
-SMEM_BYTES_PER_BLOCK = 232448
 SM_CLOCK_HZ = 1.83e9
 L2_TO_SM_BYTES_PER_S = 11.3e12
 L2_BYTES_PER_S_PER_SM = 64 * SM_CLOCK_HZ
@@ -51,8 +51,6 @@ _WAVE_OVERHEAD_S = 0.4e-6
 # 4096 x 2112 x 7168, which 0.89 predicted the other way round).
 _WIDE_TILE_SPEED = 0.84
 MAX_STAGES = 8
-ACCUM_REGISTER_BUDGET = 192
-BLOCK_K = 128
 
 BLOCK_MS = (64, 128, 256)
 BLOCK_NS = (16, 32, 64, 128, 192)
@@ -75,7 +73,8 @@ def _round_up(x: int, y: int) -> int:
 
 
 def smem_bytes(block_m: int, block_n: int, num_stages: int, k: int) -> int:
-    """Shared memory of one CTA; mirrors SharedLayout in csrc/kernels/sm90_fp8_gemm.cuh."""
+    """Shared memory of one CTA. The kernel's SharedLayout must agree: every compile passes this
+    number (template argument SMEM_BYTES) and the host entry static_asserts it."""
     stage = block_m * BLOCK_K + block_n * BLOCK_K + _round_up(block_m * 4, 1024)
     d_tile = _round_up(block_m * block_n * 2, 1024)
     sfb_tables = _round_up(2 * 2 * (k // BLOCK_K) * 4, 8)
@@ -84,7 +83,7 @@ def smem_bytes(block_m: int, block_n: int, num_stages: int, k: int) -> int:
 
 def fits_registers(block_m: int, block_n: int) -> bool:
     """Whether a math thread's accumulators fit: one wave's wgmma results (BLOCK_N / 2 floats) plus
-    every wave's sums, within ACCUM_REGISTER_BUDGET (kAccumRegisterBudget in the kernel)."""
+    every wave's sums, within the kernel's kAccumRegisterBudget."""
     waves = 2 if block_m == 256 else 1
     return block_n // 2 * (waves + 1) <= ACCUM_REGISTER_BUDGET
 
@@ -166,6 +165,27 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
             candidates.append(GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages, k),
                                          time_us))
     return min(candidates, key=rank)
+
+
+MASKED_SHORT_GROUP_ROWS = 64
+"""Masked groups of at most this many expected rows run 64-row tiles (one math warpgroup).
+
+Decode streams weights: each SM's rate is bounded by the weight bytes it keeps in flight, and a 64-row
+tile spends a stage's shared memory on weights rather than on A rows that do not exist. Measured
+(tools/ab_masked.py, H200, DeepSeek-V3 experts, 1-4 rows in 8-252 of 256 experts): 64 x 128 (8
+stages) against the cost model's 128 x 128 (5 stages) 1229 vs 1421 us (gate_up) and 604 vs 737 us
+(down) at 2 rows per expert, 1929 vs 2120 and 924 vs 1094 at 4 rows, 68 vs 70 and 42 vs 45 at one
+token; 3.8-4.0 TB/s of weights against 3.3-3.5. The cost model prices memory time by waves and
+cannot see this.
+"""
+
+
+def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
+    """The variant the cost model picks for one call shape of one layout."""
+    contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
+    short_masked = gemm_type == GemmType.MASKED and rows_hint <= MASKED_SHORT_GROUP_ROWS
+    max_block_m = 128 if contiguous else 64 if short_masked else 256
+    return choose_config(rows_hint, n, k, num_groups, num_sms, max_block_m=max_block_m)
 
 
 def print_config_if_asked(name: str, shape: str, config: GemmConfig) -> None:

@@ -1,12 +1,28 @@
-"""The SM90 FP8 GEMM variants a set of model shapes can need, for `dg-moe warmup` and the CI compile check."""
+"""The SM90 FP8 GEMM's compiled variants: the template arguments of one, and those a set of model shapes
+can need (for `dg-moe warmup` and the CI compile check)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .sm90_fp8_gemm import GemmType, config_for, template_args
+from .constants import GemmType
+from .heuristic import GemmConfig, config_for, smem_bytes
 
-# (N, K) of DeepSeek-V3's dense and MoE GEMMs, as listed in PERFORMANCE.md.
+FAMILY = "sm90_fp8_gemm"
+"""The JIT family: kernel dg_moe/csrc/kernels/sm90_fp8_gemm.cuh, host entry dg_moe/csrc/launch/sm90_fp8_gemm.cu."""
+
+
+def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> dict[str, int | str]:
+    """The JIT template arguments of one kernel variant. SMEM_BYTES is the heuristic's shared-memory
+    formula, which the host entry static_asserts against the kernel's layout."""
+    return {
+        "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+        "NUM_STAGES": config.num_stages, "GEMM_TYPE": gemm_type.cpp, "MULTICAST": config.multicast,
+        "SMEM_BYTES": smem_bytes(config.block_m, config.block_n, config.num_stages, k),
+    }
+
+
+# (N, K) of DeepSeek-V3's dense and MoE GEMMs (docs/performance.md).
 DEEPSEEK_V3_NK = ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048))
 DENSE_MS = (1, 16, 64, 128, 256, 1024, 4096, 8192)
 GROUPED_SHAPES = ((4, 8192), (8, 4096), (32, 256), (256, 32), (8, 64), (16, 32), (32, 16), (1, 1024), (4, 256))
@@ -17,18 +33,18 @@ class VariantSet:
 
     def __init__(self, num_sms: int) -> None:
         self.num_sms = num_sms
-        self._seen: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
+        self._seen: dict[tuple[tuple[str, int | str], ...], dict[str, int | str]] = {}
 
     def add(self, gemm_type: GemmType, rows_hint: int, n: int, k: int, groups: int) -> None:
         """The variant one call of ``gemm_type`` with this rows hint, N, K and group count runs."""
         args = template_args(gemm_type, config_for(gemm_type, rows_hint, n, k, groups, self.num_sms), n, k)
         self._seen.setdefault(tuple(sorted(args.items())), args)
 
-    def variants(self) -> list[dict[str, int]]:
+    def variants(self) -> list[dict[str, int | str]]:
         return list(self._seen.values())
 
 
-def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int]]:
+def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int | str]]:
     """Template arguments of every variant the heuristic picks for DeepSeek-V3 shapes on ``num_sms`` SMs."""
     found = VariantSet(num_sms)
     for n, k in DEEPSEEK_V3_NK:
@@ -40,6 +56,6 @@ def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int]]:
     return found.variants()
 
 
-def describe(variants: Iterable[dict[str, int]]) -> list[str]:
+def describe(variants: Iterable[dict[str, int | str]]) -> list[str]:
     """One readable line per variant."""
     return [" ".join(f"{key}={value}" for key, value in sorted(v.items())) for v in variants]

@@ -1,8 +1,9 @@
-"""y = x * alpha: the trivial op that exercises the whole JIT + TMA + launch path on SM90.
+"""JIT self-test, not a public op: ``y = x * alpha`` through the whole JIT + TMA + launch path on SM90.
 
-CPU tensors compute ``x * alpha`` in torch (the reference); CUDA tensors run the sm90_scale
-kernel on the current stream. Both apply the same argument checks, so code developed on CPU
-meets the kernel's constraints on the GPU.
+The smallest kernel family (csrc/kernels/sm90_scale.cuh) checks a machine's toolchain, cache,
+loader, tensor maps and launch without the GEMM's complexity (tests/test_scale_gpu.py,
+``python -m dg_moe.jit.loadtime``). CPU tensors compute ``x * alpha`` in torch; CUDA tensors run
+the kernel on the current stream, after the same argument checks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from ..device import require_sm90
-from ..jit import build
+from .runtime import build
 
 _OP = "scale"
 _ENTRY = "dg_moe_sm90_scale"

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from dg_moe.jit.heuristics import (
+from dg_moe.kernels.sm90_fp8_gemm.constants import SMEM_BYTES_PER_BLOCK, GemmType
+from dg_moe.kernels.sm90_fp8_gemm.heuristic import (
+    MASKED_SHORT_GROUP_ROWS,
     MAX_STAGES,
-    SMEM_BYTES_PER_BLOCK,
     choose_config,
+    config_for,
     fits_registers,
     max_stages,
     narrow_tail,
     predict_us,
     smem_bytes,
 )
-from dg_moe.ops.sm90_fp8_configs import DEEPSEEK_V3_NK
-from dg_moe.ops.sm90_fp8_gemm import MASKED_SHORT_GROUP_ROWS, GemmType, config_for
+from dg_moe.kernels.sm90_fp8_gemm.variants import DEEPSEEK_V3_NK
 
 
 @pytest.mark.parametrize("block_m,block_n,fits", [
@@ -91,3 +92,24 @@ def test_half_width_tail_tiles_count_as_half_a_tile():
     without_tail = predict_us(256, 128, 1, 4096, 2048, 7168, 1, 132)
     assert with_tail < 1.1 * without_tail
     assert predict_us(256, 128, 2, 4096, 2112, 7168, 1, 132) > 1.3 * without_tail
+
+
+def test_constants_are_read_from_the_kernel_header():
+    """Python holds no copy of the kernel's numbers: they come from its header (the compile test checks
+    the shared-memory formula, through the host entry's static_assert on SMEM_BYTES)."""
+    from dg_moe.kernels.sm90_fp8_gemm import constants
+
+    values = constants.read_constants()
+    assert values == {"kBlockK": constants.BLOCK_K, "kAccumRegisterBudget": constants.ACCUM_REGISTER_BUDGET,
+                      "kMaxSharedBytes": constants.SMEM_BYTES_PER_BLOCK}
+
+
+def test_gemm_types_name_the_scheduler_enumerators():
+    import re
+
+    from dg_moe.jit.source import CSRC_DIR
+
+    scheduler = (CSRC_DIR / "common" / "scheduler.cuh").read_text()
+    body = re.search(r"enum class GemmType[^{]*\{(.*?)\};", scheduler, re.DOTALL).group(1)
+    enumerators = set(re.findall(r"^\s*([A-Za-z]\w*)\b", body, re.MULTILINE))
+    assert {t.value for t in GemmType} == enumerators

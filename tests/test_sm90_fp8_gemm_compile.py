@@ -7,8 +7,7 @@ import os
 import pytest
 
 from dg_moe.jit import compile_many
-from dg_moe.ops.sm90_fp8_configs import deepseek_v3_variants
-from dg_moe.ops.sm90_fp8_gemm import FAMILY
+from dg_moe.kernels.sm90_fp8_gemm.variants import FAMILY, deepseek_v3_variants
 
 
 @pytest.fixture(scope="module")

@@ -190,8 +190,8 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
     tile in each pair)."""
     import dataclasses
 
-    from dg_moe.jit.heuristics import max_stages
-    from dg_moe.ops import sm90_fp8_gemm as kernels
+    from dg_moe.kernels.sm90_fp8_gemm import launcher as kernels
+    from dg_moe.kernels.sm90_fp8_gemm.heuristic import max_stages
 
     chosen = kernels.config_for
 

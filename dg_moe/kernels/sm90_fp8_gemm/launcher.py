@@ -1,31 +1,31 @@
-"""SM90 FP8 GEMM kernels behind the public ops: scale-factor layout, config choice, JIT build, launch.
+"""Launch of the SM90 FP8 GEMM behind the public ops: scale-factor layout, config choice, JIT build, call.
 
-The kernels (csrc/kernels/sm90_fp8_gemm.cuh) take recipe (1, 128, 128), BF16 output, K-major
-contiguous A and B. Variants they do not cover yet (accumulating ``c``, the (1, 1, 128) recipe,
-transposed layouts) raise KernelNotAvailableError on CUDA; their CPU reference exists.
+The kernels take recipe (1, 128, 128), BF16 output, K-major contiguous A and B. Variants they do not
+cover yet (accumulating ``c``, the (1, 1, 128) recipe, transposed layouts) raise
+KernelNotAvailableError on CUDA; their CPU reference exists.
 """
 
 from __future__ import annotations
 
 import ctypes
-import enum
 from collections.abc import Callable
 
 import torch
 
-from .. import device as _device
-from ..errors import KernelNotAvailableError
-from ..jit import build
-from ..jit.heuristics import GemmConfig, choose_config, print_config_if_asked
-from ..layout.scale_factors import (
+from ... import device as _device
+from ...errors import KernelNotAvailableError
+from ...jit import build
+from ...layout.scale_factors import (
     get_tma_aligned_size,
     is_mn_major_tma_aligned,
     transform_sf_into_required_layout,
 )
-from ..reference.common import RECIPE_1D2D
-from .dispatch import register_kernel
+from ...ops.dispatch import register_kernel
+from ...reference.common import RECIPE_1D2D
+from .constants import GemmType
+from .heuristic import config_for, print_config_if_asked
+from .variants import FAMILY, template_args
 
-FAMILY = "sm90_fp8_gemm"
 _ENTRY = "dg_moe_sm90_fp8_gemm"
 _ARGTYPES = (
     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -33,46 +33,8 @@ _ARGTYPES = (
 )
 
 
-class GemmType(enum.IntEnum):
-    """Mirrors dg_moe::sched::GemmType in csrc/common/scheduler.cuh."""
-
-    NORMAL = 0
-    CONTIGUOUS = 1
-    CONTIGUOUS_PSUM = 2
-    MASKED = 3
-
-
 # (type, rows hint, N, K, groups, SMs) -> bound host entry; a warm call is one look-up here.
-_entries: dict[tuple[int, int, int, int, int, int], Callable[..., None]] = {}
-
-
-def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> dict[str, int]:
-    """The JIT template arguments of one kernel variant."""
-    return {
-        "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
-        "NUM_STAGES": config.num_stages, "GEMM_TYPE": int(gemm_type), "MULTICAST": config.multicast,
-    }
-
-
-MASKED_SHORT_GROUP_ROWS = 64
-"""Masked groups of at most this many expected rows run 64-row tiles (one math warpgroup).
-
-Decode streams weights: each SM's rate is bounded by the weight bytes it keeps in flight, and a 64-row
-tile spends a stage's shared memory on weights rather than on A rows that do not exist. Measured
-(tools/ab_masked.py, H200, DeepSeek-V3 experts, 1-4 rows in 8-252 of 256 experts): 64 x 128 (8
-stages) against the cost model's 128 x 128 (5 stages) 1229 vs 1421 us (gate_up) and 604 vs 737 us
-(down) at 2 rows per expert, 1929 vs 2120 and 924 vs 1094 at 4 rows, 68 vs 70 and 42 vs 45 at one
-token; 3.8-4.0 TB/s of weights against 3.3-3.5. The cost model prices memory time by waves and
-cannot see this.
-"""
-
-
-def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
-    """The variant the cost model picks for one call shape of one layout."""
-    contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
-    short_masked = gemm_type == GemmType.MASKED and rows_hint <= MASKED_SHORT_GROUP_ROWS
-    max_block_m = 128 if contiguous else 64 if short_masked else 256
-    return choose_config(rows_hint, n, k, num_groups, num_sms, max_block_m=max_block_m)
+_entries: dict[tuple[GemmType, int, int, int, int, int], Callable[..., None]] = {}
 
 
 def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
@@ -162,6 +124,8 @@ def m_grouped_fp8_gemm_nt_masked_kernel(a, b, d, masked_m, expected_m, recipe, c
     _launch("m_grouped_fp8_gemm_nt_masked", GemmType.MASKED, a, b, d, masked_m, expected_m, recipe)
 
 
-register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel)
-register_kernel("m_grouped_fp8_gemm_nt_contiguous", m_grouped_fp8_gemm_nt_contiguous_kernel)
-register_kernel("m_grouped_fp8_gemm_nt_masked", m_grouped_fp8_gemm_nt_masked_kernel)
+def register() -> None:
+    """Route the CUDA calls of the three FP8 ops this kernel covers to it."""
+    register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel)
+    register_kernel("m_grouped_fp8_gemm_nt_contiguous", m_grouped_fp8_gemm_nt_contiguous_kernel)
+    register_kernel("m_grouped_fp8_gemm_nt_masked", m_grouped_fp8_gemm_nt_masked_kernel)
