@@ -5,9 +5,9 @@
 Compiles a fixed set of variants (every tile shape, layout, multicast and the narrow tail) from the
 package's csrc and, with --base, from another tree searched first (e.g. a `git archive` of the
 previous commit's dg_moe/csrc), in a private cache. For each it reports registers, stack and spill
-bytes (cuobjdump -res-usage), the SASS instruction count, QGMMA / LDL / STL counts, the instructions
-between the first and last QGMMA of the math loop, and whether the SASS (addresses stripped) is
-identical between the two trees. Needs cuobjdump on PATH (nvidia-cuda-cuobjdump wheel).
+bytes (cuobjdump -res-usage), the SASS instruction count, QGMMA / LDL / STL counts, the size and
+opcode counts of each K loop (innermost loops holding QGMMA), and whether the SASS (addresses
+stripped) is identical between the two trees. Needs cuobjdump on PATH (nvidia-cuda-cuobjdump wheel).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ VARIANTS = [
     (GemmType.MASKED, 128, 128, 1, 7168, 2048),
 ]
 
-_ADDRESS = re.compile(r"/\*[0-9a-f]{4,}\*/")
+_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
+_BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
 _OPCODE = re.compile(r"^\s*(?:/\*[0-9a-f]+\*/)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
@@ -61,6 +62,24 @@ def _sass_lines(library: str) -> list[str]:
     return [line for line in text.splitlines() if _OPCODE.match(line) and "/*" in line]
 
 
+def _k_loops(lines: list[str], opcodes: list[str]) -> list[dict]:
+    """Innermost loops (a backward branch and its target) holding QGMMA, the K loops: instruction count and
+    opcode histogram of each."""
+    index_of = {int(_ADDRESS.search(line).group(1), 16): i for i, line in enumerate(lines)}
+    spans = []
+    for i, line in enumerate(lines):
+        branch = _BRANCH.search(line)
+        if branch is None or branch.group(1) is None:
+            continue
+        start = index_of.get(int(branch.group(1), 16))
+        if start is None or start > i or not any(op.startswith("QGMMA") for op in opcodes[start:i + 1]):
+            continue
+        spans.append((start, i + 1))
+    innermost = [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+    return [{"instructions": b - a, "opcodes": dict(sorted(Counter(op.split(".")[0] for op in opcodes[a:b]).items()))}
+            for a, b in innermost]
+
+
 def describe(library: str) -> dict:
     """Resources and instruction statistics of the one GEMM kernel in ``library``."""
     usage = subprocess.run(["cuobjdump", "-res-usage", library], capture_output=True, text=True, check=True).stdout
@@ -68,28 +87,33 @@ def describe(library: str) -> dict:
     lines = _sass_lines(library)
     opcodes = [_OPCODE.match(line).group(1) for line in lines]
     counts = Counter(op.split(".")[0] for op in opcodes)
-    gmma = [i for i, op in enumerate(opcodes) if op.startswith("QGMMA")]
     return {
+        "k_loops": _k_loops(lines, opcodes),
         "registers": reg, "stack": stack, "local": local, "static_shared": shared,
         "instructions": len(opcodes), "qgmma": counts["QGMMA"], "ldl": counts["LDL"], "stl": counts["STL"],
-        "between_first_and_last_qgmma": gmma[-1] - gmma[0] + 1 if gmma else 0,
         "sass": [_ADDRESS.sub("", line).strip() for line in lines],
     }
+
+
+def _sizes(report: dict) -> str:
+    return "/".join(str(loop["instructions"]) for loop in report["k_loops"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, help="kernel source tree to compare against")
     parser.add_argument("--out", type=Path, help="write the report (SASS included) as JSON here")
+    parser.add_argument("--only", type=int, nargs="*", help="indices into VARIANTS to report (default: all)")
     args = parser.parse_args()
+    variants = [VARIANTS[i] for i in args.only] if args.only else VARIANTS
     os.environ.setdefault("DG_MOE_CACHE_DIR", tempfile.mkdtemp(prefix="dg_moe_sass_"))
     roots = [None] + ([str(args.base.resolve())] if args.base else [])
-    jobs = [(_args(v), root) for v in VARIANTS for root in roots]
+    jobs = [(_args(v), root) for v in variants for root in roots]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         libraries = list(pool.map(_compile, jobs))
     report = []
-    print(f"{'variant':<42} {'regs':>4} {'spill':>5} {'insts':>6} {'qgmma':>5} {'loop':>5}  vs base")
-    for i, variant in enumerate(VARIANTS):
+    print(f"{'variant':<42} {'regs':>4} {'spill':>5} {'insts':>6} {'qgmma':>5} {'K loops':>12}  vs base")
+    for i, variant in enumerate(variants):
         now = describe(libraries[i * len(roots)])
         base = describe(libraries[i * len(roots) + 1]) if args.base else None
         gemm_type, block_m, block_n, multicast, n, k = variant
@@ -99,10 +123,12 @@ def main() -> None:
         elif base["sass"] == now["sass"]:
             verdict = "identical SASS"
         else:
-            verdict = (f"differs: regs {base['registers']}, insts {base['instructions']}, "
-                       f"loop {base['between_first_and_last_qgmma']}")
+            same_loops = base["k_loops"] == now["k_loops"]
+            verdict = (f"SASS differs; base regs {base['registers']} spill {base['local']} insts "
+                       f"{base['instructions']}, K loops {_sizes(base)} ({'same' if same_loops else 'DIFFERENT'} "
+                       "opcode counts)")
         print(f"{name:<42} {now['registers']:>4} {now['local']:>5} {now['instructions']:>6} {now['qgmma']:>5} "
-              f"{now['between_first_and_last_qgmma']:>5}  {verdict}")
+              f"{_sizes(now):>12}  {verdict}")
         report.append({"variant": name, "now": now, "base": base})
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))

@@ -16,33 +16,35 @@
 namespace dg_moe {
 
 enum Status : int {
-  kStatusOk = 0,
-  kStatusBase = 100000,
-  // The CUDA driver has no cuTensorMapEncodeTiled (driver older than CUDA 12.0).
-  kStatusNoTensorMapEncoder = kStatusBase + 1,
-  // A host entry rejected its arguments (the Python op checks them first, so this is a bug).
-  kStatusInvalidArgument = kStatusBase + 2,
-  // cuTensorMapEncodeTiled rejected its arguments; the driver's CUresult is added to this base.
-  kStatusTensorMapEncodeBase = kStatusBase + 1000,
+    kStatusOk = 0,
+    kStatusBase = 100000,
+    // The CUDA driver has no cuTensorMapEncodeTiled (driver older than CUDA 12.0).
+    kStatusNoTensorMapEncoder = kStatusBase + 1,
+    // A host entry rejected its arguments (the Python op checks them first, so this is a bug).
+    kStatusInvalidArgument = kStatusBase + 2,
+    // cuTensorMapEncodeTiled rejected its arguments; the driver's CUresult is added to this base.
+    kStatusTensorMapEncodeBase = kStatusBase + 1000,
 };
 
 }  // namespace dg_moe
 
 // Return the status from the enclosing host entry when a CUDA runtime call fails.
-#define DG_MOE_RETURN_IF_ERROR(expr)                   \
-  do {                                                 \
-    const int dg_moe_status_ = static_cast<int>(expr); \
-    if (dg_moe_status_ != 0) return dg_moe_status_;   \
-  } while (0)
+#define DG_MOE_RETURN_IF_ERROR(expr)                       \
+    do {                                                   \
+        const int dg_moe_status_ = static_cast<int>(expr); \
+        if (dg_moe_status_ != 0)                           \
+            return dg_moe_status_;                         \
+    } while (0)
 
 DG_MOE_EXPORT const char* dg_moe_error_string(int status) {
-  if (status < dg_moe::kStatusBase) return cudaGetErrorString(static_cast<cudaError_t>(status));
-  if (status == dg_moe::kStatusNoTensorMapEncoder)
-    return "the CUDA driver does not provide cuTensorMapEncodeTiled (needs a CUDA 12+ driver)";
-  if (status == dg_moe::kStatusInvalidArgument)
-    return "a dg_moe host entry rejected its arguments (shape, alignment or pointer)";
-  if (status >= dg_moe::kStatusTensorMapEncodeBase && status < dg_moe::kStatusTensorMapEncodeBase + 1000)
-    return "cuTensorMapEncodeTiled rejected the tensor map (status - 101000 is the driver's CUresult); "
-           "check 16-byte alignment of the base pointer and strides, and box sizes <= 256";
-  return "unknown dg_moe status";
+    if (status < dg_moe::kStatusBase)
+        return cudaGetErrorString(static_cast<cudaError_t>(status));
+    if (status == dg_moe::kStatusNoTensorMapEncoder)
+        return "the CUDA driver does not provide cuTensorMapEncodeTiled (needs a CUDA 12+ driver)";
+    if (status == dg_moe::kStatusInvalidArgument)
+        return "a dg_moe host entry rejected its arguments (shape, alignment or pointer)";
+    if (status >= dg_moe::kStatusTensorMapEncodeBase && status < dg_moe::kStatusTensorMapEncodeBase + 1000)
+        return "cuTensorMapEncodeTiled rejected the tensor map (status - 101000 is the driver's CUresult); "
+               "check 16-byte alignment of the base pointer and strides, and box sizes <= 256";
+    return "unknown dg_moe status";
 }

@@ -7,7 +7,7 @@ namespace dg_moe {
 // writes before it (barrier initialisation included) visible cluster-wide after it. Not
 // `.aligned`: callers reach it from diverged warps (the elected producer thread arrives last).
 __device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
 }
 
 }  // namespace dg_moe

@@ -13,6 +13,8 @@
 // 54 us for a down projection whose weights take 24 us to read).
 #include <cstdint>
 
+#include "common/unroll.cuh"
+
 namespace dg_moe::sched {
 
 enum class GemmType : uint32_t {
@@ -56,7 +58,7 @@ struct Scheduler {
     static constexpr bool kGroupCursor = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
 
     const int* layout;
-    uint32_t m;            // rows of A (Normal, contiguous) or max_m (masked)
+    uint32_t m;  // rows of A (Normal, contiguous) or max_m (masked)
     uint32_t num_groups;
     const uint32_t* block_table;  // shared memory, num_groups + 1 entries (build_block_table), or null
     uint32_t num_m_blocks;
@@ -66,7 +68,10 @@ struct Scheduler {
 
     __device__ __forceinline__ Scheduler(const int* layout_, uint32_t m_, uint32_t num_groups_,
                                          const uint32_t* block_table_ = nullptr)
-        : layout(layout_), m(m_), num_groups(num_groups_), block_table(block_table_),
+        : layout(layout_),
+          m(m_),
+          num_groups(num_groups_),
+          block_table(block_table_),
           next_index(blockIdx.x / kMulticast) {
         if constexpr (!kGroupCursor) {
             num_m_blocks = ceil_div(m, BLOCK_M);
@@ -117,7 +122,7 @@ struct Scheduler {
             for (uint32_t base = 0; base < num_groups; base += 32) {
                 const uint32_t g = base + lane;
                 uint32_t sum = g < num_groups ? table[g + 1] : 0u;
-                #pragma unroll
+                DG_MOE_UNROLL
                 for (uint32_t offset = 1; offset < 32; offset *= 2) {
                     const uint32_t other = __shfl_up_sync(0xffffffffu, sum, offset);
                     if (lane >= offset)

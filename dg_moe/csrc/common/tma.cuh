@@ -28,23 +28,23 @@ template <typename T>
 struct TmaDataType;
 template <>
 struct TmaDataType<float> {
-  static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+    static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
 };
 template <>
 struct TmaDataType<__nv_bfloat16> {
-  static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
 };
 template <>
 struct TmaDataType<__half> {
-  static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 };
 template <>
 struct TmaDataType<__nv_fp8_e4m3> {
-  static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_UINT8;
+    static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_UINT8;
 };
 template <>
 struct TmaDataType<int32_t> {
-  static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_INT32;
+    static constexpr CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_INT32;
 };
 
 // cuTensorMapEncodeTiled is a driver API; fetching it through the runtime keeps the library free
@@ -52,21 +52,22 @@ struct TmaDataType<int32_t> {
 // successful look-up is cached, so a failure keeps reporting the runtime's own error (no driver,
 // driver too old) rather than a stale null pointer.
 inline int tensor_map_encoder(PFN_cuTensorMapEncodeTiled_v12000* encoder) {
-  static void* cached = nullptr;
-  void* fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-  if (fn == nullptr) {
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    static void* cached = nullptr;
+    void* fn = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (fn == nullptr) {
+        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
 #if CUDART_VERSION >= 12050
-    DG_MOE_RETURN_IF_ERROR(
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+        DG_MOE_RETURN_IF_ERROR(
+            cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
 #else
-    DG_MOE_RETURN_IF_ERROR(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found));
+        DG_MOE_RETURN_IF_ERROR(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found));
 #endif
-    if (found != cudaDriverEntryPointSuccess || fn == nullptr) return kStatusNoTensorMapEncoder;
-    __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
-  }
-  *encoder = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  return kStatusOk;
+        if (found != cudaDriverEntryPointSuccess || fn == nullptr)
+            return kStatusNoTensorMapEncoder;
+        __atomic_store_n(&cached, fn, __ATOMIC_RELEASE);
+    }
+    *encoder = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    return kStatusOk;
 }
 
 // Encode a tiled tensor map of rank 1..5. `dims` and `box` are innermost first; `strides_bytes`
@@ -75,13 +76,12 @@ inline int make_tensor_map(CUtensorMap* map, CUtensorMapDataType dtype, uint32_t
                            const uint64_t* dims, const uint64_t* strides_bytes, const uint32_t* box,
                            CUtensorMapSwizzle swizzle, CUtensorMapL2promotion l2_promotion,
                            CUtensorMapFloatOOBfill oob_fill = CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) {
-  PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-  DG_MOE_RETURN_IF_ERROR(tensor_map_encoder(&encode));
-  const cuuint32_t element_strides[5] = {1, 1, 1, 1, 1};
-  const CUresult result =
-      encode(map, dtype, rank, const_cast<void*>(base), dims, strides_bytes, box, element_strides,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, l2_promotion, oob_fill);
-  return result == CUDA_SUCCESS ? kStatusOk : kStatusTensorMapEncodeBase + static_cast<int>(result);
+    PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+    DG_MOE_RETURN_IF_ERROR(tensor_map_encoder(&encode));
+    const cuuint32_t element_strides[5] = {1, 1, 1, 1, 1};
+    const CUresult result = encode(map, dtype, rank, const_cast<void*>(base), dims, strides_bytes, box, element_strides,
+                                   CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, l2_promotion, oob_fill);
+    return result == CUDA_SUCCESS ? kStatusOk : kStatusTensorMapEncodeBase + static_cast<int>(result);
 }
 
 // 2-D map over a matrix with `inner` contiguous elements per row and `outer` rows, rows
@@ -90,53 +90,51 @@ inline int make_tensor_map_2d(CUtensorMap* map, CUtensorMapDataType dtype, const
                               uint64_t outer, uint64_t row_stride_bytes, uint32_t box_inner, uint32_t box_outer,
                               CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_NONE,
                               CUtensorMapL2promotion l2_promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
-  const uint64_t dims[2] = {inner, outer};
-  const uint64_t strides[1] = {row_stride_bytes};
-  const uint32_t box[2] = {box_inner, box_outer};
-  return make_tensor_map(map, dtype, 2, base, dims, strides, box, swizzle, l2_promotion);
+    const uint64_t dims[2] = {inner, outer};
+    const uint64_t strides[1] = {row_stride_bytes};
+    const uint32_t box[2] = {box_inner, box_outer};
+    return make_tensor_map(map, dtype, 2, base, dims, strides, box, swizzle, l2_promotion);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Device side
 // ---------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ uint64_t tensor_map_ptr(const CUtensorMap* map) {
-  return reinterpret_cast<uint64_t>(map);
-}
+__device__ __forceinline__ uint64_t tensor_map_ptr(const CUtensorMap* map) { return reinterpret_cast<uint64_t>(map); }
 
 // Pull the descriptor into the cache before the first copy uses it.
 __device__ __forceinline__ void tma_prefetch_tensor_map(const CUtensorMap* map) {
-  asm volatile("prefetch.tensormap [%0];" ::"l"(tensor_map_ptr(map)) : "memory");
+    asm volatile("prefetch.tensormap [%0];" ::"l"(tensor_map_ptr(map)) : "memory");
 }
 
 // Global -> shared; the copied bytes count towards `bar`'s expected transactions.
 __device__ __forceinline__ void tma_load_2d(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
                                             int32_t c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
-          smem_u32(smem_dst)),
-      "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
-      : "memory");
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+            smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
+        : "memory");
 }
 
 // Same tile delivered to every CTA of the cluster named in `cta_mask`, at the same shared-memory
 // offsets, each completing on its own barrier at `bar`'s offset.
-__device__ __forceinline__ void tma_load_2d_multicast(const CUtensorMap* map, void* smem_dst, uint64_t* bar,
-                                                      int32_t c0, int32_t c1, uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
-      "[%0], [%1, {%4, %5}], [%2], %3;" ::"r"(smem_u32(smem_dst)),
-      "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1)
-      : "memory");
+__device__ __forceinline__ void tma_load_2d_multicast(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
+                                                      int32_t c1, uint16_t cta_mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%4, %5}], [%2], %3;" ::"r"(smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1)
+        : "memory");
 }
 
 // Shared -> global; elements outside the tensor are not written (partial tiles are clipped).
 // Writers of `smem_src` must run tma_fence_shared() and a barrier before this.
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* smem_src, int32_t c0, int32_t c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
-                   tensor_map_ptr(map)),
-               "r"(smem_u32(smem_src)), "r"(c0), "r"(c1)
-               : "memory");
+    asm volatile(
+        "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(tensor_map_ptr(map)),
+        "r"(smem_u32(smem_src)), "r"(c0), "r"(c1)
+        : "memory");
 }
 
 // Close the stores issued so far by this thread into one bulk group.
@@ -146,13 +144,13 @@ __device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk
 // be overwritten).
 template <int N>
 __device__ __forceinline__ void tma_store_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+    asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
 }
 
 // Wait until at most N bulk groups are incomplete (their global writes done).
 template <int N>
 __device__ __forceinline__ void tma_store_wait() {
-  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+    asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
 }
 
 // Order this thread's generic-proxy shared-memory writes before later async-proxy (TMA, wgmma)

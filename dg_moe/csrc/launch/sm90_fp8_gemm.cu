@@ -23,31 +23,32 @@ constexpr uint32_t kMulticast = DG_MOE_MULTICAST;
 using Layout = SharedLayout<kBlockM, kBlockN, kNumStages, kShapeK>;
 using DLayout = DTile<kBlockM, kBlockN>;
 static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages and the D tile exceed 227 KB of shared memory");
-static_assert(Layout::kTotalBytes == DG_MOE_SMEM_BYTES,
-              "smem_bytes() in dg_moe/kernels/sm90_fp8_gemm/heuristic.py disagrees with SharedLayout: mend the two together");
+static_assert(
+    Layout::kTotalBytes == DG_MOE_SMEM_BYTES,
+    "smem_bytes() in dg_moe/kernels/sm90_fp8_gemm/heuristic.py disagrees with SharedLayout: mend the two together");
 constexpr bool kGroupTable = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
 constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast>;
 
 CUtensorMapSwizzle d_swizzle() {
-  return DLayout::kSpanBytes == 128   ? CU_TENSOR_MAP_SWIZZLE_128B
-         : DLayout::kSpanBytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
-                                     : CU_TENSOR_MAP_SWIZZLE_32B;
+    return DLayout::kSpanBytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+           : DLayout::kSpanBytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                       : CU_TENSOR_MAP_SWIZZLE_32B;
 }
 
 cudaLaunchConfig_t launch_config(uint32_t clusters, uint32_t smem_bytes, cudaStream_t stream,
                                  cudaLaunchAttribute* cluster) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(clusters * kMulticast);
-  config.blockDim = dim3(MathShape<kBlockM>::kBlockThreads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  cluster->id = cudaLaunchAttributeClusterDimension;
-  cluster->val.clusterDim.x = kMulticast;
-  cluster->val.clusterDim.y = 1;
-  cluster->val.clusterDim.z = 1;
-  config.attrs = cluster;
-  config.numAttrs = 1;
-  return config;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(clusters * kMulticast);
+    config.blockDim = dim3(MathShape<kBlockM>::kBlockThreads);
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    cluster->id = cudaLaunchAttributeClusterDimension;
+    cluster->val.clusterDim.x = kMulticast;
+    cluster->val.clusterDim.y = 1;
+    cluster->val.clusterDim.z = 1;
+    config.attrs = cluster;
+    config.numAttrs = 1;
+    return config;
 }
 
 // cudaFuncSetAttribute and the occupancy query concern the current device only, so their results
@@ -56,43 +57,47 @@ cudaLaunchConfig_t launch_config(uint32_t clusters, uint32_t smem_bytes, cudaStr
 constexpr int kMaxDevices = 64;
 
 int current_device() {
-  int device = -1;
-  return cudaGetDevice(&device) == cudaSuccess && device < kMaxDevices ? device : -1;
+    int device = -1;
+    return cudaGetDevice(&device) == cudaSuccess && device < kMaxDevices ? device : -1;
 }
 
 // Raises the kernel's dynamic shared-memory limit, once per device: to the whole 227 KB where a group
 // table may follow the layout (its size is known per launch only).
 cudaError_t allow_shared_memory() {
-  static int status_plus_one[kMaxDevices];  // 0: not set on that device yet
-  const int device = current_device();
-  if (device >= 0) {
-    const int cached = __atomic_load_n(&status_plus_one[device], __ATOMIC_ACQUIRE);
-    if (cached != 0) return static_cast<cudaError_t>(cached - 1);
-  }
-  const cudaError_t status =
-      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           kGroupTable ? kMaxSharedBytes : Layout::kTotalBytes);
-  if (device >= 0) __atomic_store_n(&status_plus_one[device], static_cast<int>(status) + 1, __ATOMIC_RELEASE);
-  return status;
+    static int status_plus_one[kMaxDevices];  // 0: not set on that device yet
+    const int device = current_device();
+    if (device >= 0) {
+        const int cached = __atomic_load_n(&status_plus_one[device], __ATOMIC_ACQUIRE);
+        if (cached != 0)
+            return static_cast<cudaError_t>(cached - 1);
+    }
+    const cudaError_t status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    kGroupTable ? kMaxSharedBytes : Layout::kTotalBytes);
+    if (device >= 0)
+        __atomic_store_n(&status_plus_one[device], static_cast<int>(status) + 1, __ATOMIC_RELEASE);
+    return status;
 }
 
 // Clusters of this kernel the current GPU can hold at once; 0 when the query fails (then no cap).
 uint32_t max_active_clusters() {
-  static uint32_t count_plus_one[kMaxDevices];  // 0: not queried on that device yet
-  const int device = current_device();
-  if (device >= 0) {
-    const uint32_t cached = __atomic_load_n(&count_plus_one[device], __ATOMIC_ACQUIRE);
-    if (cached != 0) return cached - 1;
-  }
-  uint32_t result = 0;
-  if (allow_shared_memory() == cudaSuccess) {
-    cudaLaunchAttribute cluster;
-    const cudaLaunchConfig_t config = launch_config(1, Layout::kTotalBytes, nullptr, &cluster);
-    int count = 0;
-    if (cudaOccupancyMaxActiveClusters(&count, kKernel, &config) == cudaSuccess) result = static_cast<uint32_t>(count);
-  }
-  if (device >= 0) __atomic_store_n(&count_plus_one[device], result + 1, __ATOMIC_RELEASE);
-  return result;
+    static uint32_t count_plus_one[kMaxDevices];  // 0: not queried on that device yet
+    const int device = current_device();
+    if (device >= 0) {
+        const uint32_t cached = __atomic_load_n(&count_plus_one[device], __ATOMIC_ACQUIRE);
+        if (cached != 0)
+            return cached - 1;
+    }
+    uint32_t result = 0;
+    if (allow_shared_memory() == cudaSuccess) {
+        cudaLaunchAttribute cluster;
+        const cudaLaunchConfig_t config = launch_config(1, Layout::kTotalBytes, nullptr, &cluster);
+        int count = 0;
+        if (cudaOccupancyMaxActiveClusters(&count, kKernel, &config) == cudaSuccess)
+            result = static_cast<uint32_t>(count);
+    }
+    if (device >= 0)
+        __atomic_store_n(&count_plus_one[device], result + 1, __ATOMIC_RELEASE);
+    return result;
 }
 
 }  // namespace
@@ -108,44 +113,46 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm_max_active_clusters() { return static_cas
 DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const void* b, const float* sfb, void* d,
                                        const int* layout, uint32_t m, uint32_t num_groups, uint32_t sfa_stride,
                                        uint32_t num_sms, void* stream) {
-  if (m == 0 || num_groups == 0 || num_sms == 0) return dg_moe::kStatusInvalidArgument;
-  const bool masked = kType == GemmType::MGroupedMasked;
-  const uint64_t rows = masked ? uint64_t(num_groups) * m : m;
-  const uint64_t b_rows = uint64_t(kType == GemmType::Normal ? 1 : num_groups) * kShapeN;
-  const uint64_t sfa_cols = uint64_t(masked ? num_groups : 1) * (kShapeK / kBlockK);
+    if (m == 0 || num_groups == 0 || num_sms == 0)
+        return dg_moe::kStatusInvalidArgument;
+    const bool masked = kType == GemmType::MGroupedMasked;
+    const uint64_t rows = masked ? uint64_t(num_groups) * m : m;
+    const uint64_t b_rows = uint64_t(kType == GemmType::Normal ? 1 : num_groups) * kShapeN;
+    const uint64_t sfa_cols = uint64_t(masked ? num_groups : 1) * (kShapeK / kBlockK);
 
-  CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_d;
-  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, kShapeK, rows, kShapeK,
-                                                    kBlockK, kBlockM / kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
-  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, kShapeK, b_rows,
-                                                    kShapeK, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
-  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, sfa_cols,
-                                                    uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
-  // D goes out in boxes of 64 rows: each math warpgroup stores its own rows of each wave.
-  DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, d, kShapeN, rows,
-                                                    uint64_t(kShapeN) * 2, DLayout::kSpanCols, 64,
-                                                    d_swizzle()));
+    CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_d;
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, kShapeK, rows, kShapeK,
+                                                      kBlockK, kBlockM / kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, kShapeK, b_rows,
+                                                      kShapeK, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, sfa_cols,
+                                                      uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
+    // D goes out in boxes of 64 rows: each math warpgroup stores its own rows of each wave.
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_d, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, d, kShapeN, rows,
+                                                      uint64_t(kShapeN) * 2, DLayout::kSpanCols, 64, d_swizzle()));
 
-  DG_MOE_RETURN_IF_ERROR(allow_shared_memory());
+    DG_MOE_RETURN_IF_ERROR(allow_shared_memory());
 
-  // Persistent grid: whole clusters, no more than can be resident at once (a cluster's CTAs must
-  // share a GPC, so fewer than num_sms / 2 pairs may fit; extra clusters would run as a second wave).
-  uint32_t clusters = num_sms / kMulticast;
-  const uint32_t resident = max_active_clusters();
-  if (resident > 0 && resident < clusters) clusters = resident;
-  if (kType == GemmType::Normal) {
-    const uint32_t n_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(kShapeN, kBlockN), kMulticast);
-    const uint32_t slots = dg_moe::sched::ceil_div(m, kBlockM) * n_slots;
-    clusters = slots < clusters ? slots : clusters;
-  }
-  if (clusters == 0) return dg_moe::kStatusInvalidArgument;
-  // The group table takes shared memory the stages left over; without room the scheduler walks the groups.
-  const uint64_t table_bytes = (uint64_t(num_groups) + 1) * sizeof(uint32_t);
-  const bool group_table = kGroupTable && Layout::kTotalBytes + table_bytes <= kMaxSharedBytes;
-  const uint32_t smem_bytes = Layout::kTotalBytes + (group_table ? static_cast<uint32_t>(table_bytes) : 0u);
-  const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups, group_table ? 1u : 0u};
+    // Persistent grid: whole clusters, no more than can be resident at once (a cluster's CTAs must
+    // share a GPC, so fewer than num_sms / 2 pairs may fit; extra clusters would run as a second wave).
+    uint32_t clusters = num_sms / kMulticast;
+    const uint32_t resident = max_active_clusters();
+    if (resident > 0 && resident < clusters)
+        clusters = resident;
+    if (kType == GemmType::Normal) {
+        const uint32_t n_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(kShapeN, kBlockN), kMulticast);
+        const uint32_t slots = dg_moe::sched::ceil_div(m, kBlockM) * n_slots;
+        clusters = slots < clusters ? slots : clusters;
+    }
+    if (clusters == 0)
+        return dg_moe::kStatusInvalidArgument;
+    // The group table takes shared memory the stages left over; without room the scheduler walks the groups.
+    const uint64_t table_bytes = (uint64_t(num_groups) + 1) * sizeof(uint32_t);
+    const bool group_table = kGroupTable && Layout::kTotalBytes + table_bytes <= kMaxSharedBytes;
+    const uint32_t smem_bytes = Layout::kTotalBytes + (group_table ? static_cast<uint32_t>(table_bytes) : 0u);
+    const Params params{sfb, layout, static_cast<__nv_bfloat16*>(d), m, num_groups, group_table ? 1u : 0u};
 
-  cudaLaunchAttribute cluster;
-  const cudaLaunchConfig_t config = launch_config(clusters, smem_bytes, static_cast<cudaStream_t>(stream), &cluster);
-  return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_d));
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t config = launch_config(clusters, smem_bytes, static_cast<cudaStream_t>(stream), &cluster);
+    return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_d));
 }
