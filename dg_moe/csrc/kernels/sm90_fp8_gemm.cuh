@@ -434,24 +434,23 @@ struct MathWarpgroup {
 
     // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
     // A narrow tile's sums past its half width stay zero: those columns lie past N. Columns of a
-    // 192-wide tile at or past `split` take the second SFB block's scales.
-    template <uint32_t kAccum>
-    __device__ __forceinline__ void promote(const float4& scale, uint32_t split, uint32_t v, float (&acc)[kAccum]) {
+    // 192-wide tile at or past kSplit take the second SFB block's scales.
+    template <uint32_t kSplit, uint32_t kAccum>
+    __device__ __forceinline__ void promote(const float4& scale, uint32_t v, float (&acc)[kAccum]) {
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kAccum; ++i)
             wgmma::fence_operand(acc[i]);
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kAccum; ++i) {
-            const bool second_block = V::kTwoSFB && 8 * (i / 4) >= split;
+            const bool second_block = V::kTwoSFB && 8 * (i / 4) >= kSplit;
             const float sc = (i / 2) % 2 == 0 ? (second_block ? scale.z : scale.x) : (second_block ? scale.w : scale.y);
             result[v][i] += sc * acc[i];
         }
     }
 
     // One K block, every wave in turn through one accumulator set; `ahead`: wave 0 already issued.
-    template <bool kNarrow, typename Accum>
-    __device__ __forceinline__ void single_block(const float* table, uint32_t split, Accum& accum, uint32_t k,
-                                                 bool ahead) {
+    template <bool kNarrow, uint32_t kSplit, typename Accum>
+    __device__ __forceinline__ void single_block(const float* table, Accum& accum, uint32_t k, bool ahead) {
         const uint32_t s = iter % V::kNumStages;
         if (!ahead)
             mbarrier_wait(smem.full() + s, (iter / V::kNumStages) & 1);
@@ -463,14 +462,14 @@ struct MathWarpgroup {
             wgmma::wait_group<0>();
             if (v == V::kNumWaves - 1)
                 release(s);
-            promote(scale, split, v, accum[0]);
+            promote<kSplit>(scale, v, accum[0]);
         }
         ++iter;
     }
 
     // K blocks k and k + 1: the second one's wgmmas run while the first is promoted.
-    template <bool kNarrow, typename Accum>
-    __device__ __forceinline__ void pair(const float* table, uint32_t split, Accum& accum, uint32_t k, bool ahead) {
+    template <bool kNarrow, uint32_t kSplit, typename Accum>
+    __device__ __forceinline__ void pair(const float* table, Accum& accum, uint32_t k, bool ahead) {
         const uint32_t s0 = iter % V::kNumStages, s1 = (iter + 1) % V::kNumStages;
         if (!ahead) {
             mbarrier_wait(smem.full() + s0, (iter / V::kNumStages) & 1);
@@ -484,11 +483,27 @@ struct MathWarpgroup {
         const float4 scale1 = scales(table, s1, 0, k + 1);
         wgmma::wait_group<1>();
         release(s0);
-        promote(scale0, split, 0, accum[0]);
+        promote<kSplit>(scale0, 0, accum[0]);
         wgmma::wait_group<0>();
         release(s1);
-        promote(scale1, split, 0, accum[V::kPairs ? 1 : 0]);
+        promote<kSplit>(scale1, 0, accum[V::kPairs ? 1 : 0]);
         iter += 2;
+    }
+
+    // Every K block of the current tile; the first (two, with pairs) already issued.
+    template <bool kNarrow, uint32_t kSplit, typename Accum>
+    __device__ __forceinline__ void k_loop(const float* table, Accum& accum) {
+        if constexpr (V::kPairs) {
+            pair<kNarrow, kSplit>(table, accum, 0, true);
+            for (uint32_t k = 2; k + 1 < V::kNumKBlocks; k += 2)
+                pair<kNarrow, kSplit>(table, accum, k, false);
+            if constexpr (V::kNumKBlocks % 2 == 1)
+                single_block<kNarrow, kSplit>(table, accum, V::kNumKBlocks - 1, false);
+        } else {
+            single_block<kNarrow, kSplit>(table, accum, 0, true);
+            for (uint32_t k = 1; k < V::kNumKBlocks; ++k)
+                single_block<kNarrow, kSplit>(table, accum, k, false);
+        }
     }
 
     // Runs `tile` and the tiles after it while they are of one kind (narrow or not); returns whether
@@ -504,7 +519,6 @@ struct MathWarpgroup {
         float accum[V::kPairs ? 2 : 1][kNumAccum<kNarrow>];
         issue_ahead<kNarrow>(accum);
         for (;; ++tile_count) {
-            const uint32_t split = 128 - (tile.n_block * V::BLOCK_N) % 128;
             const uint32_t table_index = tile_count % 2;
             const float* table = smem.sfb_tables() + table_index * Layout::kFloatsSFBTable;
             mbarrier_wait(smem.sfb_full() + table_index, (tile_count / 2) & 1);
@@ -514,16 +528,17 @@ struct MathWarpgroup {
             for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
                 result[v][i] = 0.0f;
 
-            if constexpr (V::kPairs) {
-                pair<kNarrow>(table, split, accum, 0, true);
-                for (uint32_t k = 2; k + 1 < V::kNumKBlocks; k += 2)
-                    pair<kNarrow>(table, split, accum, k, false);
-                if constexpr (V::kNumKBlocks % 2 == 1)
-                    single_block<kNarrow>(table, split, accum, V::kNumKBlocks - 1, false);
+            if constexpr (V::kTwoSFB) {
+                // A 192-wide tile starts at column 0 or 64 of an SFB block (n-block even or odd), so its
+                // second block's scales start at tile column 128 or 64: each case has its own copy of the
+                // K loop, with no per-accumulator selection in the promotion (a run-time split cost a
+                // compare and two selects per 4 accumulators, ~70 instructions per K block at 128 x 192).
+                if ((tile.n_block * V::BLOCK_N) % 128 == 0)
+                    k_loop<kNarrow, 128>(table, accum);
+                else
+                    k_loop<kNarrow, 64>(table, accum);
             } else {
-                single_block<kNarrow>(table, split, accum, 0, true);
-                for (uint32_t k = 1; k < V::kNumKBlocks; ++k)
-                    single_block<kNarrow>(table, split, accum, k, false);
+                k_loop<kNarrow, V::BLOCK_N>(table, accum);
             }
 
             // The K loop's last read of the SFB table is done in every lane of this warp.
