@@ -26,7 +26,7 @@ from dg_moe.jit import compile_only
 from dg_moe.kernels.sm90_fp8_gemm import FAMILY, GemmType, template_args
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig, max_stages
 
-# (layout, BLOCK_M, BLOCK_N, multicast, N, K): each tile path of the kernel at least once.
+# (layout, BLOCK_M, BLOCK_N, multicast, N, K[, shares B]): each tile path of the kernel at least once.
 VARIANTS = [
     (GemmType.NORMAL, 256, 128, 1, 4096, 7168),
     (GemmType.NORMAL, 256, 128, 2, 7168, 2048),
@@ -39,6 +39,10 @@ VARIANTS = [
     (GemmType.CONTIGUOUS_PSUM, 128, 192, 1, 4096, 7168),
     (GemmType.MASKED, 64, 128, 1, 4096, 7168),
     (GemmType.MASKED, 128, 128, 1, 7168, 2048),
+    (GemmType.NORMAL, 128, 192, 2, 2112, 7168, True),
+    (GemmType.CONTIGUOUS, 128, 192, 2, 4096, 7168, True),
+    (GemmType.CONTIGUOUS_PSUM, 128, 192, 2, 7168, 2048, True),
+    (GemmType.MASKED, 128, 128, 2, 4096, 7168, True),
 ]
 
 _ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
@@ -48,8 +52,8 @@ _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
 def _args(variant) -> dict:
-    gemm_type, block_m, block_n, multicast, n, k = variant
-    config = GemmConfig(block_m, block_n, max_stages(block_m, block_n, k), multicast, 0, 0.0)
+    gemm_type, block_m, block_n, multicast, n, k, *shares_b = variant
+    config = GemmConfig(block_m, block_n, max_stages(block_m, block_n, k), multicast, 0, 0.0, bool(shares_b))
     return template_args(gemm_type, config, n, k)
 
 
@@ -116,8 +120,8 @@ def main() -> None:
     for i, variant in enumerate(variants):
         now = describe(libraries[i * len(roots)])
         base = describe(libraries[i * len(roots) + 1]) if args.base else None
-        gemm_type, block_m, block_n, multicast, n, k = variant
-        name = f"{gemm_type.name} {block_m}x{block_n}x{multicast} N={n} K={k}"
+        gemm_type, block_m, block_n, multicast, n, k, *shares_b = variant
+        name = f"{gemm_type.name} {block_m}x{block_n}x{multicast}{'B' if shares_b else ''} N={n} K={k}"
         if base is None:
             verdict = ""
         elif base["sass"] == now["sass"]:

@@ -35,24 +35,32 @@ struct Tile {
     uint32_t local_row;   // first row inside the group (masked: the SFA map's inner coordinate)
     uint32_t valid_rows;  // rows from `row` that hold real tokens (BLOCK_M when all do)
     bool check_rows;      // per-row layout with padding inside the tile: test layout[row] per row
+    bool multicast_b;     // B-sharing clusters: both CTAs' tiles read the same B rows, so each loads half
 };
 
 // Tiles are ordered in bands of kBandWidth column blocks, rows fastest inside a band: one wave of
 // CTAs then reads a few hundred rows of A and kBandWidth blocks of B, which stay in L2.
 // With kTailLast (the kernel runs the last column block at half width), that block's tiles come
 // after all the others, as one band of its own.
-// With kMulticast = 2 the CTAs of a cluster walk tile pairs (one m-block, two adjacent n-blocks,
-// rank r taking n-block 2p + r) so they can share A's loads; the n-block count is padded to even,
-// and a padding n-block past N costs a little math but writes nothing (TMA clips its store).
+// With kMulticast = 2 the CTAs of a cluster walk tile pairs, rank r taking one tile of each:
+// - sharing A (kMulticastB false): one m-block, n-blocks 2p + r; the n-block count is padded to even,
+//   and a padding n-block past N costs a little math but writes nothing (TMA clips its store);
+// - sharing B (kMulticastB): one n-block, m-blocks 2p + r. The pair shares B only where both m-blocks
+//   belong to one group (Tile::multicast_b); otherwise each CTA loads all of B. A pair with one tile
+//   (an odd m-block count, a padding tile of the per-row layout) runs the missing one as a copy of its
+//   peer's with no rows to write, so both CTAs walk the same K blocks through their stage rings.
 template <GemmType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kMulticast = 1,
-          bool kTailLast = false, uint32_t kBandWidth = 16>
+          bool kMulticastB = false, bool kTailLast = false, uint32_t kBandWidth = 16>
 struct Scheduler {
     static_assert(kMulticast == 1 || kMulticast == 2, "clusters of 1 or 2 CTAs");
+    static_assert(!kMulticastB || kMulticast == 2, "B is shared across a 2-CTA cluster");
     static_assert(!kTailLast || kMulticast == 1, "a separate last column block needs single-CTA clusters");
-    static_assert(kBandWidth % kMulticast == 0, "a band holds whole tile pairs");
-    static constexpr uint32_t kNumNBlocks = ceil_div(ceil_div(SHAPE_N, BLOCK_N), kMulticast) * kMulticast;
-    static constexpr uint32_t kNumNSlots = kNumNBlocks / kMulticast;
-    static constexpr uint32_t kBandSlots = kBandWidth / kMulticast;
+    static constexpr uint32_t kPairN = kMulticast == 2 && !kMulticastB ? 2 : 1;  // n-blocks per slot
+    static constexpr uint32_t kPairM = kMulticast == 2 && kMulticastB ? 2 : 1;   // m-blocks per slot
+    static_assert(kBandWidth % kPairN == 0, "a band holds whole tile pairs");
+    static constexpr uint32_t kNumNBlocks = ceil_div(ceil_div(SHAPE_N, BLOCK_N), kPairN) * kPairN;
+    static constexpr uint32_t kNumNSlots = kNumNBlocks / kPairN;
+    static constexpr uint32_t kBandSlots = kBandWidth / kPairN;
     static constexpr uint32_t kMainSlots = kTailLast ? kNumNSlots - 1 : kNumNSlots;
 
     static constexpr bool kGroupCursor = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
@@ -62,7 +70,8 @@ struct Scheduler {
     uint32_t num_groups;
     const uint32_t* block_table;  // shared memory, num_groups + 1 entries (build_block_table), or null
     uint32_t num_m_blocks;
-    uint32_t next_index;  // in row order: blockIdx.x / kMulticast + round * slots
+    uint32_t num_m_slots;  // m-block pairs with kPairM = 2
+    uint32_t next_index;   // in row order: blockIdx.x / kMulticast + round * slots
     // Cursor over groups (masked, psum): the group holding global m-block `cursor_block`.
     uint32_t cursor_group = 0, cursor_block = 0, cursor_blocks = 0, cursor_row = 0, cursor_rows = 0;
 
@@ -84,6 +93,7 @@ struct Scheduler {
                 num_m_blocks += ceil_div(group_rows(layout, m, g), BLOCK_M);
             load_group(0, 0);
         }
+        num_m_slots = kPairM == 2 ? ceil_div(num_m_blocks, 2) : num_m_blocks;
     }
 
     __device__ __forceinline__ static uint32_t group_begin(const int* layout, uint32_t m, uint32_t g) {
@@ -169,8 +179,18 @@ struct Scheduler {
             load_group(cursor_group + 1, cursor_block + cursor_blocks);
     }
 
+    // Group, rows and valid rows of global m-block `m_block` of a grouped-cursor layout.
+    __device__ __forceinline__ void locate(uint32_t m_block, Tile& tile) {
+        seek(m_block);
+        tile.group = cursor_group;
+        tile.local_row = (m_block - cursor_block) * BLOCK_M;
+        tile.row = cursor_row + tile.local_row;
+        tile.valid_rows = min(BLOCK_M, cursor_rows - tile.local_row);
+    }
+
     __device__ __forceinline__ bool next(Tile& tile) {
-        const uint32_t band_slots = num_m_blocks * kBandSlots;
+        const uint32_t band_slots = num_m_slots * kBandSlots;
+        const uint32_t rank = blockIdx.x % kMulticast;
         while (true) {
             const uint32_t slots = gridDim.x / kMulticast, slot = blockIdx.x / kMulticast;
             uint32_t index = next_index;
@@ -179,42 +199,74 @@ struct Scheduler {
             // the K loop (wgmma descriptors re-derived between wgmmas) and cost 4096^2 x 7168 10 %.
             if (kTailLast && (index / slots) % 2 == 1)
                 index += slots - 1 - 2 * slot;
-            if (index >= num_m_blocks * kNumNSlots)
+            if (index >= num_m_slots * kNumNSlots)
                 return false;
-            uint32_t m_block;
-            if (!kTailLast || index < num_m_blocks * kMainSlots) {
+            uint32_t m_slot;
+            if (!kTailLast || index < num_m_slots * kMainSlots) {
                 const uint32_t band = index / band_slots;
                 const uint32_t in_band = index - band * band_slots;
                 const uint32_t width = min(kBandSlots, kMainSlots - band * kBandSlots);
-                m_block = in_band / width;
-                tile.n_block = (band * kBandSlots + in_band % width) * kMulticast + blockIdx.x % kMulticast;
+                m_slot = in_band / width;
+                tile.n_block = (band * kBandSlots + in_band % width) * kPairN + (kPairN == 2 ? rank : 0);
             } else {
-                m_block = index - num_m_blocks * kMainSlots;
+                m_slot = index - num_m_slots * kMainSlots;
                 tile.n_block = kNumNSlots - 1;
             }
+            const uint32_t m_block = m_slot * kPairM + (kPairM == 2 ? rank : 0);
             tile.check_rows = false;
+            tile.multicast_b = kPairM == 2;
             if constexpr (kType == GemmType::Normal) {
+                // With kPairM = 2 and an odd m-block count, the last pair's second tile lies past M:
+                // its loads read TMA's zero fill and its store is clipped.
                 tile.group = 0;
                 tile.row = tile.local_row = m_block * BLOCK_M;
-                tile.valid_rows = min(BLOCK_M, m - tile.row);
+                tile.valid_rows = tile.row < m ? min(BLOCK_M, m - tile.row) : 0u;
                 return true;
             } else if constexpr (kType == GemmType::MGroupedContiguous) {
                 tile.row = tile.local_row = m_block * BLOCK_M;
-                const int group = __ldg(layout + tile.row);
-                if (group < 0)
+                int group = m_block < num_m_blocks ? __ldg(layout + tile.row) : -1;
+                if constexpr (kPairM == 2) {
+                    const uint32_t peer_block = m_block ^ 1u;
+                    const int peer = peer_block < num_m_blocks ? __ldg(layout + peer_block * BLOCK_M) : -1;
+                    if (group < 0 && peer < 0)
+                        continue;  // a pair made only of padding rows: both CTAs skip it
+                    tile.multicast_b = group < 0 || peer < 0 || group == peer;
+                    if (group < 0) {
+                        // Run on the peer's group, so the B it shares is the peer's; nothing is written.
+                        tile.group = static_cast<uint32_t>(peer);
+                        tile.valid_rows = 0;
+                        return true;
+                    }
+                } else if (group < 0) {
                     continue;  // a tile made only of padding rows: no loads, no math
+                }
                 const uint32_t last = min(tile.row + BLOCK_M, m) - 1;
                 tile.group = static_cast<uint32_t>(group);
                 tile.valid_rows = last + 1 - tile.row;
                 tile.check_rows = tile.valid_rows < BLOCK_M || __ldg(layout + last) < 0;
                 return true;
+            } else if constexpr (kPairM == 2) {
+                // Both m-blocks of the pair, in ascending order: the walk without a group table moves
+                // forward cheaply and restarts from group 0 to go back.
+                Tile second;
+                locate(m_slot * 2, tile);
+                const bool has_second = m_slot * 2 + 1 < num_m_blocks;
+                if (has_second)
+                    locate(m_slot * 2 + 1, second);
+                tile.multicast_b = !has_second || second.group == tile.group;
+                if (rank == 1) {
+                    if (has_second) {
+                        tile.group = second.group;
+                        tile.local_row = second.local_row;
+                        tile.row = second.row;
+                        tile.valid_rows = second.valid_rows;
+                    } else {
+                        tile.valid_rows = 0;  // a copy of the peer's tile that writes nothing
+                    }
+                }
+                return true;
             } else {
-                seek(m_block);
-                const uint32_t local_block = m_block - cursor_block;
-                tile.group = cursor_group;
-                tile.local_row = local_block * BLOCK_M;
-                tile.row = cursor_row + tile.local_row;
-                tile.valid_rows = min(BLOCK_M, cursor_rows - tile.local_row);
+                locate(m_block, tile);
                 return true;
             }
         }

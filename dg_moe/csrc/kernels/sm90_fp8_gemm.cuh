@@ -118,10 +118,13 @@ struct DTile {
 
 // Compile-time facts of one variant, shared by every role.
 template <uint32_t SHAPE_N_, uint32_t SHAPE_K_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_,
-          GemmType kType_, uint32_t kMulticast_>
+          GemmType kType_, uint32_t kMulticast_, bool kMulticastB_>
 struct Variant {
     static constexpr uint32_t SHAPE_N = SHAPE_N_, SHAPE_K = SHAPE_K_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
     static constexpr uint32_t kNumStages = kNumStages_, kMulticast = kMulticast_;
+    // With kMulticast = 2, the cluster's CTAs share A (two n-blocks of one m-block) or, with kMulticastB,
+    // B (two m-blocks of one n-block; see sched::Scheduler).
+    static constexpr bool kMulticastB = kMulticastB_;
     static constexpr GemmType kType = kType_;
 
     static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
@@ -134,7 +137,10 @@ struct Variant {
     static_assert(SHAPE_K % kBlockK == 0, "K must be a multiple of 128");
     static_assert(SHAPE_N % 8 == 0, "N must be a multiple of 8 (16-byte BF16 output rows)");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
-    static_assert(kMulticast == 1 || kMulticast == 2, "A is shared across clusters of 1 or 2 CTAs");
+    static_assert(kMulticast == 1 || kMulticast == 2, "A or B is shared across clusters of 1 or 2 CTAs");
+    static_assert(!kMulticastB || kMulticast == 2, "sharing B needs a 2-CTA cluster");
+    static_assert(!kMulticastB || BLOCK_N % 16 == 0,
+                  "each CTA of a B-sharing pair loads BLOCK_N / 2 rows of B, a multiple of 8");
 
     using Math = MathShape<BLOCK_M>;
     static constexpr uint32_t kNumMathThreads = Math::kThreads;
@@ -157,7 +163,7 @@ struct Variant {
     using MMA = wgmma::FP8MMA<BLOCK_N>;
     using NarrowMMA = wgmma::FP8MMA<kNarrowTail ? BLOCK_N / 2 : BLOCK_N>;
     using D = DTile<BLOCK_M, BLOCK_N>;
-    using Scheduler = sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kNarrowTail>;
+    using Scheduler = sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kMulticastB, kNarrowTail>;
     static_assert(MMA::kNumAccum * (kNumWaves + 1) <= kAccumRegisterBudget,
                   "one wave's accumulators plus every wave's sums exceed the register budget");
     // Single-wave tiles whose accumulators fit twice run the K loop in pairs of K blocks: the
@@ -228,7 +234,7 @@ __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typena
             const uint32_t s = iter % V::kNumStages, phase = (iter / V::kNumStages) & 1;
             mbarrier_wait(empty + s, phase ^ 1);
             mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
-            if constexpr (V::kMulticast == 1) {
+            if constexpr (V::kMulticast == 1 || V::kMulticastB) {
                 tma_load_2d(tmap_a, smem.stage_a(s), full + s, k * kBlockK, tile.row);
             } else {
                 // Each CTA fetches its half of A's rows into both CTAs (same offsets).
@@ -236,7 +242,20 @@ __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typena
                 tma_load_2d_multicast(tmap_a, smem.stage_a(s) + cta_rank * kHalf * kBlockK, full + s, k * kBlockK,
                                       tile.row + cta_rank * kHalf, (1u << V::kMulticast) - 1);
             }
-            tma_load_2d(tmap_b, smem.stage_b(s), full + s, k * kBlockK, b_row);
+            if constexpr (!V::kMulticastB) {
+                tma_load_2d(tmap_b, smem.stage_b(s), full + s, k * kBlockK, b_row);
+            } else {
+                // B's map loads half a tile: each CTA fetches its half into both CTAs, or, where the
+                // pair's tiles read different B rows, both halves into its own stage.
+                constexpr uint32_t kHalf = V::BLOCK_N / 2;
+                if (tile.multicast_b) {
+                    tma_load_2d_multicast(tmap_b, smem.stage_b(s) + cta_rank * kHalf * kBlockK, full + s, k * kBlockK,
+                                          b_row + cta_rank * kHalf, 0b11);
+                } else {
+                    tma_load_2d(tmap_b, smem.stage_b(s), full + s, k * kBlockK, b_row);
+                    tma_load_2d(tmap_b, smem.stage_b(s) + kHalf * kBlockK, full + s, k * kBlockK, b_row + kHalf);
+                }
+            }
             tma_load_2d(tmap_sfa, smem.stage_sfa(s), full + s, sfa_row, sfa_k0 + k);
         }
     }
@@ -576,12 +595,12 @@ struct MathWarpgroup {
 };
 
 template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, GemmType kType,
-          uint32_t kMulticast>
+          uint32_t kMulticast, bool kMulticastB>
 __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
     fp8_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                     const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
                     const __grid_constant__ CUtensorMap tmap_d) {
-    using V = Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast>;
+    using V = Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB>;
     using Scheduler = typename V::Scheduler;
 
     extern __shared__ uint8_t smem_raw[];

@@ -1,8 +1,9 @@
 // Host entry of the SM90 FP8 GEMM family. The JIT defines the template arguments before
 // including this file (dg_moe/kernels/sm90_fp8_gemm/variants.py, template_args): DG_MOE_SHAPE_N,
 // DG_MOE_SHAPE_K, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a
-// dg_moe::sched::GemmType enumerator), DG_MOE_MULTICAST (CTAs per cluster sharing A's loads: 1 or
-// 2) and DG_MOE_SMEM_BYTES (the host heuristic's shared-memory formula, checked against the layout).
+// dg_moe::sched::GemmType enumerator), DG_MOE_MULTICAST (CTAs per cluster: 1 or 2),
+// DG_MOE_MULTICAST_B (a 2-CTA cluster shares B's loads rather than A's) and DG_MOE_SMEM_BYTES (the
+// host heuristic's shared-memory formula, checked against the layout).
 #include "common/abi.cuh"
 #include "common/tma.cuh"
 #include "kernels/sm90_fp8_gemm.cuh"
@@ -19,15 +20,21 @@ constexpr uint32_t kBlockN = DG_MOE_BLOCK_N;
 constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
 constexpr GemmType kType = DG_MOE_GEMM_TYPE;
 constexpr uint32_t kMulticast = DG_MOE_MULTICAST;
+constexpr bool kMulticastB = DG_MOE_MULTICAST_B;
+// Rows of A and of B each CTA loads per K block: half of the shared operand's tile in a 2-CTA cluster.
+constexpr uint32_t kBoxRowsA = kMulticastB ? kBlockM : kBlockM / kMulticast;
+constexpr uint32_t kBoxRowsB = kMulticastB ? kBlockN / 2 : kBlockN;
 
-using Layout = SharedLayout<kBlockM, kBlockN, kNumStages, kShapeK>;
+using V = Variant<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast, kMulticastB>;
+using Layout = V::Layout;
 using DLayout = DTile<kBlockM, kBlockN>;
 static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages and the D tile exceed 227 KB of shared memory");
 static_assert(
     Layout::kTotalBytes == DG_MOE_SMEM_BYTES,
     "smem_bytes() in dg_moe/kernels/sm90_fp8_gemm/heuristic.py disagrees with SharedLayout: mend the two together");
 constexpr bool kGroupTable = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
-constexpr auto kKernel = fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast>;
+constexpr auto kKernel =
+    fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast, kMulticastB>;
 
 CUtensorMapSwizzle d_swizzle() {
     return DLayout::kSpanBytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
@@ -122,9 +129,9 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
 
     CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_d;
     DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, kShapeK, rows, kShapeK,
-                                                      kBlockK, kBlockM / kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
+                                                      kBlockK, kBoxRowsA, CU_TENSOR_MAP_SWIZZLE_128B));
     DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, kShapeK, b_rows,
-                                                      kShapeK, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
+                                                      kShapeK, kBlockK, kBoxRowsB, CU_TENSOR_MAP_SWIZZLE_128B));
     DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, sfa_cols,
                                                       uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
     // D goes out in boxes of 64 rows: each math warpgroup stores its own rows of each wave.
@@ -140,8 +147,8 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
     if (resident > 0 && resident < clusters)
         clusters = resident;
     if (kType == GemmType::Normal) {
-        const uint32_t n_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(kShapeN, kBlockN), kMulticast);
-        const uint32_t slots = dg_moe::sched::ceil_div(m, kBlockM) * n_slots;
+        const uint32_t m_slots = dg_moe::sched::ceil_div(dg_moe::sched::ceil_div(m, kBlockM), V::Scheduler::kPairM);
+        const uint32_t slots = m_slots * V::Scheduler::kNumNSlots;
         clusters = slots < clusters ? slots : clusters;
     }
     if (clusters == 0)

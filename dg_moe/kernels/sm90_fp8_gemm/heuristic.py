@@ -66,6 +66,8 @@ class GemmConfig:
     multicast: int
     smem_bytes: int
     predicted_us: float
+    multicast_b: bool = False
+    """With ``multicast`` = 2: the cluster's CTAs share B (two m-blocks of one n-block) instead of A."""
 
 
 def _round_up(x: int, y: int) -> int:
@@ -109,13 +111,16 @@ def _mma_efficiency(block_m: int, block_n: int) -> float:
 
 
 def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, n: int, k: int, num_groups: int,
-               num_sms: int) -> float:
+               num_sms: int, multicast_b: bool = False) -> float:
     """Predicted kernel time in microseconds for ``num_groups`` problems of ``rows_per_group`` rows.
 
-    With ``multicast`` = 2 the n-blocks are padded to pairs, one per CTA of a cluster.
+    With ``multicast`` = 2 the n-blocks (or, sharing B, each group's m-blocks) are padded to pairs, one per
+    CTA of a cluster.
     """
-    n_blocks = ceil_div(ceil_div(n, block_n), multicast) * multicast
-    m_blocks = num_groups * ceil_div(rows_per_group, block_m)
+    share_a = multicast if not multicast_b else 1
+    share_b = multicast if multicast_b else 1
+    n_blocks = ceil_div(ceil_div(n, block_n), share_a) * share_a
+    m_blocks = num_groups * ceil_div(ceil_div(rows_per_group, block_m), share_b) * share_b
     tiles = m_blocks * n_blocks
     half_tiles = m_blocks if narrow_tail(n, block_n, multicast) else 0
     waves = ceil_div(2 * tiles - half_tiles, 2 * num_sms)
@@ -125,7 +130,7 @@ def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, 
     bytes_moved = num_groups * n * k + total_rows * k + total_rows * n * 2
     sharing_sms = max(min(tiles, num_sms), num_sms / _MAX_SM_BANDWIDTH_SHARE)
     memory_s = waves * (bytes_moved / tiles) / (HBM_BYTES_PER_S / sharing_sms)
-    tile_l2_bytes = (min(block_m, rows_per_group) / multicast + block_n) * k
+    tile_l2_bytes = (min(block_m, rows_per_group) / share_a + block_n / share_b) * k
     sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
     l2_s = waves * tile_l2_bytes / sm_l2_rate
     time_s = max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S
@@ -193,7 +198,8 @@ def print_config_if_asked(name: str, shape: str, config: GemmConfig) -> None:
     if print_configs_enabled():
         print(
             f"[dg_moe] {name} {shape}: BLOCK_M={config.block_m} BLOCK_N={config.block_n} "
-            f"stages={config.num_stages} multicast={config.multicast} smem={config.smem_bytes} "
+            f"stages={config.num_stages} multicast={config.multicast}{' (B)' if config.multicast_b else ''} "
+            f"smem={config.smem_bytes} "
             f"predicted={config.predicted_us:.1f}us",
             file=sys.stderr,
         )

@@ -12,12 +12,13 @@ FAMILY = "sm90_fp8_gemm"
 """The JIT family: kernel dg_moe/csrc/kernels/sm90_fp8_gemm.cuh, host entry dg_moe/csrc/launch/sm90_fp8_gemm.cu."""
 
 
-def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> dict[str, int | str]:
+def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> dict[str, int | str | bool]:
     """The JIT template arguments of one kernel variant. SMEM_BYTES is the heuristic's shared-memory
     formula, which the host entry static_asserts against the kernel's layout."""
     return {
         "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
         "NUM_STAGES": config.num_stages, "GEMM_TYPE": gemm_type.cpp, "MULTICAST": config.multicast,
+        "MULTICAST_B": config.multicast_b,
         "SMEM_BYTES": smem_bytes(config.block_m, config.block_n, config.num_stages, k),
     }
 
