@@ -23,7 +23,7 @@ from ...layout.scale_factors import (
 from ...ops.dispatch import register_kernel
 from ...reference.common import RECIPE_1D2D
 from .constants import GemmType
-from .heuristic import config_for, print_config_if_asked
+from .heuristic import GemmConfig, config_for, print_config_if_asked
 from .variants import FAMILY, template_args
 
 _ENTRY = "dg_moe_sm90_fp8_gemm"
@@ -37,6 +37,12 @@ _ARGTYPES = (
 _entries: dict[tuple[GemmType, int, int, int, int, int], Callable[..., None]] = {}
 
 
+def bind(gemm_type: GemmType, config: GemmConfig, n: int, k: int, source_root: str | None = None):
+    """The host entry of one variant (built or loaded from the cache), called with :func:`kernel_args`.
+    ``source_root``: a kernel source tree searched before the package's (A/B tools)."""
+    return build(FAMILY, template_args(gemm_type, config, n, k), source_root=source_root).function(_ENTRY, _ARGTYPES)
+
+
 def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
     key = (gemm_type, rows_hint, n, k, num_groups, num_sms)
     entry = _entries.get(key)
@@ -44,8 +50,7 @@ def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int,
         config = config_for(gemm_type, rows_hint, n, k, num_groups, num_sms)
         shape = f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}"
         print_config_if_asked(FAMILY, shape, config)
-        library = build(FAMILY, template_args(gemm_type, config, n, k))
-        entry = library.function(_ENTRY, _ARGTYPES)
+        entry = bind(gemm_type, config, n, k)
         _entries[key] = entry
     return entry
 
@@ -66,33 +71,49 @@ def _require_contiguous(op: str, name: str, t: torch.Tensor) -> None:
         )
 
 
+def kernel_operands(gemm_type: GemmType, a, b) -> tuple:
+    """``(a, b)`` with their scales in the kernel's layout (float32 SFA MN-major and TMA-aligned, float32
+    SFB contiguous), converted only where they are not: a = (e4m3 [M, K] or [G, max_m, K], sfa),
+    b = (e4m3 [N, K] or [G, N, K], sfb)."""
+    a_data, sfa = a
+    b_data, sfb = b
+    k = a_data.shape[-1]
+    # The op validated the scales' shapes; scales already in the kernels' layout skip the conversion's
+    # own checks, ~4 us per call.
+    if sfa.dtype != torch.float32 or not is_mn_major_tma_aligned(sfa):
+        groups = b_data.shape[0] if gemm_type == GemmType.MASKED else None
+        sfa = transform_sf_into_required_layout(sfa, a_data.shape[-2], k, (1, 128), groups)
+    if sfb.dtype != torch.float32 or not sfb.is_contiguous():
+        b_groups = b_data.shape[0] if b_data.dim() == 3 else None
+        sfb = transform_sf_into_required_layout(sfb, b_data.shape[-2], k, (128, 128), b_groups)
+    return (a_data, sfa), (b_data, sfb)
+
+
+def kernel_args(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None, num_sms: int,
+                stream: int) -> tuple:
+    """The host entry's arguments for operands from :func:`kernel_operands` (the caller keeps them alive
+    until the launch), d bf16, ``layout`` the grouped layout's int32 tensor or None."""
+    rows = a[0].shape[-2]  # M, M_sum or max_m
+    num_groups = 1 if gemm_type == GemmType.NORMAL else b[0].shape[0]
+    return (
+        a[0].data_ptr(), a[1].data_ptr(), b[0].data_ptr(), b[1].data_ptr(), d.data_ptr(),
+        None if layout is None else layout.data_ptr(),
+        rows, num_groups, get_tma_aligned_size(rows, 4), num_sms, stream,
+    )
+
+
 def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None,
             rows_hint: int, recipe) -> None:
     _require(op, recipe == RECIPE_1D2D, f"recipe {recipe} (only (1, 128, 128))")
-    a_data, sfa = a
-    b_data, sfb = b
-    for name, t in (("a[0]", a_data), ("b[0]", b_data), ("d", d)):
+    for name, t in (("a[0]", a[0]), ("b[0]", b[0]), ("d", d)):
         _require_contiguous(op, name, t)
-    k = a_data.shape[-1]
-    n = b_data.shape[-2]
-    num_groups = 1 if gemm_type == GemmType.NORMAL else b_data.shape[0]
-    rows = a_data.shape[-2]  # M, M_sum or max_m
-    masked = gemm_type == GemmType.MASKED
-    # The op validated the scales' shapes; scales already in the kernels' layout (float32 SFA MN-major
-    # and TMA-aligned, float32 SFB contiguous) skip the conversion's own checks, ~4 us per call.
-    if sfa.dtype != torch.float32 or not is_mn_major_tma_aligned(sfa):
-        sfa = transform_sf_into_required_layout(sfa, rows, k, (1, 128), num_groups if masked else None)
-    if sfb.dtype != torch.float32 or not sfb.is_contiguous():
-        b_groups = b_data.shape[0] if b_data.dim() == 3 else None
-        sfb = transform_sf_into_required_layout(sfb, n, k, (128, 128), b_groups)
     device = d.device
     num_sms = _device.num_sms_for(device)
-    entry = _entry(gemm_type, rows_hint, n, k, num_groups, num_sms)
-    args = (
-        a_data.data_ptr(), sfa.data_ptr(), b_data.data_ptr(), sfb.data_ptr(), d.data_ptr(),
-        None if layout is None else layout.data_ptr(),
-        rows, num_groups, get_tma_aligned_size(rows, 4), num_sms, _device.stream_handle(device),
-    )
+    b_data = b[0]
+    num_groups = 1 if gemm_type == GemmType.NORMAL else b_data.shape[0]
+    entry = _entry(gemm_type, rows_hint, b_data.shape[-2], b_data.shape[-1], num_groups, num_sms)
+    a, b = kernel_operands(gemm_type, a, b)
+    args = kernel_args(gemm_type, a, b, d, layout, num_sms, _device.stream_handle(device))
     # A launch goes to the current device with that device's stream: tensors on another GPU of this
     # process (e.g. transformers' device_map="auto") are launched with their device made current.
     if device.index is not None and device.index != torch.cuda.current_device():
