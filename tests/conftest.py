@@ -1,8 +1,10 @@
-"""Test-session setup that must precede every import of the package's Triton kernels."""
+"""Test-session setup that must precede every import of the package's Triton kernels, and the
+seeds of random test inputs."""
 
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 import torch
@@ -31,3 +33,34 @@ def poisoned_empty(monkeypatch: pytest.MonkeyPatch) -> int:
 
     monkeypatch.setattr(torch, "empty", empty)
     return poison
+
+
+SEED = pytest.StashKey[int]()
+
+
+def stable_seed(nodeid: str) -> int:
+    """The seed of a test's random inputs: the CRC-32 of its node id. hash() of a str would differ
+    from one process to the next (PYTHONHASHSEED), and a failure could not be replayed."""
+    return zlib.crc32(nodeid.encode())
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """This test's seed; a failure's report shows it in a "seed" section."""
+    value = stable_seed(request.node.nodeid)
+    request.node.stash[SEED] = value
+    return value
+
+
+@pytest.fixture
+def cuda_gen(seed: int) -> torch.Generator:
+    """A CUDA generator seeded with this test's seed: the same inputs on every run of the test."""
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = (yield).get_result()
+    if report.failed and SEED in item.stash:
+        report.sections.append(("seed", f"{item.stash[SEED]}, the CRC-32 of the node id {item.nodeid!r}: "
+                                        "running this test again draws the same inputs"))

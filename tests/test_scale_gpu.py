@@ -20,10 +20,10 @@ def _sm90() -> None:
         pytest.skip(f"needs an SM90 GPU, found {torch.cuda.get_device_name()}")
 
 
-def _random(m: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+def _random(m: int, n: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     # Values away from zero so that a tile left unwritten or zero-filled cannot pass.
-    x = torch.rand(m, n, device="cuda") * 8 + 0.25
-    sign = torch.randint(0, 2, (m, n), device="cuda") * 2 - 1
+    x = torch.rand(m, n, device="cuda", generator=generator) * 8 + 0.25
+    sign = torch.randint(0, 2, (m, n), device="cuda", generator=generator) * 2 - 1
     return (x * sign).to(dtype)
 
 
@@ -32,8 +32,8 @@ def _random(m: int, n: int, dtype: torch.dtype) -> torch.Tensor:
     "m, n",
     [(1, 8), (1, 4104), (129, 8), (129, 4104), (31, 136), (33, 64), (4096, 4096), (20000, 24)],
 )
-def test_scale_matches_torch_exactly(dtype: torch.dtype, m: int, n: int) -> None:
-    x = _random(m, n, dtype)
+def test_scale_matches_torch_exactly(dtype: torch.dtype, m: int, n: int, cuda_gen: torch.Generator) -> None:
+    x = _random(m, n, dtype, cuda_gen)
     out = torch.full_like(x, float("nan"))
     result = scale(x, ALPHA, out=out)
     torch.cuda.synchronize()
@@ -44,8 +44,8 @@ def test_scale_matches_torch_exactly(dtype: torch.dtype, m: int, n: int) -> None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_scale_in_place_and_allocating(dtype: torch.dtype) -> None:
-    x = _random(257, 264, dtype)
+def test_scale_in_place_and_allocating(dtype: torch.dtype, cuda_gen: torch.Generator) -> None:
+    x = _random(257, 264, dtype, cuda_gen)
     expected = x * -0.75
     fresh = scale(x, -0.75)
     assert torch.equal(fresh, expected)
@@ -54,8 +54,8 @@ def test_scale_in_place_and_allocating(dtype: torch.dtype) -> None:
     assert same is x and torch.equal(x, expected)
 
 
-def test_scale_on_side_stream_and_empty() -> None:
-    x = _random(1000, 520, torch.bfloat16)
+def test_scale_on_side_stream_and_empty(cuda_gen: torch.Generator) -> None:
+    x = _random(1000, 520, torch.bfloat16, cuda_gen)
     out = torch.full_like(x, float("nan"))
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -67,15 +67,15 @@ def test_scale_on_side_stream_and_empty() -> None:
     assert scale(empty, 2.0).shape == (0, 8)
 
 
-def test_scale_is_deterministic_and_graph_capturable() -> None:
-    x = _random(300, 1032, torch.float32)
+def test_scale_is_deterministic_and_graph_capturable(cuda_gen: torch.Generator) -> None:
+    x = _random(300, 1032, torch.float32, cuda_gen)
     out = torch.full_like(x, float("nan"))
     scale(x, ALPHA, out=out)  # compile and load outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         scale(x, ALPHA, out=out)
     out.fill_(float("nan"))
-    x.copy_(_random(300, 1032, torch.float32))
+    x.copy_(_random(300, 1032, torch.float32, cuda_gen))
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, x * ALPHA)

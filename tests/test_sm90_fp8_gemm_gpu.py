@@ -17,20 +17,15 @@ EXTRA_NK = [(576, 7168), (7232, 2048), (1536, 640)]  # 640: an odd K-block count
 MS = [0, 1, 7, 64, 65, 128, 129, 1000, 4096, 4097]
 
 
-@pytest.fixture
-def gen(request) -> torch.Generator:
-    return torch.Generator(device="cuda").manual_seed(abs(hash(request.node.name)) % 2**31)
-
-
 def _poisoned(*shape) -> torch.Tensor:
     return torch.full(shape, float("nan"), device="cuda", dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("n,k", DEEPSEEK_NK + EXTRA_NK)
 @pytest.mark.parametrize("m", MS)
-def test_dense_nt(m, n, k, gen):
-    a = fp8_activations(m, k, gen)
-    b = fp8_weights(1, n, k, gen)
+def test_dense_nt(m, n, k, cuda_gen):
+    a = fp8_activations(m, k, cuda_gen)
+    b = fp8_weights(1, n, k, cuda_gen)
     b = (b[0][0], b[1][0])
     d = _poisoned(m, n)
     dg_moe.fp8_gemm_nt(a, b, d)
@@ -42,11 +37,11 @@ def test_dense_nt(m, n, k, gen):
     assert torch.equal(d.view(torch.int16), again.view(torch.int16)), "second run differs bitwise"
 
 
-def test_dense_mn_major_sfa_is_used_as_is(gen):
+def test_dense_mn_major_sfa_is_used_as_is(cuda_gen):
     m, n, k = 129, 2112, 7168
-    x, sfa = fp8_activations(m, k, gen)
+    x, sfa = fp8_activations(m, k, cuda_gen)
     sfa_mn = layout.get_mn_major_tma_aligned_tensor(sfa)
-    b = fp8_weights(1, n, k, gen)
+    b = fp8_weights(1, n, k, cuda_gen)
     b = (b[0][0], b[1][0])
     d_row, d_mn = _poisoned(m, n), _poisoned(m, n)
     dg_moe.fp8_gemm_nt((x, sfa), b, d_row)
@@ -54,27 +49,27 @@ def test_dense_mn_major_sfa_is_used_as_is(gen):
     assert torch.equal(d_row.view(torch.int16), d_mn.view(torch.int16))
 
 
-def test_dense_packed_ue8m0_scales(gen):
+def test_dense_packed_ue8m0_scales(cuda_gen):
     m, n, k = 65, 576, 7168
-    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", generator=cuda_gen).to(torch.bfloat16)
     a = layout.per_token_cast_to_fp8(x, use_ue8m0=True)
     packed = layout.per_token_cast_to_fp8(x, use_ue8m0=True, use_packed_ue8m0=True)
-    b = fp8_weights(1, n, k, gen)
+    b = fp8_weights(1, n, k, cuda_gen)
     b = (b[0][0], b[1][0])
     d = _poisoned(m, n)
     dg_moe.fp8_gemm_nt(packed, b, d)
     assert_matches(d, reference.ref_fp8_gemm_nt(a, b))
 
 
-def _random_counts(groups: int, total_hint: int, gen: torch.Generator) -> list[int]:
-    counts = torch.randint(0, max(2, 2 * total_hint // groups), (groups,), device="cuda", generator=gen).tolist()
+def _random_counts(groups: int, total_hint: int, cuda_gen: torch.Generator) -> list[int]:
+    counts = torch.randint(0, max(2, 2 * total_hint // groups), (groups,), device="cuda", generator=cuda_gen).tolist()
     counts[0] = 0  # an empty expert
     if groups > 1:
         counts[1] = 1  # an expert with one token
     return counts
 
 
-def _contiguous_inputs(counts: list[int], k: int, gen: torch.Generator):
+def _contiguous_inputs(counts: list[int], k: int, cuda_gen: torch.Generator):
     align = layout.get_mk_alignment_for_contiguous_layout()
     padded = [layout.align(c, align) for c in counts]
     m_sum = max(sum(padded), align)
@@ -85,17 +80,17 @@ def _contiguous_inputs(counts: list[int], k: int, gen: torch.Generator):
         ends.append(row + c)
         row += p
     psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
-    return fp8_activations(m_sum, k, gen), per_row, psum
+    return fp8_activations(m_sum, k, cuda_gen), per_row, psum
 
 
 @pytest.mark.parametrize("groups,n,k,rows", [
     (1, 4096, 7168, 1000), (4, 4096, 7168, 2048), (8, 7168, 2048, 512), (32, 576, 7168, 64),
     (288, 256, 512, 8), (5, 7232, 2048, 300),
 ])
-def test_contiguous(groups, n, k, rows, gen):
-    counts = _random_counts(groups, rows * groups, gen)
-    a, per_row, psum = _contiguous_inputs(counts, k, gen)
-    b = fp8_weights(groups, n, k, gen)
+def test_contiguous(groups, n, k, rows, cuda_gen):
+    counts = _random_counts(groups, rows * groups, cuda_gen)
+    a, per_row, psum = _contiguous_inputs(counts, k, cuda_gen)
+    b = fp8_weights(groups, n, k, cuda_gen)
     ref = reference.ref_m_grouped_fp8_gemm_nt_contiguous(a, b, per_row)
     outs = []
     for grouped_layout, psum_form in ((per_row, False), (psum, True)):
@@ -108,11 +103,11 @@ def test_contiguous(groups, n, k, rows, gen):
 
 @pytest.mark.parametrize("groups,max_m,n,k", [(1, 64, 4096, 7168), (8, 129, 4096, 7168), (32, 48, 7168, 2048),
                                               (16, 256, 576, 7168)])
-def test_masked(groups, max_m, n, k, gen):
-    a = fp8_activations(groups * max_m, k, gen)
+def test_masked(groups, max_m, n, k, cuda_gen):
+    a = fp8_activations(groups * max_m, k, cuda_gen)
     a = (a[0].view(groups, max_m, k), a[1].view(groups, max_m, k // 128))
-    b = fp8_weights(groups, n, k, gen)
-    masked_m = torch.randint(0, max_m + 1, (groups,), device="cuda", generator=gen, dtype=torch.int32)
+    b = fp8_weights(groups, n, k, cuda_gen)
+    masked_m = torch.randint(0, max_m + 1, (groups,), device="cuda", generator=cuda_gen, dtype=torch.int32)
     special = [0, 1, max_m, max_m + 5]  # past max_m: clamped, never written out of bounds
     masked_m[: min(groups, 4)] = torch.tensor(special[: min(groups, 4)], dtype=torch.int32, device="cuda")
     d = _poisoned(groups, max_m, n)
@@ -120,19 +115,19 @@ def test_masked(groups, max_m, n, k, gen):
     assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_masked(a, b, masked_m))
 
 
-def test_masked_cuda_graph_replays_with_new_contents(gen):
+def test_masked_cuda_graph_replays_with_new_contents(cuda_gen):
     groups, max_m, n, k = 8, 96, 4096, 7168
     a_data = torch.empty(groups, max_m, k, device="cuda", dtype=torch.float8_e4m3fn)
     sfa = layout.get_mn_major_tma_aligned_tensor(torch.empty(groups, max_m, k // 128, device="cuda"))
-    b = fp8_weights(groups, n, k, gen)
+    b = fp8_weights(groups, n, k, cuda_gen)
     masked_m = torch.zeros(groups, dtype=torch.int32, device="cuda")
     d = _poisoned(groups, max_m, n)
 
     def refill():
-        x, s = fp8_activations(groups * max_m, k, gen)
+        x, s = fp8_activations(groups * max_m, k, cuda_gen)
         a_data.copy_(x.view(groups, max_m, k))
         sfa.copy_(s.view(groups, max_m, k // 128))
-        masked_m.copy_(torch.randint(0, max_m + 1, (groups,), device="cuda", generator=gen, dtype=torch.int32))
+        masked_m.copy_(torch.randint(0, max_m + 1, (groups,), device="cuda", generator=cuda_gen, dtype=torch.int32))
         d.fill_(float("nan"))
 
     refill()
@@ -146,18 +141,18 @@ def test_masked_cuda_graph_replays_with_new_contents(gen):
         assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_masked((a_data, sfa), b, masked_m))
 
 
-def test_psum_contiguous_cuda_graph_replays_with_new_counts(gen):
+def test_psum_contiguous_cuda_graph_replays_with_new_counts(cuda_gen):
     groups, n, k, capacity = 8, 2112, 7168, 8 * 256
     a_data = torch.empty(capacity, k, device="cuda", dtype=torch.float8_e4m3fn)
     sfa = layout.get_mn_major_tma_aligned_tensor(torch.empty(capacity, k // 128, device="cuda"))
     psum = torch.zeros(groups, dtype=torch.int32, device="cuda")
-    b = fp8_weights(groups, n, k, gen)
+    b = fp8_weights(groups, n, k, cuda_gen)
     d = _poisoned(capacity, n)
 
     def refill():
         counts = torch.randint(0, 129, (groups,), generator=torch.Generator().manual_seed(len(refill.seen)))
         refill.seen.append(1)
-        x, s = fp8_activations(capacity, k, gen)
+        x, s = fp8_activations(capacity, k, cuda_gen)
         a_data.copy_(x)
         sfa.copy_(s)
         ends, row = [], 0
@@ -183,7 +178,7 @@ def test_psum_contiguous_cuda_graph_replays_with_new_counts(gen):
 @pytest.mark.parametrize("block_m,block_n,multicast", [(128, 128, 2), (128, 192, 1), (128, 192, 2), (64, 32, 2),
                                                      (256, 128, 1), (256, 128, 2), (256, 64, 1), (128, 128, 1),
                                                      (64, 128, 1)])
-def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, gen):
+def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, cuda_gen):
     """Variants the heuristic rarely picks (multicast pairs, 192-wide tiles spanning two SFB blocks,
     256-row tiles in two waves, a 64-wide last column block run at half width on 128-wide tiles
     without multicast) on every layout they serve, with N giving an odd n-block count (a padding
@@ -203,18 +198,18 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
     monkeypatch.setattr(kernels, "_entries", {})
     n, k = 7232, 2176  # partial, odd n-block counts for 192 and 128; an odd K-block count (17)
 
-    b1 = fp8_weights(1, n, k, gen)
+    b1 = fp8_weights(1, n, k, cuda_gen)
     b1 = (b1[0][0], b1[1][0])
     for m in (200, 600):  # one partial tile; several tiles, the last partial
-        a = fp8_activations(m, k, gen)
+        a = fp8_activations(m, k, cuda_gen)
         d = _poisoned(m, n)
         dg_moe.fp8_gemm_nt(a, b1, d)
         assert_matches(d, reference.ref_fp8_gemm_nt(a, b1))
 
-    b = fp8_weights(5, n, k, gen)
+    b = fp8_weights(5, n, k, cuda_gen)
     if block_m <= 128:  # contiguous groups start on 128-row boundaries: taller tiles are never built for them
-        counts = _random_counts(5, 5 * 150, gen)
-        a, per_row, psum = _contiguous_inputs(counts, k, gen)
+        counts = _random_counts(5, 5 * 150, cuda_gen)
+        a, per_row, psum = _contiguous_inputs(counts, k, cuda_gen)
         ref = reference.ref_m_grouped_fp8_gemm_nt_contiguous(a, b, per_row)
         for grouped_layout, psum_form in ((per_row, False), (psum, True)):
             d = _poisoned(a[0].shape[0], n)
@@ -222,7 +217,7 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
             assert_matches(d, ref)
 
     groups, max_m = 4, 300 if block_m == 256 else 129
-    x = fp8_activations(groups * max_m, k, gen)
+    x = fp8_activations(groups * max_m, k, cuda_gen)
     x = (x[0].view(groups, max_m, k), x[1].view(groups, max_m, k // 128))
     masked_m = torch.tensor([0, 1, max_m, 77 + max_m // 2], dtype=torch.int32, device="cuda")
     d = _poisoned(groups, max_m, n)

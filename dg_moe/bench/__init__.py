@@ -1,1 +1,1 @@
-"""Benchmark harness: dg_moe beside its peers, one process, PERFORMANCE.md timing."""
+"""Benchmark harness: dg_moe beside its peers, one process, timed as docs/performance.md prescribes."""

@@ -2,7 +2,7 @@
 
 Dense: dg_moe vs cuBLASLt blockwise FP8 (same recipe, through torch's scaled_mm) vs cuBLAS BF16.
 Masked: dg_moe vs torch.bmm in BF16 over all rows (a stand-in for a masked BF16 grouped GEMM).
-Contiguous: dg_moe vs torch._grouped_mm in BF16. GPU time per PERFORMANCE.md; peers that fail
+Contiguous: dg_moe vs torch._grouped_mm in BF16. GPU time per docs/performance.md; peers that fail
 to run print their error instead of a number.
 """
 
@@ -38,7 +38,7 @@ def fp8_dense_inputs(m: int, n: int, k: int):
 
 def cublas_blockwise(a, b, k: int):
     """A no-argument call of F.scaled_mm with cuBLASLt's blockwise recipe on the operands of
-    ``fp8_dense_inputs``; scale layouts prepared here, once, as PERFORMANCE.md gives them."""
+    ``fp8_dense_inputs``; scale layouts prepared here, once, as docs/performance.md (Peers) gives them."""
     kb = k // 128
     l4 = layout.align(kb, 4)
     sfa = a[1].t().contiguous().t()
@@ -67,7 +67,7 @@ def bench_dense() -> list[dict]:
     rows = []
     for m, n, k in DENSE_SHAPES:
         a, b = fp8_dense_inputs(m, n, k)
-        # Scale factors in the layout the kernel reads, as every peer gets its own (PERFORMANCE.md).
+        # Scale factors in the layout the kernel reads, as every peer gets its own (docs/performance.md).
         a_mn_major = (a[0], layout.get_mn_major_tma_aligned_tensor(a[1]))
         d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         a_bf16 = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

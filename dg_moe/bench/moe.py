@@ -1,12 +1,12 @@
 """`dg-moe bench moe`: the fused MoE layer against a BF16 grouped-GEMM MoE with the same routing.
 
-For each model shape of PERFORMANCE.md and each batch size: random FP8 routed experts (every block its
+For each model shape of docs/performance.md and each batch size: random FP8 routed experts (every block its
 own scale; no shared expert) and a softmax top-k routing; dg_moe's ``fused_moe`` and the peer,
 ``torch._grouped_mm`` over the same experts dequantised to BF16, run the same tokens. Decode batches
 (T <= 128, the masked path) are timed as GPU time of CUDA-graph replays with L2 flushed, as a decode step runs them;
 prefill batches (the contiguous path) as eager wall time per call, host included. Bandwidth counts
 the FP8 weights of the experts the routing touches, read once; the floor is that read at the GPU's
-datasheet HBM bandwidth (PERFORMANCE.md's decode goal: time <= 1.2x the floor).
+datasheet HBM bandwidth (the decode goal of docs/performance.md: time <= 1.2x the floor).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..moe.shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
 from ..reference import calc_diff, dequantize
 from .timing import eager_us, gpu_times_us
 
-# Mixtral's 8 experts of 14336 are a prefill shape; the default list keeps PERFORMANCE.md's MoE models.
+# Mixtral's 8 experts of 14336 are a prefill shape: the default list is docs/performance.md's model table without it.
 SHAPES = {name: MODEL_SHAPES[name] for name in ("deepseek-v3", "qwen3-235b-a22b", "qwen3-30b-a3b")}
 BATCHES = (1, 8, 32, 128, 512, 4096)
 # Datasheet HBM bandwidth (bytes/s) by a substring of the device name; an unknown GPU gets no floor.

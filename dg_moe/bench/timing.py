@@ -1,4 +1,4 @@
-"""GPU and eager timing as PERFORMANCE.md prescribes.
+"""GPU and eager timing as docs/performance.md (Method) prescribes.
 
 GPU time: a CUDA graph of ``calls`` launches, each preceded by a 256 MB memset that flushes L2,
 replayed several times; the same graph of memsets alone is subtracted; medians throughout. Peers

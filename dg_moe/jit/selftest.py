@@ -1,6 +1,6 @@
 """JIT self-test, not a public op: ``y = x * alpha`` through the whole JIT + TMA + launch path on SM90.
 
-The smallest kernel family (csrc/kernels/sm90_scale.cuh) checks a machine's toolchain, cache,
+The smallest kernel family (dg_moe/csrc/kernels/sm90_scale.cuh) checks a machine's toolchain, cache,
 loader, tensor maps and launch without the GEMM's complexity (tests/test_scale_gpu.py,
 ``python -m dg_moe.jit.loadtime``). CPU tensors compute ``x * alpha`` in torch; CUDA tensors run
 the kernel on the current stream, after the same argument checks.

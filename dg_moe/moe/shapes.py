@@ -1,4 +1,4 @@
-"""The MoE layer shapes PERFORMANCE.md benchmarks, by name (bench, warmup)."""
+"""The MoE layer shapes the benchmarks use (docs/performance.md, Model shapes), by name (bench, warmup)."""
 
 from __future__ import annotations
 

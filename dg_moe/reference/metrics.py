@@ -1,4 +1,4 @@
-"""Accuracy metric of the numeric contract (ARCHITECTURE.md, "Numeric contracts")."""
+"""Accuracy metric of the numeric contract: how far a kernel's output may stray from the float64 reference."""
 
 from __future__ import annotations
 

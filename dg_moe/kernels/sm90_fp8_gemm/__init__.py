@@ -1,7 +1,7 @@
 """SM90 FP8 GEMM with (1, 128, 128) block scaling: the host side of one kernel family.
 
 - kernel: ``dg_moe/csrc/kernels/sm90_fp8_gemm.cuh`` (numbers shared with Python:
-  ``sm90_fp8_gemm_constants.cuh``, read by :mod:`.constants`); scheduler ``csrc/common/scheduler.cuh``
+  ``sm90_fp8_gemm_constants.cuh``, read by :mod:`.constants`); scheduler ``dg_moe/csrc/common/scheduler.cuh``
 - host entry (tensor maps, launch): ``dg_moe/csrc/launch/sm90_fp8_gemm.cu``
 - :mod:`.launcher`: the public ops' CUDA path (scale layout, config, JIT build, call); :func:`register`
 - :mod:`.heuristic`: the cost model that picks tile, stages and multicast
