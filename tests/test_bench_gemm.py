@@ -354,3 +354,17 @@ def test_bench_without_gpu_says_so(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli_main(["bench", "gemm", "--no-deepgemm"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_eager_line_without_deepgemm_and_with_a_failing_call(monkeypatch):
+    monkeypatch.setattr(gemm, "build_problem", lambda c, dg: _problem(c, {"dg_moe": 1.0}))
+    monkeypatch.setattr(gemm, "eager_us", lambda fn: 20.0)
+    status = load_deep_gemm("disabled by --no-deepgemm")
+    eager = gemm.run_eager(status)
+    assert eager["times_us"] == {"dg_moe": 20.0, "deepgemm": status.missing} and eager["ratio"] is None
+
+    def broken(fn):
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(gemm, "eager_us", broken)
+    assert gemm.run_eager(status)["times_us"]["dg_moe"] == "n/a (RuntimeError: launch failed)"

@@ -76,11 +76,18 @@ def run_case(case: Case, status: DeepGemmStatus) -> dict[str, object]:
     return result_row(case, {label: times[label] for label in labels if label in times}, bitwise)
 
 
+def _eager_or_why(fn: Callable[[], object]) -> float | str:
+    try:
+        return eager_us(fn)
+    except Exception as err:  # the line says why instead of ending the run
+        return f"n/a ({describe_error(err)})"
+
+
 def run_eager(status: DeepGemmStatus) -> dict[str, object]:
     """Wall time per back-to-back eager call of the small dense GEMM, for each library."""
     problem = build_problem(EAGER_CASE, status.module)
-    ours = eager_us(problem.calls["dg_moe"].fn)
-    theirs = eager_us(problem.calls["deepgemm"].fn) if "deepgemm" in problem.calls else status.missing
+    ours = _eager_or_why(problem.calls["dg_moe"].fn)
+    theirs = _eager_or_why(problem.calls["deepgemm"].fn) if "deepgemm" in problem.calls else status.missing
     return eager_row(ours, theirs, EAGER_CASE)
 
 
