@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..kernels.sm90_fp8_gemm.variants import DEEPSEEK_V3_NK
 from ..layout.math import align
 from ..reference.common import MK_ALIGNMENT
 
 FAMILIES = ("dense", "contiguous", "masked", "eager")
 
-# DeepSeek-V3's dense (N, K): attention projections, shared and dense MLPs.
-DENSE_NK = ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048))
+DENSE_NK = DEEPSEEK_V3_NK  # attention projections, shared and dense MLPs
 DENSE_MS = (64, 128, 4096)
 # DeepSeek-V3's expert GEMMs: gate/up (N = 2 x 2048, K = hidden) and down (N = hidden, K = 2048).
 MOE_NK = ((4096, 7168), (7168, 2048))
@@ -43,6 +43,7 @@ def call_labels(family: str) -> list[str]:
     """Every call a case of ``family`` times, in table order: dg_moe's forms, DeepGEMM's, the peer."""
     forms = FORMS[family]
     return [*forms, *forms.values(), PEERS[family]]
+
 
 JITTER = (0.7, 1.3)
 """Rows per group are drawn uniformly in this range times the mean (DeepGEMM's tests draw the same)."""
