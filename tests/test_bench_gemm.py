@@ -368,3 +368,25 @@ def test_eager_line_without_deepgemm_and_with_a_failing_call(monkeypatch):
 
     monkeypatch.setattr(gemm, "eager_us", broken)
     assert gemm.run_eager(status)["times_us"]["dg_moe"] == "n/a (RuntimeError: launch failed)"
+
+
+def test_bench_end_to_end_on_stand_ins(cpu_runner, monkeypatch, tmp_path, capsys):
+    """The whole run's orchestration: a progress line per case, tables last, and the JSON file."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: type("Props", (), {"name": "stand-in", "multi_processor_count": 132})())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(gemm, "machine_facts", lambda: {"gpu": "stand-in"})
+    monkeypatch.setattr(gemm, "eager_us", lambda fn: 5.0)
+    monkeypatch.setattr(gemm, "build_problem", lambda c, dg: _problem(c, {label: 1.0 for label in FORMS[c.family]}))
+    status = load_deep_gemm("disabled by --no-deepgemm")
+    path = tmp_path / "out" / "bench_gemm.json"
+    assert gemm.bench(["dense", "masked", "eager"], True, status, str(path)) == 0
+    out = capsys.readouterr().out
+    assert out.count("[dense ") == 3 and out.count("[masked ") == 8
+    assert out.index("Dense FP8 GEMM") > out.index("[masked 8/8]") and "deepgemm: n/a: disabled by" in out
+    doc = json.loads(path.read_text())
+    assert doc["meta"]["gpu"] == "stand-in" and doc["meta"]["deepgemm"]["reason"] == "disabled by --no-deepgemm"
+    assert doc["meta"]["families"] == ["dense", "masked", "eager"] and doc["meta"]["quick"] is True
+    assert [len(doc["results"][f]) for f in ("dense", "masked")] == [3, 8]
+    assert doc["eager"]["times_us"]["dg_moe"] == 5.0 and doc["geomeans"]["masked"]["dg_moe"]["cases"] == 0
