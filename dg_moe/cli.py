@@ -48,11 +48,15 @@ def cmd_demo(device: str) -> int:
 
 
 def cmd_bench(what: str, options: list[str]) -> int:
-    """Run one of the GPU benchmarks (dg_moe.bench.moe, dg_moe.bench.layout)."""
+    """Run one of the GPU benchmarks (dg_moe.bench.moe, dg_moe.bench.layout, dg_moe.bench.gemm)."""
     if what == "moe":
         from .bench.moe import main as bench_main
 
         return bench_main(options)
+    if what == "gemm":
+        from .bench.gemm import main as gemm_main
+
+        return gemm_main(options)
     from .bench.layout import main as layout_main
 
     return layout_main(options)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from .moe.warmup import main as warmup_main
 
         return warmup_main(argv[1:])
-    if argv[:1] == ["bench"] and argv[1:2] in (["moe"], ["layout"]):
+    if argv[:1] == ["bench"] and argv[1:2] in (["moe"], ["layout"], ["gemm"]):
         return cmd_bench(argv[1], argv[2:])
     parser = argparse.ArgumentParser(prog="dg-moe", description="FP8 MoE GEMM kernels for Hopper")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default="auto", help="auto (SM90 GPU if present, else CPU), cpu, cuda")
     sub.add_parser("warmup", help="compile ahead of serving every GEMM kernel a model's MoE layer needs "
                    "(`dg-moe warmup --help`)")
-    bench = sub.add_parser("bench", help="GPU benchmarks (`dg-moe bench moe --help`, `dg-moe bench layout`)")
-    bench.add_argument("what", choices=("moe", "layout"))
+    bench = sub.add_parser("bench", help="GPU benchmarks (`dg-moe bench moe --help`, `dg-moe bench layout`, "
+                           "`dg-moe bench gemm --help`)")
+    bench.add_argument("what", choices=("moe", "layout", "gemm"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return cmd_info()

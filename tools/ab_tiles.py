@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dg_moe import layout
-from dg_moe.bench.gemm import cublas_blockwise, fp8_dense_inputs
+from dg_moe.bench.gemm_problems import cublas_blockwise, fp8_dense_inputs
 from dg_moe.bench.timing import gpu_times_us
 from dg_moe.jit import build, compile_only
 from dg_moe.kernels.sm90_fp8_gemm import FAMILY, GemmType, config_for, template_args

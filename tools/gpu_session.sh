@@ -14,5 +14,6 @@ step() {  # step NAME SECONDS COMMAND...: run under a timeout, log to $OUT/NAME.
   local start=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
+  STEP_RC=$rc  # for scripts that branch on a step's outcome
   summary+=("$(printf '%-10s rc=%-3s %4ss  %s' "$name" "$rc" $((SECONDS - start)) "$(tail -n 1 "$OUT/$name.log")")")
 }

@@ -1,194 +1,180 @@
-"""`dg-moe bench gemm`: dg_moe's FP8 GEMMs beside cuBLAS and torch peers, in one process.
+"""`dg-moe bench gemm`: dg_moe's FP8 GEMMs beside DeepGEMM and cuBLAS/torch, in one process.
 
-Dense: dg_moe vs cuBLASLt blockwise FP8 (same recipe, through torch's scaled_mm) vs cuBLAS BF16.
-Masked: dg_moe vs torch.bmm in BF16 over all rows (a stand-in for a masked BF16 grouped GEMM).
-Contiguous: dg_moe vs torch._grouped_mm in BF16. GPU time per docs/performance.md; peers that fail
-to run print their error instead of a number.
+Every case runs dg_moe, DeepGEMM (when ``import deep_gemm`` works) and a peer (cuBLASLt blockwise
+FP8 through F.scaled_mm for dense; BF16 torch._grouped_mm for contiguous, torch.bmm for masked) on
+the same problem. Before timing, every output is poisoned with NaN, each library runs once, and
+dg_moe's valid rows are compared with DeepGEMM's bit for bit (reported, never fatal). GPU time:
+interleaved CUDA-graph replays with L2 flushed (dg_moe.bench.timing). Ratios are DeepGEMM time /
+dg_moe time (> 1: dg_moe faster), with geomeans per family; the eager line is host-inclusive time
+per call. ``--warmup`` compiles every kernel first (dg_moe.bench.gemm_warmup).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import statistics
+import time
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-import dg_moe
-from dg_moe import layout
+from .gemm_cases import EAGER_CASE, FAMILIES, FORMS, PEERS, Case, call_labels, family_cases, parse_families
+from .gemm_plan import bench_variants, estimate_seconds
+from .gemm_problems import Problem, build_problem
+from .gemm_report import document, eager_line, eager_row, progress_line, result_row, table
+from .gemm_warmup import num_sms, warm
+from .machine import machine_facts
+from .peer_deepgemm import DeepGemmStatus, load_deep_gemm
+from .timing import CALLS, FLUSH_BYTES, REPLAYS, describe_error, eager_us, gpu_times_us
 
-from .timing import eager_us, gpu_times_us
-
-DENSE_SHAPES = [(m, n, k) for m in (128, 4096) for n, k in
-                [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]]
-MASKED_CASES = [(1, 1024, 4096, 7168), (4, 256, 4096, 7168), (8, 64, 4096, 7168), (8, 64, 7168, 2048),
-                (16, 32, 4096, 7168), (16, 128, 4096, 7168), (32, 16, 4096, 7168), (32, 16, 7168, 2048)]
-CONTIGUOUS_CASES = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048),
-                    (32, 256, 4096, 7168), (32, 256, 7168, 2048)]
+JSON_NAME = "bench_gemm.json"
 
 
-def fp8_dense_inputs(m: int, n: int, k: int):
-    """Random FP8 operands, recipe (1, 128, 128): a = (e4m3 [M, K], f32 row-major sfa [M, K/128]),
-    b = (e4m3 [N, K], f32 sfb [ceil(N/128), K/128])."""
-    a = layout.per_token_cast_to_fp8(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
-    b = layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
-    return a, b
+def first_runs(problem: Problem) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+    """Run every call once on an output poisoned with NaN; the calls that ran, and why the others did not."""
+    ran, failed = {}, {}
+    for label, call in problem.calls.items():
+        call.out.fill_(float("nan"))
+        try:
+            call.fn()
+            torch.cuda.synchronize()
+            ran[label] = call.fn
+        except Exception as err:  # the case goes on without this call; its column says why
+            failed[label] = f"n/a (first call: {describe_error(err)})"
+    return ran, failed
 
 
-def cublas_blockwise(a, b, k: int):
-    """A no-argument call of F.scaled_mm with cuBLASLt's blockwise recipe on the operands of
-    ``fp8_dense_inputs``; scale layouts prepared here, once, as docs/performance.md (Peers) gives them."""
-    kb = k // 128
-    l4 = layout.align(kb, 4)
-    sfa = a[1].t().contiguous().t()
-    sfb_padded = torch.ones(b[1].shape[0], l4, device="cuda")
-    sfb_padded[:, :kb] = b[1]
-    sfb_t = sfb_padded.t()
-    return lambda: F.scaled_mm(a[0], b[0].T, sfa, F.ScalingType.BlockWise1x128, sfb_t,
-                               F.ScalingType.BlockWise128x128, output_dtype=torch.bfloat16, use_fast_accum=False)
+def compare(problem: Problem, ran: dict[str, Callable[[], object]]) -> dict[str, bool]:
+    """Per dg_moe form whose DeepGEMM twin also ran: are their valid output rows bitwise equal? A row
+    either left unwritten keeps its NaN, which equals nothing."""
+    out = {}
+    for ours, theirs in FORMS[problem.case.family].items():
+        if ours in ran and theirs in ran:
+            out[ours] = torch.equal(problem.valid(problem.calls[ours].out), problem.valid(problem.calls[theirs].out))
+    return out
 
 
-def _time_with_peers(ours, *peers) -> tuple[float, ...]:
-    """GPU times of ours and its peers, replays interleaved; ours must run, a peer that cannot
-    reports why instead of a number."""
-    ours()  # raises, with its traceback, if our kernel fails
-    times = gpu_times_us([ours, *peers])
-    if isinstance(times[0], str):
-        raise RuntimeError(times[0])
-    return tuple(times)
+def run_case(case: Case, status: DeepGemmStatus) -> dict[str, object]:
+    """Build, check and time one case; a failure becomes the row's n/a entries, not the run's end."""
+    labels = call_labels(case.family)
+    try:
+        problem = build_problem(case, status.module)
+        ran, times = first_runs(problem)
+        bitwise = compare(problem, ran)
+        fns = dict(ran)
+        peer = PEERS[case.family]
+        try:
+            fns[peer] = problem.peer()
+        except Exception as err:  # e.g. out of memory for the BF16 copies: the peer's column says why
+            times[peer] = f"n/a ({describe_error(err)})"
+        times.update(zip(fns, gpu_times_us(list(fns.values())), strict=True))
+    except Exception as err:  # inputs could not be built: every column says why
+        times, bitwise = {label: f"n/a (case failed: {describe_error(err)})" for label in labels}, {}
+    if status.module is None:
+        times.update({label: status.missing for label in FORMS[case.family].values()})
+    return result_row(case, {label: times[label] for label in labels if label in times}, bitwise)
 
 
-def _fmt(value: float | str, scale: float) -> str:
-    return f"{scale / value:8.0f}" if isinstance(value, float) and value > 0 else f"{value}"
+def _eager_or_why(fn: Callable[[], object]) -> float | str:
+    try:
+        return eager_us(fn)
+    except Exception as err:  # the line says why instead of ending the run
+        return f"n/a ({describe_error(err)})"
 
 
-def bench_dense() -> list[dict]:
-    rows = []
-    for m, n, k in DENSE_SHAPES:
-        a, b = fp8_dense_inputs(m, n, k)
-        # Scale factors in the layout the kernel reads, as every peer gets its own (docs/performance.md).
-        a_mn_major = (a[0], layout.get_mn_major_tma_aligned_tensor(a[1]))
-        d = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-        a_bf16 = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        b_bf16 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        ours, blockwise, bf16 = _time_with_peers(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d),
-                                                 cublas_blockwise(a, b, k), lambda x=a_bf16, y=b_bf16: x @ y.T)
-        row = {"m": m, "n": n, "k": k, "dg_moe_us": ours, "cublas_blockwise_us": blockwise, "cublas_bf16_us": bf16}
-        if (m, n, k) == (128, 2112, 7168):
-            row["dg_moe_eager_us"] = eager_us(lambda a=a_mn_major, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
-            row["dg_moe_eager_row_major_sfa_us"] = eager_us(lambda a=a, b=b, d=d: dg_moe.fp8_gemm_nt(a, b, d))
-        rows.append(row)
-    return rows
+def run_eager(status: DeepGemmStatus) -> dict[str, object]:
+    """Wall time per back-to-back eager call of the small dense GEMM, for each library."""
+    problem = build_problem(EAGER_CASE, status.module)
+    ours = _eager_or_why(problem.calls["dg_moe"].fn)
+    theirs = _eager_or_why(problem.calls["deepgemm"].fn) if "deepgemm" in problem.calls else status.missing
+    return eager_row(ours, theirs, EAGER_CASE)
 
 
-def _masked_counts(groups: int, expected: int, max_m: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(groups * 1000 + expected)
-    scale = torch.rand(groups, generator=gen) * 0.6 + 0.7
-    return (scale * expected).round().clamp(0, max_m).to(torch.int32).cuda()
+def _write_json(path: str, doc: dict[str, object]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
 
 
-def bench_masked() -> list[dict]:
-    rows = []
-    for groups, expected, n, k in MASKED_CASES:
-        max_m = layout.align(int(expected * 1.3) + 1, 64)
-        x = torch.randn(groups * max_m, k, device="cuda", dtype=torch.bfloat16)
-        a_data, sfa = layout.per_token_cast_to_fp8(x)
-        a = (a_data.view(groups, max_m, k), layout.get_mn_major_tma_aligned_tensor(sfa.view(groups, max_m, -1)))
-        w = [layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
-             for _ in range(groups)]
-        b = (torch.stack([p[0] for p in w]), torch.stack([p[1] for p in w]))
-        masked_m = _masked_counts(groups, expected, max_m)
-        d = torch.empty(groups, max_m, n, device="cuda", dtype=torch.bfloat16)
-        valid = int(masked_m.sum())
-        bytes_moved = groups * n * k + valid * k + valid * n * 2 + groups * (n // 128) * (k // 128) * 4
-        a_bf16 = torch.randn(groups, max_m, k, device="cuda", dtype=torch.bfloat16)
-        b_bf16 = torch.randn(groups, k, n, device="cuda", dtype=torch.bfloat16)
-        ours, bmm = _time_with_peers(lambda: dg_moe.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, expected),
-                                     lambda: torch.bmm(a_bf16, b_bf16))
-        rows.append({
-            "groups": groups, "expected_m": expected, "n": n, "k": k, "dg_moe_us": ours,
-            "dg_moe_gbps": bytes_moved / ours / 1e3, "bmm_bf16_us": bmm,
-        })
-    return rows
-
-
-def bench_contiguous() -> list[dict]:
-    rows = []
-    for groups, per_group, n, k in CONTIGUOUS_CASES:
-        gen = torch.Generator().manual_seed(groups * per_group)
-        counts = ((torch.rand(groups, generator=gen) * 0.6 + 0.7) * per_group).round().int().tolist()
-        ends, row = [], 0
-        for c in counts:
-            ends.append(row + c)
-            row += layout.align(c, 128)
-        m_sum = row
-        psum = torch.tensor(ends, dtype=torch.int32, device="cuda")
-        a_data, sfa = layout.per_token_cast_to_fp8(torch.randn(m_sum, k, device="cuda", dtype=torch.bfloat16))
-        a = (a_data, layout.get_mn_major_tma_aligned_tensor(sfa))
-        w = [layout.per_block_cast_to_fp8(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
-             for _ in range(groups)]
-        b = (torch.stack([p[0] for p in w]), torch.stack([p[1] for p in w]))
-        d = torch.empty(m_sum, n, device="cuda", dtype=torch.bfloat16)
-        valid = sum(counts)
-        x_bf16 = torch.randn(valid, k, device="cuda", dtype=torch.bfloat16)
-        w_bf16 = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
-        offs = torch.tensor(counts, device="cuda", dtype=torch.int32).cumsum(0).int()
-        ours, grouped_mm = _time_with_peers(
-            lambda: dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, psum, use_psum_layout=True),
-            lambda: torch._grouped_mm(x_bf16, w_bf16.transpose(1, 2), offs=offs))
-        rows.append({
-            "groups": groups, "rows_per_group": per_group, "n": n, "k": k, "valid_rows": valid,
-            "dg_moe_us": ours, "dg_moe_tflops": 2 * valid * n * k / ours / 1e6, "grouped_mm_bf16_us": grouped_mm,
-        })
-    return rows
-
-
-def _geomean(values: list[float]) -> float:
-    return statistics.geometric_mean(values) if values else float("nan")
-
-
-def main(out_dir: str | None = None) -> int:
-    """Run all three benchmarks, print tables, write JSON to ``out_dir`` when given."""
-    props = torch.cuda.get_device_properties(0)
-    print(f"GPU: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}")
-    dense = bench_dense()
-    print("\nDense FP8 (TFLOPS; GPU time, L2 flushed)")
-    print(f"{'M':>5} {'N':>6} {'K':>6} {'dg_moe':>8} {'cuBLAS-bw':>10} {'cuBLAS-bf16':>11} {'x cuBLAS-bw':>11}")
-    ratios: dict[int, list[float]] = {128: [], 4096: []}
-    for r in dense:
-        flops = 2 * r["m"] * r["n"] * r["k"] / 1e6
-        peer = r["cublas_blockwise_us"]
-        ratio = peer / r["dg_moe_us"] if isinstance(peer, float) else float("nan")
-        if isinstance(peer, float):
-            ratios[r["m"]].append(ratio)
-        print(f"{r['m']:>5} {r['n']:>6} {r['k']:>6} {_fmt(r['dg_moe_us'], flops):>8} {_fmt(peer, flops):>10} "
-              f"{_fmt(r['cublas_bf16_us'], flops):>11} {ratio:>11.2f}")
-        if "dg_moe_eager_us" in r:
-            print(f"      eager call {r['dg_moe_eager_us']:.1f} us (row-major SFA converted per call: "
-                  f"{r['dg_moe_eager_row_major_sfa_us']:.1f} us) vs GPU time {r['dg_moe_us']:.1f} us")
-    for m, values in ratios.items():
-        print(f"geomean dg_moe / cuBLAS blockwise at M={m}: {_geomean(values):.2f}x")
-
-    masked = bench_masked()
-    print("\nMasked grouped FP8 (GB/s counts weights, valid A rows, valid D rows)")
-    print(f"{'G':>3} {'rows':>5} {'N':>5} {'K':>5} {'us':>8} {'GB/s':>7} {'bmm-bf16 us':>12}")
-    for r in masked:
-        peer = r["bmm_bf16_us"]
-        peer_s = f"{peer:12.1f}" if isinstance(peer, float) else peer
-        print(f"{r['groups']:>3} {r['expected_m']:>5} {r['n']:>5} {r['k']:>5} {r['dg_moe_us']:8.1f} "
-              f"{r['dg_moe_gbps']:7.0f} {peer_s}")
-
-    contiguous = bench_contiguous()
-    print("\nContiguous grouped FP8 (TFLOPS on valid rows)")
-    print(f"{'G':>3} {'rows/g':>6} {'N':>5} {'K':>5} {'dg_moe':>7} {'grouped_mm-bf16':>15}")
-    for r in contiguous:
-        flops = 2 * r["valid_rows"] * r["n"] * r["k"] / 1e6
-        print(f"{r['groups']:>3} {r['rows_per_group']:>6} {r['n']:>5} {r['k']:>5} {r['dg_moe_tflops']:7.0f} "
-              f"{_fmt(r['grouped_mm_bf16_us'], flops):>15}")
-
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "bench_gemm.json"), "w") as f:
-            json.dump({"gpu": props.name, "dense": dense, "masked": masked, "contiguous": contiguous}, f, indent=1)
+def bench(families: Sequence[str], quick: bool, status: DeepGemmStatus, json_path: str | None) -> int:
+    """Run the families' cases, print a line per case and the tables; JSON rewritten after each family."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    print(f"GPU: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}; DeepGEMM: "
+          f"{status.version or status.reason}", flush=True)
+    rows_by_family: dict[str, list[dict[str, object]]] = {}
+    eager = None
+    meta: dict[str, object] = {"families": list(families), "quick": quick, "deepgemm": status.describe(),
+                               "timing": {"calls_per_graph": CALLS, "replays": REPLAYS, "l2_flush_bytes": FLUSH_BYTES}}
+    for family in families:
+        if family == "eager":
+            eager = run_eager(status)
+            print(eager_line(eager), flush=True)
+        else:
+            cases = family_cases(family, quick)
+            rows = rows_by_family.setdefault(family, [])
+            for index, case in enumerate(cases, 1):
+                start = time.perf_counter()
+                rows.append(run_case(case, status))
+                print(progress_line(index, len(cases), rows[-1], time.perf_counter() - start), flush=True)
+                torch.cuda.empty_cache()  # the next case's inputs have other sizes
+        if json_path:
+            _write_json(json_path, document({**machine_facts(), **meta}, rows_by_family, eager))
+    for family, rows in rows_by_family.items():
+        print("\n" + "\n".join(table(family, rows)))
+    if eager is not None:
+        print("\n" + eager_line(eager))
+    if json_path:
+        print(f"\nJSON: {json_path}")
     return 0
+
+
+def dry_run(families: Sequence[str], quick: bool, status: DeepGemmStatus) -> int:
+    """List the cases, the dg_moe variants to compile and the estimated timing; needs no GPU."""
+    sms = num_sms()
+    timed = [c for f in families if f != "eager" for c in family_cases(f, quick)]
+    everything = timed + (family_cases("eager") if "eager" in families else [])
+    for family in families:
+        cases = family_cases(family, quick)
+        print(f"{family}: {len(cases)} cases")
+        for case in cases:
+            scalars = {k: v for k, v in case.describe().items() if not isinstance(v, list)}
+            print(f"  {case.label}: {json.dumps(scalars)}")
+    print(f"dg_moe kernel variants to compile ({sms} SMs): {len(bench_variants(everything, sms))}")
+    print(f"DeepGEMM: {status.version or status.reason}")
+    print(f"estimated timing: {estimate_seconds(timed, sms, status.module is not None):.0f} s "
+          "(graph replays at dg_moe's predicted kernel times, plus setup per case; compiles not included)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of `dg-moe bench gemm`."""
+    parser = argparse.ArgumentParser(prog="dg-moe bench gemm", description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default=",".join(FAMILIES),
+                        help=f"comma list of {', '.join(FAMILIES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="only the cases with (N, K) = (4096, 7168)")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", metavar="PATH", help="write every result, with the machine's facts, to PATH")
+    out.add_argument("--out", metavar="DIR", help=f"write the JSON to DIR/{JSON_NAME}")
+    parser.add_argument("--no-deepgemm", action="store_true", help="do not import deep_gemm (its columns say so)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the cases and the plan; no GPU needed")
+    mode.add_argument("--warmup", action="store_true",
+                      help="compile every kernel the cases run, both libraries, in parallel processes; no timing")
+    parser.add_argument("--jobs", type=int, help="--warmup's parallel processes (default: one per CPU)")
+    args = parser.parse_args(argv)
+    try:
+        families = parse_families(args.family)
+    except ValueError as err:
+        parser.error(str(err))
+    status = load_deep_gemm("disabled by --no-deepgemm" if args.no_deepgemm else None)
+    cases = [c for f in families for c in family_cases(f, args.quick)]
+    if args.dry_run:
+        return dry_run(families, args.quick, status)
+    if args.warmup:
+        return warm(cases, status, args.jobs)
+    if not torch.cuda.is_available():
+        print("dg-moe bench gemm: needs a CUDA GPU (SM90); none is visible (--dry-run lists the cases)")
+        return 2
+    json_path = args.json or (os.path.join(args.out, JSON_NAME) if args.out else None)
+    return bench(families, args.quick, status, json_path)

@@ -15,6 +15,16 @@ from collections.abc import Callable, Sequence
 import torch
 
 FLUSH_BYTES = 256 * 2**20
+CALLS = 10
+"""Calls captured in one graph, each after an L2 flush."""
+REPLAYS = 15
+"""Rounds of replays; each round replays every graph once."""
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for a failed call: the exception's type and the first line of its message."""
+    text = str(err).splitlines()[0][:160] if str(err) else ""
+    return f"{type(err).__name__}: {text}"
 
 
 def _capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
@@ -26,7 +36,7 @@ def _capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def gpu_times_us(fns: Sequence[Callable[[], None]], calls: int = 10, replays: int = 15) -> list[float | str]:
+def gpu_times_us(fns: Sequence[Callable[[], None]], calls: int = CALLS, replays: int = REPLAYS) -> list[float | str]:
     """Median kernel time of each of ``fns`` in microseconds, L2 flushed before every call.
 
     The graphs' replays are interleaved (every fn once, and the flush-only graph, per round), so
@@ -50,7 +60,7 @@ def gpu_times_us(fns: Sequence[Callable[[], None]], calls: int = 10, replays: in
             torch.cuda.synchronize()
             graphs.append(_capture(flushed(fn)))
         except Exception as err:  # a peer that cannot run reports why instead of a number
-            graphs.append(f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''})")
+            graphs.append(f"n/a ({describe_error(err)})")
     times: list[list[float]] = [[] for _ in graphs]
     for _ in range(replays):
         for graph, samples in zip(graphs, times, strict=True):
@@ -67,7 +77,7 @@ def gpu_times_us(fns: Sequence[Callable[[], None]], calls: int = 10, replays: in
             for graph, samples in zip(graphs[1:], times[1:], strict=True)]
 
 
-def gpu_time_us(fn: Callable[[], None], calls: int = 10, replays: int = 15) -> float:
+def gpu_time_us(fn: Callable[[], None], calls: int = CALLS, replays: int = REPLAYS) -> float:
     """Median kernel time of ``fn`` in microseconds, L2 flushed before every call; raises if it fails."""
     fn()  # errors surface here, with their traceback, rather than as text
     (us,) = gpu_times_us([fn], calls, replays)
