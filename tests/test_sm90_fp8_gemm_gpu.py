@@ -177,12 +177,14 @@ def test_psum_contiguous_cuda_graph_replays_with_new_counts(cuda_gen):
 
 @pytest.mark.parametrize("block_m,block_n,multicast", [(128, 128, 2), (128, 192, 1), (128, 192, 2), (64, 32, 2),
                                                      (256, 128, 1), (256, 128, 2), (256, 64, 1), (128, 128, 1),
-                                                     (64, 128, 1)])
+                                                     (64, 128, 1), (128, 192, "2B"), (128, 128, "2B"),
+                                                     (256, 128, "2B"), (64, 64, "2B")])
 def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, cuda_gen):
-    """Variants the heuristic rarely picks (multicast pairs, 192-wide tiles spanning two SFB blocks,
-    256-row tiles in two waves, a 64-wide last column block run at half width on 128-wide tiles
-    without multicast) on every layout they serve, with N giving an odd n-block count (a padding
-    tile in each pair)."""
+    """Variants the heuristic rarely picks (multicast pairs sharing A, or B ("2B"), 192-wide tiles
+    spanning two SFB blocks, 256-row tiles in two waves, a 64-wide last column block run at half width
+    on 128-wide tiles without multicast) on every layout they serve, with N giving an odd n-block count
+    (a padding tile in each A-sharing pair) and odd m-block counts (a copy tile in a B-sharing pair,
+    pairs straddling two groups)."""
     import dataclasses
 
     from dg_moe.kernels.sm90_fp8_gemm import launcher as kernels
@@ -191,8 +193,8 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
     chosen = kernels.config_for
 
     def forced(*args):
-        return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=multicast,
-                                   num_stages=max_stages(block_m, block_n, k))
+        return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=int(str(multicast)[0]),
+                                   multicast_b=str(multicast).endswith("B"), num_stages=max_stages(block_m, block_n, k))
 
     monkeypatch.setattr(kernels, "config_for", forced)
     monkeypatch.setattr(kernels, "_entries", {})
@@ -215,6 +217,13 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
             d = _poisoned(a[0].shape[0], n)
             dg_moe.m_grouped_fp8_gemm_nt_contiguous(a, b, d, grouped_layout, use_psum_layout=psum_form)
             assert_matches(d, ref)
+        # Three trailing padding blocks: a pair made only of padding, and one pairing padding with a real
+        # block (or the odd last block) for B-sharing clusters; padding rows stay unwritten.
+        a_pad = fp8_activations(a[0].shape[0] + 3 * 128, k, cuda_gen)
+        per_row_pad = torch.cat([per_row, torch.full((3 * 128,), -1, dtype=torch.int32, device="cuda")])
+        d = _poisoned(a_pad[0].shape[0], n)
+        dg_moe.m_grouped_fp8_gemm_nt_contiguous(a_pad, b, d, per_row_pad)
+        assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_contiguous(a_pad, b, per_row_pad))
 
     groups, max_m = 4, 300 if block_m == 256 else 129
     x = fp8_activations(groups * max_m, k, cuda_gen)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import dg_moe
 from dg_moe import layout
+from dg_moe.kernels.sm90_fp8_gemm import GemmType
 
 from .gemm_cases import Case, ContiguousCase, DenseCase, MaskedCase
 
@@ -33,13 +34,27 @@ class Call:
 
 
 @dataclass
+class KernelInputs:
+    """What a dg_moe call hands the SM90 kernel, for tools that launch other variants on the same inputs
+    (tools/ab_variants.py): the layout type, the operands, the grouped layout tensor and the rows hint."""
+
+    gemm_type: GemmType
+    a: FP8Pair
+    b: FP8Pair
+    layout: torch.Tensor | None
+    rows_hint: int
+
+
+@dataclass
 class Problem:
-    """A case's calls by label (FORMS' names), the valid rows of an output, and the peer's builder."""
+    """A case's calls by label (FORMS' names), the valid rows of an output, the peer's builder, and the
+    kernel inputs of each dg_moe call."""
 
     case: Case
     calls: dict[str, Call]
     valid: Callable[[torch.Tensor], torch.Tensor]
     peer: Callable[[], Callable[[], object]]
+    inputs: dict[str, KernelInputs]
 
 
 def fp8_dense_inputs(m: int, n: int, k: int) -> tuple[FP8Pair, FP8Pair]:
@@ -84,7 +99,9 @@ def _dense(case: DenseCase, dg: ModuleType | None) -> Problem:
     calls = {"dg_moe": _call(lambda d: dg_moe.fp8_gemm_nt(a, b, d), case.m, case.n)}
     if dg is not None:
         calls["deepgemm"] = _call(lambda d: dg.fp8_gemm_nt(a, b, d), case.m, case.n)
-    return Problem(case, calls, valid=lambda d: d, peer=lambda: cublas_blockwise(a_row_major, b, case.k))
+    inputs = {"dg_moe": KernelInputs(GemmType.NORMAL, a, b, None, case.m)}
+    return Problem(case, calls, valid=lambda d: d, peer=lambda: cublas_blockwise(a_row_major, b, case.k),
+                   inputs=inputs)
 
 
 def _contiguous(case: ContiguousCase, dg: ModuleType | None) -> Problem:
@@ -112,7 +129,9 @@ def _contiguous(case: ContiguousCase, dg: ModuleType | None) -> Problem:
         offs = torch.tensor(case.counts, device="cuda", dtype=torch.int32).cumsum(0).int()
         return lambda: torch._grouped_mm(x, w.transpose(1, 2), offs=offs)
 
-    return Problem(case, calls, valid=lambda d: d[valid_rows], peer=peer)
+    inputs = {"dg_moe_psum": KernelInputs(GemmType.CONTIGUOUS_PSUM, a, b, ends, hint),
+              "dg_moe_rows": KernelInputs(GemmType.CONTIGUOUS, a, b, m_indices, max(1, m_sum // case.groups))}
+    return Problem(case, calls, valid=lambda d: d[valid_rows], peer=peer, inputs=inputs)
 
 
 def _masked(case: MaskedCase, dg: ModuleType | None) -> Problem:
@@ -134,7 +153,8 @@ def _masked(case: MaskedCase, dg: ModuleType | None) -> Problem:
         w = torch.randn(groups, k, n, device="cuda", dtype=torch.bfloat16)
         return lambda: torch.bmm(x, w)
 
-    return Problem(case, calls, valid=lambda d: d[valid_rows], peer=peer)
+    inputs = {"dg_moe": KernelInputs(GemmType.MASKED, a, b, masked_m, expected)}
+    return Problem(case, calls, valid=lambda d: d[valid_rows], peer=peer, inputs=inputs)
 
 
 def build_problem(case: Case, dg: ModuleType | None) -> Problem:
