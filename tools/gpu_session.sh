@@ -1,12 +1,11 @@
 # Sourced by the GPU session scripts (tools/gpu_check.sh, tools/gpu_moe_check.sh): installs the carried
-# wheels and the package (editable, so dg_moe.integrations maps to integrations/), sets the environment,
-# and defines `step`, which runs one command under a time limit with its log under $OUT.
+# wheels, puts them and the checkout on PYTHONPATH (dg_moe, adapters included, imports from the source tree),
+# sets the environment, and defines `step`, which runs one command under a time limit with its log under $OUT.
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 export DG_MOE_CACHE_DIR=/tmp/dg_moe_cache PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || true
 
 summary=()
 step() {  # step NAME SECONDS COMMAND...: run under a timeout, log to $OUT/NAME.log, record the exit code
