@@ -43,7 +43,9 @@ def _expand_braces(path: str) -> list[str]:
     match = re.search(r"\{([^{}]*)\}", path)
     if match is None:
         return [path]
-    return [expanded for choice in match.group(1).split(",")
+    # {a,b} lists alternatives; a single name in braces is a placeholder (an f-string field), like <family>.
+    choices = match.group(1).split(",") if "," in match.group(1) else ["*"]
+    return [expanded for choice in choices
             for expanded in _expand_braces(path[:match.start()] + choice + path[match.end():])]
 
 
