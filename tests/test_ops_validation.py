@@ -156,11 +156,11 @@ MISMATCHED_DEVICE = [
 ]
 
 K_NOT_ALIGNED = [
-    case("dense", dense(k=200), ValueError, "fp8_gemm_nt: K=200 is not a multiple of 128"),
+    case("dense", dense(k=200), ValueError, "fp8_gemm_nt: K = 200, not a multiple of 128", "pad a and b along K"),
     case("dense_tn", dense(op="fp8_gemm_tn", a=(q(200, 4), sf(2, 4)), b=(q(200, 130), sf(2, 2))), ValueError,
-         "fp8_gemm_tn: K=200"),
-    case("contiguous", contiguous(k=64), ValueError, "m_grouped_fp8_gemm_nt_contiguous: K=64"),
-    case("masked", masked(k=320), ValueError, "m_grouped_fp8_gemm_nt_masked: K=320", "multiple of 128"),
+         "fp8_gemm_tn: K = 200"),
+    case("contiguous", contiguous(k=64), ValueError, "m_grouped_fp8_gemm_nt_contiguous: K = 64"),
+    case("masked", masked(k=320), ValueError, "m_grouped_fp8_gemm_nt_masked: K = 320", "multiple of 128"),
 ]
 
 BAD_GROUPED_LAYOUT = [

@@ -1,5 +1,6 @@
 """Scale-factor formats, FP8 quantisation and MoE buffer layouts."""
 
+from ._permute import TokenRows
 from .activation import silu_and_mul_to_fp8_contiguous, silu_and_mul_to_fp8_masked
 from .deepep import (
     MaskedGemmInput,
@@ -24,6 +25,7 @@ __all__ = [
     "ContiguousLayout",
     "MaskedGemmInput",
     "MaskedLayout",
+    "TokenRows",
     "align",
     "ceil_div",
     "ceil_to_ue8m0",

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 from .quant import per_token_cast_to_fp8
 from .scale_factors import get_tma_aligned_size
@@ -42,7 +42,7 @@ def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSo
                        "pass BF16 hidden states as a plain tensor to quantise them here")
         sf = chk.tensor(fn, f"{name}[1] (scales)", hidden[1], (torch.float32,), 2, "[T, H/128]",
                         "expand packed UE8M0 scales with unpack_ue8m0_from_int first")
-        chk.hidden_size(fn, f"{name}[0]", x.shape[1])
+        chk.k_aligned(fn, f"{name}[0] has H", x.shape[1])
         chk.shape(fn, f"{name}[1] (scales)", sf, (x.shape[0], x.shape[1] // chk.BLOCK_K),
                   f"{name}[0] of shape {tuple(x.shape)} (one scale per token per 128 columns)")
         chk.same_device(fn, f"{name}[0]", x, {f"{name}[1] (scales)": sf})
@@ -51,7 +51,7 @@ def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSo
         return TokenSource(x, sf, False)
     x = chk.tensor(fn, name, hidden, chk.FLOAT_DTYPES, 2, "[T, H]",
                    "pass FP8 input as an (e4m3 [T, H], float32 [T, H/128]) tuple")
-    chk.hidden_size(fn, name, x.shape[1])
+    chk.k_aligned(fn, f"{name} has H", x.shape[1])
     return TokenSource(x, None, use_ue8m0)
 
 

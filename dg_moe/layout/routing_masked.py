@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 from ._permute import (
     TokenRows,

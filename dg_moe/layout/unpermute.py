@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 
 

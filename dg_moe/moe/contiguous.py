@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import route_to_contiguous, silu_and_mul_to_fp8_contiguous, unpermute_reduce_contiguous
-from ..layout._permute import TokenRows
+from ..layout import TokenRows, route_to_contiguous, silu_and_mul_to_fp8_contiguous, unpermute_reduce_contiguous
 from ..ops import m_grouped_fp8_gemm_nt_contiguous
 from .hints import expected_rows_per_expert
 

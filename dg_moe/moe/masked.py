@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import route_to_masked, silu_and_mul_to_fp8_masked, unpermute_reduce_masked
-from ..layout._permute import TokenRows
+from ..layout import TokenRows, route_to_masked, silu_and_mul_to_fp8_masked, unpermute_reduce_masked
 from ..ops import m_grouped_fp8_gemm_nt_masked
 from .hints import masked_rows_hint
 

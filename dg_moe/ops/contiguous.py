@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import RECIPE_1D2D, Recipe
-from . import _checks as chk
-from . import _memo, _values
+from . import _memo
+from . import gemm_checks as gemm
 from .dispatch import run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -43,14 +44,11 @@ def _layout(op: str, grouped_layout: object, d: torch.Tensor, m: int, g: int, us
             )
         chk.positive_int(op, "expected_m_for_psum_layout", expected_m_for_psum_layout)
     if use_psum_layout:
-        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, g, "G (groups of b, psum layout)", d)
+        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, g, "G (groups of b, psum layout)", "d", d)
+        chk.psum_ends(op, "grouped_layout", gl, m, f"M_sum = {m}, the rows of a")
     else:
-        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, m, "M_sum (rows of a)", d)
-    if gl.device.type == "cpu":
-        if use_psum_layout:
-            _values.psum_layout(op, gl, m)
-        else:
-            _values.per_row_layout(op, gl, g)
+        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, m, "M_sum (rows of a)", "d", d)
+        gemm.per_row_tiles(op, gl, g)
 
 
 def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
@@ -67,22 +65,22 @@ def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, 
 def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
                           use_psum_layout, expected_m, b_t) -> Recipe:
     lay_b = "[G, K, N]" if b_t else "[G, N, K]"
-    a_data, sfa = chk.fp8_pair(op, "a", a, 2, "[M_sum, K]")
-    b_data, sfb = chk.fp8_pair(op, "b", b, 3, lay_b)
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 2, "[M_sum, K]")
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 3, lay_b)
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 2, "[M_sum, N]")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     m, k = a_data.shape
     g, n, k_b = _b_dims(op, b_data, b_t)
-    chk.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
-    chk.k_aligned(op, k)
+    gemm.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
+    chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a[0]", a_data)
     chk.unit_stride(op, "b[0]", b_data)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D,))
-    chk.sf(op, "sfa (a[1])", sfa, (), m, k, 1, 128, rec, f"M_sum={m}, K={k}")
-    chk.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}", transposed=b_t)
-    chk.compiled_dims(op, compiled_dims)
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D,))
+    gemm.sf(op, "sfa (a[1])", sfa, (), m, k, 1, 128, rec, f"M_sum={m}, K={k}")
+    gemm.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}", transposed=b_t)
+    gemm.compiled_dims(op, compiled_dims)
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     _layout(op, grouped_layout, d, m, g, use_psum_layout, expected_m)
     return rec
@@ -95,15 +93,15 @@ def _bf16_contiguous(op, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psu
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, "[M_sum, K]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, lay_b, hint)
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 2, "[M_sum, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     m, k = a.shape
     g, n, k_b = _b_dims(op, b, b_t)
-    chk.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
+    gemm.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a", a)
     chk.unit_stride(op, "b", b)
-    chk.compiled_dims(op, compiled_dims)
+    gemm.compiled_dims(op, compiled_dims)
     _layout(op, grouped_layout, d, m, g, use_psum_layout, expected_m)
     run_op(op, d.device, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psum_layout, **extra,
            empty=d.numel() == 0)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import RECIPE_1D1D, RECIPE_1D2D, Recipe
-from . import _checks as chk
 from . import _memo
+from . import gemm_checks as gemm
 from .dispatch import no_products, run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -51,24 +52,24 @@ def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast
 
 def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> tuple[Recipe, int]:
     lay_a, lay_b = _layouts(a_t, b_t)
-    a_data, sfa = chk.fp8_pair(op, "a", a, 2, lay_a)
-    b_data, sfb = chk.fp8_pair(op, "b", b, 2, lay_b)
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 2, lay_a)
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 2, lay_b)
     d = chk.tensor(op, "d", d, _OUT_DTYPES, 2, "[M, N]")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     (m, k), (n, k_b) = _mn_k(a_data, a_t), _mn_k(b_data, b_t)
-    chk.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
-    chk.k_aligned(op, k)
+    gemm.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
+    chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a[0]", a_data)
     chk.unit_stride(op, "b[0]", b_data)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D, RECIPE_1D1D))
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D, RECIPE_1D1D))
     gran_m, gran_n, gran_k = rec
     inferred = recipe is None
-    chk.sf(op, "sfa (a[1])", sfa, (), m, k, gran_m, gran_k, rec, f"M={m}, K={k}", a_t, inferred)
-    chk.sf(op, "sfb (b[1])", sfb, (), n, k, gran_n, gran_k, rec, f"N={n}, K={k}", b_t, inferred)
-    chk.accumulator(op, c, d)
-    chk.compiled_dims(op, compiled_dims)
+    gemm.sf(op, "sfa (a[1])", sfa, (), m, k, gran_m, gran_k, rec, f"M={m}, K={k}", a_t, inferred)
+    gemm.sf(op, "sfb (b[1])", sfb, (), n, k, gran_n, gran_k, rec, f"N={n}, K={k}", b_t, inferred)
+    gemm.accumulator(op, c, d)
+    gemm.compiled_dims(op, compiled_dims)
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     return rec, k
 
@@ -79,15 +80,15 @@ def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, lay_a, hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 2, lay_b, hint)
     d = chk.tensor(op, "d", d, _OUT_DTYPES, 2, "[M, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     (m, k), (n, k_b) = _mn_k(a, a_t), _mn_k(b, b_t)
-    chk.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
+    gemm.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a", a)
     chk.unit_stride(op, "b", b)
-    c = chk.accumulator(op, c, d)
-    chk.compiled_dims(op, compiled_dims)
+    c = gemm.accumulator(op, c, d)
+    gemm.compiled_dims(op, compiled_dims)
     run_op(op, d.device, ref_fn, a, b, d, c, compiled_dims, empty=d.numel() == 0,
            trivial=no_products(d, c) if k == 0 else None)
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import RECIPE_1D2D, Recipe
-from . import _checks as chk
 from . import _memo
+from . import gemm_checks as gemm
 from .dispatch import run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -34,7 +35,7 @@ def _dims(op: str, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int, int
         )
     if g == 0:
         raise ValueError(f"{op}: a and b hold no group; G must be >= 1")
-    chk.same_k(op, k, k_b, "a is [G, max_m, K], b is [G, N, K]")
+    gemm.same_k(op, k, k_b, "a is [G, max_m, K], b is [G, N, K]")
     return g, max_m, n, k
 
 
@@ -46,9 +47,9 @@ def _common(op: str, d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, masked_m
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a" if a.dtype != chk.FP8 else "a[0]", a)
     chk.unit_stride(op, "b" if b.dtype != chk.FP8 else "b[0]", b)
-    chk.int32_vector(op, "masked_m", masked_m, g, "G (groups)", d)
+    chk.int32_vector(op, "masked_m", masked_m, g, "G (groups)", "d", d)
     chk.positive_int(op, "expected_m", expected_m)
-    chk.compiled_dims(op, compiled_dims)
+    gemm.compiled_dims(op, compiled_dims)
     return g, max_m, n, k
 
 
@@ -68,15 +69,15 @@ def m_grouped_fp8_gemm_nt_masked(
 
 
 def _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast) -> Recipe:
-    a_data, sfa = chk.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
-    b_data, sfb = chk.fp8_pair(op, "b", b, 3, "[G, N, K]")
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 3, "[G, N, K]")
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     g, max_m, n, k = _common(op, d, a_data, b_data, masked_m, expected_m, compiled_dims)
-    chk.k_aligned(op, k)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D,))
-    chk.sf(op, "sfa (a[1])", sfa, (g,), max_m, k, 1, 128, rec, f"G={g}, max_m={max_m}, K={k}")
-    chk.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}")
+    chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D,))
+    gemm.sf(op, "sfa (a[1])", sfa, (g,), max_m, k, 1, 128, rec, f"G={g}, max_m={max_m}, K={k}")
+    gemm.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}")
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     return rec
 
@@ -92,7 +93,7 @@ def m_grouped_bf16_gemm_nt_masked(
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 3, "[G, max_m, K]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, "[G, N, K]", hint)
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     _common(op, d, a, b, masked_m, expected_m, compiled_dims)
     run_op(op, d.device, ref.m_grouped_bf16_gemm_nt_masked, a, b, d, masked_m, expected_m, compiled_dims,
            empty=d.numel() == 0)
