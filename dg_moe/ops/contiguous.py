@@ -10,6 +10,10 @@
 
 Padding rows of d are not written. Group ids and ends are checked on CPU tensors only; on the
 GPU an out-of-range id or a broken layout is undefined behaviour.
+
+Strides: the ``nt`` FP8 op, which the SM90 kernel runs, takes contiguous a[0], b[0] and d (its TMA
+addresses dense rows), on every device so that code written on CPU meets the GPU's rule. The others
+take operands with stride 1 along either of their last two dims and a d with a contiguous last dim.
 """
 
 from __future__ import annotations
@@ -74,9 +78,12 @@ def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, di
     gemm.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
     chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
-    chk.inner_contiguous(op, "d", d)
-    chk.unit_stride(op, "a[0]", a_data)
-    chk.unit_stride(op, "b[0]", b_data)
+    if b_t:
+        chk.inner_contiguous(op, "d", d)
+        chk.unit_stride(op, "a[0]", a_data)
+        chk.unit_stride(op, "b[0]", b_data)
+    else:
+        gemm.kernel_rows(op, a_data, b_data, d)
     rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D,))
     gemm.sf(op, "sfa (a[1])", sfa, (), m, k, 1, 128, rec, f"M_sum={m}, K={k}")
     gemm.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}", transposed=b_t)
@@ -112,7 +119,8 @@ def m_grouped_fp8_gemm_nt_contiguous(
     recipe: Recipe | None = None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,
     use_psum_layout: bool = False, expected_m_for_psum_layout: int | None = None,
 ) -> None:
-    """Row r of group g: ``d[r] = a[r] @ b[g].T``; a ``[M_sum, K]``, b ``[G, N, K]``, d bf16 ``[M_sum, N]``.
+    """Row r of group g: ``d[r] = a[r] @ b[g].T``; a ``[M_sum, K]``, b ``[G, N, K]``, d bf16 ``[M_sum, N]``;
+    a[0], b[0] and d contiguous (the SM90 kernel's TMA reads and writes dense rows), on every device.
 
     ``expected_m_for_psum_layout`` (psum layout only) is a per-group row-count hint for the kernel
     heuristic. See the module docstring for scales and ``grouped_layout``.

@@ -13,6 +13,11 @@ FP8 recipes (``recipe=None`` picks by d's dtype):
 
 Scales may be int32 packed UE8M0 instead (4 K-block exponents per int: ``[.., ceil(K/128/4)]``).
 K must be a multiple of 128. ``c`` (optional, d's dtype and shape) is added; d may alias c.
+
+Strides: ``fp8_gemm_nt``, the layout the SM90 kernel runs, takes contiguous a[0], b[0] and d (its TMA
+addresses dense rows), on every device so that code written on CPU meets the GPU's rule. The other
+layouts take operands with stride 1 along either of their last two dims and a d (and c) with a
+contiguous last dim, e.g. a row slice of a larger buffer.
 """
 
 from __future__ import annotations
@@ -60,9 +65,12 @@ def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, 
     gemm.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
     chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
-    chk.inner_contiguous(op, "d", d)
-    chk.unit_stride(op, "a[0]", a_data)
-    chk.unit_stride(op, "b[0]", b_data)
+    if a_t or b_t:
+        chk.inner_contiguous(op, "d", d)
+        chk.unit_stride(op, "a[0]", a_data)
+        chk.unit_stride(op, "b[0]", b_data)
+    else:
+        gemm.kernel_rows(op, a_data, b_data, d)
     rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D, RECIPE_1D1D))
     gran_m, gran_n, gran_k = rec
     inferred = recipe is None
@@ -96,7 +104,8 @@ def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:
 def fp8_gemm_nt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
                 recipe: Recipe | None = None, compiled_dims: str = "nk",
                 disable_ue8m0_cast: bool = False) -> None:
-    """``d = c + a @ b.T``; a (e4m3 ``[M, K]``, sfa), b (e4m3 ``[N, K]``, sfb), d ``[M, N]``.
+    """``d = c + a @ b.T``; a (e4m3 ``[M, K]``, sfa), b (e4m3 ``[N, K]``, sfb), d ``[M, N]``; a[0], b[0]
+    and d contiguous (the SM90 kernel's TMA reads and writes dense rows), on every device.
 
     See the module docstring for the recipes and scale-factor shapes.
     """

@@ -1,6 +1,6 @@
 """Argument checks of the GEMM ops alone, on top of the shared ones in :mod:`dg_moe.checks`: FP8
-operand pairs, recipes, scale-factor shapes, the accumulator, and the values of grouped layouts
-(read on CPU tensors only). Messages follow :mod:`dg_moe.checks`.
+operand pairs, recipes, scale-factor shapes, the accumulator, the kernel's dense rows, and the
+values of grouped layouts (read on CPU tensors only). Messages follow :mod:`dg_moe.checks`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ def fp8_pair(op: str, name: str, x: object, ndim: int, layout: str) -> tuple[tor
     sf = chk.tensor(op, f"{name}[1] (scale factors)", x[1], chk.SF_DTYPES, ndim,
                     "(float32 scales or int32 packed UE8M0)")
     return data, sf
+
+
+def kernel_rows(op: str, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> None:
+    """a[0], b[0] and d are contiguous: the SM90 kernel's TMA maps address rows back to back (row
+    stride K for A and B, N for D). Checked on every device, so that code written on CPU meets it."""
+    why = "the SM90 kernel's TMA reads rows of K elements back to back"
+    chk.contiguous(op, "a[0]", a, why, "pass a[0].contiguous()")
+    chk.contiguous(op, "b[0]", b, why, "pass b[0].contiguous()")
+    chk.contiguous(op, "d", d, "the SM90 kernel's TMA writes rows of N elements back to back",
+                   "pass d.contiguous() (a new buffer: copy the result into the original afterwards)")
 
 
 def dtype_is(op: str, name: str, t: torch.Tensor, dtypes: Sequence[torch.dtype], why: str) -> None:
