@@ -6,6 +6,11 @@ Checks on metadata (type, dtype, shape, strides, device) never synchronise with 
 values (expert ids, group ids, prefix sums, row indices) read the tensor, so they run on CPU tensors
 only: on a GPU they would synchronise with the host and break CUDA-graph capture, and there a broken
 value is undefined behaviour (the kernels trust it).
+
+Along one call each constraint is checked once: a public function checks its own arguments, then
+hands what is valid by construction to the ``*_unchecked`` cores of the ops it calls (``fused_moe``
+to the layout ops, quantiser and GEMMs), and a GEMM op's checks state its kernel's rules, so the
+launcher checks nothing again.
 """
 
 from __future__ import annotations

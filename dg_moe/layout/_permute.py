@@ -10,7 +10,7 @@ import torch
 
 from .. import checks as chk
 from . import _kernels
-from .quant import per_token_cast_to_fp8
+from .quant import per_token_cast_to_fp8_unchecked
 from .scale_factors import get_tma_aligned_size
 
 TokenRows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -55,6 +55,14 @@ def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSo
     return TokenSource(x, None, use_ue8m0)
 
 
+def unchecked_source(hidden: TokenRows) -> TokenSource:
+    """``hidden`` as a :class:`TokenSource` without checks (``use_ue8m0`` off), for callers that
+    validated it as :func:`token_source` would."""
+    if isinstance(hidden, tuple):
+        return TokenSource(hidden[0], hidden[1], False)
+    return TokenSource(hidden, None, False)
+
+
 def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Buffer rows filled from the tokens: (e4m3 [G, R, H] contiguous, float32 [G, R, H/128] MN-major).
 
@@ -66,7 +74,7 @@ def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[to
     if _kernels.enabled(source.rows.device):
         return _kernels.token_rows_to_fp8(source.rows, source.scales, source.use_ue8m0, row_token)
     if source.scales is None:
-        x, sf = per_token_cast_to_fp8(source.rows, use_ue8m0=source.use_ue8m0)
+        x, sf = per_token_cast_to_fp8_unchecked(source.rows, source.use_ue8m0)
     else:
         x, sf = source.rows, source.scales
     return gather_rows(x, row_token, 0), mn_major(gather_rows(sf, row_token, 1.0))

@@ -16,7 +16,7 @@ from typing import Literal, overload
 
 import torch
 
-from ..layout import per_token_cast_to_fp8
+from ..layout.quant import per_token_cast_to_fp8_unchecked
 from . import layer_checks
 from .contiguous import routed_experts_contiguous
 from .masked import default_max_m, routed_experts_masked
@@ -116,7 +116,7 @@ def fused_moe(
     layout = select_mode(mode, dims.num_tokens)
     # The routing kernels quantise each row where it lands; only the shared expert needs the FP8 copy of
     # every token, and then that one copy feeds the routing too.
-    tokens = hidden if shared_expert is None else per_token_cast_to_fp8(hidden)
+    tokens = hidden if shared_expert is None else per_token_cast_to_fp8_unchecked(hidden)
     weights = topk_weights if routed_scaling_factor == 1.0 else topk_weights.float() * routed_scaling_factor
     overflow = None
     if layout == "masked":

@@ -1,5 +1,9 @@
 """Argument checks of the fused MoE layer alone, on top of the shared ones in :mod:`dg_moe.checks`
-(whose rules they follow: values such as expert ids are read on CPU tensors only)."""
+(whose rules they follow: values such as expert ids are read on CPU tensors only).
+
+``fused_moe`` checks every argument here once, then runs the unchecked cores of the layout ops and
+GEMMs it calls: what it hands them is valid by construction.
+"""
 
 from __future__ import annotations
 

@@ -131,6 +131,17 @@ def m_grouped_fp8_gemm_nt_contiguous(
                     expected_m_for_psum_layout=expected_m_for_psum_layout)
 
 
+def m_grouped_fp8_gemm_nt_contiguous_unchecked(
+    a: FP8Operand, b: FP8Operand, d: torch.Tensor, grouped_layout: torch.Tensor, *, use_psum_layout: bool,
+    expected_m_for_psum_layout: int | None = None,
+) -> None:
+    """:func:`m_grouped_fp8_gemm_nt_contiguous` with recipe (1, 128, 128), on arguments the caller has
+    already validated to that op's rules (``fused_moe`` does): no check runs, layout values included."""
+    run_op("m_grouped_fp8_gemm_nt_contiguous", d.device, ref.m_grouped_fp8_gemm_nt_contiguous, a, b, d,
+           grouped_layout, RECIPE_1D2D, "nk", False, use_psum_layout,
+           expected_m_for_psum_layout=expected_m_for_psum_layout, empty=d.numel() == 0)
+
+
 def m_grouped_fp8_gemm_nn_contiguous(
     a: FP8Operand, b: FP8Operand, d: torch.Tensor, grouped_layout: torch.Tensor,
     recipe: Recipe | None = None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,

@@ -113,6 +113,12 @@ def fp8_gemm_nt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor |
                False, False)
 
 
+def fp8_gemm_nt_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor) -> None:
+    """:func:`fp8_gemm_nt` with recipe (1, 128, 128) and no ``c``, on arguments the caller has already
+    validated to that op's rules with K > 0 (``fused_moe`` does for its shared expert): no check runs."""
+    run_op("fp8_gemm_nt", d.device, ref.fp8_gemm_nt, a, b, d, None, RECIPE_1D2D, "nk", False, empty=d.numel() == 0)
+
+
 def fp8_gemm_nn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
                 recipe: Recipe | None = None, compiled_dims: str = "nk",
                 disable_ue8m0_cast: bool = False) -> None:

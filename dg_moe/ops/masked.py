@@ -70,6 +70,14 @@ def m_grouped_fp8_gemm_nt_masked(
            disable_ue8m0_cast, empty=d.numel() == 0)
 
 
+def m_grouped_fp8_gemm_nt_masked_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor,
+                                           expected_m: int) -> None:
+    """:func:`m_grouped_fp8_gemm_nt_masked` with recipe (1, 128, 128), on arguments the caller has already
+    validated to that op's rules (``fused_moe`` does): no check runs."""
+    run_op("m_grouped_fp8_gemm_nt_masked", d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m,
+           expected_m, RECIPE_1D2D, "nk", False, empty=d.numel() == 0)
+
+
 def _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast) -> Recipe:
     a_data, sfa = gemm.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
     b_data, sfb = gemm.fp8_pair(op, "b", b, 3, "[G, N, K]")

@@ -15,14 +15,11 @@ from collections.abc import Callable
 
 import torch
 
+from ... import checks
 from ... import device as _device
 from ...errors import KernelNotAvailableError
 from ...jit import build
-from ...layout.scale_factors import (
-    get_tma_aligned_size,
-    is_mn_major_tma_aligned,
-    transform_sf_into_required_layout,
-)
+from ...layout.scale_factors import get_tma_aligned_size, sf_in_kernel_layout
 from ...ops.dispatch import register_kernel
 from ...reference.common import RECIPE_1D2D
 from .constants import GemmType
@@ -61,23 +58,17 @@ def _require(op: str, condition: bool, what: str) -> None:
         )
 
 
-def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None,
-            rows_hint: int, recipe) -> None:
-    _require(op, recipe == RECIPE_1D2D, f"recipe {recipe} (only (1, 128, 128))")
+def _launch(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None, rows_hint: int) -> None:
     a_data, sfa = a
     b_data, sfb = b
     k = a_data.shape[-1]
     n = b_data.shape[-2]
     num_groups = 1 if gemm_type == GemmType.NORMAL else b_data.shape[0]
     rows = a_data.shape[-2]  # M, M_sum or max_m
-    masked = gemm_type == GemmType.MASKED
-    # The op validated the scales' shapes; scales already in the kernels' layout (float32 SFA MN-major
-    # and TMA-aligned, float32 SFB contiguous) skip the conversion's own checks, ~4 us per call.
-    if sfa.dtype != torch.float32 or not is_mn_major_tma_aligned(sfa):
-        sfa = transform_sf_into_required_layout(sfa, rows, k, (1, 128), num_groups if masked else None)
-    if sfb.dtype != torch.float32 or not sfb.is_contiguous():
-        b_groups = b_data.shape[0] if b_data.dim() == 3 else None
-        sfb = transform_sf_into_required_layout(sfb, n, k, (128, 128), b_groups)
+    # Scales already in the kernels' layout (float32 SFA MN-major and TMA-aligned, float32 SFB contiguous)
+    # come back as they are; others are converted (a copy).
+    sfa = sf_in_kernel_layout(sfa, True, k // checks.BLOCK_K)
+    sfb = sf_in_kernel_layout(sfb, False, k // checks.BLOCK_K)
     device = d.device
     num_sms = _device.num_sms_for(device)
     entry = _entry(gemm_type, rows_hint, n, k, num_groups, num_sms)
@@ -98,7 +89,9 @@ def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.T
 def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:
     """``fp8_gemm_nt`` on SM90: D[M, N] bf16 = A[M, K] @ B[N, K]^T, recipe (1, 128, 128), no ``c``."""
     _require("fp8_gemm_nt", c is None, "accumulation into c")
-    _launch("fp8_gemm_nt", GemmType.NORMAL, a, b, d, None, a[0].shape[0], recipe)
+    # The grouped ops accept recipe (1, 128, 128) alone; the dense one also takes (1, 1, 128).
+    _require("fp8_gemm_nt", recipe == RECIPE_1D2D, f"recipe {recipe} (only (1, 128, 128))")
+    _launch(GemmType.NORMAL, a, b, d, None, a[0].shape[0])
 
 
 def m_grouped_fp8_gemm_nt_contiguous_kernel(a, b, d, grouped_layout, recipe, compiled_dims,
@@ -108,13 +101,13 @@ def m_grouped_fp8_gemm_nt_contiguous_kernel(a, b, d, grouped_layout, recipe, com
     num_groups = b[0].shape[0]
     rows_hint = expected_m_for_psum_layout or max(1, a[0].shape[0] // num_groups)
     gemm_type = GemmType.CONTIGUOUS_PSUM if use_psum_layout else GemmType.CONTIGUOUS
-    _launch("m_grouped_fp8_gemm_nt_contiguous", gemm_type, a, b, d, grouped_layout, rows_hint, recipe)
+    _launch(gemm_type, a, b, d, grouped_layout, rows_hint)
 
 
 def m_grouped_fp8_gemm_nt_masked_kernel(a, b, d, masked_m, expected_m, recipe, compiled_dims,
                                         disable_ue8m0_cast) -> None:
     """Masked (decode) M-grouped GEMM on SM90; rows at or past masked_m[g] are not written."""
-    _launch("m_grouped_fp8_gemm_nt_masked", GemmType.MASKED, a, b, d, masked_m, expected_m, recipe)
+    _launch(GemmType.MASKED, a, b, d, masked_m, expected_m)
 
 
 def register() -> None:
