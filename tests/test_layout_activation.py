@@ -99,8 +99,8 @@ def test_silu_and_mul_masked_matches_loop(max_m, inter):
 def test_activation_argument_errors():
     x = gate_up((128, 256), seed=0)
     per_row = torch.zeros(128, dtype=torch.int32)
-    with pytest.raises(ValueError, match=r"silu_and_mul_to_fp8_contiguous: x's gate half \(I\) has 100 columns.*"
-                                         r"multiple of 128"):
+    with pytest.raises(ValueError, match=r"silu_and_mul_to_fp8_contiguous: x \[M_cap, 2I\] has 2I = 200 .*"
+                                         r"I = 100, not a positive multiple of 128"):
         layout.silu_and_mul_to_fp8_contiguous(gate_up((128, 200), seed=0), per_row)
     with pytest.raises(ValueError, match="must be even"):
         layout.silu_and_mul_to_fp8_contiguous(gate_up((128, 257), seed=0), per_row)
@@ -110,11 +110,12 @@ def test_activation_argument_errors():
         layout.silu_and_mul_to_fp8_contiguous(x, per_row.long())
     with pytest.raises(ValueError, match=r"grouped_layout\[5\] = -3"):
         layout.silu_and_mul_to_fp8_contiguous(x, torch.where(torch.arange(128) == 5, -3, per_row).int())
-    with pytest.raises(ValueError, match=r"grouped_layout\[1\] = 100 .*at least align\(previous end, 128\) = 128"):
+    with pytest.raises(ValueError, match=r"grouped_layout\[1\] = 100 falls in the alignment gap 5\.\.127.*"
+                                         r"align\(5, 128\) = 128"):
         layout.silu_and_mul_to_fp8_contiguous(x, torch.tensor([5, 100], dtype=torch.int32), use_psum_layout=True)
-    with pytest.raises(ValueError, match=r"grouped_layout\[1\] = 2 is not a valid segment end"):
+    with pytest.raises(ValueError, match=r"grouped_layout\[1\] = 2 is below the previous end 5"):
         layout.silu_and_mul_to_fp8_contiguous(x, torch.tensor([5, 2], dtype=torch.int32), use_psum_layout=True)
-    with pytest.raises(ValueError, match=r"grouped_layout\[0\] = 129 .*at most the 128 rows"):
+    with pytest.raises(ValueError, match=r"grouped_layout\[0\] = 129 exceeds the 128 rows of x"):
         layout.silu_and_mul_to_fp8_contiguous(x, torch.tensor([129], dtype=torch.int32), use_psum_layout=True)
     with pytest.raises(TypeError, match="use_psum_layout must be a bool"):
         layout.silu_and_mul_to_fp8_contiguous(x, per_row, use_psum_layout=1)
@@ -127,5 +128,5 @@ def test_activation_argument_errors():
         layout.silu_and_mul_to_fp8_masked(x3, torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="x must be 3-D"):
         layout.silu_and_mul_to_fp8_masked(x, torch.zeros(2, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"gate half \(I\) has 64 columns"):
+    with pytest.raises(ValueError, match=r"2I = 128 \[gate \| up\], so I = 64, not a positive multiple"):
         layout.silu_and_mul_to_fp8_masked(gate_up((2, 4, 128), seed=0), torch.zeros(2, dtype=torch.int32))

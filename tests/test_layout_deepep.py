@@ -56,7 +56,7 @@ def test_normal_dispatch_errors_use_deepep_names():
     fn = "deepep_normal_to_contiguous"
     with pytest.raises(ValueError, match=rf"{fn}: recv_topk_idx\[\d, \d\] = 2 is not an expert id"):
         layout.deepep_normal_to_contiguous(recv_x, torch.full_like(idx, 2), 2)
-    with pytest.raises(ValueError, match=rf"{fn}: recv_x\[0\] has 100 columns"):
+    with pytest.raises(ValueError, match=rf"{fn}: recv_x\[0\] has H = 100, not a positive multiple"):
         layout.deepep_normal_to_contiguous((recv_x[0][:, :100], recv_x[1]), idx, 2)
     with pytest.raises(TypeError, match="num_local_experts must be a positive int"):
         layout.deepep_normal_to_contiguous(recv_x, idx, None)
@@ -130,7 +130,7 @@ def test_low_latency_errors_name_argument_and_fix():
         layout.deepep_low_latency_to_masked(torch.zeros(2, 8, 256, dtype=torch.bfloat16), count)
     with pytest.raises(TypeError, match=r"packed_recv_x\[0\] must have dtype float8_e4m3fn"):
         layout.deepep_low_latency_to_masked((x.view(torch.uint8), sf), count)
-    with pytest.raises(ValueError, match=r"packed_recv_x\[0\] has 200 columns.*multiple of 128"):
+    with pytest.raises(ValueError, match=r"packed_recv_x\[0\] has H = 200, not a positive multiple of 128"):
         layout.deepep_low_latency_to_masked((torch.empty(2, 8, 200, dtype=FP8), sf), count)
     with pytest.raises(ValueError, match=r"packed_recv_x\[0\] must have unit stride along H"):
         layout.deepep_low_latency_to_masked((x.transpose(1, 2).contiguous().transpose(1, 2), sf), count)

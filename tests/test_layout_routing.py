@@ -160,10 +160,10 @@ def test_routing_argument_errors(route):
     hidden = hidden_states(3, 256, 0)
     ids = torch.tensor([[0, 1], [2, -1], [3, 3]])
     fn = f"route_to_{route}"
-    with pytest.raises(ValueError, match=rf"{fn}: hidden has 200 columns.*multiple of 128.*256"):
+    with pytest.raises(ValueError, match=rf"{fn}: hidden has H = 200, not a positive multiple of 128.*256"):
         call(hidden_states(3, 200, 0), ids)
     x, sf = quantise_rows(hidden)
-    with pytest.raises(ValueError, match=r"hidden\[0\] has 200 columns.*multiple of 128"):
+    with pytest.raises(ValueError, match=r"hidden\[0\] has H = 200, not a positive multiple of 128"):
         call((x[:, :200], sf), ids)
     with pytest.raises(ValueError, match=r"hidden\[1\] \(scales\) has shape \(3, 3\)"):
         call((x, torch.ones(3, 3)), ids)

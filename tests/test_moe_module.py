@@ -125,8 +125,9 @@ def test_quantize_expert_weights():
 
 
 @pytest.mark.parametrize("kwargs, error, pattern", [
-    (dict(hidden_size=200), ValueError, "FusedMoE: hidden_size = 200 must be a multiple of 128"),
-    (dict(intermediate_size=96), ValueError, "FusedMoE: intermediate_size = 96 must be a multiple of 128"),
+    (dict(hidden_size=200), ValueError,
+     "FusedMoE: hidden_size = 200, not a positive multiple of 128.*pad the weights to 256"),
+    (dict(intermediate_size=96), ValueError, "FusedMoE: intermediate_size = 96, not a positive multiple of 128"),
     (dict(num_experts=0), ValueError, "FusedMoE: num_experts must be > 0"),
     (dict(top_k=1.5), TypeError, "FusedMoE: top_k must be a positive int"),
     (dict(shared_intermediate_size=100), ValueError, "FusedMoE: shared_intermediate_size = 100"),

@@ -37,9 +37,10 @@ def requested(monkeypatch):
             return gemm_type, hint, n, k, groups
         return describe
 
-    record(masked, "m_grouped_fp8_gemm_nt_masked", grouped(GemmType.MASKED))
-    record(contiguous, "m_grouped_fp8_gemm_nt_contiguous", grouped(GemmType.CONTIGUOUS_PSUM))
-    record(shared, "fp8_gemm_nt", lambda a, b, d, *rest, **kw: (GemmType.NORMAL, a[0].shape[0], *b[0].shape, 1))
+    record(masked, "m_grouped_fp8_gemm_nt_masked_unchecked", grouped(GemmType.MASKED))
+    record(contiguous, "m_grouped_fp8_gemm_nt_contiguous_unchecked", grouped(GemmType.CONTIGUOUS_PSUM))
+    record(shared, "fp8_gemm_nt_unchecked",
+           lambda a, b, d, *rest, **kw: (GemmType.NORMAL, a[0].shape[0], *b[0].shape, 1))
     return calls
 
 

@@ -127,19 +127,52 @@ WRONG_SHAPE = [
     case("k_grouped_sfb", k_grouped(b=(q(384, 7), sf(2, 7))), ValueError, "sfb (b[1])", "needs (3, 7)"),
 ]
 
+def dense_tn(**over):
+    """Valid fp8_gemm_tn args: a [K, M], b [K, N], scales transposed likewise."""
+    return dense(op="fp8_gemm_tn", **({"a": (q(256, 4), sf(2, 4)), "b": (q(256, 130), sf(2, 2))} | over))
+
+
 _strided_buf = torch.empty(2 * 4 * 130, dtype=BF16)
 WRONG_STRIDE = [
-    case("d_transposed", dense(d=torch.empty(130, 4, dtype=BF16).T), ValueError, "fp8_gemm_nt:", "d must",
+    case("d_transposed", dense_tn(d=torch.empty(130, 4, dtype=BF16).T), ValueError, "fp8_gemm_tn:", "d must",
          "stride 1"),
     case("c_transposed", dense(c=torch.empty(130, 4, dtype=BF16).T), ValueError, "c must", "stride 1"),
     case("c_aliases_d_other_strides", dense(d=_strided_buf[:520].view(4, 130),
                                             c=_strided_buf.as_strided((4, 130), (260, 1))),
          ValueError, "c aliases d"),
-    case("a_no_unit_stride", dense(a=(q(4, 512)[:, ::2], sf(4, 2))), ValueError, "a[0] must have stride 1"),
-    case("masked_d", masked(d=torch.empty(3, 130, 8, dtype=BF16).transpose(1, 2)), ValueError, "d must",
-         "stride 1"),
+    case("a_no_unit_stride", dense_tn(a=(q(256, 8)[:, ::2], sf(2, 4))), ValueError, "a[0] must have stride 1"),
+    case("bf16_masked_d", masked(op="m_grouped_bf16_gemm_nt_masked", a=torch.empty(3, 8, 64, dtype=BF16),
+                                 b=torch.empty(3, 130, 64, dtype=BF16),
+                                 d=torch.empty(3, 130, 8, dtype=BF16).transpose(1, 2)),
+         ValueError, "m_grouped_bf16_gemm_nt_masked:", "d must", "stride 1"),
     case("k_grouped_d", k_grouped(d=torch.empty(3, 7, 5).transpose(1, 2)), ValueError, "d must", "stride 1"),
     case("bf16_d", bf16_dense(d=torch.empty(130, 4, dtype=BF16).T), ValueError, "bf16_gemm_nt:", "d must"),
+]
+
+# The ops the SM90 kernel runs take contiguous a[0], b[0] and d (its TMA addresses dense rows), on CPU too.
+NOT_CONTIGUOUS = [
+    case("dense_a_column_slice", dense(a=(q(4, 512)[:, :256], sf(4, 2))), ValueError,
+         "fp8_gemm_nt: a[0] must be contiguous", "strides (512, 1)", "(256, 1)", "a[0].contiguous()"),
+    case("dense_a_mn_major", dense(a=(q(256, 4).T, sf(4, 2))), ValueError, "fp8_gemm_nt: a[0] must be contiguous",
+         "strides (1, 4)"),
+    case("dense_b_column_slice", dense(b=(q(130, 512)[:, :256], sf(2, 2))), ValueError,
+         "fp8_gemm_nt: b[0] must be contiguous", "strides (512, 1)", "b[0].contiguous()"),
+    case("dense_d_row_slice", dense(d=torch.empty(4, 200, dtype=BF16)[:, :130]), ValueError,
+         "fp8_gemm_nt: d must be contiguous", "strides (200, 1)", "(130, 1)", "d.contiguous()"),
+    case("dense_d_transposed", dense(d=torch.empty(130, 4, dtype=BF16).T), ValueError,
+         "fp8_gemm_nt: d must be contiguous", "strides (1, 4)"),
+    case("contiguous_a", contiguous(a=(q(256, 512)[:, 256:], sf(256, 2))), ValueError,
+         "m_grouped_fp8_gemm_nt_contiguous: a[0] must be contiguous", "strides (512, 1)"),
+    case("contiguous_b", contiguous(b=(q(2, 130, 512)[..., :256], sf(2, 2, 2))), ValueError,
+         "m_grouped_fp8_gemm_nt_contiguous: b[0] must be contiguous", "strides (66560, 512, 1)"),
+    case("contiguous_d_row_slice", contiguous(d=torch.empty(256, 256, dtype=BF16)[:, :130]), ValueError,
+         "m_grouped_fp8_gemm_nt_contiguous: d must be contiguous", "strides (256, 1)", "d.contiguous()"),
+    case("masked_a_padded_experts", masked(a=(q(3, 16, 256)[:, :8], sf(3, 8, 2))), ValueError,
+         "m_grouped_fp8_gemm_nt_masked: a[0] must be contiguous", "strides (4096, 256, 1)"),
+    case("masked_b", masked(b=(q(3, 130, 512)[..., :256], sf(3, 2, 2))), ValueError,
+         "m_grouped_fp8_gemm_nt_masked: b[0] must be contiguous"),
+    case("masked_d_transposed", masked(d=torch.empty(3, 130, 8, dtype=BF16).transpose(1, 2)), ValueError,
+         "m_grouped_fp8_gemm_nt_masked: d must be contiguous", "strides (1040, 1, 8)"),
 ]
 
 MISMATCHED_DEVICE = [
@@ -156,11 +189,11 @@ MISMATCHED_DEVICE = [
 ]
 
 K_NOT_ALIGNED = [
-    case("dense", dense(k=200), ValueError, "fp8_gemm_nt: K=200 is not a multiple of 128"),
-    case("dense_tn", dense(op="fp8_gemm_tn", a=(q(200, 4), sf(2, 4)), b=(q(200, 130), sf(2, 2))), ValueError,
-         "fp8_gemm_tn: K=200"),
-    case("contiguous", contiguous(k=64), ValueError, "m_grouped_fp8_gemm_nt_contiguous: K=64"),
-    case("masked", masked(k=320), ValueError, "m_grouped_fp8_gemm_nt_masked: K=320", "multiple of 128"),
+    case("dense", dense(k=200), ValueError, "fp8_gemm_nt: K = 200, not a multiple of 128", "pad a and b along K"),
+    case("dense_tn", dense_tn(a=(q(200, 4), sf(2, 4)), b=(q(200, 130), sf(2, 2))), ValueError,
+         "fp8_gemm_tn: K = 200"),
+    case("contiguous", contiguous(k=64), ValueError, "m_grouped_fp8_gemm_nt_contiguous: K = 64"),
+    case("masked", masked(k=320), ValueError, "m_grouped_fp8_gemm_nt_masked: K = 320", "multiple of 128"),
 ]
 
 BAD_GROUPED_LAYOUT = [
@@ -249,6 +282,11 @@ def test_wrong_stride(fn, exc, needles):
     check(fn, exc, needles)
 
 
+@pytest.mark.parametrize("fn,exc,needles", NOT_CONTIGUOUS)
+def test_not_contiguous_for_the_kernel(fn, exc, needles):
+    check(fn, exc, needles)
+
+
 @pytest.mark.parametrize("fn,exc,needles", MISMATCHED_DEVICE)
 def test_mismatched_device(fn, exc, needles):
     check(fn, exc, needles)
@@ -290,3 +328,11 @@ def test_valid_layout_variants_pass():
     contiguous(grouped_layout=torch.full((256,), -1, dtype=I32))()  # all padding: nothing to do
     k_grouped(use_psum_layout=True, grouped_layout=torch.tensor([128, 128, 384], dtype=I32))()
     dense(recipe=[1, 128, 128], compiled_dims="")()
+
+
+def test_ops_the_kernel_does_not_run_keep_their_stride_rules():
+    row_slice = torch.empty(4, 200, dtype=BF16)[:, :130]
+    dense_tn(d=row_slice)()
+    dense(op="fp8_gemm_nn", b=(q(256, 130), sf(2, 2)), d=row_slice)()
+    dense_tn(a=(q(4, 256).T, sf(2, 4)))()  # an M-major a of the tn layout
+    bf16_dense(d=row_slice)()

@@ -100,16 +100,32 @@ def test_fp8_dense_accumulates_c(layout, recipe, alias):
     assert_rounded_from(d, want)
 
 
-def test_fp8_dense_c_on_row_slice_of_larger_buffer():
+@pytest.mark.parametrize("layout", ["nn", "tn", "tt"])
+def test_fp8_dense_c_on_row_slice_of_larger_buffer(layout):
     m, n, k = 7, 100, 256
     a_q, sfa, b_q, sfb, expected = fp8_case(m, n, k, (1, 128, 128), "row", seed=8)
+    a, b = as_layout(layout, a_q, sfa, b_q, sfb)
     buf = torch.randn(m, n + 28).to(torch.bfloat16)
     d = buf[:, 14:14 + n]  # last dim contiguous, rows strided
     c = d.clone()
     outside = buf.clone()
-    ops.fp8_gemm_nt((a_q, sfa), (b_q, sfb), d, c=d)
+    getattr(ops, f"fp8_gemm_{layout}")(a, b, d, c=d)
     assert_rounded_from(d, expected + c.double())
     assert torch.equal(buf[:, :14], outside[:, :14]) and torch.equal(buf[:, 14 + n:], outside[:, 14 + n:])
+
+
+def test_fp8_gemm_nt_wants_the_kernels_contiguous_d_on_cpu_too():
+    m, n, k = 7, 100, 256
+    a_q, sfa, b_q, sfb, expected = fp8_case(m, n, k, (1, 128, 128), "row", seed=8)
+    d = torch.randn(m, n + 28).to(torch.bfloat16)[:, 14:14 + n]
+    c = d.clone()
+    with pytest.raises(ValueError, match=r"fp8_gemm_nt: d must be contiguous .*strides \(128, 1\).*d\.contiguous\(\)"):
+        ops.fp8_gemm_nt((a_q, sfa), (b_q, sfb), d, c=d)
+    assert torch.equal(d, c)  # rejected before anything is written
+    dense = d.contiguous()  # the fix the message gives
+    ops.fp8_gemm_nt((a_q, sfa), (b_q, sfb), dense, c=dense)
+    d.copy_(dense)
+    assert_rounded_from(d, expected + c.double())
 
 
 def test_fp8_dense_empty_m_and_zero_k():

@@ -115,7 +115,6 @@ def main() -> None:
         return
 
     status = load_deep_gemm("disabled by --no-deepgemm" if args.no_deepgemm else None)
-    stream = torch.cuda.current_stream().cuda_stream
     report = []
     print(f"{'case':<34} {'variant':<26} {'pred':>7} {'us':>8} {'rate':>7} {'DG/this':>7}  check")
     for case, gemm_type, runs in planned:
@@ -141,9 +140,14 @@ def main() -> None:
         for name, config, root in runs:
             try:
                 entry = bind(gemm_type, config, case.n, case.k, source_root=root)
-                launch_args = kernel_args(gemm_type, a, b, out, inputs.layout, sms, stream)
+
+                def launch(entry=entry) -> None:
+                    # The stream is read per call: graph capture runs the call on a stream of its own.
+                    entry(*kernel_args(gemm_type, a, b, out, inputs.layout, sms,
+                                       torch.cuda.current_stream().cuda_stream))
+
                 out.fill_(float("nan"))
-                entry(*launch_args)
+                launch()
                 torch.cuda.synchronize()
                 got = problem.valid(out)
                 if reference is None:
@@ -152,15 +156,18 @@ def main() -> None:
             except Exception as err:
                 print(f"{case.label:<34} {name:<26} failed: {describe_error(err)}")
                 continue
-            fns.append(lambda entry=entry, launch_args=launch_args: entry(*launch_args))
+            fns.append(launch)
             names.append((name, config))
             checks.append(check)
         times = gpu_times_us(fns)
         peer_us = times[0] if names and names[0][1] is None else None
         for (name, config), us, check in zip(names, times, checks, strict=True):
-            rate = case.flops / us / 1e6 if case.family != "masked" else case.bytes_moved / us / 1e3
-            ratio = peer_us / us if isinstance(peer_us, float) and isinstance(us, float) else float("nan")
             pred = f"{config.predicted_us:7.1f}" if config is not None else " " * 7
+            if not isinstance(us, float) or us <= 0:
+                print(f"{case.label:<34} {name:<26} {pred} {us}  {check}", flush=True)
+                continue
+            rate = case.flops / us / 1e6 if case.family != "masked" else case.bytes_moved / us / 1e3
+            ratio = peer_us / us if isinstance(peer_us, float) else float("nan")
             print(f"{case.label:<34} {name:<26} {pred} {us:8.1f} {rate:7.0f} {ratio:7.2f}  {check}", flush=True)
             report.append({"case": case.label, "variant": name, "us": us, "check": check,
                            "config": dataclasses.asdict(config) if config else None})

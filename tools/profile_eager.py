@@ -19,7 +19,7 @@ from dg_moe import device as _device
 from dg_moe import layout
 from dg_moe.bench.timing import eager_us
 from dg_moe.kernels.sm90_fp8_gemm import launcher as sm90
-from dg_moe.layout.scale_factors import get_tma_aligned_size, transform_sf_into_required_layout
+from dg_moe.layout.scale_factors import get_tma_aligned_size, sf_in_kernel_layout
 from dg_moe.ops import _memo
 
 
@@ -49,8 +49,8 @@ def main(m: int = 128, n: int = 2112, k: int = 7168) -> None:
     pieces = {
         "signature (_memo.key)": lambda: _memo.key("fp8_gemm_nt", lambda: (x, sfa_mn, b[0], b[1], d, None),
                                                    (False, None, "nk", True, False, False)),
-        "sfa + sfb layout checks": lambda: (transform_sf_into_required_layout(sfa_mn, m, k, (1, 128)),
-                                            transform_sf_into_required_layout(b[1], n, k, (128, 128))),
+        "sfa + sfb layout": lambda: (sf_in_kernel_layout(sfa_mn, True, k // 128),
+                                     sf_in_kernel_layout(b[1], False, k // 128)),
         "current stream handle": lambda: torch.cuda.current_stream(d.device).cuda_stream,
         "SM count": _device.get_num_sms,
     }
@@ -61,7 +61,7 @@ def main(m: int = 128, n: int = 2112, k: int = 7168) -> None:
     launch = sm90._launch
     launching = {
         "host entry alone (ctypes)": lambda: entry(*args),
-        "_launch": lambda: launch("fp8_gemm_nt", sm90.GemmType.NORMAL, (x, sfa_mn), b, d, None, m, (1, 128, 128)),
+        "_launch": lambda: launch(sm90.GemmType.NORMAL, (x, sfa_mn), b, d, None, m),
         "dg_moe.fp8_gemm_nt": lambda: dg_moe.fp8_gemm_nt((x, sfa_mn), b, d),
         "baseline: torch d.zero_()": d.zero_,
     }

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .. import layout
-from ..layout._kernels import BACKEND_ENV
+from ..layout import BACKEND_ENV
 from .timing import gpu_times_us
 
 H, INTER, EXPERTS, TOP_K = 7168, 2048, 256, 8

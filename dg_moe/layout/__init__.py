@@ -1,5 +1,7 @@
 """Scale-factor formats, FP8 quantisation and MoE buffer layouts."""
 
+from ._kernels import BACKEND_ENV
+from ._permute import TokenRows
 from .activation import silu_and_mul_to_fp8_contiguous, silu_and_mul_to_fp8_masked
 from .deepep import (
     MaskedGemmInput,
@@ -21,9 +23,11 @@ from .scale_factors import (
 from .unpermute import unpermute_reduce_contiguous, unpermute_reduce_masked
 
 __all__ = [
+    "BACKEND_ENV",
     "ContiguousLayout",
     "MaskedGemmInput",
     "MaskedLayout",
+    "TokenRows",
     "align",
     "ceil_div",
     "ceil_to_ue8m0",

@@ -18,7 +18,7 @@ from types import ModuleType
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from .grouped import get_mk_alignment_for_contiguous_layout
 from .math import ceil_div
 from .scale_factors import get_tma_aligned_size

@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
-from .quant import per_token_cast_to_fp8
+from .quant import per_token_cast_to_fp8_unchecked
 from .scale_factors import get_tma_aligned_size
 
 TokenRows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -42,7 +42,7 @@ def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSo
                        "pass BF16 hidden states as a plain tensor to quantise them here")
         sf = chk.tensor(fn, f"{name}[1] (scales)", hidden[1], (torch.float32,), 2, "[T, H/128]",
                         "expand packed UE8M0 scales with unpack_ue8m0_from_int first")
-        chk.hidden_size(fn, f"{name}[0]", x.shape[1])
+        chk.k_aligned(fn, f"{name}[0] has H", x.shape[1])
         chk.shape(fn, f"{name}[1] (scales)", sf, (x.shape[0], x.shape[1] // chk.BLOCK_K),
                   f"{name}[0] of shape {tuple(x.shape)} (one scale per token per 128 columns)")
         chk.same_device(fn, f"{name}[0]", x, {f"{name}[1] (scales)": sf})
@@ -51,8 +51,16 @@ def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSo
         return TokenSource(x, sf, False)
     x = chk.tensor(fn, name, hidden, chk.FLOAT_DTYPES, 2, "[T, H]",
                    "pass FP8 input as an (e4m3 [T, H], float32 [T, H/128]) tuple")
-    chk.hidden_size(fn, name, x.shape[1])
+    chk.k_aligned(fn, f"{name} has H", x.shape[1])
     return TokenSource(x, None, use_ue8m0)
+
+
+def unchecked_source(hidden: TokenRows) -> TokenSource:
+    """``hidden`` as a :class:`TokenSource` without checks (``use_ue8m0`` off), for callers that
+    validated it as :func:`token_source` would."""
+    if isinstance(hidden, tuple):
+        return TokenSource(hidden[0], hidden[1], False)
+    return TokenSource(hidden, None, False)
 
 
 def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +74,7 @@ def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[to
     if _kernels.enabled(source.rows.device):
         return _kernels.token_rows_to_fp8(source.rows, source.scales, source.use_ue8m0, row_token)
     if source.scales is None:
-        x, sf = per_token_cast_to_fp8(source.rows, use_ue8m0=source.use_ue8m0)
+        x, sf = per_token_cast_to_fp8_unchecked(source.rows, source.use_ue8m0)
     else:
         x, sf = source.rows, source.scales
     return gather_rows(x, row_token, 0), mn_major(gather_rows(sf, row_token, 1.0))

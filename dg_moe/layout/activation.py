@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 from ._permute import mn_major
-from .grouped import get_mk_alignment_for_contiguous_layout
-from .quant import per_token_cast_to_fp8
+from .grouped import psum_bounds
+from .quant import per_token_cast_to_fp8_unchecked
 
 
 def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0: bool,
@@ -28,7 +28,7 @@ def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0
         return _kernels.silu_mul_to_fp8(x, valid, groups, use_ue8m0, zero_padding)
     inter = x.shape[1] // 2
     act = F.silu(x[:, :inter].float()) * x[:, inter:].float()
-    q, sf = per_token_cast_to_fp8(act, use_ue8m0=use_ue8m0)
+    q, sf = per_token_cast_to_fp8_unchecked(act, use_ue8m0)
     keep = valid.unsqueeze(1)
     # Bytes again: 0x00 is +0.0 in e4m3, and where() on uint8 needs no float8 kernel.
     q = torch.where(keep, q.view(torch.uint8), 0).view(chk.FP8)
@@ -39,42 +39,16 @@ def _silu_mul_quant(x: torch.Tensor, valid: torch.Tensor, groups: int, use_ue8m0
 
 def _check_gate_up(fn: str, x: object, ndim: int, layout: str) -> torch.Tensor:
     x = chk.tensor(fn, "x", x, chk.FLOAT_DTYPES, ndim, layout)
-    two_i = x.shape[-1]
-    if two_i % 2 != 0:
-        raise ValueError(f"{fn}: x has {two_i} columns; it holds [gate | up], so the count must be even (2I)")
-    chk.hidden_size(fn, "x's gate half (I)", two_i // 2)
+    chk.gate_up(fn, "x", x.shape[-1], layout)
     return x
-
-
-def _psum_bounds(grouped_layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # int64 (previous end, start, end) of each group: group g starts at align(end[g-1], 128).
-    alignment = get_mk_alignment_for_contiguous_layout()
-    ends = grouped_layout.long()
-    prev = torch.cat([ends.new_zeros(1), ends[:-1]])
-    return prev, (prev + alignment - 1) // alignment * alignment, ends
 
 
 def _psum_rows(grouped_layout: torch.Tensor, num_rows: int) -> torch.Tensor:
     # Row r is valid when start[g] <= r < end[g] for its group g, the last one starting at or below r.
-    _, starts, ends = _psum_bounds(grouped_layout)
+    _, starts, ends = psum_bounds(grouped_layout)
     rows = torch.arange(num_rows, device=ends.device)
     group = (torch.searchsorted(starts, rows, right=True) - 1).clamp(min=0)
     return rows < ends[group]
-
-
-def _check_psum(fn: str, grouped_layout: torch.Tensor, num_rows: int) -> None:
-    if grouped_layout.device.type != "cpu" or grouped_layout.numel() == 0:
-        return
-    prev, starts, ends = _psum_bounds(grouped_layout)
-    bad = ((ends < prev) | ((ends > prev) & (ends < starts)) | (ends > num_rows)).nonzero()
-    if bad.numel() > 0:
-        g = bad[0, 0].item()
-        raise ValueError(
-            f"{fn}: grouped_layout[{g}] = {ends[g].item()} is not a valid segment end: with use_psum_layout=True "
-            f"it holds non-decreasing exclusive ends, each equal to the previous end (empty) or at least "
-            f"align(previous end, {get_mk_alignment_for_contiguous_layout()}) = {starts[g].item()}, and at most "
-            f"the {num_rows} rows of x"
-        )
 
 
 def silu_and_mul_to_fp8_contiguous(
@@ -106,18 +80,26 @@ def silu_and_mul_to_fp8_contiguous(
     grouped_layout = chk.tensor(fn, "grouped_layout", grouped_layout, (torch.int32,), 1, what,
                                 "convert it with .to(torch.int32)")
     chk.same_device(fn, "x", x, {"grouped_layout": grouped_layout})
-    if use_psum_layout:
-        _check_psum(fn, grouped_layout, num_rows)
-        valid = _psum_rows(grouped_layout, num_rows)
-    else:
+    if not use_psum_layout:
         chk.shape(fn, "grouped_layout", grouped_layout, (num_rows,), f"x of {num_rows} rows (per-row layout)")
-        chk.per_row_layout(fn, "grouped_layout", grouped_layout)
-        if _kernels.enabled(x.device):
-            # The kernel reads the per-row layout itself: no mask to build first.
-            q, sf = _kernels.silu_mul_to_fp8_per_row(x, grouped_layout, use_ue8m0, zero_padding)
-            return q[0], sf[0]
-        valid = grouped_layout >= 0
-    q, sf = _silu_mul_quant(x, valid, 1, use_ue8m0, zero_padding)
+        chk.group_ids(fn, "grouped_layout", grouped_layout, None)
+        return silu_and_mul_to_fp8_contiguous_unchecked(x, grouped_layout, use_ue8m0=use_ue8m0,
+                                                        zero_padding=zero_padding)
+    chk.psum_ends(fn, "grouped_layout", grouped_layout, num_rows, f"the {num_rows} rows of x")
+    q, sf = _silu_mul_quant(x, _psum_rows(grouped_layout, num_rows), 1, use_ue8m0, zero_padding)
+    return q[0], sf[0]
+
+
+def silu_and_mul_to_fp8_contiguous_unchecked(
+    x: torch.Tensor, grouped_layout: torch.Tensor, *, use_ue8m0: bool = False, zero_padding: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`silu_and_mul_to_fp8_contiguous` over a per-row ``grouped_layout``, on arguments the caller has
+    already validated to its rules (``fused_moe`` does): no check runs."""
+    if _kernels.enabled(x.device):
+        # The kernel reads the per-row layout itself: no mask to build first.
+        q, sf = _kernels.silu_mul_to_fp8_per_row(x, grouped_layout, use_ue8m0, zero_padding)
+    else:
+        q, sf = _silu_mul_quant(x, grouped_layout >= 0, 1, use_ue8m0, zero_padding)
     return q[0], sf[0]
 
 
@@ -143,13 +125,22 @@ def silu_and_mul_to_fp8_masked(
     chk.flag(fn, "use_ue8m0", use_ue8m0)
     chk.flag(fn, "zero_padding", zero_padding)
     x = _check_gate_up(fn, x, 3, "[E, max_m, 2I]")
-    num_experts, max_m, two_i = x.shape
+    num_experts = x.shape[0]
     masked_m = chk.tensor(fn, "masked_m", masked_m, (torch.int32,), 1, "[E]", "convert it with .to(torch.int32)")
     chk.shape(fn, "masked_m", masked_m, (num_experts,), f"x [E, max_m, 2I] with E={num_experts}")
     chk.same_device(fn, "x", x, {"masked_m": masked_m})
+    return silu_and_mul_to_fp8_masked_unchecked(x, masked_m, use_ue8m0=use_ue8m0, zero_padding=zero_padding)
+
+
+def silu_and_mul_to_fp8_masked_unchecked(
+    x: torch.Tensor, masked_m: torch.Tensor, *, use_ue8m0: bool = False, zero_padding: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`silu_and_mul_to_fp8_masked` on arguments the caller has already validated to its rules
+    (``fused_moe`` does): no check runs."""
     if _kernels.enabled(x.device):
         # The kernel reads masked_m itself: no per-row mask to build first.
         return _kernels.silu_mul_to_fp8_masked(x, masked_m, use_ue8m0, zero_padding)
+    num_experts, max_m, two_i = x.shape
     rows = torch.arange(max_m, device=x.device)
     # A negative count selects no row and one above max_m every row, as the masked GEMM reads them.
     valid = rows.unsqueeze(0) < masked_m.long().unsqueeze(1)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from ._permute import TokenRows
 from .math import ceil_div
 from .routing_contiguous import ContiguousLayout, route_contiguous
@@ -133,7 +133,7 @@ def deepep_low_latency_to_masked(
     count = chk.tensor(fn, "packed_recv_count", packed_recv_count, (torch.int32,), 1, "[E]",
                        "convert it with .to(torch.int32)")
     num_experts, max_m, hidden = x.shape
-    chk.hidden_size(fn, "packed_recv_x[0]", hidden)
+    chk.k_aligned(fn, "packed_recv_x[0] has H", hidden)
     chk.same_device(fn, "packed_recv_x[0]", x, {"packed_recv_x[1] (scales)": sf, "packed_recv_count": count})
     if (x.stride(2) != 1 or x.stride(1) % TMA_ALIGNMENT_BYTES != 0 or x.stride(0) % TMA_ALIGNMENT_BYTES != 0
             or x.storage_offset() % TMA_ALIGNMENT_BYTES != 0):

@@ -39,6 +39,20 @@ def per_token_cast_to_fp8(
     _check_2d_float(x, "per_token_cast_to_fp8")
     if use_packed_ue8m0 and not use_ue8m0:
         raise ValueError("per_token_cast_to_fp8: use_packed_ue8m0=True needs use_ue8m0=True")
+    x_fp8, sf = per_token_cast_to_fp8_unchecked(x, use_ue8m0, gran_k)
+    if not use_packed_ue8m0:
+        return x_fp8, sf
+    m = x.shape[0]
+    num_blocks = sf.size(1)
+    sf_padded = sf.new_ones((m, align(num_blocks, 4)))
+    sf_padded[:, :num_blocks] = sf
+    return x_fp8, pack_ue8m0_to_int(sf_padded)
+
+
+def per_token_cast_to_fp8_unchecked(x: torch.Tensor, use_ue8m0: bool = False,
+                                    gran_k: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_token_cast_to_fp8` (float32 scales) on an ``x`` the caller has already validated as a
+    2-D bf16/fp16/fp32 tensor (``fused_moe`` and the layout ops do): no check runs."""
     m, k = x.shape
     padded_k = align(k, gran_k)
     padded = x.new_zeros((m, padded_k))
@@ -46,13 +60,7 @@ def per_token_cast_to_fp8(
     blocks = padded.view(m, padded_k // gran_k, gran_k)
     sf = _scale_from_amax(blocks.abs().float().amax(dim=2), use_ue8m0)
     x_fp8 = (blocks * (1.0 / sf.unsqueeze(2))).to(torch.float8_e4m3fn)
-    x_fp8 = x_fp8.view(m, padded_k)[:, :k].contiguous()
-    if not use_packed_ue8m0:
-        return x_fp8, sf
-    num_blocks = sf.size(1)
-    sf_padded = sf.new_ones((m, align(num_blocks, 4)))
-    sf_padded[:, :num_blocks] = sf
-    return x_fp8, pack_ue8m0_to_int(sf_padded)
+    return x_fp8.view(m, padded_k)[:, :k].contiguous(), sf
 
 
 def per_block_cast_to_fp8(

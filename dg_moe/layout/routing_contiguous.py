@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 from ._permute import (
     TokenRows,
@@ -26,6 +26,7 @@ from ._permute import (
     scatter_token_rows,
     token_source,
     topk_ids_of,
+    unchecked_source,
 )
 from .grouped import get_mk_alignment_for_contiguous_layout
 from .math import align
@@ -70,6 +71,10 @@ def get_contiguous_layout_capacity(num_tokens: int, top_k: int, num_experts: int
         if value < 0:
             raise ValueError(f"{fn}: {name} must be >= 0, got {value}")
     chk.positive_int(fn, "num_experts", num_experts)
+    return _capacity(num_tokens, top_k, num_experts)
+
+
+def _capacity(num_tokens: int, top_k: int, num_experts: int) -> int:
     alignment = get_mk_alignment_for_contiguous_layout()
     entries = num_tokens * top_k
     return align(entries + min(num_experts, entries) * (alignment - 1), alignment)
@@ -112,10 +117,21 @@ def route_contiguous(fn: str, hidden: object, topk_ids: object, num_experts: obj
     source = token_source(fn, hidden_name, hidden, use_ue8m0)
     x = source.rows
     ids = topk_ids_of(fn, ids_name, topk_ids, x.shape[0], num_experts, hidden_name, x)
+    return _route(fn, source, ids, num_experts, zero_padding)
+
+
+def route_to_contiguous_unchecked(fn: str, hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, *,
+                                  zero_padding: bool) -> ContiguousLayout:
+    """:func:`route_to_contiguous` (``use_ue8m0=False``) on arguments the caller has already validated to its
+    rules (``fused_moe`` does); only the buffer-size check runs, naming ``fn``."""
+    return _route(fn, unchecked_source(hidden), topk_ids, num_experts, zero_padding)
+
+
+def _route(fn: str, source: TokenSource, ids: torch.Tensor, num_experts: int, zero_padding: bool) -> ContiguousLayout:
     num_tokens, top_k = ids.shape
-    m_cap = get_contiguous_layout_capacity(num_tokens, top_k, num_experts)
+    m_cap = _capacity(num_tokens, top_k, num_experts)
     chk.fits_int32(fn, "the buffer rows get_contiguous_layout_capacity(T, k, E)", m_cap)
-    if not zero_padding and _kernels.enabled(x.device):
+    if not zero_padding and _kernels.enabled(source.rows.device):
         return _route_unpadded(source, ids, num_experts, m_cap)
     return _route_padded(source, ids, num_experts, m_cap)
 

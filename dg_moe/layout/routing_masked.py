@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 from ._permute import (
     TokenRows,
@@ -27,6 +27,7 @@ from ._permute import (
     scatter_token_rows,
     token_source,
     topk_ids_of,
+    unchecked_source,
 )
 
 
@@ -81,8 +82,20 @@ def route_to_masked(
     source = token_source(fn, "hidden", hidden, use_ue8m0)
     x = source.rows
     ids = topk_ids_of(fn, "topk_ids", topk_ids, x.shape[0], num_experts, "hidden", x)
+    return _route(fn, source, ids, num_experts, max_m, zero_padding)
+
+
+def route_to_masked_unchecked(fn: str, hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, max_m: int,
+                              *, zero_padding: bool) -> MaskedLayout:
+    """:func:`route_to_masked` (``use_ue8m0=False``) on arguments the caller has already validated to its rules
+    (``fused_moe`` does); only the buffer-size check runs, naming ``fn``."""
+    return _route(fn, unchecked_source(hidden), topk_ids, num_experts, max_m, zero_padding)
+
+
+def _route(fn: str, source: TokenSource, ids: torch.Tensor, num_experts: int, max_m: int,
+           zero_padding: bool) -> MaskedLayout:
     chk.fits_int32(fn, "num_experts * max_m", num_experts * max_m)
-    if not zero_padding and _kernels.enabled(x.device):
+    if not zero_padding and _kernels.enabled(source.rows.device):
         return _route_unpadded(source, ids, num_experts, max_m)
     return _route_padded(source, ids, num_experts, max_m)
 

@@ -29,16 +29,17 @@ def _as_batched(sf: torch.Tensor, fn: str) -> tuple[torch.Tensor, bool]:
 
 def is_mn_major_tma_aligned(sf: torch.Tensor) -> bool:
     """Whether ``sf`` ([MN, Kb] or [G, MN, Kb]) is already MN-major and TMA-aligned (no copy needed)."""
-    return sf.dim() in (2, 3) and _is_mn_major_aligned(sf if sf.dim() == 3 else sf.unsqueeze(0))
+    return sf.dim() in (2, 3) and _is_mn_major_aligned(sf)
 
 
 def _is_mn_major_aligned(sf: torch.Tensor) -> bool:
-    g, mn, k = sf.shape
+    # sf: [MN, Kb] or [G, MN, Kb]; read in place, no batched view (this runs on every kernel launch).
+    mn, k = sf.shape[-2], sf.shape[-1]
     aligned_mn = get_tma_aligned_size(mn, sf.element_size())
     return (
-        sf.stride(1) == 1
-        and (k <= 1 or sf.stride(2) == aligned_mn)
-        and (g <= 1 or sf.stride(0) == aligned_mn * k)
+        sf.stride(-2) == 1
+        and (k <= 1 or sf.stride(-1) == aligned_mn)
+        and (sf.dim() == 2 or sf.shape[0] <= 1 or sf.stride(0) == aligned_mn * k)
         and sf.storage_offset() % (TMA_ALIGNMENT_BYTES // sf.element_size()) == 0
     )
 
@@ -54,15 +55,39 @@ def get_mn_major_tma_aligned_tensor(sf: torch.Tensor) -> torch.Tensor:
     sf: float32 (or int32) [MN, Kb] or [G, MN, Kb], any strides. Returns a view with strides
     (1, A) or (A*Kb, 1, A), A = get_tma_aligned_size(MN, 4); ``sf`` itself when already so laid out.
     """
-    batched, squeeze = _as_batched(sf, "get_mn_major_tma_aligned_tensor")
-    if batched.dtype not in (torch.float32, torch.int32):
+    if sf.dim() not in (2, 3):
+        raise ValueError(
+            f"get_mn_major_tma_aligned_tensor: sf must be [MN, K_blocks] or [G, MN, K_blocks], got shape "
+            f"{tuple(sf.shape)}"
+        )
+    if sf.dtype not in (torch.float32, torch.int32):
         raise TypeError(f"get_mn_major_tma_aligned_tensor: sf must be float32 or int32, got {sf.dtype}")
-    if _is_mn_major_aligned(batched):
+    return _mn_major(sf)
+
+
+def _mn_major(sf: torch.Tensor) -> torch.Tensor:
+    # sf ([MN, Kb] or [G, MN, Kb]) itself when already MN-major and aligned, else a copy.
+    if _is_mn_major_aligned(sf):
         return sf
+    batched, squeeze = _as_batched(sf, "get_mn_major_tma_aligned_tensor")
     g, mn, k = batched.shape
     out = _empty_mn_major(g, mn, k, batched, batched.dtype)
     out.copy_(batched)
     return out.squeeze(0) if squeeze else out
+
+
+def sf_in_kernel_layout(sf: torch.Tensor, per_row: bool, k_blocks: int) -> torch.Tensor:
+    """Scale factors in the layout the SM90 kernels read, with no check: the caller has validated them.
+
+    sf: float32 [(G,) MN', k_blocks] or packed UE8M0 int32 [(G,) MN', ceil(k_blocks/4)], any strides.
+    Per-row scales (``per_row``, SFA) come back float32 MN-major and TMA-aligned, per-block ones (SFB)
+    float32 K-major contiguous; ``sf`` itself when it is already so laid out.
+    """
+    if sf.dtype == torch.int32:
+        sf = unpack_ue8m0_from_int(sf)[..., :k_blocks]
+    if not per_row:
+        return sf.contiguous()
+    return _mn_major(sf)
 
 
 def get_mn_major_tma_aligned_packed_ue8m0_tensor(sf: torch.Tensor) -> torch.Tensor:
@@ -132,7 +157,6 @@ def transform_sf_into_required_layout(
                 f"{fn}: packed UE8M0 sf has shape {tuple(sf.shape)}, expected {packed_expected} "
                 f"for MN={mn}, K={k}, granularity ({gran_mn}, {gran_k})"
             )
-        sf = unpack_ue8m0_from_int(sf)[..., : expected[-1]]
     elif sf.dtype != torch.float32:
         raise TypeError(f"{fn}: sf must be float32 or packed UE8M0 int32, got {sf.dtype}")
     elif tuple(sf.shape) != expected:
@@ -140,6 +164,4 @@ def transform_sf_into_required_layout(
             f"{fn}: sf has shape {tuple(sf.shape)}, expected {expected} "
             f"for MN={mn}, K={k}, granularity ({gran_mn}, {gran_k})"
         )
-    if gran_mn == 1:
-        return get_mn_major_tma_aligned_tensor(sf)
-    return sf.contiguous()
+    return sf_in_kernel_layout(sf, gran_mn == 1, expected[-1])

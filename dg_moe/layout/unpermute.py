@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks as chk
+from .. import checks as chk
 from . import _kernels
 
 
@@ -25,8 +25,10 @@ def _check_common(fn: str, y: torch.Tensor, inverse: object, topk_weights: objec
     return inverse, topk_weights
 
 
-def _weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-    # The reduce of the module docstring over validated 2-D y [rows, H]: bfloat16 [T, H].
+def unpermute_reduce_contiguous_unchecked(y: torch.Tensor, inverse: torch.Tensor,
+                                          topk_weights: torch.Tensor) -> torch.Tensor:
+    """:func:`unpermute_reduce_contiguous` (bfloat16 [T, H] from y [rows, H]) on arguments the caller has
+    already validated to its rules (``fused_moe`` does): no check runs."""
     if _kernels.enabled(y.device):
         return _kernels.weighted_reduce(y, inverse, topk_weights)
     num_tokens, top_k = inverse.shape
@@ -58,7 +60,7 @@ def reduce_contiguous(fn: str, y: object, inverse: object, topk_weights: object,
     """:func:`unpermute_reduce_contiguous` with the caller's names in error messages (DeepEP's, for its adapter)."""
     y = chk.tensor(fn, "y", y, chk.FLOAT_DTYPES, 2, "[M_cap, H]")
     inverse, topk_weights = _check_common(fn, y, inverse, topk_weights, weights_name, y.shape[0])
-    return _weighted_reduce(y, inverse, topk_weights)
+    return unpermute_reduce_contiguous_unchecked(y, inverse, topk_weights)
 
 
 def unpermute_reduce_masked(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
@@ -72,6 +74,14 @@ def unpermute_reduce_masked(y: torch.Tensor, inverse: torch.Tensor, topk_weights
     """
     fn = "unpermute_reduce_masked"
     y = chk.tensor(fn, "y", y, chk.FLOAT_DTYPES, 3, "[E, max_m, H]")
-    num_experts, max_m, hidden = y.shape
+    num_experts, max_m, _ = y.shape
     inverse, topk_weights = _check_common(fn, y, inverse, topk_weights, "topk_weights", num_experts * max_m)
-    return _weighted_reduce(y.reshape(num_experts * max_m, hidden), inverse, topk_weights)
+    return unpermute_reduce_masked_unchecked(y, inverse, topk_weights)
+
+
+def unpermute_reduce_masked_unchecked(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor
+                                      ) -> torch.Tensor:
+    """:func:`unpermute_reduce_masked` on arguments the caller has already validated to its rules
+    (``fused_moe`` does): no check runs."""
+    num_experts, max_m, hidden = y.shape
+    return unpermute_reduce_contiguous_unchecked(y.reshape(num_experts * max_m, hidden), inverse, topk_weights)

@@ -16,8 +16,8 @@ from typing import Literal, overload
 
 import torch
 
-from ..layout import per_token_cast_to_fp8
-from . import _checks as chk
+from ..layout.quant import per_token_cast_to_fp8_unchecked
+from . import layer_checks
 from .contiguous import routed_experts_contiguous
 from .masked import default_max_m, routed_experts_masked
 from .shared import SharedExpert, shared_expert_forward
@@ -111,17 +111,17 @@ def fused_moe(
     host. Output buffers are allocated per call.
     """
     fn = "fused_moe"
-    dims = chk.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
+    dims = layer_checks.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                               routed_scaling_factor, shared_expert)
     layout = select_mode(mode, dims.num_tokens)
     # The routing kernels quantise each row where it lands; only the shared expert needs the FP8 copy of
     # every token, and then that one copy feeds the routing too.
-    tokens = hidden if shared_expert is None else per_token_cast_to_fp8(hidden)
+    tokens = hidden if shared_expert is None else per_token_cast_to_fp8_unchecked(hidden)
     weights = topk_weights if routed_scaling_factor == 1.0 else topk_weights.float() * routed_scaling_factor
     overflow = None
     if layout == "masked":
         if max_m is None:
-            chk.distinct_experts(fn, topk_ids)
+            layer_checks.distinct_experts(fn, topk_ids)
             max_m = default_max_m(dims.num_tokens)
         out, overflow = routed_experts_masked(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, max_m)
     else:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layout import _checks as chk
-from ._checks import MODES, scaling_factor
+from .. import checks as chk
 from .fused import Mode, fused_moe
+from .layer_checks import layout_mode, scaling_factor
 from .quantize import quantize_expert_weights
 from .shared import SharedExpert
 
@@ -26,13 +26,10 @@ def _scale_parameter(shape: tuple[int, ...], device: torch.device | str | None) 
     return nn.Parameter(torch.ones(shape, dtype=torch.float32, device=device), requires_grad=False)
 
 
-def _size(fn: str, name: str, value: object, multiple: int = 1) -> int:
+def _size(fn: str, name: str, value: object, fp8_k: bool = False) -> int:
     value = chk.positive_int(fn, name, value)
-    if value % multiple != 0:
-        raise ValueError(
-            f"{fn}: {name} = {value} must be a multiple of {multiple} (one FP8 scale per 128x128 block); "
-            f"pad the weights with zeros to {value + multiple - value % multiple}"
-        )
+    if fp8_k:
+        chk.k_aligned(fn, name, value, pad="the weights")
     return value
 
 
@@ -70,12 +67,11 @@ class FusedMoE(nn.Module):
         super().__init__()
         fn = "FusedMoE"
         e = _size(fn, "num_experts", num_experts)
-        h = _size(fn, "hidden_size", hidden_size, chk.BLOCK_K)
-        i = _size(fn, "intermediate_size", intermediate_size, chk.BLOCK_K)
+        h = _size(fn, "hidden_size", hidden_size, fp8_k=True)
+        i = _size(fn, "intermediate_size", intermediate_size, fp8_k=True)
         # top_k may exceed the local experts under expert parallelism: slots of other ranks hold -1.
         self.top_k = _size(fn, "top_k", top_k)
-        if mode not in MODES:
-            raise ValueError(f"{fn}: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        layout_mode(fn, mode)
         if max_m is not None:
             chk.positive_int(fn, "max_m", max_m)
         self.num_experts, self.hidden_size, self.intermediate_size = e, h, i
@@ -89,7 +85,7 @@ class FusedMoE(nn.Module):
         self.w2_weight_scale_inv = _scale_parameter((e, h // b, i // b), device)
         self.shared_intermediate_size = shared_intermediate_size
         if shared_intermediate_size is not None:
-            s = _size(fn, "shared_intermediate_size", shared_intermediate_size, chk.BLOCK_K)
+            s = _size(fn, "shared_intermediate_size", shared_intermediate_size, fp8_k=True)
             self.shared_w13_weight = _fp8_parameter((2 * s, h), device)
             self.shared_w13_weight_scale_inv = _scale_parameter((2 * s // b, h // b), device)
             self.shared_w2_weight = _fp8_parameter((h, s), device)

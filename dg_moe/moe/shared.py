@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..layout import get_mn_major_tma_aligned_tensor, silu_and_mul_to_fp8_contiguous
-from ..ops import fp8_gemm_nt
+from ..layout.activation import silu_and_mul_to_fp8_contiguous_unchecked
+from ..ops.dense import fp8_gemm_nt_unchecked
 
 
 class SharedExpert(NamedTuple):
@@ -36,16 +36,15 @@ def shared_expert_forward(tokens: tuple[torch.Tensor, torch.Tensor], expert: Sha
     """``(SiLU(x @ gate.T) * (x @ up.T)) @ w2.T`` for every token: bfloat16 [T, H].
 
     tokens: (e4m3 [T, H], float32 [T, H/128]) as ``per_token_cast_to_fp8`` returns them; validated
-    arguments only (``fused_moe`` checks them).
+    arguments only (``fused_moe`` checks them), so the ops below run unchecked.
     """
     x, sf = tokens
     num_tokens = x.shape[0]
     gate_up = torch.empty(num_tokens, expert.w13.shape[0], dtype=torch.bfloat16, device=x.device)
-    # The kernels read activation scales MN-major; converting here spares the op its own copy.
-    fp8_gemm_nt((x, get_mn_major_tma_aligned_tensor(sf)), (expert.w13, expert.w13_scale), gate_up)
+    fp8_gemm_nt_unchecked((x, sf), (expert.w13, expert.w13_scale), gate_up)
     # One group holding every row: the contiguous activation is then a dense one.
     every_row = torch.zeros(num_tokens, dtype=torch.int32, device=x.device)
-    act = silu_and_mul_to_fp8_contiguous(gate_up, every_row)
+    act = silu_and_mul_to_fp8_contiguous_unchecked(gate_up, every_row)
     out = torch.empty(num_tokens, expert.w2.shape[0], dtype=torch.bfloat16, device=x.device)
-    fp8_gemm_nt(act, (expert.w2, expert.w2_scale), out)
+    fp8_gemm_nt_unchecked(act, (expert.w2, expert.w2_scale), out)
     return out

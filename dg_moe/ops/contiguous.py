@@ -10,16 +10,21 @@
 
 Padding rows of d are not written. Group ids and ends are checked on CPU tensors only; on the
 GPU an out-of-range id or a broken layout is undefined behaviour.
+
+Strides: the ``nt`` FP8 op, which the SM90 kernel runs, takes contiguous a[0], b[0] and d (its TMA
+addresses dense rows), on every device so that code written on CPU meets the GPU's rule. The others
+take operands with stride 1 along either of their last two dims and a d with a contiguous last dim.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import RECIPE_1D2D, Recipe
-from . import _checks as chk
-from . import _memo, _values
+from . import _memo
+from . import gemm_checks as gemm
 from .dispatch import run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -43,14 +48,11 @@ def _layout(op: str, grouped_layout: object, d: torch.Tensor, m: int, g: int, us
             )
         chk.positive_int(op, "expected_m_for_psum_layout", expected_m_for_psum_layout)
     if use_psum_layout:
-        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, g, "G (groups of b, psum layout)", d)
+        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, g, "G (groups of b, psum layout)", "d", d)
+        chk.psum_ends(op, "grouped_layout", gl, m, f"M_sum = {m}, the rows of a")
     else:
-        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, m, "M_sum (rows of a)", d)
-    if gl.device.type == "cpu":
-        if use_psum_layout:
-            _values.psum_layout(op, gl, m)
-        else:
-            _values.per_row_layout(op, gl, g)
+        gl = chk.int32_vector(op, "grouped_layout", grouped_layout, m, "M_sum (rows of a)", "d", d)
+        gemm.per_row_tiles(op, gl, g)
 
 
 def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
@@ -67,22 +69,25 @@ def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, 
 def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
                           use_psum_layout, expected_m, b_t) -> Recipe:
     lay_b = "[G, K, N]" if b_t else "[G, N, K]"
-    a_data, sfa = chk.fp8_pair(op, "a", a, 2, "[M_sum, K]")
-    b_data, sfb = chk.fp8_pair(op, "b", b, 3, lay_b)
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 2, "[M_sum, K]")
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 3, lay_b)
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 2, "[M_sum, N]")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     m, k = a_data.shape
     g, n, k_b = _b_dims(op, b_data, b_t)
-    chk.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
-    chk.k_aligned(op, k)
+    gemm.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
+    chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
-    chk.inner_contiguous(op, "d", d)
-    chk.unit_stride(op, "a[0]", a_data)
-    chk.unit_stride(op, "b[0]", b_data)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D,))
-    chk.sf(op, "sfa (a[1])", sfa, (), m, k, 1, 128, rec, f"M_sum={m}, K={k}")
-    chk.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}", transposed=b_t)
-    chk.compiled_dims(op, compiled_dims)
+    if b_t:
+        chk.inner_contiguous(op, "d", d)
+        chk.unit_stride(op, "a[0]", a_data)
+        chk.unit_stride(op, "b[0]", b_data)
+    else:
+        gemm.kernel_rows(op, a_data, b_data, d)
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D,))
+    gemm.sf(op, "sfa (a[1])", sfa, (), m, k, 1, 128, rec, f"M_sum={m}, K={k}")
+    gemm.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}", transposed=b_t)
+    gemm.compiled_dims(op, compiled_dims)
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     _layout(op, grouped_layout, d, m, g, use_psum_layout, expected_m)
     return rec
@@ -95,15 +100,15 @@ def _bf16_contiguous(op, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psu
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, "[M_sum, K]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, lay_b, hint)
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 2, "[M_sum, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     m, k = a.shape
     g, n, k_b = _b_dims(op, b, b_t)
-    chk.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
+    gemm.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a", a)
     chk.unit_stride(op, "b", b)
-    chk.compiled_dims(op, compiled_dims)
+    gemm.compiled_dims(op, compiled_dims)
     _layout(op, grouped_layout, d, m, g, use_psum_layout, expected_m)
     run_op(op, d.device, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psum_layout, **extra,
            empty=d.numel() == 0)
@@ -114,7 +119,8 @@ def m_grouped_fp8_gemm_nt_contiguous(
     recipe: Recipe | None = None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,
     use_psum_layout: bool = False, expected_m_for_psum_layout: int | None = None,
 ) -> None:
-    """Row r of group g: ``d[r] = a[r] @ b[g].T``; a ``[M_sum, K]``, b ``[G, N, K]``, d bf16 ``[M_sum, N]``.
+    """Row r of group g: ``d[r] = a[r] @ b[g].T``; a ``[M_sum, K]``, b ``[G, N, K]``, d bf16 ``[M_sum, N]``;
+    a[0], b[0] and d contiguous (the SM90 kernel's TMA reads and writes dense rows), on every device.
 
     ``expected_m_for_psum_layout`` (psum layout only) is a per-group row-count hint for the kernel
     heuristic. See the module docstring for scales and ``grouped_layout``.
@@ -123,6 +129,17 @@ def m_grouped_fp8_gemm_nt_contiguous(
     _fp8_contiguous(op, ref.m_grouped_fp8_gemm_nt_contiguous, a, b, d, grouped_layout, recipe, compiled_dims,
                     disable_ue8m0_cast, use_psum_layout, expected_m_for_psum_layout, False,
                     expected_m_for_psum_layout=expected_m_for_psum_layout)
+
+
+def m_grouped_fp8_gemm_nt_contiguous_unchecked(
+    a: FP8Operand, b: FP8Operand, d: torch.Tensor, grouped_layout: torch.Tensor, *, use_psum_layout: bool,
+    expected_m_for_psum_layout: int | None = None,
+) -> None:
+    """:func:`m_grouped_fp8_gemm_nt_contiguous` with recipe (1, 128, 128), on arguments the caller has
+    already validated to that op's rules (``fused_moe`` does): no check runs, layout values included."""
+    run_op("m_grouped_fp8_gemm_nt_contiguous", d.device, ref.m_grouped_fp8_gemm_nt_contiguous, a, b, d,
+           grouped_layout, RECIPE_1D2D, "nk", False, use_psum_layout,
+           expected_m_for_psum_layout=expected_m_for_psum_layout, empty=d.numel() == 0)
 
 
 def m_grouped_fp8_gemm_nn_contiguous(

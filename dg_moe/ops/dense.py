@@ -13,16 +13,22 @@ FP8 recipes (``recipe=None`` picks by d's dtype):
 
 Scales may be int32 packed UE8M0 instead (4 K-block exponents per int: ``[.., ceil(K/128/4)]``).
 K must be a multiple of 128. ``c`` (optional, d's dtype and shape) is added; d may alias c.
+
+Strides: ``fp8_gemm_nt``, the layout the SM90 kernel runs, takes contiguous a[0], b[0] and d (its TMA
+addresses dense rows), on every device so that code written on CPU meets the GPU's rule. The other
+layouts take operands with stride 1 along either of their last two dims and a d (and c) with a
+contiguous last dim, e.g. a row slice of a larger buffer.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import RECIPE_1D1D, RECIPE_1D2D, Recipe
-from . import _checks as chk
 from . import _memo
+from . import gemm_checks as gemm
 from .dispatch import no_products, run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -51,24 +57,27 @@ def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast
 
 def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> tuple[Recipe, int]:
     lay_a, lay_b = _layouts(a_t, b_t)
-    a_data, sfa = chk.fp8_pair(op, "a", a, 2, lay_a)
-    b_data, sfb = chk.fp8_pair(op, "b", b, 2, lay_b)
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 2, lay_a)
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 2, lay_b)
     d = chk.tensor(op, "d", d, _OUT_DTYPES, 2, "[M, N]")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     (m, k), (n, k_b) = _mn_k(a_data, a_t), _mn_k(b_data, b_t)
-    chk.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
-    chk.k_aligned(op, k)
+    gemm.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
+    chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
-    chk.inner_contiguous(op, "d", d)
-    chk.unit_stride(op, "a[0]", a_data)
-    chk.unit_stride(op, "b[0]", b_data)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D, RECIPE_1D1D))
+    if a_t or b_t:
+        chk.inner_contiguous(op, "d", d)
+        chk.unit_stride(op, "a[0]", a_data)
+        chk.unit_stride(op, "b[0]", b_data)
+    else:
+        gemm.kernel_rows(op, a_data, b_data, d)
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D, RECIPE_1D1D))
     gran_m, gran_n, gran_k = rec
     inferred = recipe is None
-    chk.sf(op, "sfa (a[1])", sfa, (), m, k, gran_m, gran_k, rec, f"M={m}, K={k}", a_t, inferred)
-    chk.sf(op, "sfb (b[1])", sfb, (), n, k, gran_n, gran_k, rec, f"N={n}, K={k}", b_t, inferred)
-    chk.accumulator(op, c, d)
-    chk.compiled_dims(op, compiled_dims)
+    gemm.sf(op, "sfa (a[1])", sfa, (), m, k, gran_m, gran_k, rec, f"M={m}, K={k}", a_t, inferred)
+    gemm.sf(op, "sfb (b[1])", sfb, (), n, k, gran_n, gran_k, rec, f"N={n}, K={k}", b_t, inferred)
+    gemm.accumulator(op, c, d)
+    gemm.compiled_dims(op, compiled_dims)
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     return rec, k
 
@@ -79,15 +88,15 @@ def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, lay_a, hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 2, lay_b, hint)
     d = chk.tensor(op, "d", d, _OUT_DTYPES, 2, "[M, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     (m, k), (n, k_b) = _mn_k(a, a_t), _mn_k(b, b_t)
-    chk.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
+    gemm.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a", a)
     chk.unit_stride(op, "b", b)
-    c = chk.accumulator(op, c, d)
-    chk.compiled_dims(op, compiled_dims)
+    c = gemm.accumulator(op, c, d)
+    gemm.compiled_dims(op, compiled_dims)
     run_op(op, d.device, ref_fn, a, b, d, c, compiled_dims, empty=d.numel() == 0,
            trivial=no_products(d, c) if k == 0 else None)
 
@@ -95,12 +104,19 @@ def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:
 def fp8_gemm_nt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,
                 recipe: Recipe | None = None, compiled_dims: str = "nk",
                 disable_ue8m0_cast: bool = False) -> None:
-    """``d = c + a @ b.T``; a (e4m3 ``[M, K]``, sfa), b (e4m3 ``[N, K]``, sfb), d ``[M, N]``.
+    """``d = c + a @ b.T``; a (e4m3 ``[M, K]``, sfa), b (e4m3 ``[N, K]``, sfb), d ``[M, N]``; a[0], b[0]
+    and d contiguous (the SM90 kernel's TMA reads and writes dense rows), on every device.
 
     See the module docstring for the recipes and scale-factor shapes.
     """
     _fp8_dense("fp8_gemm_nt", ref.fp8_gemm_nt, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                False, False)
+
+
+def fp8_gemm_nt_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor) -> None:
+    """:func:`fp8_gemm_nt` with recipe (1, 128, 128) and no ``c``, on arguments the caller has already
+    validated to that op's rules with K > 0 (``fused_moe`` does for its shared expert): no check runs."""
+    run_op("fp8_gemm_nt", d.device, ref.fp8_gemm_nt, a, b, d, None, RECIPE_1D2D, "nk", False, empty=d.numel() == 0)
 
 
 def fp8_gemm_nn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import MK_ALIGNMENT, RECIPE_1D1D, Recipe
-from . import _checks as chk
-from . import _values
+from . import gemm_checks as gemm
 from .dispatch import no_products, run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -61,12 +61,11 @@ def _common(op, a, b, d, ks_cpu, grouped_layout, c, compiled_dims, use_psum_layo
     chk.inner_contiguous(op, "d", d)
     chk.unit_stride(op, "a" if a.dtype != chk.FP8 else "a[0]", a)
     chk.unit_stride(op, "b" if b.dtype != chk.FP8 else "b[0]", b)
-    c = chk.accumulator(op, c, d)
+    c = gemm.accumulator(op, c, d)
     chk.flag(op, "use_psum_layout", use_psum_layout)
-    gl = chk.int32_vector(op, "grouped_layout", grouped_layout, g, "G (groups of d)", d)
-    if gl.device.type == "cpu":
-        _values.k_grouped_layout(op, gl, ks, use_psum_layout)
-    chk.compiled_dims(op, compiled_dims)
+    gl = chk.int32_vector(op, "grouped_layout", grouped_layout, g, "G (groups of d)", "d", d)
+    gemm.k_grouped_layout(op, gl, ks, use_psum_layout)
+    gemm.compiled_dims(op, compiled_dims)
     return g, m, n, sum_k_a
 
 
@@ -77,16 +76,16 @@ def k_grouped_fp8_gemm_tn_contiguous(
 ) -> None:
     """FP8 ``d[g] = c[g] + a_g.T @ b_g`` with per-channel 1x128 scales on both; see the module docstring."""
     op = "k_grouped_fp8_gemm_tn_contiguous"
-    a_data, sfa = chk.fp8_pair(op, "a", a, 2, "[sum_K, M]")
-    b_data, sfb = chk.fp8_pair(op, "b", b, 2, "[sum_K, N]")
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 2, "[sum_K, M]")
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 2, "[sum_K, N]")
     d = chk.tensor(op, "d", d, (torch.float32,), 3, "[G, M, N]")
     for name, t in (("sfa (a[1])", sfa), ("sfb (b[1])", sfb)):
-        chk.dtype_is(op, name, t, (torch.float32,), "the K-grouped layout takes float32 scales only")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+        gemm.dtype_is(op, name, t, (torch.float32,), "the K-grouped layout takes float32 scales only")
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     _, m, n, sum_k = _common(op, a_data, b_data, d, ks_cpu, grouped_layout, c, compiled_dims, use_psum_layout)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D1D,))
-    chk.sf(op, "sfa (a[1])", sfa, (), m, sum_k, 1, 128, rec, f"sum_K={sum_k}, M={m}", transposed=True)
-    chk.sf(op, "sfb (b[1])", sfb, (), n, sum_k, 1, 128, rec, f"sum_K={sum_k}, N={n}", transposed=True)
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D1D,))
+    gemm.sf(op, "sfa (a[1])", sfa, (), m, sum_k, 1, 128, rec, f"sum_K={sum_k}, M={m}", transposed=True)
+    gemm.sf(op, "sfb (b[1])", sfb, (), n, sum_k, 1, 128, rec, f"sum_K={sum_k}, N={n}", transposed=True)
     run_op(op, d.device, ref.k_grouped_fp8_gemm_tn_contiguous, a, b, d, list(ks_cpu), grouped_layout, c, rec,
            compiled_dims, use_psum_layout, empty=d.numel() == 0, trivial=no_products(d, c) if sum_k == 0 else None)
 
@@ -102,7 +101,7 @@ def k_grouped_bf16_gemm_tn_contiguous(
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, "[sum_K, M]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 2, "[sum_K, N]", hint)
     d = chk.tensor(op, "d", d, (torch.float32,), 3, "[G, M, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     _, _, _, sum_k = _common(op, a, b, d, ks_cpu, grouped_layout, c, compiled_dims, use_psum_layout)
     run_op(op, d.device, ref.k_grouped_bf16_gemm_tn_contiguous, a, b, d, list(ks_cpu), grouped_layout, c,
            compiled_dims, use_psum_layout, empty=d.numel() == 0, trivial=no_products(d, c) if sum_k == 0 else None)

@@ -1,9 +1,12 @@
 """M-grouped GEMMs over the masked (decode) layout: a fixed ``[G, max_m, K]`` buffer plus a device count.
 
-- a: (e4m3 ``[G, max_m, K]``, sfa ``[G, max_m, K/128]``, any strides, e.g. DeepEP's MN-major
+- a: (e4m3 ``[G, max_m, K]``, sfa ``[G, max_m, K/128]``, sfa in any strides, e.g. DeepEP's MN-major
   ``empty(G, K/128, max_m).transpose(1, 2)``), b: (e4m3 ``[G, N, K]``, sfb
   ``[G, ceil(N/128), K/128]``); scales float32 or int32 packed UE8M0; recipe (1, 128, 128) only.
 - d: bfloat16 ``[G, max_m, N]``; masked_m: int32 ``[G]`` contiguous on d's device.
+- Strides: the FP8 op, which the SM90 kernel runs, takes contiguous a[0], b[0] and d (its TMA
+  addresses dense rows), on every device so that code written on CPU meets the GPU's rule; the BF16
+  op takes operands with stride 1 along either of their last two dims and a d with a contiguous last dim.
 
 Rows at or past ``masked_m[g]`` are neither read nor written; a count above ``max_m`` is clamped to
 ``max_m`` and a negative one counts as 0. ``expected_m`` (int > 0) is a hint for the kernel
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import checks as chk
 from .. import reference as ref
 from ..reference.common import RECIPE_1D2D, Recipe
-from . import _checks as chk
 from . import _memo
+from . import gemm_checks as gemm
 from .dispatch import run_op
 
 FP8Operand = tuple[torch.Tensor, torch.Tensor]
@@ -34,21 +38,19 @@ def _dims(op: str, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int, int
         )
     if g == 0:
         raise ValueError(f"{op}: a and b hold no group; G must be >= 1")
-    chk.same_k(op, k, k_b, "a is [G, max_m, K], b is [G, N, K]")
+    gemm.same_k(op, k, k_b, "a is [G, max_m, K], b is [G, N, K]")
     return g, max_m, n, k
 
 
 def _common(op: str, d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, masked_m: object, expected_m: object,
             compiled_dims: object) -> tuple[int, int, int, int]:
+    # What both ops check; their stride rules differ (the FP8 op's is the kernel's), so each checks strides.
     g, max_m, n, k = _dims(op, a, b)
     why = f"a [G, max_m, K] with G={g}, max_m={max_m} and b [G, N, K] with N={n}"
     chk.shape(op, "d", d, (g, max_m, n), why)
-    chk.inner_contiguous(op, "d", d)
-    chk.unit_stride(op, "a" if a.dtype != chk.FP8 else "a[0]", a)
-    chk.unit_stride(op, "b" if b.dtype != chk.FP8 else "b[0]", b)
-    chk.int32_vector(op, "masked_m", masked_m, g, "G (groups)", d)
+    chk.int32_vector(op, "masked_m", masked_m, g, "G (groups)", "d", d)
     chk.positive_int(op, "expected_m", expected_m)
-    chk.compiled_dims(op, compiled_dims)
+    gemm.compiled_dims(op, compiled_dims)
     return g, max_m, n, k
 
 
@@ -56,7 +58,8 @@ def m_grouped_fp8_gemm_nt_masked(
     a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
     recipe: Recipe | None = None, compiled_dims: str = "nk", disable_ue8m0_cast: bool = False,
 ) -> None:
-    """``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; shapes in the module docstring."""
+    """``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; a[0], b[0] and d contiguous (the SM90
+    kernel's TMA reads and writes dense rows), on every device; shapes in the module docstring."""
     op = "m_grouped_fp8_gemm_nt_masked"
     signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, masked_m),
                           (expected_m, recipe, compiled_dims, disable_ue8m0_cast))
@@ -67,16 +70,25 @@ def m_grouped_fp8_gemm_nt_masked(
            disable_ue8m0_cast, empty=d.numel() == 0)
 
 
+def m_grouped_fp8_gemm_nt_masked_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor,
+                                           expected_m: int) -> None:
+    """:func:`m_grouped_fp8_gemm_nt_masked` with recipe (1, 128, 128), on arguments the caller has already
+    validated to that op's rules (``fused_moe`` does): no check runs."""
+    run_op("m_grouped_fp8_gemm_nt_masked", d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m,
+           expected_m, RECIPE_1D2D, "nk", False, empty=d.numel() == 0)
+
+
 def _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast) -> Recipe:
-    a_data, sfa = chk.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
-    b_data, sfb = chk.fp8_pair(op, "b", b, 3, "[G, N, K]")
+    a_data, sfa = gemm.fp8_pair(op, "a", a, 3, "[G, max_m, K]")
+    b_data, sfb = gemm.fp8_pair(op, "b", b, 3, "[G, N, K]")
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
-    chk.same_device(op, d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
+    chk.same_device(op, "d", d, {"a[0]": a_data, "a[1] (sfa)": sfa, "b[0]": b_data, "b[1] (sfb)": sfb})
     g, max_m, n, k = _common(op, d, a_data, b_data, masked_m, expected_m, compiled_dims)
-    chk.k_aligned(op, k)
-    rec = chk.recipe(op, recipe, d, (RECIPE_1D2D,))
-    chk.sf(op, "sfa (a[1])", sfa, (g,), max_m, k, 1, 128, rec, f"G={g}, max_m={max_m}, K={k}")
-    chk.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}")
+    gemm.kernel_rows(op, a_data, b_data, d)
+    chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
+    rec = gemm.recipe(op, recipe, d, (RECIPE_1D2D,))
+    gemm.sf(op, "sfa (a[1])", sfa, (g,), max_m, k, 1, 128, rec, f"G={g}, max_m={max_m}, K={k}")
+    gemm.sf(op, "sfb (b[1])", sfb, (g,), n, k, 128, 128, rec, f"G={g}, N={n}, K={k}")
     chk.flag(op, "disable_ue8m0_cast", disable_ue8m0_cast)
     return rec
 
@@ -92,7 +104,10 @@ def m_grouped_bf16_gemm_nt_masked(
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 3, "[G, max_m, K]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, "[G, N, K]", hint)
     d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
-    chk.same_device(op, d, {"a": a, "b": b})
+    chk.same_device(op, "d", d, {"a": a, "b": b})
     _common(op, d, a, b, masked_m, expected_m, compiled_dims)
+    chk.inner_contiguous(op, "d", d)
+    chk.unit_stride(op, "a", a)
+    chk.unit_stride(op, "b", b)
     run_op(op, d.device, ref.m_grouped_bf16_gemm_nt_masked, a, b, d, masked_m, expected_m, compiled_dims,
            empty=d.numel() == 0)

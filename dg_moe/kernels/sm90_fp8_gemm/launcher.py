@@ -3,6 +3,9 @@
 The kernels take recipe (1, 128, 128), BF16 output, K-major contiguous A and B. Variants they do not
 cover yet (accumulating ``c``, the (1, 1, 128) recipe, transposed layouts) raise
 KernelNotAvailableError on CUDA; their CPU reference exists.
+
+Arguments arrive validated by their op, whose checks state the kernel's rules (contiguous a[0], b[0]
+and d included): nothing is checked again here.
 """
 
 from __future__ import annotations
@@ -12,14 +15,11 @@ from collections.abc import Callable
 
 import torch
 
+from ... import checks
 from ... import device as _device
 from ...errors import KernelNotAvailableError
 from ...jit import build
-from ...layout.scale_factors import (
-    get_tma_aligned_size,
-    is_mn_major_tma_aligned,
-    transform_sf_into_required_layout,
-)
+from ...layout.scale_factors import get_tma_aligned_size, sf_in_kernel_layout
 from ...ops.dispatch import register_kernel
 from ...reference.common import RECIPE_1D2D
 from .constants import GemmType
@@ -63,30 +63,12 @@ def _require(op: str, condition: bool, what: str) -> None:
         )
 
 
-def _require_contiguous(op: str, name: str, t: torch.Tensor) -> None:
-    if not t.is_contiguous():
-        raise ValueError(
-            f"{op}: {name} must be contiguous (strides {t.stride()} for shape {tuple(t.shape)}); "
-            f"pass {name}.contiguous()"
-        )
-
-
 def kernel_operands(gemm_type: GemmType, a, b) -> tuple:
     """``(a, b)`` with their scales in the kernel's layout (float32 SFA MN-major and TMA-aligned, float32
-    SFB contiguous), converted only where they are not: a = (e4m3 [M, K] or [G, max_m, K], sfa),
+    SFB contiguous), converted (a copy) only where they are not: a = (e4m3 [M, K] or [G, max_m, K], sfa),
     b = (e4m3 [N, K] or [G, N, K], sfb)."""
-    a_data, sfa = a
-    b_data, sfb = b
-    k = a_data.shape[-1]
-    # The op validated the scales' shapes; scales already in the kernels' layout skip the conversion's
-    # own checks, ~4 us per call.
-    if sfa.dtype != torch.float32 or not is_mn_major_tma_aligned(sfa):
-        groups = b_data.shape[0] if gemm_type == GemmType.MASKED else None
-        sfa = transform_sf_into_required_layout(sfa, a_data.shape[-2], k, (1, 128), groups)
-    if sfb.dtype != torch.float32 or not sfb.is_contiguous():
-        b_groups = b_data.shape[0] if b_data.dim() == 3 else None
-        sfb = transform_sf_into_required_layout(sfb, b_data.shape[-2], k, (128, 128), b_groups)
-    return (a_data, sfa), (b_data, sfb)
+    k_blocks = a[0].shape[-1] // checks.BLOCK_K
+    return (a[0], sf_in_kernel_layout(a[1], True, k_blocks)), (b[0], sf_in_kernel_layout(b[1], False, k_blocks))
 
 
 def kernel_args(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None, num_sms: int,
@@ -102,11 +84,7 @@ def kernel_args(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor
     )
 
 
-def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None,
-            rows_hint: int, recipe) -> None:
-    _require(op, recipe == RECIPE_1D2D, f"recipe {recipe} (only (1, 128, 128))")
-    for name, t in (("a[0]", a[0]), ("b[0]", b[0]), ("d", d)):
-        _require_contiguous(op, name, t)
+def _launch(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None, rows_hint: int) -> None:
     device = d.device
     num_sms = _device.num_sms_for(device)
     b_data = b[0]
@@ -126,7 +104,9 @@ def _launch(op: str, gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.T
 def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:
     """``fp8_gemm_nt`` on SM90: D[M, N] bf16 = A[M, K] @ B[N, K]^T, recipe (1, 128, 128), no ``c``."""
     _require("fp8_gemm_nt", c is None, "accumulation into c")
-    _launch("fp8_gemm_nt", GemmType.NORMAL, a, b, d, None, a[0].shape[0], recipe)
+    # The grouped ops accept recipe (1, 128, 128) alone; the dense one also takes (1, 1, 128).
+    _require("fp8_gemm_nt", recipe == RECIPE_1D2D, f"recipe {recipe} (only (1, 128, 128))")
+    _launch(GemmType.NORMAL, a, b, d, None, a[0].shape[0])
 
 
 def m_grouped_fp8_gemm_nt_contiguous_kernel(a, b, d, grouped_layout, recipe, compiled_dims,
@@ -136,13 +116,13 @@ def m_grouped_fp8_gemm_nt_contiguous_kernel(a, b, d, grouped_layout, recipe, com
     num_groups = b[0].shape[0]
     rows_hint = expected_m_for_psum_layout or max(1, a[0].shape[0] // num_groups)
     gemm_type = GemmType.CONTIGUOUS_PSUM if use_psum_layout else GemmType.CONTIGUOUS
-    _launch("m_grouped_fp8_gemm_nt_contiguous", gemm_type, a, b, d, grouped_layout, rows_hint, recipe)
+    _launch(gemm_type, a, b, d, grouped_layout, rows_hint)
 
 
 def m_grouped_fp8_gemm_nt_masked_kernel(a, b, d, masked_m, expected_m, recipe, compiled_dims,
                                         disable_ue8m0_cast) -> None:
     """Masked (decode) M-grouped GEMM on SM90; rows at or past masked_m[g] are not written."""
-    _launch("m_grouped_fp8_gemm_nt_masked", GemmType.MASKED, a, b, d, masked_m, expected_m, recipe)
+    _launch(GemmType.MASKED, a, b, d, masked_m, expected_m)
 
 
 def register() -> None:

@@ -1,10 +1,8 @@
-"""Argument checks of the fused MoE layer. Each failure names the function, the argument, what was
-expected, what was got and how to fix it; TypeError marks a wrong Python type or dtype, ValueError
-anything else.
+"""Argument checks of the fused MoE layer alone, on top of the shared ones in :mod:`dg_moe.checks`
+(whose rules they follow: values such as expert ids are read on CPU tensors only).
 
-Metadata (dtype, shape, strides, device) is always checked. Values (expert ids) are read on CPU
-tensors only, as in ``dg_moe.ops`` and ``dg_moe.layout``: on a GPU that read would synchronise with
-the host and break CUDA-graph capture.
+``fused_moe`` checks every argument here once, then runs the unchecked cores of the layout ops and
+GEMMs it calls: what it hands them is valid by construction.
 """
 
 from __future__ import annotations
@@ -14,12 +12,14 @@ from typing import NamedTuple
 
 import torch
 
-from ..layout import _checks as chk
+from .. import checks as chk
 from .shared import SharedExpert
 
 MODES = ("auto", "contiguous", "masked")
 _QUANTISE_HINT = "quantise it per 128x128 block with dg_moe.per_block_cast_to_fp8 (or build FusedMoE.from_bf16)"
 _SCALE_HINT = "pass the float32 dequantisation scales (expand packed UE8M0 with unpack_ue8m0_from_int)"
+_IN_PLACE = "the expert GEMMs read weights and scales in place; a copy per call would cost a weight read"
+_ONCE = "call .contiguous() on it once, when loading the weights"
 
 
 class MoEDims(NamedTuple):
@@ -27,24 +27,6 @@ class MoEDims(NamedTuple):
 
     num_tokens: int
     num_experts: int
-
-
-def _contiguous(fn: str, name: str, t: torch.Tensor) -> None:
-    # The kernels read weights with TMA from dense rows; a copy per call would cost a weight read.
-    if not t.is_contiguous():
-        raise ValueError(
-            f"{fn}: {name} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}; "
-            f"call .contiguous() on it once, when loading the weights"
-        )
-
-
-def _intermediate(fn: str, name: str, two_i: int, layout: str) -> int:
-    if two_i % 2 != 0 or two_i // 2 <= 0 or (two_i // 2) % chk.BLOCK_K != 0:
-        raise ValueError(
-            f"{fn}: {name} {layout} has 2I = {two_i} rows of [gate | up], but the intermediate size I must be a "
-            f"positive multiple of {chk.BLOCK_K} (one scale per 128x128 block); pad each half with zero rows"
-        )
-    return two_i // 2
 
 
 def _expert_weights(fn: str, w13: object, w13_scale: object, w2: object, w2_scale: object, hidden: int) -> int:
@@ -57,7 +39,7 @@ def _expert_weights(fn: str, w13: object, w13_scale: object, w2: object, w2_scal
         )
     if num_experts == 0:
         raise ValueError(f"{fn}: w13 holds no expert (shape {tuple(w13.shape)}); E must be >= 1")
-    inter = _intermediate(fn, "w13", two_i, "[E, 2I, H]")
+    inter = chk.gate_up(fn, "w13", two_i, "[E, 2I, H]")
     w13_scale = chk.tensor(fn, "w13_scale", w13_scale, (torch.float32,), 3, "[E, 2I/128, H/128]", _SCALE_HINT)
     chk.shape(fn, "w13_scale", w13_scale, (num_experts, two_i // chk.BLOCK_K, h // chk.BLOCK_K),
               f"w13 of shape {tuple(w13.shape)} (one scale per 128x128 block)")
@@ -73,7 +55,7 @@ def _expert_weights(fn: str, w13: object, w13_scale: object, w2: object, w2_scal
     chk.shape(fn, "w2_scale", w2_scale, (num_experts, h // chk.BLOCK_K, inter // chk.BLOCK_K),
               f"w2 of shape {tuple(w2.shape)} (one scale per 128x128 block)")
     for name, t in (("w13", w13), ("w13_scale", w13_scale), ("w2", w2), ("w2_scale", w2_scale)):
-        _contiguous(fn, name, t)
+        chk.contiguous(fn, name, t, _IN_PLACE, _ONCE)
     return num_experts
 
 
@@ -89,7 +71,7 @@ def _shared_expert(fn: str, shared: object, hidden: int) -> dict[str, torch.Tens
         raise ValueError(
             f"{fn}: shared_expert.w13 has H = {h} columns (shape {tuple(w13.shape)}) but hidden has H = {hidden}"
         )
-    inter = _intermediate(fn, "shared_expert.w13", two_i, "[2Is, H]")
+    inter = chk.gate_up(fn, "shared_expert.w13", two_i, "[2Is, H]")
     named = {"shared_expert.w13": w13}
     specs = (
         ("shared_expert.w13_scale", shared.w13_scale, torch.float32, (two_i // chk.BLOCK_K, h // chk.BLOCK_K),
@@ -103,8 +85,14 @@ def _shared_expert(fn: str, shared: object, hidden: int) -> dict[str, torch.Tens
         named[name] = chk.tensor(fn, name, t, (dtype,), 2, layout, hint)
         chk.shape(fn, name, named[name], expected, f"shared_expert.w13 of shape {tuple(w13.shape)} {layout}")
     for name, t in named.items():
-        _contiguous(fn, name, t)
+        chk.contiguous(fn, name, t, _IN_PLACE, _ONCE)
     return named
+
+
+def layout_mode(fn: str, value: object) -> None:
+    """``mode`` (the layout a forward runs) is one of :data:`MODES`."""
+    if value not in MODES:
+        raise ValueError(f"{fn}: mode must be one of {', '.join(map(repr, MODES))}, got {value!r}")
 
 
 def scaling_factor(fn: str, value: object) -> float:
@@ -139,7 +127,7 @@ def fused_moe_args(fn: str, hidden: object, w13: object, w13_scale: object, w2: 
     """Validate every argument of ``fused_moe``; returns the call's sizes."""
     hidden = chk.tensor(fn, "hidden", hidden, (torch.bfloat16,), 2, "[T, H]", "cast it with .to(torch.bfloat16)")
     num_tokens, h = hidden.shape
-    chk.hidden_size(fn, "hidden", h)
+    chk.k_aligned(fn, "hidden has H", h)
     num_experts = _expert_weights(fn, w13, w13_scale, w2, w2_scale, h)
     topk_ids = chk.tensor(fn, "topk_ids", topk_ids, chk.INDEX_DTYPES, 2, "[T, k]", "convert it with .to(torch.int32)")
     if topk_ids.shape[0] != num_tokens:
@@ -157,8 +145,7 @@ def fused_moe_args(fn: str, hidden: object, w13: object, w13_scale: object, w2: 
         devices.update(_shared_expert(fn, shared_expert, h))
     chk.same_device(fn, "hidden", hidden, devices)
     chk.expert_ids(fn, "topk_ids", topk_ids, num_experts)
-    if mode not in MODES:
-        raise ValueError(f"{fn}: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    layout_mode(fn, mode)
     if max_m is not None:
         chk.positive_int(fn, "max_m", max_m)
     scaling_factor(fn, routed_scaling_factor)
