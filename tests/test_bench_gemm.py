@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dg_moe
+from dg_moe import checks
 from dg_moe.bench import gemm, gemm_warmup
 from dg_moe.bench.gemm_cases import (
     DENSE_NK,
@@ -31,7 +32,7 @@ from dg_moe.bench.gemm_report import SCHEMA, document, eager_row, geomean, geome
 from dg_moe.bench.peer_deepgemm import load_deep_gemm
 from dg_moe.cli import main as cli_main
 from dg_moe.kernels.sm90_fp8_gemm import GemmType, launcher
-from dg_moe.ops import _values
+from dg_moe.ops import gemm_checks
 from dg_moe.reference.common import RECIPE_1D2D
 
 TIMED = ("dense", "contiguous", "masked")
@@ -92,8 +93,8 @@ def test_contiguous_layouts_describe_the_same_rows(case: ContiguousCase):
     for g, (start, end) in enumerate(zip(starts, ends, strict=True)):
         assert (ids[start:end] == g).all() and (ids[end:start + math.ceil((end - start) / 128) * 128] == -1).all()
     # The two public forms pass dg_moe's own layout checks.
-    _values.psum_layout("test", torch.tensor(ends, dtype=torch.int32), case.m_sum)
-    _values.per_row_layout("test", ids, case.groups)
+    checks.psum_ends("test", "ends", torch.tensor(ends, dtype=torch.int32), case.m_sum, "M_sum")
+    gemm_checks.per_row_tiles("test", ids, case.groups)
     assert case.counts == ContiguousCase(case.groups, case.rows_per_group, case.n, case.k).counts  # seeded
 
 
@@ -121,7 +122,7 @@ def test_planned_hints_are_the_launchers(monkeypatch):
     """The warm-up compiles what the launcher will ask for: the same (layout, rows hint, N, K, groups)."""
     seen = []
 
-    def record(op, gemm_type, a, b, d, layout, rows_hint, recipe):
+    def record(gemm_type, a, b, d, layout, rows_hint):
         groups = 1 if gemm_type == GemmType.NORMAL else b[0].shape[0]
         seen.append((gemm_type, rows_hint, b[0].shape[-2], a[0].shape[-1], groups))
 
