@@ -10,7 +10,7 @@ grouped GEMMs for the MoE layouts) gets inputs of its own, built only when asked
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
@@ -54,7 +54,7 @@ class Problem:
     calls: dict[str, Call]
     valid: Callable[[torch.Tensor], torch.Tensor]
     peer: Callable[[], Callable[[], object]]
-    inputs: dict[str, KernelInputs]
+    inputs: dict[str, KernelInputs] = field(default_factory=dict)
 
 
 def fp8_dense_inputs(m: int, n: int, k: int) -> tuple[FP8Pair, FP8Pair]:
