@@ -55,6 +55,11 @@ def set_num_sms(num_sms: int) -> None:
     _num_sms = num_sms
 
 
+def num_sms_setting() -> int | None:
+    """The value given to set_num_sms, or None (every SM): launch plans compare it to the one they saw."""
+    return _num_sms
+
+
 def get_num_sms() -> int:
     """SMs the kernels may use: the value given to set_num_sms, else the current GPU's SM count."""
     if _num_sms is not None:

@@ -62,3 +62,54 @@ def test_unhashable_or_malformed_arguments_fall_back_to_the_full_checks():
     assert not _memo._validated
     with pytest.raises(ValueError, match="recipe"):
         dg_moe.fp8_gemm_nt(a, b, d, recipe=[1, 64, 128])
+
+
+def test_run_op_files_the_planners_launch_under_the_signature(monkeypatch):
+    """After a CUDA kernel ran, its planner's launch is kept under the call's signature; nothing is kept
+    for an op without a planner, nor off CUDA."""
+    from dg_moe.ops import dispatch
+
+    monkeypatch.setattr(dispatch._device, "require_sm90", lambda device, op: None)
+    monkeypatch.setattr(_memo, "_plans", {})
+    ran, planned = [], []
+
+    def launch(*tensors):
+        return True
+
+    def planner(*args, **kwargs):
+        planned.append((args, kwargs))
+        return launch
+
+    dispatch.register_kernel("test_op", lambda *args, **kwargs: ran.append(args), planner)
+    try:
+        dispatch.run_op("test_op", torch.device("cuda"), None, 1, 2, flag=True, plan_key=("sig",))
+        assert ran == [(1, 2)] and planned == [((1, 2), {"flag": True})]
+        assert _memo.plan(("sig",)) is launch
+        dispatch.run_op("test_op", torch.device("cpu"), lambda *a, **k: None, 1, 2, flag=True, plan_key=("cpu",))
+        assert _memo.plan(("cpu",)) is None
+        dispatch.register_kernel("test_op", lambda *args, **kwargs: None)
+        dispatch.run_op("test_op", torch.device("cuda"), None, 1, plan_key=("other",))
+        assert _memo.plan(("other",)) is None
+    finally:
+        dispatch.unregister_kernel("test_op")
+
+
+@pytest.mark.parametrize("declines", [False, True])
+def test_a_planned_call_launches_the_plan_or_takes_the_full_path(monkeypatch, declines):
+    """An op whose signature holds a plan calls it with the signature's tensors and stops there; a plan
+    that declines (device or SM setting changed) sends the call through validation and dispatch."""
+    monkeypatch.setattr(_memo, "_plans", {})
+    a, b, d = _meta_dense()
+    calls = []
+
+    def launch(*tensors):
+        calls.append(tensors)
+        return not declines
+
+    signature = _memo.key("fp8_gemm_nt", lambda: (a[0], a[1], b[0], b[1], d, None),
+                          (False, None, "nk", False, False, False))
+    _memo.remember_plan(signature, launch)
+    _memo._validated.clear()
+    dg_moe.fp8_gemm_nt(a, b, d)
+    assert calls == [(a[0], a[1], b[0], b[1], d, None)]
+    assert (len(_memo._validated) == 1) is declines

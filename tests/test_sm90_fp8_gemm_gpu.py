@@ -233,3 +233,42 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
     b_masked = (b[0][:groups], b[1][:groups])
     dg_moe.m_grouped_fp8_gemm_nt_masked(x, b_masked, d, masked_m, expected_m=64)
     assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_masked(x, b_masked, masked_m))
+
+
+def test_repeated_calls_run_their_launch_plan(cuda_gen, monkeypatch):
+    """From the second call with one signature (scales already in the kernel's layout), each of the three
+    ops launches through its plan: new data, new pointers, same shapes, every result right. After
+    set_num_sms the plans decline and the full path runs with the new SM count."""
+    from dg_moe import device as dg_device
+    from dg_moe.ops import _memo
+
+    monkeypatch.setattr(dg_device, "_num_sms", dg_device.num_sms_setting())  # restored after the test
+    k, n, groups, max_m = 2048, 576, 3, 160
+    b = fp8_weights(groups, n, k, cuda_gen)
+    counts = [100, 0, 140]
+    for round_ in range(4):
+        if round_ == 3:
+            dg_moe.set_num_sms(66)
+        x = fp8_activations(256, k, cuda_gen)
+        a = (x[0], layout.get_mn_major_tma_aligned_tensor(x[1]))
+        d = _poisoned(256, n)
+        dg_moe.fp8_gemm_nt(a, (b[0][0], b[1][0]), d)
+        assert_matches(d, reference.ref_fp8_gemm_nt(a, (b[0][0], b[1][0])))
+
+        ac, per_row, psum = _contiguous_inputs(counts, k, cuda_gen)
+        ac = (ac[0], layout.get_mn_major_tma_aligned_tensor(ac[1]))
+        d = _poisoned(ac[0].shape[0], n)
+        dg_moe.m_grouped_fp8_gemm_nt_contiguous(ac, b, d, psum, use_psum_layout=True)
+        assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_contiguous(ac, b, per_row))
+
+        xm = fp8_activations(groups * max_m, k, cuda_gen)
+        am = (xm[0].view(groups, max_m, k),
+              layout.get_mn_major_tma_aligned_tensor(xm[1].view(groups, max_m, k // 128)))
+        masked_m = torch.tensor(counts, dtype=torch.int32, device="cuda")
+        d = _poisoned(groups, max_m, n)
+        dg_moe.m_grouped_fp8_gemm_nt_masked(am, b, d, masked_m, expected_m=128)
+        assert_matches(d, reference.ref_m_grouped_fp8_gemm_nt_masked(am, b, masked_m))
+        if round_ == 0:
+            planned = [s for s in _memo._plans if s[0] in
+                       ("fp8_gemm_nt", "m_grouped_fp8_gemm_nt_contiguous", "m_grouped_fp8_gemm_nt_masked")]
+            assert len(planned) >= 3

@@ -5,6 +5,10 @@ and the scalar arguments. The value holds what they derived (e.g. the inferred r
 off the CPU are memoised: there the checks read metadata alone, whereas CPU calls also check
 layout values (group ids, prefix sums), which may differ between calls with equal metadata.
 Validating a DeepGEMM-shaped call costs ~33 µs of Python; a hit costs a few.
+
+A signature may also hold a launch plan (:func:`plan`): the kernel's launch of such a call reduced to
+its pointers and stream, which a repeated eager call runs instead of the dispatch, the kernel's
+argument preparation and its look-ups (the op then costs the signature, a look-up and the launch).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 _MAX_ENTRIES = 4096
 _validated: dict[tuple, object] = {}
+_plans: dict[tuple, Callable[..., bool]] = {}
 
 T = TypeVar("T")
 
@@ -46,3 +51,16 @@ def validated(signature: tuple | None, device: object, validate: Callable[[], T]
             _validated.clear()
         _validated[signature] = result
     return result
+
+
+def plan(signature: tuple | None) -> Callable[..., bool] | None:
+    """The launch plan remembered for ``signature``: called with the signature's tensors, it launches
+    and returns True, or returns False when it no longer applies (the op then takes the full path)."""
+    return _plans.get(signature) if signature is not None else None
+
+
+def remember_plan(signature: tuple, launch: Callable[..., bool]) -> None:
+    """Keep ``launch`` as the plan of calls with ``signature`` (validated ones: call after the kernel ran)."""
+    if len(_plans) >= _MAX_ENTRIES:
+        _plans.clear()
+    _plans[signature] = launch

@@ -59,11 +59,14 @@ def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, 
                     use_psum_layout, expected_m, b_t, **extra) -> None:
     signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, grouped_layout),
                           (recipe, compiled_dims, disable_ue8m0_cast, use_psum_layout, expected_m, b_t))
+    launch = _memo.plan(signature)
+    if launch is not None and launch(a[0], a[1], b[0], b[1], d, grouped_layout):
+        return
     rec = _memo.validated(signature, getattr(d, "device", None),
                           lambda: _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims,
                                                         disable_ue8m0_cast, use_psum_layout, expected_m, b_t))
     run_op(op, d.device, ref_fn, a, b, d, grouped_layout, rec, compiled_dims, disable_ue8m0_cast,
-           use_psum_layout, **extra, empty=d.numel() == 0)
+           use_psum_layout, **extra, empty=d.numel() == 0, plan_key=signature)
 
 
 def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,

@@ -48,11 +48,14 @@ def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast
                and c.data_ptr() == d.data_ptr())
     signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, c),
                           (aliased, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t))
+    launch = _memo.plan(signature)
+    if launch is not None and launch(a[0], a[1], b[0], b[1], d, c):
+        return
     rec, k = _memo.validated(signature, getattr(d, "device", None),
                              lambda: _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                                                       a_t, b_t))
     run_op(op, d.device, ref_fn, a, b, d, c, rec, compiled_dims, disable_ue8m0_cast, empty=d.numel() == 0,
-           trivial=no_products(d, c) if k == 0 else None)
+           trivial=no_products(d, c) if k == 0 else None, plan_key=signature)
 
 
 def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> tuple[Recipe, int]:

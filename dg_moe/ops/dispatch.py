@@ -2,7 +2,9 @@
 runs the SM90 kernel registered for the op, ``meta`` tensors (shape propagation) do nothing.
 
 Kernels plug in with :func:`register_kernel`; a kernel takes exactly the validated arguments of
-its public op (the same call the reference receives) and writes into ``d``.
+its public op (the same call the reference receives) and writes into ``d``. A kernel may also give a
+planner, which turns such a call into a launch plan for every later call with the same signature
+(``dg_moe.ops._memo.plan``).
 """
 
 from __future__ import annotations
@@ -13,20 +15,32 @@ import torch
 
 from .. import device as _device
 from ..errors import KernelNotAvailableError
+from . import _memo
 
 KernelFn = Callable[..., None]
+PlannerFn = Callable[..., Callable[..., bool] | None]
 
 _KERNELS: dict[str, KernelFn] = {}
+_PLANNERS: dict[str, PlannerFn] = {}
 
 
-def register_kernel(op: str, kernel: KernelFn) -> None:
-    """Route CUDA calls of the public op named ``op`` (e.g. ``"fp8_gemm_nt"``) to ``kernel``."""
+def register_kernel(op: str, kernel: KernelFn, planner: PlannerFn | None = None) -> None:
+    """Route CUDA calls of the public op named ``op`` (e.g. ``"fp8_gemm_nt"``) to ``kernel``.
+
+    ``planner``, given the same arguments after the kernel ran, returns a launch plan for later calls
+    with the same signature, or None where there is none (e.g. scales that need converting per call).
+    """
     _KERNELS[op] = kernel
+    if planner is None:
+        _PLANNERS.pop(op, None)
+    else:
+        _PLANNERS[op] = planner
 
 
 def unregister_kernel(op: str) -> None:
     """Forget the kernel of ``op`` (CUDA calls raise KernelNotAvailableError again)."""
     _KERNELS.pop(op, None)
+    _PLANNERS.pop(op, None)
 
 
 def registered_kernel(op: str) -> KernelFn | None:
@@ -47,12 +61,13 @@ def no_products(d: torch.Tensor, c: torch.Tensor | None) -> Callable[[], None]:
 
 
 def run_op(op: str, device: torch.device, reference: KernelFn, *args, empty: bool = False,
-           trivial: Callable[[], None] | None = None, **kwargs) -> None:
+           trivial: Callable[[], None] | None = None, plan_key: tuple | None = None, **kwargs) -> None:
     """Run ``op`` on ``device``: the reference off CUDA, else the architecture check then the kernel.
 
     On CUDA, once the architecture is known to be supported: ``empty`` (nothing to write, e.g.
     M = 0) returns at once and ``trivial`` (e.g. :func:`no_products` when K = 0) runs instead of the
-    kernel, so kernels never see those degenerate shapes.
+    kernel, so kernels never see those degenerate shapes. ``plan_key``: the call's validated
+    signature, under which the kernel's planner (if any) files a launch plan once the kernel ran.
     """
     if device.type == "meta":
         return  # shapes only, nothing to write: the op's fake implementation
@@ -72,3 +87,8 @@ def run_op(op: str, device: torch.device, reference: KernelFn, *args, empty: boo
             "run on CPU tensors for the reference implementation"
         )
     kernel(*args, **kwargs)
+    if plan_key is not None:
+        planner = _PLANNERS.get(op)
+        launch = planner(*args, **kwargs) if planner is not None else None
+        if launch is not None:
+            _memo.remember_plan(plan_key, launch)

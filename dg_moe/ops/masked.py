@@ -63,11 +63,14 @@ def m_grouped_fp8_gemm_nt_masked(
     op = "m_grouped_fp8_gemm_nt_masked"
     signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, masked_m),
                           (expected_m, recipe, compiled_dims, disable_ue8m0_cast))
+    launch = _memo.plan(signature)
+    if launch is not None and launch(a[0], a[1], b[0], b[1], d, masked_m):
+        return
     rec = _memo.validated(signature, getattr(d, "device", None),
                           lambda: _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims,
                                                     disable_ue8m0_cast))
     run_op(op, d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m, expected_m, rec, compiled_dims,
-           disable_ue8m0_cast, empty=d.numel() == 0)
+           disable_ue8m0_cast, empty=d.numel() == 0, plan_key=signature)
 
 
 def m_grouped_fp8_gemm_nt_masked_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor,

@@ -101,6 +101,39 @@ def _launch(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | N
         entry(*args)
 
 
+# torch's raw current-device getter (torch.cuda.current_device() adds a lazy-init check, ~1 us);
+# private, so looked up once with the public call as the fallback.
+_current_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
+
+
+def _plan(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None, rows_hint: int):
+    """A launch plan for later calls with this call's signature (dg_moe.ops._memo.plan), or None where
+    the scales need converting (a copy per call). The plan launches the same entry with the same sizes
+    on the new pointers and the current stream; it declines (returns False) when the tensors' device is
+    not the current one or set_num_sms changed, and the op then takes the full path."""
+    converted_a, converted_b = kernel_operands(gemm_type, a, b)
+    if converted_a[1] is not a[1] or converted_b[1] is not b[1]:
+        return None
+    device = d.device
+    num_sms = _device.num_sms_for(device)
+    sms_setting = _device.num_sms_setting()
+    num_groups = 1 if gemm_type == GemmType.NORMAL else b[0].shape[0]
+    entry = _entry(gemm_type, rows_hint, b[0].shape[-2], b[0].shape[-1], num_groups, num_sms)
+    rows = a[0].shape[-2]
+    sfa_stride = get_tma_aligned_size(rows, 4)
+    index = device.index if device.index is not None else _current_device()
+    stream = _device.stream_handle
+
+    def launch(a_data, sfa, b_data, sfb, d, layout) -> bool:
+        if _current_device() != index or _device.num_sms_setting() != sms_setting:
+            return False
+        entry(a_data.data_ptr(), sfa.data_ptr(), b_data.data_ptr(), sfb.data_ptr(), d.data_ptr(),
+              None if layout is None else layout.data_ptr(), rows, num_groups, sfa_stride, num_sms, stream(device))
+        return True
+
+    return launch
+
+
 def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:
     """``fp8_gemm_nt`` on SM90: D[M, N] bf16 = A[M, K] @ B[N, K]^T, recipe (1, 128, 128), no ``c``."""
     _require("fp8_gemm_nt", c is None, "accumulation into c")
@@ -109,13 +142,17 @@ def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) ->
     _launch(GemmType.NORMAL, a, b, d, None, a[0].shape[0])
 
 
+def _contiguous_form(a, b, use_psum_layout: bool, expected_m: int | None) -> tuple[GemmType, int]:
+    """The layout type and the rows hint (the caller's, else the mean rows per group) of a contiguous call."""
+    gemm_type = GemmType.CONTIGUOUS_PSUM if use_psum_layout else GemmType.CONTIGUOUS
+    return gemm_type, expected_m or max(1, a[0].shape[0] // b[0].shape[0])
+
+
 def m_grouped_fp8_gemm_nt_contiguous_kernel(a, b, d, grouped_layout, recipe, compiled_dims,
                                             disable_ue8m0_cast, use_psum_layout,
                                             expected_m_for_psum_layout=None) -> None:
     """Contiguous (prefill) M-grouped GEMM on SM90; padding rows of d are not written."""
-    num_groups = b[0].shape[0]
-    rows_hint = expected_m_for_psum_layout or max(1, a[0].shape[0] // num_groups)
-    gemm_type = GemmType.CONTIGUOUS_PSUM if use_psum_layout else GemmType.CONTIGUOUS
+    gemm_type, rows_hint = _contiguous_form(a, b, use_psum_layout, expected_m_for_psum_layout)
     _launch(gemm_type, a, b, d, grouped_layout, rows_hint)
 
 
@@ -125,8 +162,22 @@ def m_grouped_fp8_gemm_nt_masked_kernel(a, b, d, masked_m, expected_m, recipe, c
     _launch(GemmType.MASKED, a, b, d, masked_m, expected_m)
 
 
+def _plan_dense(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast):
+    return _plan(GemmType.NORMAL, a, b, d, None, a[0].shape[0])
+
+
+def _plan_contiguous(a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast, use_psum_layout,
+                     expected_m_for_psum_layout=None):
+    gemm_type, rows_hint = _contiguous_form(a, b, use_psum_layout, expected_m_for_psum_layout)
+    return _plan(gemm_type, a, b, d, grouped_layout, rows_hint)
+
+
+def _plan_masked(a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast):
+    return _plan(GemmType.MASKED, a, b, d, masked_m, expected_m)
+
+
 def register() -> None:
-    """Route the CUDA calls of the three FP8 ops this kernel covers to it."""
-    register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel)
-    register_kernel("m_grouped_fp8_gemm_nt_contiguous", m_grouped_fp8_gemm_nt_contiguous_kernel)
-    register_kernel("m_grouped_fp8_gemm_nt_masked", m_grouped_fp8_gemm_nt_masked_kernel)
+    """Route the CUDA calls of the three FP8 ops this kernel covers to it, with their launch planners."""
+    register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel, _plan_dense)
+    register_kernel("m_grouped_fp8_gemm_nt_contiguous", m_grouped_fp8_gemm_nt_contiguous_kernel, _plan_contiguous)
+    register_kernel("m_grouped_fp8_gemm_nt_masked", m_grouped_fp8_gemm_nt_masked_kernel, _plan_masked)
