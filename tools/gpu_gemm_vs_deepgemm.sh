@@ -7,6 +7,7 @@
 #     bash tools/gpu_gemm_vs_deepgemm.sh [--skip-build] [dg-moe bench gemm options, e.g. --quick]
 #   --skip-build: keep the peer already built in this checkout (.peer/deepgemm/src/deep_gemm/_C*.so);
 #   without .peer/deepgemm/build.sh the benchmark runs without DeepGEMM and its columns say why.
+#   GPU_TESTS=1: also run `pytest -m gpu` (tests.log) beside the build and warm-up, finished before timing.
 set -uo pipefail
 skip_build=0
 if [[ ${1:-} == --skip-build ]]; then skip_build=1; shift; fi
@@ -22,6 +23,11 @@ source "$(dirname "$0")/gpu_session.sh"
 
 PEER=$PWD/.peer/deepgemm
 peer_flag=()
+if [[ ${GPU_TESTS:-0} == 1 ]]; then
+  timeout "$(left 330 200)" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --timeout 240 -rf tests \
+    >"$OUT/tests.log" 2>&1 &
+  gpu_tests=$!
+fi
 # dg_moe's kernels need only nvcc: they compile on the spare cores while the peer's one C++ unit builds.
 timeout "$(left 240 300)" python3 -m dg_moe.cli bench gemm --warmup --no-deepgemm "$@" >"$OUT/warmup_dg_moe.log" 2>&1 &
 dg_moe_compile=$!
@@ -47,6 +53,10 @@ grep -E '^(dg_moe:|DeepGEMM|warm-up)' "$OUT/warmup.log"
 grep -E '^\[warmup' "$OUT/warmup.log" | grep -v ', ok$'
 if ((STEP_RC == 4)); then peer_flag=(--no-deepgemm); fi  # a library crashed in a warm-up process
 
+if [[ -n ${gpu_tests:-} ]]; then
+  wait "$gpu_tests"
+  summary+=("tests      rc=$?  $(grep -E "passed|failed" "$OUT/tests.log" | tail -n 1)")
+fi
 step bench "$(left 300 10)" python3 -m dg_moe.cli bench gemm --json "$OUT/bench_gemm.json" "${peer_flag[@]}" "$@"
 if ((STEP_RC != 0 && STEP_RC != 124)) && ((${#peer_flag[@]} == 0)) && (($(left 300 10) > 90)); then
   tail -n 5 "$OUT/bench.log"

@@ -172,7 +172,7 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
     return min(candidates, key=rank)
 
 
-MASKED_SHORT_GROUP_ROWS = 64
+MASKED_SHORT_GROUP_ROWS = 32
 """Masked groups of at most this many expected rows run 64-row tiles (one math warpgroup).
 
 Decode streams weights: each SM's rate is bounded by the weight bytes it keeps in flight, and a 64-row
@@ -181,16 +181,58 @@ tile spends a stage's shared memory on weights rather than on A rows that do not
 stages) against the cost model's 128 x 128 (5 stages) 1229 vs 1421 us (gate_up) and 604 vs 737 us
 (down) at 2 rows per expert, 1929 vs 2120 and 924 vs 1094 at 4 rows, 68 vs 70 and 42 vs 45 at one
 token; 3.8-4.0 TB/s of weights against 3.3-3.5. The cost model prices memory time by waves and
-cannot see this.
+cannot see this. At 64 rows the 128-row tile wins again (tools/ab_variants.py, H100, 8 groups x 64
+rows: 97 vs 123 us at N, K = 4096, 7168; 57 vs 58 at 7168, 2048).
 """
+
+MASKED_TALL_TILE_ROWS = 1024
+"""Masked groups of more than MASKED_SHORT_GROUP_ROWS and fewer than this many expected rows run
+128-row tiles, 192 wide at K >= SHARED_B_MIN_K, else 128: 256-row tiles, one or so per SM, leave the
+tensor cores idle while a tile's two waves are promoted (H100, tools/ab_variants.py, 4 groups x 256
+rows at 4096 x 7168: 103 us on 256 x 128, 88 on 128 x 128, 79 on 128 x 192; at 7168 x 2048: 48, 45,
+48; 16 x 128: 224, 209, 205 and 126, 115, 115; 8 x 64: 111, 97, 109 and 69, 57, 60)."""
+
+WIDE_CONTIGUOUS_MIN_N = 192
+SHARED_B_MIN_K = 4096
+SHARED_B_MIN_ROWS = 512
+
+
+def _fixed(block_m: int, block_n: int, multicast: int, multicast_b: bool, rows: int, n: int, k: int, groups: int,
+           num_sms: int) -> GemmConfig:
+    stages = max_stages(block_m, block_n, k)
+    return GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages, k),
+                      predict_us(block_m, block_n, multicast, rows, n, k, groups, num_sms, multicast_b), multicast_b)
 
 
 def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
-    """The variant the cost model picks for one call shape of one layout."""
+    """The variant one call shape of one layout runs: the cost model's choice, overridden where a
+    measurement beside DeepGEMM showed it wrong (docs/perf-log.md, v13; H100, tools/ab_variants.py).
+
+    - contiguous (N >= 192): 128 x 192 tiles, whose 2-SFB promotion is compile-time since v13, beat
+      128 x 128 on all six bench cases (e.g. 8 x 4096 rows at 4096 x 7168: 2004 vs 2292 us); a 2-CTA
+      cluster sharing B added 9-14 % at K = 7168 with 4096+ rows per group, nothing at 256 rows, and
+      lost 2-7 % at K = 2048;
+    - dense, M >= 2048: 256 x 128 tiles share A across a 2-CTA cluster at K >= 4096 (7168 x 16384:
+      819 vs 869 us; 4096 x 7168: 187 vs 194), except where N ends in a narrow column block, which
+      then runs 128 x 192 tiles sharing B (4096 x 2112 x 7168: 100 vs 111 us).
+    """
     contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
-    short_masked = gemm_type == GemmType.MASKED and rows_hint <= MASKED_SHORT_GROUP_ROWS
-    max_block_m = 128 if contiguous else 64 if short_masked else 256
-    return choose_config(rows_hint, n, k, num_groups, num_sms, max_block_m=max_block_m)
+    rows = max(rows_hint, 1)
+    if contiguous and n >= WIDE_CONTIGUOUS_MIN_N:
+        shared_b = k >= SHARED_B_MIN_K and rows >= SHARED_B_MIN_ROWS and num_sms % 2 == 0
+        return _fixed(128, 192, 2 if shared_b else 1, shared_b, rows, n, k, num_groups, num_sms)
+    masked = gemm_type == GemmType.MASKED
+    if masked and MASKED_SHORT_GROUP_ROWS < rows < MASKED_TALL_TILE_ROWS:
+        wide = k >= SHARED_B_MIN_K and rows >= 128 and n >= WIDE_CONTIGUOUS_MIN_N
+        return _fixed(128, 192 if wide else 128, 1, False, rows, n, k, num_groups, num_sms)
+    max_block_m = 64 if masked and rows <= MASKED_SHORT_GROUP_ROWS else 128 if contiguous else 256
+    chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m)
+    if gemm_type == GemmType.NORMAL and rows >= 2048 and num_sms % 2 == 0:
+        if chosen.block_m == 256 and chosen.block_n == 128 and narrow_tail(n, 128, 1):
+            return _fixed(128, 192, 2, True, rows, n, k, num_groups, num_sms)
+        if chosen.block_m == 256 and chosen.multicast == 1 and k >= SHARED_B_MIN_K:
+            return _fixed(256, chosen.block_n, 2, False, rows, n, k, num_groups, num_sms)
+    return chosen
 
 
 def print_config_if_asked(name: str, shape: str, config: GemmConfig) -> None:
