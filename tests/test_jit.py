@@ -164,6 +164,19 @@ def test_nvcc_found_in_wheel_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert toolchain.find_nvcc() == fake
 
 
+def test_static_cudart_found_in_wheel_layout(tmp_path: Path) -> None:
+    # The wheels keep libcudart_static.a in lib/, where nvcc's profile (lib64/) does not look.
+    root = tmp_path / "nvidia" / "cu13"
+    (root / "bin").mkdir(parents=True)
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text("")
+    assert toolchain.find_cuda_lib(nvcc) is None
+    for sub in ("lib", "lib64"):
+        (root / sub).mkdir()
+        (root / sub / "libcudart_static.a").write_bytes(b"")
+        assert toolchain.find_cuda_lib(nvcc) == root / sub  # a toolkit's lib64 first
+
+
 def test_nvrtc_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
     with pytest.raises(NotImplementedError, match="host entries.*nvcc"):
