@@ -1,8 +1,9 @@
-"""Test-session setup that must precede every import of the package's Triton kernels, and the
-seeds of random test inputs."""
+"""Test-session setup that must precede every import of the package's Triton kernels, the one skip
+condition of the tests that compile with nvcc, and the seeds of random test inputs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
 
@@ -13,6 +14,33 @@ import torch
 # decorated, i.e. when its module is first imported, by whichever test gets there first: so here.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@functools.cache
+def _missing_toolchain() -> str | None:
+    """Why the JIT cannot compile on this machine, or None when it can; asked once per session."""
+    # Imported here: importing dg_moe imports its Triton kernels, which must come after the flag above.
+    from dg_moe.errors import ToolchainNotFoundError
+    from dg_moe.jit import get_toolchain
+
+    try:
+        get_toolchain()
+    except ToolchainNotFoundError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked ``nvcc`` where the JIT's toolchain is missing, naming what is missing.
+
+    Checked before the test's fixtures run (a compiling module fixture would error, not skip). The
+    test extra installs nvcc, so only an install without it skips.
+    """
+    if item.get_closest_marker("nvcc") is not None:
+        reason = _missing_toolchain()
+        if reason is not None:
+            pytest.skip(f"needs the JIT toolchain: {reason}")
 
 
 @pytest.fixture

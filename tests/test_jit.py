@@ -125,6 +125,7 @@ def _child_cmd(family: str, args: dict, root: Path | None) -> list[str]:
 # --- toolchain --------------------------------------------------------------------------------
 
 
+@pytest.mark.nvcc
 def test_toolchain_finds_nvcc_13_and_cutlass(cache_root: Path) -> None:
     tc = jit.get_toolchain()
     assert tc.nvcc_version.startswith("13."), tc
@@ -164,6 +165,19 @@ def test_nvcc_found_in_wheel_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert toolchain.find_nvcc() == fake
 
 
+def test_static_cudart_found_in_wheel_layout(tmp_path: Path) -> None:
+    # The wheels keep libcudart_static.a in lib/, where nvcc's profile (lib64/) does not look.
+    root = tmp_path / "nvidia" / "cu13"
+    (root / "bin").mkdir(parents=True)
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text("")
+    assert toolchain.find_cuda_lib(nvcc) is None
+    for sub in ("lib", "lib64"):
+        (root / sub).mkdir()
+        (root / sub / "libcudart_static.a").write_bytes(b"")
+        assert toolchain.find_cuda_lib(nvcc) == root / sub  # a toolkit's lib64 first
+
+
 def test_nvrtc_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
     with pytest.raises(NotImplementedError, match="host entries.*nvcc"):
@@ -201,6 +215,7 @@ def test_scale_key_covers_its_headers() -> None:
     assert {"common/abi.cuh", "common/tma.cuh", "common/mbarrier.cuh", "kernels/sm90_scale.cuh"} <= set(names)
 
 
+@pytest.mark.nvcc
 def test_key_changes_with_included_header_only(cache_root: Path, tmp_path: Path) -> None:
     root = _write_fake_root(tmp_path / "csrc")
     key = jit.cache_key(FAKE, {"VALUE": 1}, source_root=root)
@@ -212,6 +227,7 @@ def test_key_changes_with_included_header_only(cache_root: Path, tmp_path: Path)
     assert jit.cache_key(FAKE, {"VALUE": 1}, source_root=root) != key
 
 
+@pytest.mark.nvcc
 def test_unknown_family_and_compile_error(cache_root: Path, fake_root: Path) -> None:
     with pytest.raises(ValueError, match="no launch/no_such_family.cu"):
         jit.build("no_such_family", {})
@@ -224,6 +240,7 @@ def test_unknown_family_and_compile_error(cache_root: Path, fake_root: Path) -> 
 # --- compile, load, call ----------------------------------------------------------------------
 
 
+@pytest.mark.nvcc
 def test_scale_compiles_for_sm90a(scale_so: Path) -> None:
     entry = scale_so.parent
     assert scale_so.is_file() and scale_so.stat().st_size > 0
@@ -239,6 +256,7 @@ def test_scale_compiles_for_sm90a(scale_so: Path) -> None:
     assert hasattr(dll, "dg_moe_sm90_scale") and hasattr(dll, "dg_moe_error_string")
 
 
+@pytest.mark.nvcc
 def test_scale_entry_turns_status_into_cuda_error(scale_so: Path) -> None:
     before = jit.stats()
     lib = jit.build("sm90_scale", SCALE_ARGS)
@@ -255,6 +273,7 @@ def test_scale_entry_turns_status_into_cuda_error(scale_so: Path) -> None:
         assert err.value.code not in (0, 100002)
 
 
+@pytest.mark.nvcc
 def test_fake_library_entries(fake_lib: jit.KernelLibrary) -> None:
     get = fake_lib.function("fake_probe_get", (ctypes.POINTER(ctypes.c_int),))
     value = ctypes.c_int(0)
@@ -273,6 +292,7 @@ def test_fake_library_entries(fake_lib: jit.KernelLibrary) -> None:
 # --- cache behaviour --------------------------------------------------------------------------
 
 
+@pytest.mark.nvcc
 def test_second_build_in_process_is_a_dict_hit(fake_lib: jit.KernelLibrary, fake_root: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     def no_compile(*args: object, **kwargs: object) -> None:
@@ -292,6 +312,7 @@ def test_second_build_in_process_is_a_dict_hit(fake_lib: jit.KernelLibrary, fake
     print(f"warm build: {warm_us:.1f} us")
 
 
+@pytest.mark.nvcc
 def test_second_process_loads_without_compiling(fake_lib: jit.KernelLibrary, cache_root: Path,
                                                 fake_root: Path) -> None:
     done = subprocess.run(_child_cmd(FAKE, {"VALUE": 1}, fake_root), capture_output=True, text=True,
@@ -303,6 +324,7 @@ def test_second_process_loads_without_compiling(fake_lib: jit.KernelLibrary, cac
     print(f"cached kernel loaded in a fresh process in {result['ms']:.2f} ms")
 
 
+@pytest.mark.nvcc
 def test_concurrent_processes_compile_once(cache_root: Path, fake_root: Path, tmp_path: Path) -> None:
     fresh_cache = tmp_path / "cache"
     go = tmp_path / "go"
@@ -351,6 +373,7 @@ def _corrupt(entry: Path, how: str) -> None:
         _replace(meta, json.dumps(record).encode())
 
 
+@pytest.mark.nvcc
 @pytest.mark.parametrize("how", ["garbage", "truncated", "no_library", "no_meta", "bad_meta", "undloadable"])
 def test_corrupt_entry_is_detected_and_rebuilt(cache_root: Path, fake_root: Path, how: str) -> None:
     args = {"VALUE": 3}
@@ -370,6 +393,7 @@ def test_corrupt_entry_is_detected_and_rebuilt(cache_root: Path, fake_root: Path
     assert not [p for p in so.parent.parent.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
 
 
+@pytest.mark.nvcc
 def test_cache_size_and_dir(cache_root: Path, fake_lib: jit.KernelLibrary) -> None:
     assert jit.cache_dir() == cache_root
     assert jit.cache_size_bytes() >= fake_lib.path.stat().st_size > 0
@@ -422,6 +446,7 @@ def test_scale_rejects_bad_out_and_alpha() -> None:
         scale(x, True)
 
 
+@pytest.mark.nvcc
 def test_loadtime_script_reports(cache_root: Path, scale_so: Path) -> None:
     env = _child_env(cache_root)
     done = subprocess.run([sys.executable, "-m", "dg_moe.jit.loadtime", "--runs", "1"], capture_output=True,

@@ -67,6 +67,7 @@ def test_deepseek_v3_needs_few_variants():
     assert len({tuple(sorted(v.items())) for v in variants}) == len(variants)
 
 
+@pytest.mark.nvcc
 def test_warmup_command_compiles_into_the_cache_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
     argv = ["--shape", "256,128,8,2", "--batches", "1", "--num-sms", "132", "--jobs", "2"]

@@ -9,6 +9,8 @@ import pytest
 from dg_moe.jit import compile_many
 from dg_moe.kernels.sm90_fp8_gemm.variants import FAMILY, deepseek_v3_variants
 
+pytestmark = pytest.mark.nvcc
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):

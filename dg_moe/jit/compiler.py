@@ -42,12 +42,16 @@ def run_nvcc(
     output: Path,
     include_dirs: Sequence[Path],
     flags: Sequence[str],
+    library_dirs: Sequence[Path] = (),
 ) -> float:
     """Compile ``source`` into the shared library ``output``; return the seconds it took.
 
     Raises CompileError carrying the command and nvcc's output when nvcc fails.
     """
-    command = [str(nvcc), *flags, *(f"-I{d}" for d in include_dirs), str(source), "-o", str(output)]
+    command = [
+        str(nvcc), *flags, *(f"-I{d}" for d in include_dirs), *(f"-L{d}" for d in library_dirs),
+        str(source), "-o", str(output),
+    ]
     if env.jit_debug():
         print(f"[dg_moe.jit] compile: {shlex.join(command)}", file=sys.stderr)
     start = time.perf_counter()

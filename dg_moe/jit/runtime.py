@@ -95,7 +95,8 @@ def _compile(prep: _Prepared, root: Path, entry: Path) -> None:
         source = staging / cache.SOURCE_FILE
         source.write_text(prep.source)
         nvcc = prep.toolchain.nvcc
-        seconds = run_nvcc(nvcc, source, staging / cache.LIBRARY_FILE, prep.include_dirs, prep.flags)
+        library_dirs = [] if prep.toolchain.cuda_lib is None else [prep.toolchain.cuda_lib]
+        seconds = run_nvcc(nvcc, source, staging / cache.LIBRARY_FILE, prep.include_dirs, prep.flags, library_dirs)
         meta = {**prep.material, "key": prep.key, "nvcc": str(nvcc), "compile_seconds": seconds}
         meta["created"] = time.time()
         cache.write_meta(staging, meta)

@@ -26,8 +26,8 @@ from ..errors import ToolchainNotFoundError
 from . import env
 
 _NVCC_FIX = (
-    "install the CUDA toolkit (>= 12.3, for sm_90a) and set CUDA_HOME or put nvcc on PATH, "
-    "or `pip install nvidia-cuda-nvcc nvidia-cuda-runtime`, or point DG_MOE_NVCC at an nvcc binary"
+    "install the CUDA toolkit (12.8+) and set CUDA_HOME or put nvcc on PATH, or install dg_moe's `test` "
+    "extra, which brings nvcc and the CUDA headers as wheels, or point DG_MOE_NVCC at an nvcc binary"
 )
 _CUTLASS_FIX = "`pip install nvidia-cutlass` (its cutlass_library package carries the CUTLASS/CuTe headers)"
 _VERSION_RECORD_FORMAT = 1
@@ -41,6 +41,7 @@ class Toolchain:
     nvcc_version: str  # e.g. "13.0.88"
     nvcc_build: str  # nvcc's "Build ..." line, which names the exact compiler build
     cuda_include: Path  # holds cuda.h and cudaTypedefs.h
+    cuda_lib: Path | None  # holds libcudart_static.a, when nvcc's own profile may not look there
     cutlass_include: Path  # holds cute/ and cutlass/
     cutlass_version: str
 
@@ -172,6 +173,20 @@ def find_cuda_include(nvcc: Path, root: Path | None = None) -> Path:
     )
 
 
+def find_cuda_lib(nvcc: Path, root: Path | None = None) -> Path | None:
+    """Directory holding libcudart_static.a for this nvcc, or None (then nvcc's defaults apply).
+
+    nvcc's profile links from ``lib64``, which a toolkit install has; the nvidia-cuda-nvcc and
+    nvidia-cuda-runtime wheels put the library in ``lib``, where the link fails to find it unless told.
+    """
+    roots = [r for r in (root, nvcc.resolve().parent.parent) if r is not None]
+    for base in roots:
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+            if (base / sub / "libcudart_static.a").is_file():
+                return base / sub
+    return None
+
+
 def _dist_version(site_dir: Path, dist_name: str) -> str | None:
     prefix, suffix = f"{dist_name}-", ".dist-info"
     try:
@@ -222,6 +237,7 @@ def get_toolchain() -> Toolchain:
         nvcc_version=probe["version"],
         nvcc_build=probe["build"],
         cuda_include=find_cuda_include(nvcc, Path(probe["root"])),
+        cuda_lib=find_cuda_lib(nvcc, Path(probe["root"])),
         cutlass_include=cutlass_include,
         cutlass_version=cutlass_version,
     )
