@@ -1,23 +1,9 @@
 #!/usr/bin/env bash
-# Nsight Compute summary of every GEMM kernel one `dg-moe bench gemm` case runs (dg_moe's and DeepGEMM's):
-# duration, SM clock, SM / L2 / L1-shared / tensor-pipe throughput, shared-memory bank traffic and the warp
-# stall reasons above 0.05 warps per issue. GPU machine, after tools/gpu_session.sh set up the package.
+# Nsight Compute summary (tools/ncu_metrics.sh) of every GEMM kernel one `dg-moe bench gemm` case runs,
+# dg_moe's and DeepGEMM's. GPU machine, after tools/gpu_session.sh set up the package.
 #   usage: bash tools/ncu_case.sh "CASE LABEL" [CALL LABEL...]
 set -uo pipefail
-ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-stalls="barrier long_scoreboard wait math_pipe_throttle membar short_scoreboard sleeping dispatch_stall misc
-selected not_selected branch_resolving no_instruction imc_miss lg_throttle mio_throttle tex_throttle drain"
-metrics="gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed"
-metrics+=",lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_sectors_srcunit_tex_op_read.sum"
-metrics+=",sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed"
-metrics+=",sm__cycles_elapsed.avg.per_second,l1tex__throughput.avg.pct_of_peak_sustained_elapsed"
-metrics+=",l1tex__data_bank_reads.avg.pct_of_peak_sustained_elapsed"
-metrics+=",l1tex__data_bank_writes.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed"
-metrics+=",smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active"
-for s in $stalls; do metrics+=",smsp__average_warps_issue_stalled_${s}_per_issue_active.ratio"; done
+# shellcheck source=tools/ncu_metrics.sh
+source "$(dirname "$0")/ncu_metrics.sh"
 "$ncu" --profile-from-start off --clock-control none -k 'regex:fp8_gemm_kernel|sm90_fp8_gemm_1d2d' \
-    --metrics "$metrics" python3 tools/ncu_case.py "$@" 2>&1 |
-  grep -E "fp8_gemm_kernel|sm90_fp8_gemm_1d2d|^\s+(sm__|lts__|gpu__|smsp__|l1tex__|dram__)" |
-  sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' |
-  awk '/fp8_gemm_kernel|sm90_fp8_gemm_1d2d/ {print "== " substr($0, 1, 150); next}
-       $NF + 0 > 0.05 || $1 ~ /^(sm__|lts__|gpu__|l1tex__|dram__|smsp__inst)/ {print $1, $NF}'
+    --metrics "$metrics" python3 tools/ncu_case.py "$@" 2>&1 | summarize
