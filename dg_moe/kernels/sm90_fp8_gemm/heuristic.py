@@ -50,7 +50,7 @@ _WAVE_OVERHEAD_S = 0.4e-6
 # against 128 x 64 at M = 128, N = 24576, K = 1536; H200: 131 vs 121 us against 128 x 128 at
 # 4096 x 2112 x 7168, which 0.89 predicted the other way round).
 _WIDE_TILE_SPEED = 0.84
-MAX_STAGES = 8
+MAX_STAGES = 16
 
 BLOCK_MS = (64, 128, 256)
 BLOCK_NS = (16, 32, 64, 128, 192)
