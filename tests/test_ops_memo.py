@@ -90,6 +90,12 @@ def test_run_op_files_the_planners_launch_under_the_signature(monkeypatch):
         dispatch.register_kernel("test_op", lambda *args, **kwargs: None)
         dispatch.run_op("test_op", torch.device("cuda"), None, 1, plan_key=("other",))
         assert _memo.plan(("other",)) is None
+        # A planner with no plan for a signature is asked once; the kept plan then declines.
+        asked = []
+        dispatch.register_kernel("test_op", lambda *args, **kwargs: None, lambda *a, **k: asked.append(a))
+        for _ in range(3):
+            dispatch.run_op("test_op", torch.device("cuda"), None, 1, plan_key=("none",))
+        assert len(asked) == 1 and _memo.plan(("none",))(1) is False
     finally:
         dispatch.unregister_kernel("test_op")
 

@@ -59,8 +59,14 @@ def plan(signature: tuple | None) -> Callable[..., bool] | None:
     return _plans.get(signature) if signature is not None else None
 
 
-def remember_plan(signature: tuple, launch: Callable[..., bool]) -> None:
-    """Keep ``launch`` as the plan of calls with ``signature`` (validated ones: call after the kernel ran)."""
+def _declines(*tensors: object) -> bool:
+    return False
+
+
+def remember_plan(signature: tuple, launch: Callable[..., bool] | None) -> None:
+    """Keep ``launch`` as the plan of calls with ``signature`` (validated ones: call after the kernel ran).
+    None (no plan for such calls) is kept too, as a plan that always declines, so the planner is asked
+    once per signature rather than on every call."""
     if len(_plans) >= _MAX_ENTRIES:
         _plans.clear()
-    _plans[signature] = launch
+    _plans[signature] = launch if launch is not None else _declines
