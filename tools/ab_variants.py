@@ -29,6 +29,7 @@ import torch
 
 from dg_moe import device as dg_device
 from dg_moe.bench.gemm_cases import FORMS, family_cases, parse_families
+from dg_moe.bench.gemm_plan import gemm_calls
 from dg_moe.bench.gemm_problems import build_problem
 from dg_moe.bench.peer_deepgemm import load_deep_gemm
 from dg_moe.bench.timing import describe_error, gpu_times_us
@@ -70,18 +71,13 @@ def _compile(job: tuple[dict, str | None]) -> str:
         return f"{job[0]} from {job[1] or 'this tree'}: {describe_error(err)}"
 
 
-_TYPES = {"dense": GemmType.NORMAL, "contiguous": GemmType.CONTIGUOUS_PSUM, "masked": GemmType.MASKED}
-
-
 def plan(cases, tiles, bases, sms):
-    """Every (case, layout type, [(name, config, source root)]), from the cases' shapes alone (no GPU)."""
+    """Every (case, layout type, [(name, config, source root)]), from the cases' shapes alone (no GPU):
+    the first dg_moe call of each case (the psum form for contiguous), as bench gemm's plan gives it."""
     out = []
     for case in cases:
-        hint = {"dense": lambda c: c.m, "contiguous": lambda c: c.rows_per_group,
-                "masked": lambda c: c.expected_m}[case.family](case)
-        gemm_type = _TYPES[case.family]
-        runs = [(name, config, None)
-                for name, config in variants(gemm_type, hint, case.n, case.k, getattr(case, "groups", 1), tiles, sms)]
+        gemm_type, hint, groups = gemm_calls(case)[0]
+        runs = [(name, config, None) for name, config in variants(gemm_type, hint, case.n, case.k, groups, tiles, sms)]
         runs += [(f"heuristic@{Path(b).name}", runs[0][1], b) for b in bases]
         out.append((case, gemm_type, runs))
     return out
