@@ -7,6 +7,7 @@ import pytest
 
 from dg_moe.kernels.sm90_fp8_gemm.constants import SMEM_BYTES_PER_BLOCK, GemmType
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import (
+    DENSE_SHORT_ROWS,
     MASKED_SHORT_GROUP_ROWS,
     MAX_STAGES,
     choose_config,
@@ -60,6 +61,15 @@ def test_decode_masked_groups_take_64_row_tiles(n, k):
     assert config_for(GemmType.MASKED, 1024, n, k, 8, 132).block_m > 64
     assert config_for(GemmType.CONTIGUOUS_PSUM, 128, n, k, 8, 132).block_m == \
         choose_config(128, n, k, 8, 132, max_block_m=128).block_m
+
+
+@pytest.mark.parametrize("n,k", DEEPSEEK_V3_NK)
+def test_short_dense_calls_take_64_row_tiles(n, k):
+    # Measured (docs/perf-log.md v13b): 64-row tiles 10-29 % faster than 128-row ones at M = 64.
+    for rows in (1, 16, DENSE_SHORT_ROWS):
+        assert config_for(GemmType.NORMAL, rows, n, k, 1, 132).block_m == 64
+    assert config_for(GemmType.NORMAL, DENSE_SHORT_ROWS + 1, n, k, 1, 132) == \
+        choose_config(DENSE_SHORT_ROWS + 1, n, k, 1, 132)
 
 
 def test_choice_is_deterministic_and_takes_tall_tiles_at_large_m():

@@ -192,6 +192,12 @@ tensor cores idle while a tile's two waves are promoted (H100, tools/ab_variants
 rows at 4096 x 7168: 103 us on 256 x 128, 88 on 128 x 128, 79 on 128 x 192; at 7168 x 2048: 48, 45,
 48; 16 x 128: 224, 209, 205 and 126, 115, 115; 8 x 64: 111, 97, 109 and 69, 57, 60)."""
 
+DENSE_SHORT_ROWS = 64
+"""Dense calls of at most this many rows run 64-row tiles, as short masked groups do: at M <= 64 the
+cost model's 128-row tiles leave half of each stage to A rows past M (H100, tools/ab_variants.py, M = 64:
+4096 x 7168 23.0 -> 16.3 us on 64 x 32 at 16 stages, 7168 x 16384 66.2 -> 50.9 on 64 x 64, 24576 x 1536
+21.3 -> 19.2, 7168 x 2048 10.4 -> 8.9; docs/perf-log.md v13b)."""
+
 WIDE_CONTIGUOUS_MIN_N = 192
 SHARED_B_MIN_K = 4096
 SHARED_B_MIN_ROWS = 512
@@ -225,7 +231,8 @@ def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: 
     if masked and MASKED_SHORT_GROUP_ROWS < rows < MASKED_TALL_TILE_ROWS:
         wide = k >= SHARED_B_MIN_K and rows >= 128 and n >= WIDE_CONTIGUOUS_MIN_N
         return _fixed(128, 192 if wide else 128, 1, False, rows, n, k, num_groups, num_sms)
-    max_block_m = 64 if masked and rows <= MASKED_SHORT_GROUP_ROWS else 128 if contiguous else 256
+    short = (masked and rows <= MASKED_SHORT_GROUP_ROWS) or (gemm_type == GemmType.NORMAL and rows <= DENSE_SHORT_ROWS)
+    max_block_m = 64 if short else 128 if contiguous else 256
     chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m)
     if gemm_type == GemmType.NORMAL and rows >= 2048 and num_sms % 2 == 0:
         if chosen.block_m == 256 and chosen.block_n == 128 and narrow_tail(n, 128, 1):
