@@ -454,3 +454,24 @@ def test_loadtime_script_reports(cache_root: Path, scale_so: Path) -> None:
     assert "loaded in a fresh process in" in done.stdout and "compiles in children: 0" in done.stdout
     print(done.stdout.strip())
 
+
+
+def test_compile_each_turns_a_rejected_variant_into_an_outcome(monkeypatch):
+    """In a worker: a compile error becomes the variant's outcome (the others go on); the counters tell
+    a compile from a cache hit."""
+    from dg_moe.jit import parallel
+
+    def compile_only(family, args):
+        if args["BAD"]:
+            raise CompileError("nvcc: error: static assertion failed")
+        runtime._stats["compiles"] += args["NEW"]
+        return Path(f"/cache/{family}/kernel.so")
+
+    monkeypatch.setattr(parallel, "compile_only", compile_only)
+    monkeypatch.setattr(runtime, "_stats", dict(runtime._stats))
+    failed = parallel._compile_counted("f", 0, {"BAD": True, "NEW": 0})
+    assert (failed.index, failed.path, failed.compiled, failed.error) == (0, None, False,
+                                                                          "nvcc: error: static assertion failed")
+    assert parallel._compile_counted("f", 1, {"BAD": False, "NEW": 1}).compiled
+    cached = parallel._compile_counted("f", 2, {"BAD": False, "NEW": 0})
+    assert (cached.index, cached.path, cached.compiled, cached.error) == (2, Path("/cache/f/kernel.so"), False, None)

@@ -2,12 +2,13 @@
 
 from .env import print_configs_enabled
 from .library import KernelLibrary
-from .parallel import compile_many
+from .parallel import CompileOutcome, compile_each, compile_many
 from .runtime import build, cache_dir, cache_key, cache_size_bytes, compile_only, reset, stats
 from .source import TemplateArg
 from .toolchain import Toolchain, get_toolchain, toolchain_info
 
 __all__ = [
+    "CompileOutcome",
     "KernelLibrary",
     "TemplateArg",
     "Toolchain",
@@ -15,6 +16,7 @@ __all__ = [
     "cache_dir",
     "cache_key",
     "cache_size_bytes",
+    "compile_each",
     "compile_many",
     "compile_only",
     "get_toolchain",
