@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DgMoeError
+from .cli_args import require_gpu
+from .errors import DgMoeError, UsageError
 from .layout import per_token_cast_to_fp8
 from .moe import SharedExpert, fused_moe, quantize_expert_weights, reference_moe, select_mode
 from .reference.metrics import calc_diff
@@ -104,6 +105,23 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names: auto (see :func:`pick_device`), cpu, cuda or cuda:N. Raises UsageError
+    for any other name, DeviceNotAvailableError or UnsupportedArchitectureError for a GPU that is missing or not
+    SM90 (the kernels' only architecture)."""
+    if name == "auto":
+        return pick_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists every device type it knows, most of which dg_moe cannot use
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r} is not a device dg-moe demo runs on; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        require_gpu("use --device cpu (the reference implementation) or --device auto", index=device.index)
+    return device
+
+
 def _describe(shape: DemoShape) -> str:
     return (f"{shape.tokens} tokens, hidden {shape.hidden}, intermediate {shape.intermediate}, "
             f"{shape.experts} routed experts, top-{shape.top_k}, 1 shared expert (intermediate "
@@ -112,7 +130,7 @@ def _describe(shape: DemoShape) -> str:
 
 def main(device_name: str = "auto") -> int:
     """Entry of `dg-moe demo`; prints the device, accuracy and time, returns a process exit code."""
-    device = pick_device() if device_name == "auto" else torch.device(device_name)
+    device = resolve_device(device_name)
     shape = GPU_SHAPE if device.type == "cuda" else CPU_SHAPE
     print("dg-moe demo: fused MoE layer (dg_moe.fused_moe), DeepSeek-V3 expert shapes, FP8 (1,128,128) weights")
     try:

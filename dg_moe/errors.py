@@ -28,3 +28,11 @@ class CudaError(DgMoeError):
         super().__init__(f"{where} failed with CUDA error {code}: {text}")
         self.code = code
         self.text = text
+
+
+class UsageError(DgMoeError, ValueError):
+    """A command-line argument is invalid (an unknown model, a malformed token list); the message names the fix."""
+
+
+class DeviceNotAvailableError(DgMoeError):
+    """A command needs a device this machine lacks (e.g. a CUDA GPU under a CPU build of torch)."""

@@ -11,7 +11,6 @@ per call. ``--warmup`` compiles every kernel first (dg_moe.bench.gemm_warmup).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..cli_args import CommandParser, positive_int, require_gpu
 from .gemm_cases import EAGER_CASE, FAMILIES, FORMS, PEERS, Case, call_labels, family_cases, parse_families
 from .gemm_plan import bench_variants, estimate_seconds
 from .gemm_problems import Problem, build_problem
@@ -147,9 +147,9 @@ def dry_run(families: Sequence[str], quick: bool, status: DeepGemmStatus) -> int
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry of `dg-moe bench gemm`."""
-    parser = argparse.ArgumentParser(prog="dg-moe bench gemm", description=__doc__.splitlines()[0])
+def build_parser() -> CommandParser:
+    """The options of `dg-moe bench gemm`; building it touches no GPU, so --help works anywhere."""
+    parser = CommandParser(prog="dg-moe bench gemm", description=__doc__.splitlines()[0])
     parser.add_argument("--family", default=",".join(FAMILIES),
                         help=f"comma list of {', '.join(FAMILIES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="only the cases with (N, K) = (4096, 7168)")
@@ -161,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--dry-run", action="store_true", help="list the cases and the plan; no GPU needed")
     mode.add_argument("--warmup", action="store_true",
                       help="compile every kernel the cases run, both libraries, in parallel processes; no timing")
-    parser.add_argument("--jobs", type=int, help="--warmup's parallel processes (default: one per CPU)")
+    parser.add_argument("--jobs", type=positive_int, help="--warmup's parallel processes (default: one per CPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of `dg-moe bench gemm`."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         families = parse_families(args.family)
@@ -173,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         return dry_run(families, args.quick, status)
     if args.warmup:
         return warm(cases, status, args.jobs)
-    if not torch.cuda.is_available():
-        print("dg-moe bench gemm: needs a CUDA GPU (SM90); none is visible (--dry-run lists the cases)")
-        return 2
+    require_gpu("run it on an H100/H200 with a CUDA build of torch (--dry-run lists the cases without one)")
     json_path = args.json or (os.path.join(args.out, JSON_NAME) if args.out else None)
     return bench(families, args.quick, status, json_path)

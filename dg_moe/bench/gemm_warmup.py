@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from ..jit import compile_many
+from ..jit import compile_many, get_toolchain
 from ..kernels.sm90_fp8_gemm import FAMILY
 from ..moe.warmup import H100_SXM_SMS
 from .gemm_cases import Case
@@ -88,6 +88,7 @@ def warm_deepgemm(cases: list[Case], jobs: int) -> int:
 
 def warm(cases: list[Case], status: DeepGemmStatus, jobs: int | None) -> int:
     """Compile dg_moe's variants, then (on a GPU, with DeepGEMM importable) run every case once."""
+    get_toolchain()  # without nvcc: stop with the install hint before announcing the compiles
     jobs = jobs or os.cpu_count() or 1
     cases = _unique(cases)
     sms = num_sms()

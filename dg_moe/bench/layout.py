@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .. import layout
+from ..cli_args import CommandParser, require_gpu
 from ..layout import BACKEND_ENV
 from .timing import gpu_times_us
 
@@ -69,11 +70,15 @@ def _cases(tokens: int) -> list[tuple[str, Callable[[], object], int]]:
     ]
 
 
+def build_parser() -> CommandParser:
+    """`dg-moe bench layout` takes no options; its parser gives --help and rejects strays, with no GPU."""
+    return CommandParser(prog="dg-moe bench layout", description=__doc__.splitlines()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one row per op and batch: microseconds and GB/s of both implementations."""
-    if not torch.cuda.is_available():
-        print("dg-moe bench layout: needs a CUDA GPU; none is visible")
-        return 2
+    build_parser().parse_args(argv)
+    require_gpu("run it on a machine with a CUDA GPU and a CUDA build of torch", sm90=False)
     print(f"GPU: {torch.cuda.get_device_name()}; DeepSeek-V3 sizes (H {H}, I {INTER}, E {EXPERTS}, top-{TOP_K})")
     print(f"{'op':<32} {'triton us':>10} {'torch us':>10} {'triton GB/s':>11} {'speedup':>8}")
     for tokens in (128, 4096):

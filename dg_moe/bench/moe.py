@@ -11,7 +11,6 @@ datasheet HBM bandwidth (the decode goal of docs/performance.md: time <= 1.2x th
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,14 +18,16 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..cli_args import CommandParser, require_gpu
 from ..layout import per_block_cast_to_fp8
 from ..moe import AUTO_MASKED_MAX_TOKENS, fused_moe
 from ..moe.shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
 from ..reference import calc_diff, dequantize
 from .timing import eager_us, gpu_times_us
 
-# Mixtral's 8 experts of 14336 are a prefill shape: the default list is docs/performance.md's model table without it.
-SHAPES = {name: MODEL_SHAPES[name] for name in ("deepseek-v3", "qwen3-235b-a22b", "qwen3-30b-a3b")}
+# Mixtral's 8 experts of 14336 are a prefill shape: the default list is docs/performance.md's model table without
+# it; --models takes any name of MODEL_SHAPES, the list `dg-moe warmup` offers too.
+DEFAULT_MODELS = ("deepseek-v3", "qwen3-235b-a22b", "qwen3-30b-a3b")
 BATCHES = (1, 8, 32, 128, 512, 4096)
 # Datasheet HBM bandwidth (bytes/s) by a substring of the device name; an unknown GPU gets no floor.
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H800": 3.35e12, "H20": 4.0e12}
@@ -150,17 +151,22 @@ def format_row(r: Row) -> str:
             f"{num(r.time_over_floor, '7.2f'):>7} {num(r.speedup, '7.2f'):>7} {r.similarity_to_bf16:8.1e}")
 
 
+def build_parser() -> CommandParser:
+    """The options of `dg-moe bench moe`; building it touches no GPU, so --help works anywhere."""
+    parser = CommandParser(prog="dg-moe bench moe", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma list of {', '.join(MODEL_SHAPES)} (default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--batches", type=token_counts, default=list(BATCHES),
+                        help=f"comma list of token counts (default: {','.join(map(str, BATCHES))})")
+    parser.add_argument("--json", help="write the rows to this file")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the MoE benchmark; prints a table, writes JSON with ``--json``."""
-    parser = argparse.ArgumentParser(prog="dg-moe bench moe", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
-    parser.add_argument("--batches", type=token_counts, default=list(BATCHES), help="comma list of token counts")
-    parser.add_argument("--json", help="write the rows to this file")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("dg-moe bench moe: needs a CUDA GPU (SM90); none is visible")
-        return 2
-    shapes = shapes_named(parser, args.models, SHAPES)
+    args = build_parser().parse_args(argv)
+    shapes = shapes_named(args.models)
+    require_gpu("run it on an H100/H200 with a CUDA build of torch")
     name = torch.cuda.get_device_name()
     hbm = hbm_bandwidth(name)
     print(f"GPU: {name}; floor at {hbm / 1e12 if hbm else float('nan'):.2f} TB/s (datasheet HBM); "

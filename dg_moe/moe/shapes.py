@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class MoEShape:
@@ -20,6 +22,7 @@ class MoEShape:
     shared_intermediate: int | None = None
 
 
+# The one model list: `dg-moe warmup` and `dg-moe bench moe` both offer exactly these names.
 MODEL_SHAPES = {
     "deepseek-v3": MoEShape("deepseek-v3", 7168, 2048, 256, 8, shared_intermediate=2048),
     "qwen3-235b-a22b": MoEShape("qwen3-235b-a22b", 4096, 1536, 128, 8),
@@ -35,13 +38,34 @@ def token_counts(text: str) -> list[int]:
     except ValueError:
         counts = []
     if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive token counts separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected positive token counts separated by commas (e.g. 1,8,128), got {text!r}"
+        )
     return counts
 
 
-def shapes_named(parser: argparse.ArgumentParser, names: str, table: Mapping[str, MoEShape]) -> list[MoEShape]:
-    """The shapes of a comma list of model names; an unknown name is a usage error that lists the choices."""
-    unknown = [n for n in names.split(",") if n not in table]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(table)}")
-    return [table[n] for n in names.split(",")]
+def shape_arg(text: str) -> MoEShape:
+    """argparse type: a custom layer "H,I,E,K[,Is]" (hidden, intermediate, experts, top-k, shared intermediate)."""
+    try:
+        dims = [int(v) for v in text.split(",")]
+    except ValueError:
+        dims = []
+    ok = len(dims) in (4, 5) and min(dims) >= 1 and dims[3] <= dims[2]
+    # The FP8 scales cover 128 channels each: the layer takes H, I and Is only in whole blocks.
+    if not ok or any(d % 128 for d in (dims[0], dims[1], *dims[4:])):
+        raise argparse.ArgumentTypeError(
+            f"expected H,I,E,K[,Is] as positive integers with H, I and Is multiples of 128 and K <= E "
+            f"(e.g. 7168,2048,256,8,2048), got {text!r}"
+        )
+    return MoEShape("custom", *dims[:4], shared_intermediate=dims[4] if len(dims) == 5 else None)
+
+
+def shapes_named(names: str, table: Mapping[str, MoEShape] = MODEL_SHAPES) -> list[MoEShape]:
+    """The shapes of a comma list of model names, in any case; an unknown name raises UsageError listing the
+    choices."""
+    wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in table]
+    if unknown or not wanted:
+        raise UsageError(f"unknown model(s) {', '.join(unknown) or repr(names)}; "
+                         f"choose from {', '.join(table)} (comma-separated)")
+    return [table[n] for n in dict.fromkeys(wanted)]

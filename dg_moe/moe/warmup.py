@@ -6,22 +6,29 @@ the rows-per-expert hint the layer passes (``ceil(T*k / E)``, for the masked pat
 would request for the two expert GEMMs (and the shared expert's two dense GEMMs), removes
 duplicates, and compiles them in parallel into the JIT cache; serving processes then only load
 them. The layout ops' Triton kernels compile on the GPU at first use and are not covered here.
+
+It needs nvcc (the JIT's toolchain), not a GPU: without one it plans for an H100 SXM's 132 SMs unless
+``--num-sms`` says otherwise. Progress goes to stderr, one line per variant done; the summary to stdout
+(``--json``: a JSON object). Exit status 1 when nvcc rejected a variant.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..jit import compile_many
+from ..cli_args import CommandParser, positive_int
+from ..jit import CompileOutcome, compile_each, get_toolchain
 from ..kernels.sm90_fp8_gemm import FAMILY, GemmType
 from ..kernels.sm90_fp8_gemm.variants import VariantSet
 from .hints import expected_rows_per_expert, masked_rows_hint
-from .shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
+from .shapes import MODEL_SHAPES, MoEShape, shape_arg, shapes_named, token_counts
 
 DEFAULT_BATCHES = tuple(2**i for i in range(14))  # 1 .. 8192 tokens
 H100_SXM_SMS = 132
@@ -47,41 +54,105 @@ def layer_variants(shape: MoEShape, batches: Iterable[int], num_sms: int) -> lis
     return found.variants()
 
 
+@dataclass
+class WarmupSummary:
+    """What `dg-moe warmup --json` prints: the counts, the wall time and each failure's first line."""
+
+    models: list[str]
+    num_sms: int
+    variants: int
+    compiled: int = 0
+    cached: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+def _note(text: str) -> None:
+    print(f"dg-moe warmup: {text}", file=sys.stderr, flush=True)
+
+
 def _num_sms(requested: int | None) -> int:
     if requested is not None:
         return requested
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    _note(f"no GPU visible: planning for {H100_SXM_SMS} SMs (H100 SXM); pass --num-sms for another GPU")
     return H100_SXM_SMS
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Compile the variants of the named models (or of one custom shape) and report the time."""
-    parser = argparse.ArgumentParser(prog="dg-moe warmup", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="deepseek-v3", help=f"comma list of {', '.join(MODEL_SHAPES)}")
-    parser.add_argument("--shape", metavar="H,I,E,K[,Is]",
-                        help="a custom layer instead: hidden, intermediate, experts, top-k, shared intermediate")
+def unique_variants(shapes: Iterable[MoEShape], batches: Iterable[int], num_sms: int) -> list[dict[str, int]]:
+    """Every variant the shapes' layers ask for at these batch sizes, each once, in first-requested order."""
+    batches = list(batches)
+    variants = [v for shape in shapes for v in layer_variants(shape, batches, num_sms)]
+    return list({tuple(sorted(v.items())): v for v in variants}.values())
+
+
+def describe_variant(variant: Mapping[str, object]) -> str:
+    """A short label for progress lines, e.g. "MGroupedMasked N=4096 K=7168 64x128, 8 stages"."""
+    kind = str(variant["GEMM_TYPE"]).rsplit("::", 1)[-1]
+    return (f"{kind} N={variant['SHAPE_N']} K={variant['SHAPE_K']} {variant['BLOCK_M']}x{variant['BLOCK_N']}, "
+            f"{variant['NUM_STAGES']} stages")
+
+
+def _record(summary: WarmupSummary, outcome: CompileOutcome, label: str) -> str:
+    if outcome.error is not None:
+        summary.failed += 1
+        first_line = outcome.error.strip().splitlines()[0] if outcome.error.strip() else "nvcc failed"
+        summary.failures.append({"variant": label, "error": outcome.error})
+        return f"FAILED ({first_line})"
+    if outcome.compiled:
+        summary.compiled += 1
+        return "compiled"
+    summary.cached += 1
+    return "cached"
+
+
+def compile_with_progress(summary: WarmupSummary, variants: Sequence[Mapping[str, int]], jobs: int) -> None:
+    """Compile ``variants`` in ``jobs`` processes, a stderr line per variant done; fills in ``summary``."""
+    start = time.perf_counter()
+    for done, outcome in enumerate(compile_each(FAMILY, variants, jobs), 1):
+        label = describe_variant(variants[outcome.index])
+        result = _record(summary, outcome, label)
+        _note(f"[{done}/{len(variants)}] {label}: {result} in {outcome.seconds:.1f} s "
+              f"({time.perf_counter() - start:.0f} s elapsed)")
+    summary.seconds = round(time.perf_counter() - start, 3)
+
+
+def build_parser() -> CommandParser:
+    """The options of `dg-moe warmup`; building it touches neither CUDA nor nvcc."""
+    parser = CommandParser(prog="dg-moe warmup", description=__doc__.splitlines()[0])
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--models", default="deepseek-v3",
+                      help=f"comma list of {', '.join(MODEL_SHAPES)} (default: deepseek-v3)")
+    what.add_argument("--shape", type=shape_arg, metavar="H,I,E,K[,Is]",
+                      help="a custom layer instead: hidden, intermediate, experts, top-k, shared intermediate")
     parser.add_argument("--batches", type=token_counts, default=list(DEFAULT_BATCHES),
                         help="token counts to cover (default 1,2,4,...,8192)")
-    parser.add_argument("--num-sms", type=int, help="SM count of the serving GPU (default: this GPU's, else 132)")
-    parser.add_argument("--jobs", type=int, help="parallel nvcc processes (default: one per CPU)")
-    args = parser.parse_args(argv)
-    if args.shape:
-        try:
-            dims = [int(v) for v in args.shape.split(",")]
-            shape = MoEShape("custom", *dims[:4], shared_intermediate=dims[4] if len(dims) > 4 else None)
-        except (ValueError, TypeError):
-            parser.error(f"--shape takes H,I,E,K[,Is] as integers, got {args.shape!r}")
-        shapes = [shape]
-    else:
-        shapes = shapes_named(parser, args.models, MODEL_SHAPES)
+    parser.add_argument("--num-sms", type=positive_int,
+                        help=f"SM count of the serving GPU (default: this GPU's, else {H100_SXM_SMS})")
+    parser.add_argument("--jobs", type=positive_int, help="parallel nvcc processes (default: one per CPU)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON on stdout (variants, compiled, cached, failed, seconds)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Compile the variants of the named models (or of one custom shape); 0, or 1 when a compile failed."""
+    args = build_parser().parse_args(argv)
+    shapes = [args.shape] if args.shape else shapes_named(args.models)
+    get_toolchain()  # without nvcc: stop before planning, with the install hint
     num_sms = _num_sms(args.num_sms)
-    variants = [v for shape in shapes for v in layer_variants(shape, args.batches, num_sms)]
-    unique = list({tuple(sorted(v.items())): v for v in variants}.values())
+    variants = unique_variants(shapes, args.batches, num_sms)
     jobs = args.jobs or os.cpu_count() or 1
-    print(f"dg-moe warmup: {len(unique)} kernel variants for {', '.join(s.name for s in shapes)} "
-          f"({num_sms} SMs, batches {min(args.batches)}..{max(args.batches)}), {jobs} parallel compiles", flush=True)
-    start = time.perf_counter()
-    compile_many(FAMILY, unique, jobs)
-    print(f"dg-moe warmup: {len(unique)} variants cached in {time.perf_counter() - start:.1f} s")
-    return 0
+    summary = WarmupSummary([s.name for s in shapes], num_sms, len(variants))
+    _note(f"{len(variants)} kernel variants for {', '.join(summary.models)} ({num_sms} SMs, batches "
+          f"{min(args.batches)}..{max(args.batches)}), {min(jobs, max(len(variants), 1))} parallel compiles")
+    compile_with_progress(summary, variants, jobs)
+    if args.json:
+        print(json.dumps(asdict(summary)))
+    else:
+        print(f"dg-moe warmup: {summary.variants - summary.failed} of {summary.variants} variants cached in "
+              f"{summary.seconds:.1f} s ({summary.compiled} compiled, {summary.cached} already cached, "
+              f"{summary.failed} failed)")
+    return 1 if summary.failed else 0
