@@ -94,6 +94,21 @@ def inner_contiguous(fn: str, name: str, t: torch.Tensor) -> None:
         )
 
 
+def output_rows(fn: str, name: str, t: torch.Tensor) -> None:
+    """Output ``t`` has a contiguous last dim (rows may be strided, e.g. a row slice of a larger buffer)
+    and no two of its elements share memory: an expanded (stride 0) or self-overlapping view would have
+    rows overwrite each other, leaving a result that depends on the write order."""
+    inner_contiguous(fn, name, t)
+    reach = 0  # the largest offset reached by the dims of smaller stride; a larger stride must pass it
+    for stride, size in sorted((t.stride(i), t.shape[i]) for i in range(t.dim()) if t.shape[i] > 1):
+        if stride <= reach:
+            raise ValueError(
+                f"{fn}: {name} has strides {t.stride()} for shape {tuple(t.shape)}, so some of its elements "
+                "share memory; pass an output whose rows do not overlap (e.g. a new torch.empty of its shape)"
+            )
+        reach += (size - 1) * stride
+
+
 def unit_stride(fn: str, name: str, t: torch.Tensor) -> None:
     """One of the last two dims of operand ``t`` has stride 1 (K-major or MN-major)."""
     inner_ok = t.shape[-1] <= 1 or t.stride(-1) == 1

@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import settings
 
 # Without a GPU, Triton kernels run in Triton's interpreter. The flag is read when a kernel is
 # decorated, i.e. when its module is first imported, by whichever test gets there first: so here.
@@ -61,6 +62,15 @@ def poisoned_empty(monkeypatch: pytest.MonkeyPatch) -> int:
 
     monkeypatch.setattr(torch, "empty", empty)
     return poison
+
+
+# Property tests (tests/test_fuzz_ops.py). "ci", the default: few examples, derandomised (each test draws
+# the same examples on every run, so a CI failure replays locally), no example database written into
+# the checkout. "fuzz" (HYPOTHESIS_PROFILE=fuzz) searches longer with fresh randomness; a failure
+# prints the seed and the @reproduce_failure blob. No deadline: the first call of an op is slower.
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=1000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 SEED = pytest.StashKey[int]()

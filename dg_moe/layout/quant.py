@@ -23,6 +23,15 @@ def _check_2d_float(x: torch.Tensor, fn: str) -> None:
         raise TypeError(f"{fn}: x must be bf16, fp16 or fp32, got {x.dtype}")
 
 
+def _check_gran_k(gran_k: object, fn: str) -> None:
+    # gran_k divides and aligns K below: 0 or a negative value would fail there with a bare
+    # ZeroDivisionError or a shape error that does not name it.
+    if not isinstance(gran_k, int) or isinstance(gran_k, bool):
+        raise TypeError(f"{fn}: gran_k must be a positive int (128 for SM90's recipes), got {gran_k!r}")
+    if gran_k <= 0:
+        raise ValueError(f"{fn}: gran_k must be > 0 (128 for SM90's recipes), got {gran_k}")
+
+
 def _scale_from_amax(amax: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
     sf = amax.clamp(min=_AMAX_FLOOR) / FP8_E4M3_MAX
     return ceil_to_ue8m0(sf) if use_ue8m0 else sf
@@ -37,6 +46,7 @@ def per_token_cast_to_fp8(
     or with ``use_packed_ue8m0`` sf as int32 [M, ceil(ceil(K/gran_k)/4)] (four UE8M0 bytes per int).
     """
     _check_2d_float(x, "per_token_cast_to_fp8")
+    _check_gran_k(gran_k, "per_token_cast_to_fp8")
     if use_packed_ue8m0 and not use_ue8m0:
         raise ValueError("per_token_cast_to_fp8: use_packed_ue8m0=True needs use_ue8m0=True")
     x_fp8, sf = per_token_cast_to_fp8_unchecked(x, use_ue8m0, gran_k)
@@ -71,6 +81,7 @@ def per_block_cast_to_fp8(
     x: [N, K] -> (e4m3 [N, K] contiguous, sf float32 [ceil(N/gran_k), ceil(K/gran_k)] row-major).
     """
     _check_2d_float(x, "per_block_cast_to_fp8")
+    _check_gran_k(gran_k, "per_block_cast_to_fp8")
     n, k = x.shape
     padded = x.new_zeros((align(n, gran_k), align(k, gran_k)))
     padded[:n, :k] = x
@@ -89,6 +100,7 @@ def per_channel_cast_to_fp8(
     Used for the weight-gradient GEMMs, whose operands are MN-major (K is the leading dim).
     """
     _check_2d_float(x, "per_channel_cast_to_fp8")
+    _check_gran_k(gran_k, "per_channel_cast_to_fp8")
     k, n = x.shape
     if k % gran_k != 0:
         raise ValueError(

@@ -33,7 +33,7 @@ def key(op: str, tensors: Callable[[], tuple], scalars: tuple) -> tuple | None:
         parts = [None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in tensors()]
         signature = (op, scalars, *parts)
         hash(signature)
-    except (AttributeError, IndexError, TypeError):
+    except (AttributeError, LookupError, TypeError):  # LookupError: also a dict given as an operand pair
         return None
     return signature
 

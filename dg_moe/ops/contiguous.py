@@ -82,7 +82,7 @@ def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, di
     chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
     if b_t:
-        chk.inner_contiguous(op, "d", d)
+        chk.output_rows(op, "d", d)
         chk.unit_stride(op, "a[0]", a_data)
         chk.unit_stride(op, "b[0]", b_data)
     else:
@@ -108,7 +108,7 @@ def _bf16_contiguous(op, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psu
     g, n, k_b = _b_dims(op, b, b_t)
     gemm.same_k(op, k, k_b, f"a is [M_sum, K], b is {lay_b}")
     chk.shape(op, "d", d, (m, n), f"a [M_sum, K] with M_sum={m} and b {lay_b} with N={n}")
-    chk.inner_contiguous(op, "d", d)
+    chk.output_rows(op, "d", d)
     chk.unit_stride(op, "a", a)
     chk.unit_stride(op, "b", b)
     gemm.compiled_dims(op, compiled_dims)

@@ -69,7 +69,7 @@ def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, 
     chk.k_aligned(op, "K", k, allow_zero=True, pad="a and b along K")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
     if a_t or b_t:
-        chk.inner_contiguous(op, "d", d)
+        chk.output_rows(op, "d", d)
         chk.unit_stride(op, "a[0]", a_data)
         chk.unit_stride(op, "b[0]", b_data)
     else:
@@ -95,7 +95,7 @@ def _bf16_dense(op, ref_fn, a, b, d, c, compiled_dims, a_t, b_t) -> None:
     (m, k), (n, k_b) = _mn_k(a, a_t), _mn_k(b, b_t)
     gemm.same_k(op, k, k_b, f"a is {lay_a}, b is {lay_b}")
     chk.shape(op, "d", d, (m, n), f"a {lay_a} with M={m} and b {lay_b} with N={n}")
-    chk.inner_contiguous(op, "d", d)
+    chk.output_rows(op, "d", d)
     chk.unit_stride(op, "a", a)
     chk.unit_stride(op, "b", b)
     c = gemm.accumulator(op, c, d)

@@ -34,12 +34,21 @@ def fp8_pair(op: str, name: str, x: object, ndim: int, layout: str) -> tuple[tor
 
 def kernel_rows(op: str, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> None:
     """a[0], b[0] and d are contiguous: the SM90 kernel's TMA maps address rows back to back (row
-    stride K for A and B, N for D). Checked on every device, so that code written on CPU meets it."""
+    stride K for A and B, N for D). Checked on every device, so that code written on CPU meets it; on
+    CUDA also N a multiple of 8 (16-byte rows of D), a rule the CPU reference does not need."""
     why = "the SM90 kernel's TMA reads rows of K elements back to back"
     chk.contiguous(op, "a[0]", a, why, "pass a[0].contiguous()")
     chk.contiguous(op, "b[0]", b, why, "pass b[0].contiguous()")
     chk.contiguous(op, "d", d, "the SM90 kernel's TMA writes rows of N elements back to back",
                    "pass d.contiguous() (a new buffer: copy the result into the original afterwards)")
+    n = d.shape[-1]
+    if d.device.type == "cuda" and n % 8 != 0:
+        # The kernel's 16-byte row stores and the TMA's 16-byte row stride; nvcc would reject the
+        # variant (a static_assert) only after compiling it. The CPU reference takes any N.
+        raise ValueError(
+            f"{op}: N = {n} is not a multiple of 8, which the SM90 kernel needs on CUDA (it writes d in "
+            f"16-byte rows of 8 bfloat16); pad b and d along N to {align(n, 8)}"
+        )
 
 
 def dtype_is(op: str, name: str, t: torch.Tensor, dtypes: Sequence[torch.dtype], why: str) -> None:
@@ -113,7 +122,8 @@ def accumulator(op: str, c: object, d: torch.Tensor) -> torch.Tensor | None:
     chk.shape(op, "c", c, tuple(d.shape), "d")
     chk.same_device(op, "d", d, {"c": c})
     chk.inner_contiguous(op, "c", c)
-    if c.device.type != "meta" and c.data_ptr() == d.data_ptr() and c.stride() != d.stride():
+    # Empty tensors share no memory, though their data pointers may compare equal (both null).
+    if c.device.type != "meta" and c.numel() > 0 and c.data_ptr() == d.data_ptr() and c.stride() != d.stride():
         raise ValueError(
             f"{op}: c aliases d but has strides {c.stride()} instead of d's {d.stride()}; pass d itself as c"
         )

@@ -58,7 +58,7 @@ def _common(op, a, b, d, ks_cpu, grouped_layout, c, compiled_dims, use_psum_layo
             f"b is [sum_K, N] = {tuple(b.shape)}"
         )
     ks = _ks(op, ks_cpu, g, sum_k_a, sum_k_b)
-    chk.inner_contiguous(op, "d", d)
+    chk.output_rows(op, "d", d)
     chk.unit_stride(op, "a" if a.dtype != chk.FP8 else "a[0]", a)
     chk.unit_stride(op, "b" if b.dtype != chk.FP8 else "b[0]", b)
     c = gemm.accumulator(op, c, d)
