@@ -541,7 +541,8 @@ def layout_tile(draw, call):
     # A tile of one row (the last, partial one) cannot be broken: pick one of two rows or more.
     tile = draw(st.integers(0, (gl.shape[0] - 2) // 128))
     rows = gl[tile * 128:(tile + 1) * 128]
-    if bool((rows >= 0).any()) and g > 1 and draw(st.booleans()):
+    # Two groups need two group rows: relabelling a tile's only group row leaves it one group's.
+    if int((rows >= 0).sum()) > 1 and g > 1 and draw(st.booleans()):
         group = int(rows[rows >= 0][0])
         rows[draw(st.integers(0, int((rows >= 0).sum()) - 1))] = (group + 1) % g
     else:
