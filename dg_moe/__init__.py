@@ -1,5 +1,6 @@
 """FP8 GEMM kernels for Hopper MoE serving, with DeepGEMM's API: ``import dg_moe as deep_gemm`` works."""
 
+from .custom_ops import register as _register_custom_ops
 from .device import get_num_sms, get_tc_util, set_num_sms, set_tc_util
 from .errors import (
     CompileError,
@@ -45,6 +46,7 @@ from .ops import (
 
 __version__ = "0.1.0"
 _register_kernels()
+_register_custom_ops()
 
 __all__ = [
     "CompileError",

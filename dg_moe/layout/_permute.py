@@ -55,6 +55,13 @@ def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSo
     return TokenSource(x, None, use_ue8m0)
 
 
+def split_token_rows(hidden: TokenRows) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``hidden`` as (rows, scales or None): the flat form the registered torch ops take (``dg_moe.custom_ops``)."""
+    if isinstance(hidden, (tuple, list)):
+        return hidden[0], hidden[1]
+    return hidden, None
+
+
 def unchecked_source(hidden: TokenRows) -> TokenSource:
     """``hidden`` as a :class:`TokenSource` without checks (``use_ue8m0`` off), for callers that
     validated it as :func:`token_source` would."""

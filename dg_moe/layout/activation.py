@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from . import _kernels
@@ -70,6 +71,15 @@ def silu_and_mul_to_fp8_contiguous(
     Returns (e4m3 [M_cap, I] contiguous, float32 [M_cap, I/128] with strides
     ``(1, align(M_cap, 4))``).
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.silu_and_mul_to_fp8_contiguous(x, grouped_layout, use_psum_layout, use_ue8m0,
+                                                                zero_padding)
+    return silu_contiguous(x, grouped_layout, use_psum_layout, use_ue8m0, zero_padding)
+
+
+def silu_contiguous(x: object, grouped_layout: object, use_psum_layout: object, use_ue8m0: object,
+                    zero_padding: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`silu_and_mul_to_fp8_contiguous` itself, checks included, without the torch.compile branch."""
     fn = "silu_and_mul_to_fp8_contiguous"
     chk.flag(fn, "use_psum_layout", use_psum_layout)
     chk.flag(fn, "use_ue8m0", use_ue8m0)
@@ -121,6 +131,14 @@ def silu_and_mul_to_fp8_masked(
     Returns (e4m3 [E, max_m, I] contiguous, float32 [E, max_m, I/128] with strides
     ``(I/128 * A, 1, A)``, ``A = align(max_m, 4)``).
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.silu_and_mul_to_fp8_masked(x, masked_m, use_ue8m0, zero_padding)
+    return silu_masked(x, masked_m, use_ue8m0, zero_padding)
+
+
+def silu_masked(x: object, masked_m: object, use_ue8m0: object, zero_padding: object
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`silu_and_mul_to_fp8_masked` itself, checks included, without the torch.compile branch."""
     fn = "silu_and_mul_to_fp8_masked"
     chk.flag(fn, "use_ue8m0", use_ue8m0)
     chk.flag(fn, "zero_padding", zero_padding)

@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
-from ._permute import TokenRows
+from ._permute import TokenRows, split_token_rows
 from .math import ceil_div
 from .routing_contiguous import ContiguousLayout, route_contiguous
 from .scale_factors import TMA_ALIGNMENT_BYTES, get_tma_aligned_size
@@ -51,6 +52,10 @@ def deepep_normal_to_contiguous(
     ``num_recv_tokens_per_expert_list`` is not needed. The ``inverse`` map of the result goes to
     :func:`deepep_normal_reduce`.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        rows, scales = split_token_rows(recv_x)
+        return ContiguousLayout(*torch.ops.dg_moe.deepep_normal_to_contiguous(rows, scales, recv_topk_idx,
+                                                                               num_local_experts, use_ue8m0))
     return route_contiguous("deepep_normal_to_contiguous", recv_x, recv_topk_idx, num_local_experts, use_ue8m0,
                             names=("recv_x", "recv_topk_idx", "num_local_experts"))
 
@@ -64,6 +69,8 @@ def deepep_normal_reduce(y: torch.Tensor, inverse: torch.Tensor, recv_topk_weigh
     slot order with FP32 accumulation, of its weight times its expert's row over the local slots
     (slots of other ranks are summed by the combine).
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.deepep_normal_reduce(y, inverse, recv_topk_weights)
     return reduce_contiguous("deepep_normal_reduce", y, inverse, recv_topk_weights, "recv_topk_weights")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from . import _kernels
@@ -24,6 +25,7 @@ from ._permute import (
     expert_ranks,
     rows_of_buffer,
     scatter_token_rows,
+    split_token_rows,
     token_source,
     topk_ids_of,
     unchecked_source,
@@ -102,6 +104,10 @@ def route_to_contiguous(
     have empty segments. ``grouped_layout``, ``grouped_layout_psum``, ``inverse`` and the rows that
     hold an entry are the same whatever ``zero_padding``.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        rows, scales = split_token_rows(hidden)
+        return ContiguousLayout(*torch.ops.dg_moe.route_to_contiguous(rows, scales, topk_ids, num_experts, use_ue8m0,
+                                                                       zero_padding))
     return route_contiguous("route_to_contiguous", hidden, topk_ids, num_experts, use_ue8m0,
                             zero_padding=zero_padding)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from . import _kernels
@@ -25,6 +26,7 @@ from ._permute import (
     expert_ranks,
     rows_of_buffer,
     scatter_token_rows,
+    split_token_rows,
     token_source,
     topk_ids_of,
     unchecked_source,
@@ -75,6 +77,16 @@ def route_to_masked(
     Returns a :class:`MaskedLayout`; ``masked_m``, ``inverse``, ``overflow`` and the rows below
     ``masked_m`` are the same whatever ``zero_padding``.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        rows, scales = split_token_rows(hidden)
+        return MaskedLayout(*torch.ops.dg_moe.route_to_masked(rows, scales, topk_ids, num_experts, max_m, use_ue8m0,
+                                                               zero_padding))
+    return route_masked(hidden, topk_ids, num_experts, max_m, use_ue8m0, zero_padding)
+
+
+def route_masked(hidden: object, topk_ids: object, num_experts: object, max_m: object, use_ue8m0: object,
+                 zero_padding: object) -> MaskedLayout:
+    """:func:`route_to_masked` itself, checks included, without the torch.compile branch."""
     fn = "route_to_masked"
     chk.positive_int(fn, "num_experts", num_experts)
     chk.positive_int(fn, "max_m", max_m)

@@ -9,6 +9,7 @@ bitwise reproducible; a token with no valid slot gets zeros.
 from __future__ import annotations
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from . import _kernels
@@ -53,6 +54,8 @@ def unpermute_reduce_contiguous(y: torch.Tensor, inverse: torch.Tensor, topk_wei
     inverse: int32 [T, k] from :func:`route_to_contiguous` (row of y, or -1).
     topk_weights: bf16/fp16/fp32 [T, k]. Returns bfloat16 [T, H] contiguous.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.unpermute_reduce_contiguous(y, inverse, topk_weights)
     return reduce_contiguous("unpermute_reduce_contiguous", y, inverse, topk_weights, "topk_weights")
 
 
@@ -72,6 +75,13 @@ def unpermute_reduce_masked(y: torch.Tensor, inverse: torch.Tensor, topk_weights
         local or dropped on overflow).
     topk_weights: bf16/fp16/fp32 [T, k]. Returns bfloat16 [T, H] contiguous.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.unpermute_reduce_masked(y, inverse, topk_weights)
+    return reduce_masked(y, inverse, topk_weights)
+
+
+def reduce_masked(y: object, inverse: object, topk_weights: object) -> torch.Tensor:
+    """:func:`unpermute_reduce_masked` itself, checks included, without the torch.compile branch."""
     fn = "unpermute_reduce_masked"
     y = chk.tensor(fn, "y", y, chk.FLOAT_DTYPES, 3, "[E, max_m, H]")
     num_experts, max_m, _ = y.shape

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal, overload
 
 import torch
+from torch.compiler import is_compiling
 
 from ..layout.quant import per_token_cast_to_fp8_unchecked
 from . import layer_checks
@@ -110,6 +111,26 @@ def fused_moe(
     Returns bfloat16 [T, H] (and the overflow counts). Neither path reads a device value on the
     host. Output buffers are allocated per call.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        shared = (None,) * 4 if shared_expert is None else tuple(shared_expert)
+        out, overflow = torch.ops.dg_moe.fused_moe(hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode,
+                                                   max_m, routed_scaling_factor, *shared)
+        return (out, overflow) if return_overflow else out
+    out, overflow = fused_moe_layer(hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
+                                    routed_scaling_factor, shared_expert)
+    if not return_overflow:
+        return out
+    if overflow is None:
+        overflow = torch.zeros(w13.shape[0], dtype=torch.int32, device=hidden.device)
+    return out, overflow
+
+
+def fused_moe_layer(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+                    w2_scale: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, mode: Mode,
+                    max_m: int | None, routed_scaling_factor: float, shared_expert: SharedExpert | None,
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`fused_moe` itself, checks included, without the torch.compile branch: the output and the
+    masked path's overflow counts (None on the contiguous path)."""
     fn = "fused_moe"
     dims = layer_checks.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                               routed_scaling_factor, shared_expert)
@@ -128,8 +149,4 @@ def fused_moe(
         out = routed_experts_contiguous(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights)
     if shared_expert is not None:
         out.add_(shared_expert_forward(tokens, shared_expert))
-    if not return_overflow:
-        return out
-    if overflow is None:
-        overflow = torch.zeros(dims.num_experts, dtype=torch.int32, device=hidden.device)
     return out, overflow

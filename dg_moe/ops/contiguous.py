@@ -19,6 +19,7 @@ take operands with stride 1 along either of their last two dims and a d with a c
 from __future__ import annotations
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from .. import reference as ref
@@ -128,6 +129,10 @@ def m_grouped_fp8_gemm_nt_contiguous(
     ``expected_m_for_psum_layout`` (psum layout only) is a per-group row-count hint for the kernel
     heuristic. See the module docstring for scales and ``grouped_layout``.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.m_grouped_fp8_gemm_nt_contiguous(*a, *b, d, grouped_layout, recipe, compiled_dims,
+                                                                disable_ue8m0_cast, use_psum_layout,
+                                                                expected_m_for_psum_layout)
     op = "m_grouped_fp8_gemm_nt_contiguous"
     _fp8_contiguous(op, ref.m_grouped_fp8_gemm_nt_contiguous, a, b, d, grouped_layout, recipe, compiled_dims,
                     disable_ue8m0_cast, use_psum_layout, expected_m_for_psum_layout, False,
@@ -152,6 +157,9 @@ def m_grouped_fp8_gemm_nn_contiguous(
 ) -> None:
     """Row r of group g: ``d[r] = a[r] @ b[g]``; b given (e4m3 ``[G, K, N]``, sfb
     ``[G, K/128, ceil(N/128)]``); otherwise as :func:`m_grouped_fp8_gemm_nt_contiguous`."""
+    if is_compiling():
+        return torch.ops.dg_moe.m_grouped_fp8_gemm_nn_contiguous(*a, *b, d, grouped_layout, recipe, compiled_dims,
+                                                                disable_ue8m0_cast, use_psum_layout)
     op = "m_grouped_fp8_gemm_nn_contiguous"
     _fp8_contiguous(op, ref.m_grouped_fp8_gemm_nn_contiguous, a, b, d, grouped_layout, recipe, compiled_dims,
                     disable_ue8m0_cast, use_psum_layout, None, True)
@@ -163,6 +171,9 @@ def m_grouped_bf16_gemm_nt_contiguous(
 ) -> None:
     """BF16 ``d[r] = a[r] @ b[g].T``; a bf16 ``[M_sum, K]``, b bf16 ``[G, N, K]``, d bf16 ``[M_sum, N]``;
     ``grouped_layout`` as for :func:`m_grouped_fp8_gemm_nt_contiguous`."""
+    if is_compiling():
+        return torch.ops.dg_moe.m_grouped_bf16_gemm_nt_contiguous(a, b, d, grouped_layout, compiled_dims,
+                                                                 use_psum_layout, expected_m_for_psum_layout)
     op = "m_grouped_bf16_gemm_nt_contiguous"
     _bf16_contiguous(op, ref.m_grouped_bf16_gemm_nt_contiguous, a, b, d, grouped_layout, compiled_dims,
                      use_psum_layout, expected_m_for_psum_layout, False,
@@ -175,6 +186,9 @@ def m_grouped_bf16_gemm_nn_contiguous(
 ) -> None:
     """BF16 ``d[r] = a[r] @ b[g]``; b bf16 ``[G, K, N]``; otherwise as
     :func:`m_grouped_bf16_gemm_nt_contiguous`."""
+    if is_compiling():
+        return torch.ops.dg_moe.m_grouped_bf16_gemm_nn_contiguous(a, b, d, grouped_layout, compiled_dims,
+                                                                 use_psum_layout)
     op = "m_grouped_bf16_gemm_nn_contiguous"
     _bf16_contiguous(op, ref.m_grouped_bf16_gemm_nn_contiguous, a, b, d, grouped_layout, compiled_dims,
                      use_psum_layout, None, True)

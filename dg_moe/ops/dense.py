@@ -23,6 +23,7 @@ contiguous last dim, e.g. a row slice of a larger buffer.
 from __future__ import annotations
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from .. import reference as ref
@@ -112,6 +113,8 @@ def fp8_gemm_nt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor |
 
     See the module docstring for the recipes and scale-factor shapes.
     """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.fp8_gemm_nt(*a, *b, d, c, recipe, compiled_dims, disable_ue8m0_cast)
     _fp8_dense("fp8_gemm_nt", ref.fp8_gemm_nt, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                False, False)
 
@@ -127,6 +130,8 @@ def fp8_gemm_nn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor |
                 disable_ue8m0_cast: bool = False) -> None:
     """``d = c + a @ b``; a (e4m3 ``[M, K]``, sfa ``[M, K/128]``), b (e4m3 ``[K, N]``,
     sfb ``[K/128, ceil(N/128)]`` or ``[K/128, N]``), d ``[M, N]``."""
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.fp8_gemm_nn(*a, *b, d, c, recipe, compiled_dims, disable_ue8m0_cast)
     _fp8_dense("fp8_gemm_nn", ref.fp8_gemm_nn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                False, True)
 
@@ -136,6 +141,8 @@ def fp8_gemm_tn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor |
                 disable_ue8m0_cast: bool = False) -> None:
     """``d = c + a.T @ b``; a (e4m3 ``[K, M]``, sfa ``[K/128, M]``), b (e4m3 ``[K, N]``,
     sfb ``[K/128, ceil(N/128)]`` or ``[K/128, N]``), d ``[M, N]``."""
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.fp8_gemm_tn(*a, *b, d, c, recipe, compiled_dims, disable_ue8m0_cast)
     _fp8_dense("fp8_gemm_tn", ref.fp8_gemm_tn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                True, True)
 
@@ -145,6 +152,8 @@ def fp8_gemm_tt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor |
                 disable_ue8m0_cast: bool = False) -> None:
     """``d = c + a.T @ b.T``; a (e4m3 ``[K, M]``, sfa ``[K/128, M]``), b (e4m3 ``[N, K]``, sfb as
     in nt), d ``[M, N]``."""
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.fp8_gemm_tt(*a, *b, d, c, recipe, compiled_dims, disable_ue8m0_cast)
     _fp8_dense("fp8_gemm_tt", ref.fp8_gemm_tt, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                True, False)
 
@@ -153,22 +162,30 @@ def bf16_gemm_nt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Ten
                  compiled_dims: str = "nk") -> None:
     """``d = c + a @ b.T``; a bfloat16 ``[M, K]``, b bfloat16 ``[N, K]``, d (and c) bfloat16 or
     float32 ``[M, N]``; d may alias c."""
+    if is_compiling():
+        return torch.ops.dg_moe.bf16_gemm_nt(a, b, d, c, compiled_dims)
     _bf16_dense("bf16_gemm_nt", ref.bf16_gemm_nt, a, b, d, c, compiled_dims, False, False)
 
 
 def bf16_gemm_nn(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
                  compiled_dims: str = "nk") -> None:
     """``d = c + a @ b``; a bfloat16 ``[M, K]``, b bfloat16 ``[K, N]``, d bfloat16/float32 ``[M, N]``."""
+    if is_compiling():
+        return torch.ops.dg_moe.bf16_gemm_nn(a, b, d, c, compiled_dims)
     _bf16_dense("bf16_gemm_nn", ref.bf16_gemm_nn, a, b, d, c, compiled_dims, False, True)
 
 
 def bf16_gemm_tn(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
                  compiled_dims: str = "mn") -> None:
     """``d = c + a.T @ b``; a bfloat16 ``[K, M]``, b bfloat16 ``[K, N]``, d bfloat16/float32 ``[M, N]``."""
+    if is_compiling():
+        return torch.ops.dg_moe.bf16_gemm_tn(a, b, d, c, compiled_dims)
     _bf16_dense("bf16_gemm_tn", ref.bf16_gemm_tn, a, b, d, c, compiled_dims, True, True)
 
 
 def bf16_gemm_tt(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None = None,
                  compiled_dims: str = "mn") -> None:
     """``d = c + a.T @ b.T``; a bfloat16 ``[K, M]``, b bfloat16 ``[N, K]``, d bfloat16/float32 ``[M, N]``."""
+    if is_compiling():
+        return torch.ops.dg_moe.bf16_gemm_tt(a, b, d, c, compiled_dims)
     _bf16_dense("bf16_gemm_tt", ref.bf16_gemm_tt, a, b, d, c, compiled_dims, True, False)

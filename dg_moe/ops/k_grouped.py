@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from .. import reference as ref
@@ -75,6 +76,15 @@ def k_grouped_fp8_gemm_tn_contiguous(
     use_psum_layout: bool = False,
 ) -> None:
     """FP8 ``d[g] = c[g] + a_g.T @ b_g`` with per-channel 1x128 scales on both; see the module docstring."""
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.k_grouped_fp8_gemm_tn_contiguous(*a, *b, d, ks_cpu, grouped_layout, c, recipe,
+                                                                compiled_dims, use_psum_layout)
+    _fp8_k_grouped(a, b, d, ks_cpu, grouped_layout, c, recipe, compiled_dims, use_psum_layout)
+
+
+def _fp8_k_grouped(a: FP8Operand, b: FP8Operand, d: torch.Tensor, ks_cpu: Sequence[int],
+                   grouped_layout: torch.Tensor, c: torch.Tensor | None, recipe: Recipe, compiled_dims: str,
+                   use_psum_layout: bool) -> None:
     op = "k_grouped_fp8_gemm_tn_contiguous"
     a_data, sfa = gemm.fp8_pair(op, "a", a, 2, "[sum_K, M]")
     b_data, sfb = gemm.fp8_pair(op, "b", b, 2, "[sum_K, N]")
@@ -96,6 +106,15 @@ def k_grouped_bf16_gemm_tn_contiguous(
 ) -> None:
     """BF16 ``d[g] = c[g] + a_g.T @ b_g``; a bf16 ``[sum_K, M]``, b bf16 ``[sum_K, N]``, d/c float32
     ``[G, M, N]``; ks_cpu and grouped_layout as for :func:`k_grouped_fp8_gemm_tn_contiguous`."""
+    if is_compiling():
+        return torch.ops.dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, d, ks_cpu, grouped_layout, c, compiled_dims,
+                                                                 use_psum_layout)
+    _bf16_k_grouped(a, b, d, ks_cpu, grouped_layout, c, compiled_dims, use_psum_layout)
+
+
+def _bf16_k_grouped(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, ks_cpu: Sequence[int],
+                    grouped_layout: torch.Tensor, c: torch.Tensor | None, compiled_dims: str,
+                    use_psum_layout: bool) -> None:
     op = "k_grouped_bf16_gemm_tn_contiguous"
     hint = "cast it with .to(torch.bfloat16) (or call the fp8 op for FP8 inputs)"
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, "[sum_K, M]", hint)

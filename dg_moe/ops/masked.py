@@ -17,6 +17,7 @@ CUDA graph.
 from __future__ import annotations
 
 import torch
+from torch.compiler import is_compiling
 
 from .. import checks as chk
 from .. import reference as ref
@@ -60,6 +61,14 @@ def m_grouped_fp8_gemm_nt_masked(
 ) -> None:
     """``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; a[0], b[0] and d contiguous (the SM90
     kernel's TMA reads and writes dense rows), on every device; shapes in the module docstring."""
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        return torch.ops.dg_moe.m_grouped_fp8_gemm_nt_masked(*a, *b, d, masked_m, expected_m, recipe, compiled_dims,
+                                                            disable_ue8m0_cast)
+    _fp8_masked(a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast)
+
+
+def _fp8_masked(a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
+                recipe: Recipe | None, compiled_dims: str, disable_ue8m0_cast: bool) -> None:
     op = "m_grouped_fp8_gemm_nt_masked"
     signature = _memo.key(op, lambda: (a[0], a[1], b[0], b[1], d, masked_m),
                           (expected_m, recipe, compiled_dims, disable_ue8m0_cast))
@@ -102,6 +111,13 @@ def m_grouped_bf16_gemm_nt_masked(
 ) -> None:
     """BF16 ``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; a bf16 ``[G, max_m, K]``,
     b bf16 ``[G, N, K]``, d bf16 ``[G, max_m, N]``, masked_m int32 ``[G]``."""
+    if is_compiling():
+        return torch.ops.dg_moe.m_grouped_bf16_gemm_nt_masked(a, b, d, masked_m, expected_m, compiled_dims)
+    _bf16_masked(a, b, d, masked_m, expected_m, compiled_dims)
+
+
+def _bf16_masked(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
+                 compiled_dims: str) -> None:
     op = "m_grouped_bf16_gemm_nt_masked"
     hint = "cast it with .to(torch.bfloat16) (or call the fp8 op for FP8 inputs)"
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 3, "[G, max_m, K]", hint)
