@@ -16,7 +16,7 @@ from .cli_args import CommandParser
 from .errors import DeviceNotAvailableError, ToolchainNotFoundError, UnsupportedArchitectureError, UsageError
 
 EXIT_USAGE = 2
-BENCHES = ("moe", "layout", "gemm")
+BENCHES = ("moe", "layout", "gemm", "plot")  # plot: a recorded result's chart, no GPU
 USER_ERRORS = (UsageError, DeviceNotAvailableError, UnsupportedArchitectureError, ToolchainNotFoundError)
 
 
@@ -60,7 +60,8 @@ def cmd_demo(device: str) -> int:
 
 
 def cmd_bench(what: str, options: list[str]) -> int:
-    """Run one of the GPU benchmarks (dg_moe.bench.moe, dg_moe.bench.layout, dg_moe.bench.gemm)."""
+    """Run one of the GPU benchmarks (dg_moe.bench.moe, dg_moe.bench.layout, dg_moe.bench.gemm), or draw the
+    chart of a result one of them recorded (dg_moe.bench.plot)."""
     if what == "moe":
         from .bench.moe import main as bench_main
 
@@ -69,6 +70,10 @@ def cmd_bench(what: str, options: list[str]) -> int:
         from .bench.gemm import main as gemm_main
 
         return gemm_main(options)
+    if what == "plot":
+        from .bench.plot import main as plot_main
+
+        return plot_main(options)
     from .bench.layout import main as layout_main
 
     return layout_main(options)
@@ -85,7 +90,8 @@ def build_parser() -> CommandParser:
     sub.add_parser("warmup", help="compile ahead of serving every GEMM kernel a model's MoE layer needs "
                    "(`dg-moe warmup --help`)")
     bench = sub.add_parser("bench", help="GPU benchmarks (`dg-moe bench moe --help`, `dg-moe bench layout --help`, "
-                           "`dg-moe bench gemm --help`)")
+                           "`dg-moe bench gemm --help`) and the chart of their --json result "
+                           "(`dg-moe bench plot --help`)")
     bench.add_argument("what", choices=BENCHES)
     return parser
 

@@ -221,7 +221,9 @@ def test_document_schema_is_json():
     row = doc["results"]["dense"][0]
     assert set(row) == {"family", "label", "case", "times_us", "unit", "throughput", "ratios", "bitwise",
                         "bitwise_equal"}
-    assert row["case"] == {"m": 128, "n": 2112, "k": 7168} and row["ratios"]["dg_moe"] == pytest.approx(1.2)
+    assert row["case"] == {"m": 128, "n": 2112, "k": 7168, "flops": 2 * 128 * 2112 * 7168,
+                           "bytes": DenseCase(128, 2112, 7168).bytes_moved}
+    assert row["ratios"]["dg_moe"] == pytest.approx(1.2)
     assert doc["results"]["contiguous"][0]["case"]["counts"] == ContiguousCase(32, 256, 7168, 2048).counts
     assert doc["geomeans"]["contiguous"]["dg_moe_rows"] == {"geomean": None, "cases": 0}
     assert doc["eager"]["ratio"] == pytest.approx(0.75)

@@ -6,13 +6,13 @@ the same problem. Before timing, every output is poisoned with NaN, each library
 dg_moe's valid rows are compared with DeepGEMM's bit for bit (reported, never fatal). GPU time:
 interleaved CUDA-graph replays with L2 flushed (dg_moe.bench.timing). Ratios are DeepGEMM time /
 dg_moe time (> 1: dg_moe faster), with geomeans per family; the eager line is host-inclusive time
-per call. ``--warmup`` compiles every kernel first (dg_moe.bench.gemm_warmup).
+per call. ``--warmup`` compiles every kernel first (dg_moe.bench.gemm_warmup). ``--json`` records every
+row (schema dg_moe.bench.gemm/1), ``--plot`` draws them against each case's floor (dg_moe.bench.plot).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,7 +25,9 @@ from .gemm_problems import Problem, build_problem
 from .gemm_report import document, eager_line, eager_row, progress_line, result_row, table
 from .gemm_warmup import num_sms, warm
 from .machine import machine_facts
+from .output import Outputs, add_output_options, outputs
 from .peer_deepgemm import DeepGemmStatus, load_deep_gemm
+from .roofline import peaks
 from .timing import CALLS, FLUSH_BYTES, REPLAYS, describe_error, eager_us, gpu_times_us
 
 JSON_NAME = "bench_gemm.json"
@@ -91,21 +93,19 @@ def run_eager(status: DeepGemmStatus) -> dict[str, object]:
     return eager_row(ours, theirs, EAGER_CASE)
 
 
-def _write_json(path: str, doc: dict[str, object]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-
-
-def bench(families: Sequence[str], quick: bool, status: DeepGemmStatus, json_path: str | None) -> int:
-    """Run the families' cases, print a line per case and the tables; JSON rewritten after each family."""
+def bench(families: Sequence[str], quick: bool, status: DeepGemmStatus, json_path: str | None,
+          plot_path: str | None = None) -> int:
+    """Run the families' cases, print a line per case and the tables; JSON rewritten after each family (a run
+    cut short keeps what it measured, for `dg-moe bench plot`), the chart drawn once at the end."""
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     print(f"GPU: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}; DeepGEMM: "
           f"{status.version or status.reason}", flush=True)
+    out = Outputs(json_path, plot_path)
     rows_by_family: dict[str, list[dict[str, object]]] = {}
-    eager = None
+    eager = doc = None
     meta: dict[str, object] = {"families": list(families), "quick": quick, "deepgemm": status.describe(),
-                               "timing": {"calls_per_graph": CALLS, "replays": REPLAYS, "l2_flush_bytes": FLUSH_BYTES}}
+                               "timing": {"calls_per_graph": CALLS, "replays": REPLAYS, "l2_flush_bytes": FLUSH_BYTES},
+                               "roofline": peaks(props.name, props.multi_processor_count)}
     for family in families:
         if family == "eager":
             eager = run_eager(status)
@@ -118,14 +118,17 @@ def bench(families: Sequence[str], quick: bool, status: DeepGemmStatus, json_pat
                 rows.append(run_case(case, status))
                 print(progress_line(index, len(cases), rows[-1], time.perf_counter() - start), flush=True)
                 torch.cuda.empty_cache()  # the next case's inputs have other sizes
-        if json_path:
-            _write_json(json_path, document({**machine_facts(), **meta}, rows_by_family, eager))
+        if json_path or plot_path:
+            doc = document({**machine_facts(), **meta}, rows_by_family, eager)
+            out.write_json(doc)
     for family, rows in rows_by_family.items():
         print("\n" + "\n".join(table(family, rows)))
     if eager is not None:
         print("\n" + eager_line(eager))
-    if json_path:
-        print(f"\nJSON: {json_path}")
+    if doc is not None:
+        out.write_plot(doc)
+    if out.announce():
+        print("\n" + out.announce())
     return 0
 
 
@@ -153,9 +156,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--family", default=",".join(FAMILIES),
                         help=f"comma list of {', '.join(FAMILIES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="only the cases with (N, K) = (4096, 7168)")
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", metavar="PATH", help="write every result, with the machine's facts, to PATH")
-    out.add_argument("--out", metavar="DIR", help=f"write the JSON to DIR/{JSON_NAME}")
+    add_output_options(parser, JSON_NAME)
     parser.add_argument("--no-deepgemm", action="store_true", help="do not import deep_gemm (its columns say so)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the cases and the plan; no GPU needed")
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         families = parse_families(args.family)
     except ValueError as err:
         parser.error(str(err))
+    out = outputs(args, JSON_NAME)  # --dry-run and --warmup write nothing, but a bad --plot fails them too
     status = load_deep_gemm("disabled by --no-deepgemm" if args.no_deepgemm else None)
     cases = [c for f in families for c in family_cases(f, args.quick)]
     if args.dry_run:
@@ -180,5 +182,4 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup:
         return warm(cases, status, args.jobs)
     require_gpu("run it on an H100/H200 with a CUDA build of torch (--dry-run lists the cases without one)")
-    json_path = args.json or (os.path.join(args.out, JSON_NAME) if args.out else None)
-    return bench(families, args.quick, status, json_path)
+    return bench(families, args.quick, status, out.json_path, out.plot_path)

@@ -57,6 +57,14 @@ def jittered_counts(groups: int, mean: int, seed: int, minimum: int = 0) -> list
     return [max(minimum, round(float(s) * mean)) for s in scale]
 
 
+def operand_bytes(groups: int, rows: int, n: int, k: int) -> int:
+    """What a GEMM must move at least: ``groups`` weight matrices [N, K] with their 128x128 block scales,
+    and ``rows`` A rows (with their 1x128 scales) read and D rows (BF16) written, each exactly once."""
+    k_blocks = math.ceil(k / 128)
+    weights = groups * (n * k + math.ceil(n / 128) * k_blocks * 4)
+    return weights + rows * (k + k_blocks * 4 + n * 2)
+
+
 @dataclass(frozen=True)
 class DenseCase:
     """D[M, N] = A[M, K] @ B[N, K]^T."""
@@ -75,8 +83,13 @@ class DenseCase:
     def flops(self) -> int:
         return 2 * self.m * self.n * self.k
 
+    @property
+    def bytes_moved(self) -> int:
+        return operand_bytes(1, self.m, self.n, self.k)
+
     def describe(self) -> dict[str, int]:
-        return asdict(self)
+        """The shape, and the work the roofline chart prices it by (dg_moe.bench.plot)."""
+        return {**asdict(self), "flops": self.flops, "bytes": self.bytes_moved}
 
 
 @dataclass(frozen=True)
@@ -137,9 +150,14 @@ class ContiguousCase:
     def flops(self) -> int:
         return 2 * self.valid_rows * self.n * self.k
 
+    @property
+    def bytes_moved(self) -> int:
+        """Every expert's weights, the valid rows of A and D: the padding rows are no compulsory traffic."""
+        return operand_bytes(self.groups, self.valid_rows, self.n, self.k)
+
     def describe(self) -> dict[str, object]:
         return {**asdict(self), "counts": self.counts, "m_sum": self.m_sum, "valid_rows": self.valid_rows,
-                "expected_m_for_psum_layout": self.rows_per_group}
+                "expected_m_for_psum_layout": self.rows_per_group, "flops": self.flops, "bytes": self.bytes_moved}
 
 
 @dataclass(frozen=True)
@@ -177,10 +195,7 @@ class MaskedCase:
     @property
     def bytes_moved(self) -> int:
         """What the kernel must move at least: every weight, the valid A rows and D rows, their scales."""
-        k_blocks = math.ceil(self.k / 128)
-        weights = self.groups * (self.n * self.k + math.ceil(self.n / 128) * k_blocks * 4)
-        rows = self.valid_rows * (self.k + k_blocks * 4 + self.n * 2)
-        return weights + rows
+        return operand_bytes(self.groups, self.valid_rows, self.n, self.k)
 
     @property
     def flops(self) -> int:
@@ -188,7 +203,7 @@ class MaskedCase:
 
     def describe(self) -> dict[str, object]:
         return {**asdict(self), "max_m": self.max_m, "masked_m": self.counts, "valid_rows": self.valid_rows,
-                "bytes": self.bytes_moved}
+                "flops": self.flops, "bytes": self.bytes_moved}
 
 
 Case = DenseCase | ContiguousCase | MaskedCase

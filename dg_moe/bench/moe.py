@@ -11,7 +11,6 @@ datasheet HBM bandwidth (the decode goal of docs/performance.md: time <= 1.2x th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -23,18 +22,30 @@ from ..layout import per_block_cast_to_fp8
 from ..moe import AUTO_MASKED_MAX_TOKENS, fused_moe
 from ..moe.shapes import MODEL_SHAPES, MoEShape, shapes_named, token_counts
 from ..reference import calc_diff, dequantize
+from .machine import machine_facts
+from .output import add_output_options, outputs
+from .roofline import hbm_bandwidth, peaks
 from .timing import eager_us, gpu_times_us
+
+SCHEMA = "dg_moe.bench.moe/1"
+JSON_NAME = "bench_moe.json"
+PEER = "BF16 torch._grouped_mm MoE, same experts and routing"
 
 # Mixtral's 8 experts of 14336 are a prefill shape: the default list is docs/performance.md's model table without
 # it; --models takes any name of MODEL_SHAPES, the list `dg-moe warmup` offers too.
 DEFAULT_MODELS = ("deepseek-v3", "qwen3-235b-a22b", "qwen3-30b-a3b")
 BATCHES = (1, 8, 32, 128, 512, 4096)
-# Datasheet HBM bandwidth (bytes/s) by a substring of the device name; an unknown GPU gets no floor.
-HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H800": 3.35e12, "H20": 4.0e12}
 
 
 @dataclass
 class Row:
+    """One model and batch: both times (or why not), the floor's terms and how close dg_moe came.
+
+    ``weight_bytes``: the FP8 weights and scales of the experts the routing touched, read once (the
+    decode floor's bytes); ``flops``: the routed tokens' expert GEMMs, 6 x H x I per (token, expert)
+    (the prefill floor's work). The roofline chart prices the rows by these two.
+    """
+
     model: str
     tokens: int
     mode: str
@@ -46,11 +57,24 @@ class Row:
     time_over_floor: float | None
     speedup: float | None
     similarity_to_bf16: float
+    weight_bytes: int
+    flops: int
 
 
-def hbm_bandwidth(device_name: str) -> float | None:
-    """Datasheet HBM bytes/s of the named GPU, or None."""
-    return next((bw for key, bw in HBM_BYTES_PER_S.items() if key in device_name), None)
+def make_row(shape: MoEShape, tokens: int, mode: str, timing: str, touched: int, expert_bytes: int,
+             ours_us: float | str, peer_us: float | str, similarity: float, hbm: float | None) -> Row:
+    """The row of one batch from its measurements: GB/s of the touched weights, time over the floor, speedup."""
+    weight_bytes = touched * expert_bytes
+    ok = isinstance(ours_us, float) and ours_us > 0
+    floor_us = weight_bytes / hbm * 1e6 if hbm else None
+    return Row(
+        model=shape.name, tokens=tokens, mode=mode, timing=timing, experts_touched=touched,
+        dg_moe_us=ours_us, bf16_grouped_us=peer_us, weight_gbps=weight_bytes / ours_us / 1e3 if ok else None,
+        time_over_floor=ours_us / floor_us if ok and floor_us else None,
+        speedup=peer_us / ours_us if ok and isinstance(peer_us, float) else None,
+        similarity_to_bf16=similarity, weight_bytes=weight_bytes,
+        flops=6 * tokens * shape.top_k * shape.hidden * shape.intermediate,
+    )
 
 
 def _fp8_experts(experts: int, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -123,17 +147,7 @@ def bench_shape(shape: MoEShape, batches: Sequence[int], hbm: float | None) -> l
             ours_us, peer_us = (eager_us(f, calls=20) for f in fns)
             timing = "eager"
         touched = int(torch.unique(ids).numel())
-        weight_bytes = touched * expert_bytes
-        ok = isinstance(ours_us, float) and ours_us > 0
-        gbps = weight_bytes / ours_us / 1e3 if ok else None
-        floor_us = weight_bytes / hbm * 1e6 if hbm else None
-        rows.append(Row(
-            model=shape.name, tokens=tokens, mode=mode, timing=timing, experts_touched=touched,
-            dg_moe_us=ours_us, bf16_grouped_us=peer_us, weight_gbps=gbps,
-            time_over_floor=ours_us / floor_us if ok and floor_us else None,
-            speedup=peer_us / ours_us if ok and isinstance(peer_us, float) else None,
-            similarity_to_bf16=similarity,
-        ))
+        rows.append(make_row(shape, tokens, mode, timing, touched, expert_bytes, ours_us, peer_us, similarity, hbm))
         print(format_row(rows[-1]), flush=True)
     return rows
 
@@ -158,25 +172,33 @@ def build_parser() -> CommandParser:
                         help=f"comma list of {', '.join(MODEL_SHAPES)} (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--batches", type=token_counts, default=list(BATCHES),
                         help=f"comma list of token counts (default: {','.join(map(str, BATCHES))})")
-    parser.add_argument("--json", help="write the rows to this file")
+    add_output_options(parser, JSON_NAME)
     return parser
 
 
+def document(meta: dict[str, object], rows: Sequence[Row]) -> dict[str, object]:
+    """The JSON written by ``--json``: the rows, with the machine, the run's options and the peaks."""
+    return {"schema": SCHEMA, "meta": meta, "results": [asdict(r) for r in rows]}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the MoE benchmark; prints a table, writes JSON with ``--json``."""
+    """Run the MoE benchmark; prints a table, writes JSON with ``--json`` and the chart with ``--plot``."""
     args = build_parser().parse_args(argv)
     shapes = shapes_named(args.models)
+    out = outputs(args, JSON_NAME)
     require_gpu("run it on an H100/H200 with a CUDA build of torch")
     name = torch.cuda.get_device_name()
     hbm = hbm_bandwidth(name)
-    print(f"GPU: {name}; floor at {hbm / 1e12 if hbm else float('nan'):.2f} TB/s (datasheet HBM); "
-          f"peer: BF16 torch._grouped_mm MoE, same experts and routing")
+    print(f"GPU: {name}; floor at {hbm / 1e12 if hbm else float('nan'):.2f} TB/s (datasheet HBM); peer: {PEER}")
     print(HEADER)
     rows = []
     for shape in shapes:
         rows += bench_shape(shape, args.batches, hbm)
         torch.cuda.empty_cache()  # the next model's experts reuse the memory these held
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in rows], f, indent=1)
+    facts = machine_facts()
+    meta = {**facts, "models": [s.name for s in shapes], "batches": list(args.batches), "peer": PEER,
+            "roofline": peaks(name, facts.get("sms"))}
+    out.write(document(meta, rows))
+    if out.announce():
+        print(out.announce())
     return 0
