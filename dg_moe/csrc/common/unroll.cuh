@@ -4,3 +4,4 @@
 #define DG_MOE_UNROLL _Pragma("unroll")
 #define DG_MOE_NO_UNROLL _Pragma("unroll 1")
 #define DG_MOE_UNROLL_4 _Pragma("unroll 4")
+#define DG_MOE_UNROLL_8 _Pragma("unroll 8")
