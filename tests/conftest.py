@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sysconfig
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,23 @@ from hypothesis import settings
 # decorated, i.e. when its module is first imported, by whichever test gets there first: so here.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With DG_MOE_TEST_INSTALLED=1 (.ci/wheel), refuse to run unless dg_moe is the copy installed in this
+    Python's site-packages: there the tests check the installed wheel, and a checkout on sys.path would
+    stand in for it unnoticed."""
+    if os.environ.get("DG_MOE_TEST_INSTALLED") != "1":
+        return
+    # Imported here, after the Triton flag above, as every import of the package must be.
+    import dg_moe
+
+    package = Path(dg_moe.__file__).resolve().parent
+    site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
+    if not package.is_relative_to(site_packages):
+        raise pytest.UsageError(f"DG_MOE_TEST_INSTALLED=1: dg_moe was imported from {package}, "
+                                f"not from the installed copy in {site_packages}")
+    print(f"dg_moe {dg_moe.__version__} imported from the installed copy: {package}")
 
 
 @functools.cache

@@ -140,7 +140,9 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch):
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    # Not from the checkout: `python -c` puts its working directory first on sys.path, and .ci/wheel runs this
+    # test against the installed wheel.
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
 
 
 def test_console_process_user_error_and_bug():
