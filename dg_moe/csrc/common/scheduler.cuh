@@ -38,8 +38,10 @@ struct Tile {
     bool multicast_b;     // B-sharing clusters: both CTAs' tiles read the same B rows, so each loads half
 };
 
-// Tiles are ordered in bands of kBandWidth column blocks, rows fastest inside a band: one wave of
-// CTAs then reads a few hundred rows of A and kBandWidth blocks of B, which stay in L2.
+// Tiles are ordered in bands of kBandWidth column blocks, columns fastest inside a band: one wave of
+// CTAs then reads a few hundred rows of A and kBandWidth blocks of B, which stay in L2. Bands of 16
+// m-blocks with rows fastest (DeepGEMM's order where B is shared) measured no faster: within 1 % at
+// 4096+ rows per group, 15 % slower at 32 groups of 256 rows (H100, docs/perf-log.md v14).
 // With kTailLast (the kernel runs the last column block at half width), that block's tiles come
 // after all the others, as one band of its own.
 // With kMulticast = 2 the CTAs of a cluster walk tile pairs, rank r taking one tile of each:
