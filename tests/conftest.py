@@ -64,6 +64,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture
+def cuda_untouchable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any CUDA query fails the test: what must work without a GPU may not even ask for one."""
+    def touched(*args: object, **kwargs: object) -> None:
+        raise AssertionError("CUDA was queried")
+
+    for name in ("is_available", "device_count", "current_device", "get_device_properties",
+                 "get_device_capability", "get_device_name", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, touched)
+
+
+@pytest.fixture(scope="module")
+def sm90() -> None:
+    """Skips the module's tests unless an SM90 GPU is present (use with autouse in a GPU module)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip(f"needs an SM90 GPU, found {torch.cuda.get_device_name()}")
+
+
+@pytest.fixture
 def poisoned_empty(monkeypatch: pytest.MonkeyPatch) -> int:
     """Make torch.empty fill what it returns with one byte value, which the fixture returns.
 

@@ -31,16 +31,6 @@ def _load(name: str) -> dict[str, object]:
     return json.loads(recorded(name).read_text())
 
 
-@pytest.fixture
-def cuda_untouchable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any CUDA query fails the test: what happens before GPU work may not even ask for one."""
-    def touched(*args: object, **kwargs: object) -> None:
-        raise AssertionError("CUDA was queried")
-
-    for name in ("is_available", "device_count", "current_device", "get_device_properties",
-                 "get_device_capability", "get_device_name", "synchronize"):
-        monkeypatch.setattr(torch.cuda, name, touched)
-
 
 @pytest.fixture
 def no_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:

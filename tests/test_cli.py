@@ -47,16 +47,6 @@ def no_nvcc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     get_toolchain.cache_clear()  # the next test finds the real toolchain again
 
 
-@pytest.fixture
-def cuda_untouchable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any CUDA query fails the test: what must work without a GPU may not even ask for one."""
-    def touched(*args: object, **kwargs: object) -> None:
-        raise AssertionError("CUDA was queried")
-
-    for name in ("is_available", "device_count", "current_device", "get_device_properties",
-                 "get_device_capability", "get_device_name", "synchronize"):
-        monkeypatch.setattr(torch.cuda, name, touched)
-
 
 def user_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     """Run `dg-moe argv`: exit status 2, nothing on stdout, one stderr line with no traceback; that line."""

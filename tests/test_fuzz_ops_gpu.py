@@ -29,11 +29,8 @@ K_POOL = [128, 640, 2048, 7168]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _sm90() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip(f"needs an SM90 GPU, found {torch.cuda.get_device_name()}")
+def _sm90(sm90: None) -> None:
+    """Every test here needs an SM90 GPU (conftest's `sm90`)."""
 
 
 class Draw:

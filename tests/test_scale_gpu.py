@@ -13,11 +13,8 @@ ALPHA = 1.3377  # not a power of two: the bf16 rounding of the fp32 product matt
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _sm90() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip(f"needs an SM90 GPU, found {torch.cuda.get_device_name()}")
+def _sm90(sm90: None) -> None:
+    """Every test here needs an SM90 GPU (conftest's `sm90`)."""
 
 
 def _random(m: int, n: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
