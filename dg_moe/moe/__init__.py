@@ -1,7 +1,9 @@
 """The fused MoE layer: routed FP8 experts over the contiguous (prefill) or masked (decode) layout,
-an optional shared expert, and an ``nn.Module`` holding the weights (docs/moe-layer.md)."""
+an optional shared expert, an ``nn.Module`` holding the weights, and the expert-parallel layer over
+``torch.distributed`` (docs/moe-layer.md)."""
 
 from .decode_graph import DecodeGraphRunner
+from .expert_parallel import expert_parallel_moe
 from .fused import AUTO_MASKED_MAX_TOKENS, Mode, fused_moe, select_mode
 from .masked import default_max_m
 from .module import FusedMoE
@@ -16,6 +18,7 @@ __all__ = [
     "Mode",
     "SharedExpert",
     "default_max_m",
+    "expert_parallel_moe",
     "fused_moe",
     "quantize_expert_weights",
     "reference_moe",
