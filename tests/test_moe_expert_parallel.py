@@ -4,7 +4,8 @@ fused_moe on the full weights and the same routing, and the float64 per-token lo
 Every rank builds the same full layer from one seed, keeps its slice of the experts and draws its own
 tokens; each rank checks its own tokens' result. The cases cover uneven expert loads, experts with no
 token, tokens whose experts are all on other ranks, a rank with no token, -1 slots, the masked path,
-a routed scaling factor and a shared expert.
+a routed scaling factor and a shared expert; each also through the fixed-capacity (decode) exchange,
+which must give the same bits.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def _check_case(case: str, rank: int, world: int, device: torch.device) -> None:
     out = expert_parallel_moe(hidden.to(device), *weights_slice, ids.to(device), weights.to(device), mode=mode,
                               routed_scaling_factor=rsf, shared_expert=shared)
     assert out.dtype == torch.bfloat16 and out.shape == hidden.shape, (case, rank, out.shape)
+    # Fixed-size buffers (the decode form): the same bits as the counted exchange.
+    capacity = max(_tokens_per_rank(case, world)) + 3
+    fixed = expert_parallel_moe(hidden.to(device), *weights_slice, ids.to(device), weights.to(device), mode=mode,
+                                routed_scaling_factor=rsf, shared_expert=shared, capacity=capacity)
+    assert torch.equal(fixed.cpu(), out.cpu()), (case, rank)
     out = out.cpu()
     expected = fused_moe(hidden, *full.routed, ids, weights, mode="contiguous", routed_scaling_factor=rsf,
                          shared_expert=full.shared)
@@ -144,6 +150,8 @@ def test_routing_is_checked_against_the_global_expert_count():
         ids, weights = routing(4, 2, LOCAL_EXPERTS, 5)
         out = expert_parallel_moe(hidden, *full.routed, ids, weights)
         assert torch.equal(out, fused_moe(hidden, *full.routed, ids, weights, mode="contiguous"))
+        with pytest.raises(ValueError, match="capacity must be an int >= the 4 tokens"):
+            expert_parallel_moe(hidden, *full.routed, ids, weights, capacity=3)
     finally:
         dist.destroy_process_group()
 

@@ -17,8 +17,9 @@ DeepEP's normal dispatch does:
    reversed), which adds the ranks' partials in float32 in rank order, rounds once to bf16 and adds
    the shared expert, computed locally on the rank's own tokens.
 
-Reading the counts on the host (the splits) synchronises; that suits prefill. Fixed-capacity buffers
-for a CUDA-graph-captured decode are the next step (docs/moe-layer.md).
+Reading the counts on the host (the splits) synchronises; that suits prefill. With ``capacity`` every
+buffer is fixed-size and nothing is read on the host (the decode form); capturing it in a CUDA graph
+over NCCL is the next step (docs/moe-layer.md).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def expert_parallel_moe(
     mode: Mode = "contiguous",
     routed_scaling_factor: float = 1.0,
     shared_expert: SharedExpert | None = None,
+    capacity: int | None = None,
 ) -> torch.Tensor:
     """``fused_moe`` over the experts of every rank of ``group``; a collective: every rank calls it.
 
@@ -61,6 +63,12 @@ def expert_parallel_moe(
     mode: the layout the rank-local experts run: "contiguous" (default), "masked" or "auto", chosen on the
         number of rows the rank received (masked with ``max_m`` = that number: nothing is dropped).
     routed_scaling_factor, shared_expert: as in ``fused_moe``; the shared expert runs on the source rank.
+    capacity: None (default) sizes the exchange from the counts, read on the host. An int C >= T, the same
+        on every rank, makes every buffer fixed-size instead: each rank sends every destination a block of
+        C rows (a token's row with the ids local to that destination, all -1 where it owns none of them;
+        padding rows all -1) through equal-split exchanges, the receiver runs [W*C] rows, and the source
+        adds the W partials of each token. No host read, no count exchange, every shape fixed by (C, W):
+        the decode form (W*C rows each way). Same bits as the counted exchange.
 
     Returns bfloat16 [T, H], this rank's tokens in their order. The result equals ``fused_moe`` on the
     full weights and routing, up to the bf16 rounding of each rank's partial sum (bitwise where a
@@ -82,9 +90,19 @@ def expert_parallel_moe(
     x, sf = per_token_cast_to_fp8_unchecked(hidden)
     weights = topk_weights.float() * routed_scaling_factor
 
+    owner = torch.where(topk_ids >= 0, topk_ids.div(num_local, rounding_mode="floor"), -1)  # [T, k]
+    if capacity is not None:
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < max(num_tokens, 1):
+            raise ValueError(f"{_FN}: capacity must be an int >= the {num_tokens} tokens of this rank (and >= 1), "
+                             f"the same on every rank; got {capacity!r}")
+        out = _fixed_capacity(x, sf, weights, topk_ids, owner, (w13, w13_scale), (w2, w2_scale), group, world,
+                              capacity, mode)
+        if shared_expert is not None:
+            out.add_(shared_expert_forward((x, sf), shared_expert))
+        return out
+
     # Dispatch: a (token, destination) pair per rank owning one of the token's experts, grouped by
     # destination, tokens in order within a destination.
-    owner = torch.where(topk_ids >= 0, topk_ids.div(num_local, rounding_mode="floor"), -1)  # [T, k]
     goes_to = (owner.unsqueeze(-1) == torch.arange(world, device=device)).any(dim=1)  # [T, W]
     pairs = goes_to.t().nonzero()  # [N, 2] (destination, token), destination-major
     dest, token = pairs[:, 0], pairs[:, 1]
@@ -122,6 +140,40 @@ def expert_parallel_moe(
     if shared_expert is not None:
         out.add_(shared_expert_forward((x, sf), shared_expert))
     return out
+
+
+def _fixed_capacity(x: torch.Tensor, sf: torch.Tensor, weights: torch.Tensor, topk_ids: torch.Tensor,
+                    owner: torch.Tensor, w13: tuple[torch.Tensor, torch.Tensor], w2: tuple[torch.Tensor, torch.Tensor],
+                    group: dist.ProcessGroup | None, world: int, capacity: int, mode: Mode) -> torch.Tensor:
+    """The routed sum with every buffer sized by (capacity, W): equal-split exchanges, no host read."""
+    num_tokens, h = x.shape
+    top_k = topk_ids.shape[1]
+    num_local = w13[0].shape[0]
+    pad = capacity - num_tokens
+    device = x.device
+    ranks = torch.arange(world, device=device).view(world, 1, 1)
+    ids = torch.nn.functional.pad(topk_ids.long(), (0, 0, 0, pad), value=-1)
+    owner = torch.nn.functional.pad(owner, (0, 0, 0, pad), value=-1)
+    local_ids = torch.where(owner.unsqueeze(0) == ranks, ids.unsqueeze(0) - ranks * num_local, -1)  # [W, C, k]
+    common = torch.nn.functional.pad(_pack([x, sf, weights]), (0, 0, 0, pad))  # [C, bytes]; padding rows zero
+    send = torch.cat([common.expand(world, -1, -1), local_ids.to(torch.int32).view(torch.uint8)], dim=2)
+    send = send.reshape(world * capacity, -1)
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    rx, rsf, rweights, rids = _unpack(recv, [(torch.float8_e4m3fn, h), (torch.float32, sf.shape[1]),
+                                             (torch.float32, top_k), (torch.int32, top_k)])
+    rows = world * capacity
+    if select_mode(mode, rows) == "masked":
+        partial, _ = routed_experts_masked((rx, rsf), w13, w2, rids, rweights, rows)
+    else:
+        partial = routed_experts_contiguous((rx, rsf), w13, w2, rids, rweights)
+    back = torch.empty_like(partial).view(torch.uint8)  # bytes: not every backend takes bf16
+    dist.all_to_all_single(back, partial.contiguous().view(torch.uint8), group=group)
+    back = back.view(torch.bfloat16).view(world, capacity, h)[:, :num_tokens]
+    acc = back[0].float()
+    for r in range(1, world):  # rank order, as the counted exchange adds
+        acc += back[r].float()
+    return acc.to(torch.bfloat16)
 
 
 def _check_global_ids(topk_ids: object, num_experts: int) -> None:
