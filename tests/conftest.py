@@ -50,9 +50,22 @@ def _missing_toolchain() -> str | None:
     return None
 
 
+@functools.cache
+def _missing_nvrtc() -> str | None:
+    """Why the JIT's NVRTC backend cannot compile here, or None when it can; asked once per session."""
+    from dg_moe.errors import ToolchainNotFoundError
+    from dg_moe.jit.nvrtc import get_nvrtc
+
+    try:
+        get_nvrtc()
+    except ToolchainNotFoundError as exc:
+        return str(exc)
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip a test marked ``nvcc`` where the JIT's toolchain is missing, naming what is missing.
+    """Skip a test marked ``nvcc`` (``nvrtc``) where the JIT's toolchain (libnvrtc) is missing, naming what is missing.
 
     Checked before the test's fixtures run (a compiling module fixture would error, not skip). The
     test extra installs nvcc, so only an install without it skips.
@@ -61,6 +74,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = _missing_toolchain()
         if reason is not None:
             pytest.skip(f"needs the JIT toolchain: {reason}")
+    if item.get_closest_marker("nvrtc") is not None:
+        reason = _missing_nvrtc()
+        if reason is not None:
+            pytest.skip(f"needs NVRTC: {reason}")
 
 
 @pytest.fixture

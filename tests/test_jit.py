@@ -178,10 +178,11 @@ def test_static_cudart_found_in_wheel_layout(tmp_path: Path) -> None:
         assert toolchain.find_cuda_lib(nvcc) == root / sub  # a toolkit's lib64 first
 
 
-def test_nvrtc_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
-    with pytest.raises(NotImplementedError, match="host entries.*nvcc"):
-        jit.env.backend()
+def test_backend_choice_and_nvrtc_build_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "NVRTC")
+    assert jit.env.backend() == "nvrtc"
+    with pytest.raises(NotImplementedError, match="cannot load and launch"):
+        jit.build("sm90_scale", {"DTYPE": "float"})
     monkeypatch.setenv("DG_MOE_JIT_BACKEND", "clang")
     with pytest.raises(ValueError, match="nvcc"):
         jit.env.backend()

@@ -1,4 +1,4 @@
-"""On-disk kernel cache: ``<cache>/<family>/<key>/{kernel.so, kernel.cu, meta.json}``.
+"""On-disk kernel cache: ``<cache>/<family>/<key>/{kernel.so or kernel.cubin, kernel.cu, meta.json}``.
 
 Entries are built in a temporary folder beside them and published by renaming the whole folder
 (atomic), under a per-key ``fcntl.flock`` so concurrent processes compile a key once. An entry
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 LIBRARY_FILE = "kernel.so"
+CUBIN_FILE = "kernel.cubin"  # DG_MOE_JIT_BACKEND=nvrtc: device code only
 SOURCE_FILE = "kernel.cu"
 META_FILE = "meta.json"
 ABSENT = "absent"
@@ -35,7 +36,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_entry(entry: Path, key: str, key_format: int) -> str | None:
+def check_entry(entry: Path, key: str, key_format: int, artifact: str = LIBRARY_FILE) -> str | None:
     """None when ``entry`` is complete and intact, ABSENT when it does not exist, else what is wrong."""
     try:
         meta = json.loads((entry / META_FILE).read_text())
@@ -46,19 +47,19 @@ def check_entry(entry: Path, key: str, key_format: int) -> str | None:
     if not isinstance(meta, dict) or meta.get("key") != key or meta.get("format") != key_format:
         return "meta.json does not describe this key"
     try:
-        digest = file_sha256(entry / LIBRARY_FILE)
+        digest = file_sha256(entry / artifact)
     except FileNotFoundError:
-        return "kernel.so missing"
+        return f"{artifact} missing"
     except OSError as exc:
-        return f"kernel.so unreadable ({exc})"
+        return f"{artifact} unreadable ({exc})"
     if digest != meta.get("kernel_sha256"):
-        return "kernel.so differs from the sha256 in meta.json"
+        return f"{artifact} differs from the sha256 in meta.json"
     return None
 
 
-def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json, recording the sha256 of the kernel.so beside it."""
-    meta = {**meta, "kernel_sha256": file_sha256(folder / LIBRARY_FILE)}
+def write_meta(folder: Path, meta: dict[str, Any], artifact: str = LIBRARY_FILE) -> None:
+    """Write meta.json, recording the sha256 of the kernel.so (or kernel.cubin) beside it."""
+    meta = {**meta, "kernel_sha256": file_sha256(folder / artifact)}
     (folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 

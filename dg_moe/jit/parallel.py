@@ -11,9 +11,8 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import CompileError
-from .runtime import compile_only, stats
+from .runtime import check_toolchain, compile_only, stats
 from .source import TemplateArg
-from .toolchain import get_toolchain
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def compile_many(family: str, variants: Sequence[Mapping[str, TemplateArg]], job
     (default: one per CPU). Variants already cached cost a look-up; concurrent processes compiling
     the same key wait on its file lock and compile it once.
     """
-    get_toolchain()  # a missing nvcc fails here with the install hint, not inside a worker
+    check_toolchain()  # a missing nvcc (or libnvrtc) fails here with the install hint, not inside a worker
     if not variants:
         return []
     with ProcessPoolExecutor(max_workers=_workers(len(variants), jobs)) as pool:
@@ -70,7 +69,7 @@ def compile_each(
     """As :func:`compile_many`, but yields each variant's outcome as soon as it is done (completion order),
     so a caller can show progress; a variant nvcc rejects is an outcome with its error, the others go on.
     A missing toolchain raises here, before the first outcome is asked for."""
-    get_toolchain()
+    check_toolchain()
     return _outcomes(family, variants, jobs)
 
 

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CompileError
-from . import cache, env
+from . import cache, env, nvrtc
 from .compiler import ARCH, compile_flags, run_nvcc
 from .library import KernelLibrary
 from .source import CSRC_DIR, TemplateArg, forget_headers, header_digests, render_source
 from .toolchain import Toolchain, get_toolchain
 
 # Bump when the key material or the entry layout changes: old entries are then never looked up.
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: the backend (nvcc or nvrtc) is part of the key
 
-# (family, sorted template args, source_root, DG_MOE_CACHE_DIR, DG_MOE_PTXAS_VERBOSE)
+# (family, sorted template args, source_root, DG_MOE_CACHE_DIR, DG_MOE_PTXAS_VERBOSE, DG_MOE_JIT_BACKEND)
 _Memo = tuple[Any, ...]
 
 
@@ -41,7 +41,12 @@ class _Prepared:
     material: dict[str, Any]
     include_dirs: tuple[Path, ...]
     flags: tuple[str, ...]
-    toolchain: Toolchain
+    toolchain: Toolchain | None  # None for the nvrtc backend
+    backend: str = "nvcc"
+
+    @property
+    def artifact(self) -> str:
+        return cache.CUBIN_FILE if self.backend == "nvrtc" else cache.LIBRARY_FILE
 
 
 _lock = threading.RLock()
@@ -55,17 +60,29 @@ def _debug(message: str) -> None:
         print(f"[dg_moe.jit] {message}", file=sys.stderr)
 
 
+def check_toolchain() -> None:
+    """Raise ToolchainNotFoundError now when the backend in force cannot compile (before any worker)."""
+    if env.backend() == "nvrtc":
+        nvrtc.get_nvrtc()
+    else:
+        get_toolchain()
+
+
 def _prepare(family: str, template_args: Mapping[str, TemplateArg], source_root: Path | None) -> _Prepared:
-    tc = get_toolchain()
+    backend = env.backend()
     source = render_source(family, template_args)
     roots = ([source_root] if source_root is not None else []) + [CSRC_DIR]
     headers = header_digests(source, roots)
     if not any(name == f"launch/{family}.cu" for name, _ in headers):
         searched = ", ".join(map(str, roots))
         raise ValueError(f"unknown kernel family {family!r}: no launch/{family}.cu under {searched}")
+    if backend == "nvrtc":
+        return _prepare_nvrtc(family, template_args, source, roots, headers)
+    tc = get_toolchain()
     flags = compile_flags(env.ptxas_verbose())
     material = {
         "format": KEY_FORMAT,
+        "backend": "nvcc",
         "family": family,
         "template_args": dict(template_args),
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
@@ -81,6 +98,30 @@ def _prepare(family: str, template_args: Mapping[str, TemplateArg], source_root:
     return _Prepared(family, key, source, material, include_dirs, tuple(flags), tc)
 
 
+def _prepare_nvrtc(family: str, template_args: Mapping[str, TemplateArg], source: str, roots: list[Path],
+                   headers: list[tuple[str, str]]) -> _Prepared:
+    nv = nvrtc.get_nvrtc()
+    options = nvrtc.compile_options(env.ptxas_verbose())
+    shims = header_digests("".join(f'#include "{p.name}"\n' for p in sorted(nvrtc.RTC_SHIM_DIR.iterdir())),
+                           [nvrtc.RTC_SHIM_DIR])
+    material = {
+        "format": KEY_FORMAT,
+        "backend": "nvrtc",
+        "family": family,
+        "template_args": dict(template_args),
+        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+        "headers": headers,
+        "rtc_shims": shims,
+        "nvrtc_version": nv.version,
+        "cuda_headers_sha256": nv.headers_sha256,
+        "flags": options,
+        "kernel_expressions": [nvrtc.KERNEL_EXPRESSION],
+        "arch": nvrtc.ARCH,
+    }
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    return _Prepared(family, key, source, material, tuple(roots), tuple(options), None, "nvrtc")
+
+
 def cache_key(
     family: str, template_args: Mapping[str, TemplateArg] | None = None, *, source_root: Path | None = None
 ) -> str:
@@ -89,9 +130,24 @@ def cache_key(
     return _prepare(family, template_args or {}, _root(source_root)).key
 
 
+def _compile_nvrtc(prep: _Prepared, staging: Path) -> None:
+    (staging / cache.SOURCE_FILE).write_text(prep.source)
+    result = nvrtc.compile_cubin(prep.source, cache.SOURCE_FILE, prep.include_dirs, prep.flags)
+    (staging / cache.CUBIN_FILE).write_bytes(result.cubin)
+    meta = {**prep.material, "key": prep.key, "nvrtc": str(nvrtc.get_nvrtc().path), "compile_seconds": result.seconds,
+            "kernels": result.lowered, "created": time.time()}
+    cache.write_meta(staging, meta, cache.CUBIN_FILE)
+
+
 def _compile(prep: _Prepared, root: Path, entry: Path) -> None:
     staging = cache.staging_dir(root, prep.family, prep.key)
     try:
+        if prep.backend == "nvrtc":
+            _compile_nvrtc(prep, staging)
+            cache.publish(staging, entry)
+            _stats["compiles"] += 1
+            return
+        assert prep.toolchain is not None
         source = staging / cache.SOURCE_FILE
         source.write_text(prep.source)
         nvcc = prep.toolchain.nvcc
@@ -116,9 +172,9 @@ def _load(prep: _Prepared, entry: Path) -> KernelLibrary | str:
 
 def _existing(prep: _Prepared, entry: Path, load: bool, when: str) -> tuple[KernelLibrary | Path | None, str | None]:
     """(the cached library or kernel.so, None) when the entry is intact, else (None, what is wrong)."""
-    problem = cache.check_entry(entry, prep.key, KEY_FORMAT)
+    problem = cache.check_entry(entry, prep.key, KEY_FORMAT, prep.artifact)
     if problem is None:
-        result = _load(prep, entry) if load else entry / cache.LIBRARY_FILE
+        result = _load(prep, entry) if load else entry / prep.artifact
         if not isinstance(result, str):
             _stats["disk_hits"] += 1
             _debug(f"cache hit{when}: {prep.family} {entry}")
@@ -145,7 +201,7 @@ def _ensure(prep: _Prepared, root: Path, load: bool) -> KernelLibrary | Path:
             _stats["rebuilds"] += 1
         _compile(prep, root, entry)
     if not load:
-        return entry / cache.LIBRARY_FILE
+        return entry / prep.artifact
     result = _load(prep, entry)
     if isinstance(result, str):
         raise CompileError(f"{prep.family}: nvcc built {entry / cache.LIBRARY_FILE} but {result}")
@@ -170,7 +226,8 @@ def build(
     """
     items = tuple(sorted((template_args or {}).items()))
     environ = os.environ
-    memo = (family, items, source_root, environ.get("DG_MOE_CACHE_DIR"), environ.get("DG_MOE_PTXAS_VERBOSE"))
+    memo = (family, items, source_root, environ.get("DG_MOE_CACHE_DIR"), environ.get("DG_MOE_PTXAS_VERBOSE"),
+            environ.get("DG_MOE_JIT_BACKEND"))
     lib = _loaded.get(memo)
     if lib is not None:
         _stats["memory_hits"] += 1
@@ -178,6 +235,11 @@ def build(
     with _lock:
         lib = _loaded.get(memo)
         if lib is None:
+            if env.backend() == "nvrtc":
+                raise NotImplementedError(
+                    "DG_MOE_JIT_BACKEND=nvrtc compiles cubins (jit.compile_only) but cannot load and launch them "
+                    "yet: the host entries (tensor maps, launch) are nvcc-built; unset DG_MOE_JIT_BACKEND or set "
+                    "it to nvcc (docs/jit.md, 'NVRTC backend: design')")
             prep = _prepare(family, dict(items), _root(source_root))
             root = env.cache_dir()
             lib = _by_key.get((root, prep.key))
@@ -195,7 +257,8 @@ def compile_only(
     *,
     source_root: Path | str | None = None,
 ) -> Path:
-    """Make sure the cache holds an intact library for these arguments (no dlopen); return its kernel.so."""
+    """Make sure the cache holds an intact library for these arguments (no dlopen); return its kernel.so
+    (kernel.cubin under DG_MOE_JIT_BACKEND=nvrtc)."""
     with _lock:
         prep = _prepare(family, template_args or {}, _root(source_root))
         path = _ensure(prep, env.cache_dir(), load=False)
@@ -218,6 +281,7 @@ def reset() -> None:
         _loaded.clear()
         _by_key.clear()
         get_toolchain.cache_clear()
+        nvrtc.get_nvrtc.cache_clear()
         forget_headers()
 
 

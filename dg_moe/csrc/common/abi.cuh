@@ -8,6 +8,9 @@
 // carry an older libstdc++ than the compiler's.
 #pragma once
 
+// NVRTC (DG_MOE_JIT_BACKEND=nvrtc) compiles device code only: the host ABI is not part of it.
+#ifndef __CUDACC_RTC__
+
 #include <cuda_runtime.h>
 
 // Only the entries are visible outside the library (it is built with -fvisibility=hidden).
@@ -48,3 +51,5 @@ DG_MOE_EXPORT const char* dg_moe_error_string(int status) {
                "check 16-byte alignment of the base pointer and strides, and box sizes <= 256";
     return "unknown dg_moe status";
 }
+
+#endif  // __CUDACC_RTC__

@@ -6,12 +6,20 @@
 // Shared-memory tiles must be 128-byte aligned (1024-byte aligned with 128-byte swizzle).
 #pragma once
 
+#ifdef __CUDACC_RTC__
+// NVRTC: device code only. cuda.h is a host header; the kernels need CUtensorMap's layout alone
+// (the 128-byte, 64-byte aligned opaque descriptor of cuda.h), encoded on the host by the launcher.
+typedef struct CUtensorMap_st {
+    alignas(64) unsigned long long opaque[16];
+} CUtensorMap;
+#else
 #include <cuda.h>  // CUtensorMap and its enums only: nothing here links against libcuda
 #include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -19,6 +27,8 @@
 #include "common/mbarrier.cuh"
 
 namespace dg_moe {
+
+#ifndef __CUDACC_RTC__
 
 // ---------------------------------------------------------------------------------------------
 // Host side
@@ -95,6 +105,8 @@ inline int make_tensor_map_2d(CUtensorMap* map, CUtensorMapDataType dtype, const
     const uint32_t box[2] = {box_inner, box_outer};
     return make_tensor_map(map, dtype, 2, base, dims, strides, box, swizzle, l2_promotion);
 }
+
+#endif  // __CUDACC_RTC__
 
 // ---------------------------------------------------------------------------------------------
 // Device side

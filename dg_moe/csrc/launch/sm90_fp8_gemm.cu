@@ -36,6 +36,14 @@ constexpr bool kGroupTable = kType == GemmType::MGroupedMasked || kType == GemmT
 constexpr auto kKernel =
     fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast, kMulticastB>;
 
+}  // namespace
+
+// NVRTC (DG_MOE_JIT_BACKEND=nvrtc) compiles this file for its device code alone: the kernel named by
+// kKernel above (the JIT's name expression), instantiated and checked by the static_asserts; the host
+// part below (tensor maps, shared-memory limit, launch) is nvcc-only for now (docs/jit.md, NVRTC design).
+#ifndef __CUDACC_RTC__
+namespace {
+
 CUtensorMapSwizzle d_swizzle() {
     return DLayout::kSpanBytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
            : DLayout::kSpanBytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
@@ -163,3 +171,5 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_gemm(const void* a, const void* sfa, const voi
     const cudaLaunchConfig_t config = launch_config(clusters, smem_bytes, static_cast<cudaStream_t>(stream), &cluster);
     return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_d));
 }
+
+#endif  // __CUDACC_RTC__
