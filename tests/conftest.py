@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import settings
 
 # Without a GPU, Triton kernels run in Triton's interpreter. The flag is read when a kernel is
 # decorated, i.e. when its module is first imported, by whichever test gets there first: so here.
@@ -124,9 +123,17 @@ def poisoned_empty(monkeypatch: pytest.MonkeyPatch) -> int:
 # the same examples on every run, so a CI failure replays locally), no example database written into
 # the checkout. "fuzz" (HYPOTHESIS_PROFILE=fuzz) searches longer with fresh randomness; a failure
 # prints the seed and the @reproduce_failure blob. No deadline: the first call of an op is slower.
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None, print_blob=True)
-settings.register_profile("fuzz", max_examples=1000, deadline=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# The adapters' CI venvs (.ci/vllm, .ci/sglang) install pytest alone and run no property test: there the
+# profiles have nothing to configure.
+try:
+    from hypothesis import settings
+except ImportError:
+    settings = None
+if settings is not None:
+    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
+                              print_blob=True)
+    settings.register_profile("fuzz", max_examples=1000, deadline=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 SEED = pytest.StashKey[int]()
