@@ -34,14 +34,9 @@ LIMIT = 1e-3
 
 
 def _layer(seed: int):
-    from dg_moe.layout import per_block_cast_to_fp8
+    from dg_moe.moe import quantize_expert_weights as quantise
 
     g = torch.Generator().manual_seed(seed)
-
-    def quantise(w):
-        pairs = [per_block_cast_to_fp8(x) for x in w]
-        return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
-
     mag = torch.rand(E, 1, 1, generator=g) + 0.5
     w13 = quantise(torch.randn(E, 2 * INTER, H, generator=g) * mag / H**0.5)
     w2 = quantise(torch.randn(E, H, INTER, generator=g) * mag / INTER**0.5)

@@ -144,20 +144,16 @@ def contiguous_inputs(counts: list[int], k: int, g) -> tuple:
 def moe_layer(experts: int, hidden: int, inter: int, g, shared_inter: int | None = None):
     """Random FP8 expert weights (CPU) w13 [E, 2I, H], w2 [E, H, I] with block scales, and a shared expert."""
     torch = _torch()
-    from dg_moe.layout import per_block_cast_to_fp8
     from dg_moe.moe import SharedExpert
-
-    def quantise(w):
-        pairs = [per_block_cast_to_fp8(x) for x in w]
-        return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
+    from dg_moe.moe import quantize_expert_weights as quantise
 
     mag = torch.rand(experts, 1, 1, generator=g) + 0.5
     w13 = quantise(torch.randn(experts, 2 * inter, hidden, generator=g) * mag / hidden**0.5)
     w2 = quantise(torch.randn(experts, hidden, inter, generator=g) * mag / inter**0.5)
     shared = None
     if shared_inter is not None:
-        s13 = per_block_cast_to_fp8(torch.randn(2 * shared_inter, hidden, generator=g) / hidden**0.5)
-        s2 = per_block_cast_to_fp8(torch.randn(hidden, shared_inter, generator=g) / shared_inter**0.5)
+        s13 = quantise(torch.randn(2 * shared_inter, hidden, generator=g) / hidden**0.5)
+        s2 = quantise(torch.randn(hidden, shared_inter, generator=g) / shared_inter**0.5)
         shared = SharedExpert(*s13, *s2)
     return w13, w2, shared
 

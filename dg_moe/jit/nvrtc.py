@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import importlib.util
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from ..errors import CompileError, ToolchainNotFoundError
 from . import env
 from .source import CSRC_DIR
+from .toolchain import nvidia_wheel_roots
 
 ARCH = "sm_90a"
 RTC_SHIM_DIR = CSRC_DIR / "rtc"
@@ -66,14 +66,7 @@ def compile_options(ptxas_verbose: bool) -> list[str]:
 
 
 def _wheel_lib_dirs() -> Iterator[Path]:
-    try:
-        spec = importlib.util.find_spec("nvidia")
-    except (ImportError, ValueError):
-        return
-    if spec is None or not spec.submodule_search_locations:
-        return
-    for location in spec.submodule_search_locations:
-        root = Path(location)
+    for root in nvidia_wheel_roots():
         yield from (root / sub / "lib" for sub in ("cu13", "cuda_nvrtc", "cu12"))
 
 

@@ -50,15 +50,19 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _wheel_nvcc_candidates() -> Iterator[Path]:
+def nvidia_wheel_roots() -> Iterator[Path]:
+    """The folders of the ``nvidia`` namespace package (where NVIDIA's CUDA wheels install), if any."""
     try:
         spec = importlib.util.find_spec("nvidia")
     except (ImportError, ValueError):
         return
     if spec is None or not spec.submodule_search_locations:
         return
-    for location in spec.submodule_search_locations:
-        root = Path(location)
+    yield from (Path(location) for location in spec.submodule_search_locations)
+
+
+def _wheel_nvcc_candidates() -> Iterator[Path]:
+    for root in nvidia_wheel_roots():
         yield from (root / sub / "bin" / "nvcc" for sub in ("cu13", "cuda_nvcc", "cu12"))
         yield from sorted(root.glob("*/bin/nvcc"))
 
