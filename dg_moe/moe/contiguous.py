@@ -20,20 +20,21 @@ from ..layout import TokenRows
 from ..layout.activation import silu_and_mul_to_fp8_contiguous_unchecked
 from ..layout.routing_contiguous import route_to_contiguous_unchecked
 from ..layout.unpermute import unpermute_reduce_contiguous_unchecked
-from ..ops.contiguous import m_grouped_fp8_gemm_nt_contiguous_unchecked
+from ._gemms import DG_MOE_GEMMS, GroupedGemms
 from .hints import expected_rows_per_expert
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 def routed_experts_contiguous(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk_ids: torch.Tensor,
-                              topk_weights: torch.Tensor) -> torch.Tensor:
+                              topk_weights: torch.Tensor, gemms: GroupedGemms = DG_MOE_GEMMS) -> torch.Tensor:
     """Weighted sum of each token's routed experts: bfloat16 [T, H].
 
     tokens: bf16 [T, H] (the routing quantises it 1x128) or (e4m3 [T, H], float32 [T, H/128]);
     w13: (e4m3 [E, 2I, H], float32 [E, 2I/128, H/128]);
     w2: (e4m3 [E, H, I], float32 [E, H/128, I/128]); topk_ids int [T, k] (-1: not local);
     topk_weights float [T, k]. Arguments as ``fused_moe`` validated them: the ops below run unchecked.
+    gemms: the two grouped GEMMs (dg_moe's; ``dg_moe.moe._gemms``).
     """
     num_experts, two_i, hidden = w13[0].shape
     num_tokens, top_k = topk_ids.shape
@@ -44,12 +45,10 @@ def routed_experts_contiguous(tokens: TokenRows, w13: FP8Pair, w2: FP8Pair, topk
     hint = expected_rows_per_expert(num_tokens, top_k, num_experts)
     device = routed.a.device
     gate_up = torch.empty(rows, two_i, dtype=torch.bfloat16, device=device)
-    m_grouped_fp8_gemm_nt_contiguous_unchecked((routed.a, routed.sfa), w13, gate_up, ends, use_psum_layout=True,
-                                               expected_m_for_psum_layout=hint)
+    gemms.contiguous((routed.a, routed.sfa), w13, gate_up, ends, hint)
     # The per-row form: the kernel reads each row's expert itself, where the prefix-sum form would need
     # a row mask built from the ends first.
     act = silu_and_mul_to_fp8_contiguous_unchecked(gate_up, routed.grouped_layout, zero_padding=False)
     down = torch.empty(rows, hidden, dtype=torch.bfloat16, device=device)
-    m_grouped_fp8_gemm_nt_contiguous_unchecked(act, w2, down, ends, use_psum_layout=True,
-                                               expected_m_for_psum_layout=hint)
+    gemms.contiguous(act, w2, down, ends, hint)
     return unpermute_reduce_contiguous_unchecked(down, routed.inverse, topk_weights)

@@ -19,6 +19,7 @@ from torch.compiler import is_compiling
 
 from ..layout.quant import per_token_cast_to_fp8_unchecked
 from . import layer_checks
+from ._gemms import DG_MOE_GEMMS, GroupedGemms
 from .contiguous import routed_experts_contiguous
 from .masked import default_max_m, routed_experts_masked
 from .shared import SharedExpert, shared_expert_forward
@@ -128,9 +129,11 @@ def fused_moe(
 def fused_moe_layer(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
                     w2_scale: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, mode: Mode,
                     max_m: int | None, routed_scaling_factor: float, shared_expert: SharedExpert | None,
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    gemms: GroupedGemms = DG_MOE_GEMMS) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`fused_moe` itself, checks included, without the torch.compile branch: the output and the
-    masked path's overflow counts (None on the contiguous path)."""
+    masked path's overflow counts (None on the contiguous path). ``gemms``: the routed experts' grouped
+    GEMMs (``dg_moe.moe._gemms``; the benchmark's DeepGEMM layer peer passes DeepGEMM's), the shared
+    expert's dense GEMMs stay dg_moe's."""
     fn = "fused_moe"
     dims = layer_checks.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                               routed_scaling_factor, shared_expert)
@@ -144,9 +147,10 @@ def fused_moe_layer(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Te
         if max_m is None:
             layer_checks.distinct_experts(fn, topk_ids)
             max_m = default_max_m(dims.num_tokens)
-        out, overflow = routed_experts_masked(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, max_m)
+        out, overflow = routed_experts_masked(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, max_m,
+                                              gemms)
     else:
-        out = routed_experts_contiguous(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights)
+        out = routed_experts_contiguous(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, gemms)
     if shared_expert is not None:
         out.add_(shared_expert_forward(tokens, shared_expert))
     return out, overflow
