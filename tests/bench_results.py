@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 from dg_moe.bench import gemm_report, layout, moe
 from dg_moe.bench.gemm_cases import EAGER_CASE, FORMS, PEERS, family_cases
-from dg_moe.bench.roofline import floor_s, peaks
+from dg_moe.bench.peer_deepgemm import DeepGemmStatus
+from dg_moe.bench.roofline import compute_floor_rate, floor_s, peaks
 from dg_moe.bench.timing import CALLS, FLUSH_BYTES, REPLAYS
 from dg_moe.moe.shapes import MODEL_SHAPES
 
@@ -65,23 +67,28 @@ def gemm_result() -> dict[str, object]:
 
 
 def moe_result() -> dict[str, object]:
-    """`dg-moe bench moe --models deepseek-v3 --json` on an H100: the document `main` writes."""
+    """`dg-moe bench moe --models deepseek-v3 --json` on an H100 with DeepGEMM: the document `main` writes."""
     shape = MODEL_SHAPES["deepseek-v3"]
     h, i = shape.hidden, shape.intermediate
     expert_bytes = (2 * i * h + h * i) + 4 * ((2 * i // 128) * (h // 128) + (h // 128) * (i // 128))
     hbm = PEAK["hbm_bytes_per_s"]
+    compute = compute_floor_rate(GPU, SMS)
+    fp8 = compute["fp8_flops_per_s"]
     rows = []
     # Experts a softmax top-8 routing of T tokens touches, out of 256, as the benchmark's draws give them.
     for tokens, touched in ((1, 8), (8, 61), (32, 163), (128, 247), (512, 256), (4096, 256)):
         mode = "masked" if tokens <= 128 else "contiguous"
         flops = 6 * tokens * shape.top_k * h * i
-        floor = floor_s(flops, touched * expert_bytes, PEAK)
-        if mode == "masked":
-            timing, ours, peer = "gpu (graph)", _us(floor, 1.3), _us(floor, 2.9)
-        else:  # eager wall time: the host's routing and launches come on top
-            timing, ours, peer = "eager", _us(floor, 1.9) + 180.0, _us(floor, 3.4) + 240.0
-        rows.append(moe.make_row(shape, tokens, mode, timing, touched, expert_bytes, ours, peer, 2.1e-4, hbm))
-    meta = {**MACHINE, "models": ["deepseek-v3"], "batches": list(moe.BATCHES), "peer": moe.PEER, "roofline": PEAK}
+        floor = max(flops / fp8, touched * expert_bytes / hbm)
+        gpu = {"dg_moe": _us(floor, 1.3), "deepgemm_layer": _us(floor, 1.38), "bf16_grouped": _us(floor, 2.9)}
+        eager = None
+        if mode == "contiguous":  # eager wall time: the host's routing and launches come on top
+            eager = {label: round(us + 180.0, 1) for label, us in gpu.items()}
+        similarity = {"deepgemm_layer": 0.0, "bf16_grouped": 2.1e-4}
+        rows.append(moe.make_row(shape, tokens, mode, touched, expert_bytes, gpu, eager, similarity, hbm, fp8))
+    status = DeepGemmStatus(ModuleType("deep_gemm"), version="2.6.1",
+                            path="/work/.peer/deepgemm/src/deep_gemm/__init__.py")
+    meta = moe.run_meta(GPU, MACHINE, [shape], moe.BATCHES, status, hbm, compute)
     return moe.document(meta, rows)
 
 

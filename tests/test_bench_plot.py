@@ -110,15 +110,24 @@ def test_gemm_panels_one_per_family_with_roofs_and_reasons():
     assert masked.notes[-1].startswith("eager call (host included, not charted): dg_moe 11.8 us")
 
 
-def test_moe_panels_decode_in_gbps_prefill_in_tflops():
-    decode, prefill = plot.panels(_load("moe"))
-    assert (decode.unit, prefill.unit) == ("GB/s", "TFLOPS") and decode.series == ["dg_moe", "bf16_grouped"]
+def test_moe_panels_decode_in_gbps_prefill_in_tflops_gpu_and_eager():
+    decode, prefill, eager = plot.panels(_load("moe"))
+    assert (decode.unit, prefill.unit, eager.unit) == ("GB/s", "TFLOPS", "TFLOPS")
+    assert "GPU time" in prefill.title and "eager wall time" in eager.title
+    # The DeepGEMM layer peer beside ours, the BF16 peer last.
+    assert decode.series == prefill.series == eager.series == ["dg_moe", "deepgemm_layer", "bf16_grouped"]
     assert [g.label for g in decode.groups] == [f"deepseek-v3\nT={t}" for t in (1, 8, 32, 128)]
     row = _load("moe")["results"][0]
     assert decode.groups[0].values["dg_moe"] == pytest.approx(row["weight_gbps"])
     assert decode.groups[0].roof == pytest.approx(3350)  # one token: reading the weights is the floor
-    # At 512 tokens reading all 256 experts still outweighs the math: the roof is far below the FP8 peak.
-    assert prefill.groups[0].roof < 0.1 * prefill.peak < prefill.groups[1].roof
+    # At 512 tokens reading all 256 experts still outweighs the math: the roof is far below the FP8 peak; at
+    # 4096 too (3.4 ms of reading against 1.9 ms of math at the compute floor's 1500 TFLOPS).
+    assert prefill.groups[0].roof < 0.1 * prefill.peak < prefill.groups[1].roof < 1500
+    last = _load("moe")["results"][-1]
+    assert prefill.groups[1].roof == pytest.approx(last["flops"] / last["weight_floor_us"] / 1e6)
+    assert eager.groups[1].values["dg_moe"] < prefill.groups[1].values["dg_moe"]  # the host's time on top
+    assert all(p.notes[-1].startswith("roof: work over max(weight floor, compute floor at 1500 TFLOPS)")
+               for p in (decode, prefill, eager))
 
 
 def test_layout_panels_per_layout_against_the_bandwidth():
@@ -225,11 +234,18 @@ def test_moe_bench_writes_the_json_and_its_chart(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: GPU)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(moe, "machine_facts", lambda: MACHINE)
-    monkeypatch.setattr(moe, "bench_shape", lambda s, batches, hbm: [
-        moe.make_row(s, t, "masked" if t <= 128 else "contiguous", "x", 64, 10_000_000, 300.0, 600.0, 1e-4, hbm)
-        for t in batches])
+
+    def bench_shape(s, batches, hbm, fp8, deepgemm):
+        assert deepgemm == "n/a: disabled by --no-deepgemm"
+        for t in batches:
+            gpu = {"dg_moe": 300.0, "deepgemm_layer": deepgemm, "bf16_grouped": 600.0}
+            eager = None if t <= 128 else {**gpu, "dg_moe": 500.0}
+            yield moe.make_row(s, t, "masked" if t <= 128 else "contiguous", 64, 10_000_000, gpu, eager,
+                               {"deepgemm_layer": deepgemm, "bf16_grouped": 1e-3}, hbm, fp8)
+
+    monkeypatch.setattr(moe, "bench_shape", bench_shape)
     argv = ["bench", "moe", "--models", shape.name, "--batches", "8,4096", "--out", str(tmp_path),
-            "--plot", str(tmp_path / "moe.png")]
+            "--plot", str(tmp_path / "moe.png"), "--no-deepgemm"]
     assert cli.main(argv) == 0
     doc = json.loads((tmp_path / "bench_moe.json").read_text())
     assert doc["schema"] == moe.SCHEMA and doc["meta"]["models"] == [shape.name] and doc["meta"]["roofline"] == PEAK

@@ -1,4 +1,5 @@
-"""DeepGEMM as a measurement peer: imported when importable, else the reason it is not.
+"""DeepGEMM as a measurement peer: imported when importable, else the reason it is not; and its grouped
+GEMMs behind the fused layer's GEMM seam (:func:`layer_gemms`), the layer peer of `dg-moe bench moe`.
 
 dg_moe keeps DeepGEMM's API, so a ``deep_gemm`` that is really dg_moe (an alias some setups install)
 would compare dg_moe with itself: that counts as not importable too.
@@ -11,7 +12,11 @@ import os
 from dataclasses import dataclass
 from types import ModuleType
 
+import torch
+
 import dg_moe
+from dg_moe.layout import get_mk_alignment_for_contiguous_layout
+from dg_moe.moe._gemms import FP8Pair, GroupedGemms
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,34 @@ def load_deep_gemm(disabled: str | None = None) -> DeepGemmStatus:
     if _is_dg_moe(module):
         return DeepGemmStatus(None, path=path, reason="deep_gemm resolves to dg_moe itself, not DeepGEMM")
     return DeepGemmStatus(module, version=str(getattr(module, "__version__", "unknown")), path=path)
+
+
+# DeepGEMM's m_grouped_fp8_gemm_nt_masked (SM90: sm90_m_grouped_fp8_gemm_masked_1d2d) addresses a and d as
+# one flattened [G * max_m, ...] tensor map and stores whole BLOCK_M-row tiles at g * max_m + i * BLOCK_M,
+# with BLOCK_M 64 or 128 (its heuristic's only candidates for the masked layout); it checks neither. With
+# max_m not a multiple of BLOCK_M, group g's last tile overwrites the first rows of group g + 1: the wrong
+# outputs seen at T <= 32 with max_m = T. A multiple of 128 keeps every tile inside its group.
+DEEPGEMM_MASKED_ROWS_ALIGNMENT = 128
+
+
+def layer_gemms(module: ModuleType) -> GroupedGemms:
+    """DeepGEMM's two grouped FP8 GEMMs behind the fused layer's seam (``dg_moe.moe._gemms``), on buffers it
+    accepts: the masked ones hold ``max_m`` rounded up to :data:`DEEPGEMM_MASKED_ROWS_ALIGNMENT` rows per
+    expert. ``module``: the imported ``deep_gemm``. Raises RuntimeError where its contiguous layout's group
+    alignment differs from the one dg_moe's routing pads to."""
+    # m_grouped_fp8_gemm_nt_contiguous(use_psum_layout=True) starts group g at ends[g - 1] rounded up to
+    # get_mk_alignment_for_contiguous_layout() (also its only BLOCK_M there), a value set_mk_alignment_for_
+    # contiguous_layout may change; dg_moe's routing pads every expert's segment to its own alignment.
+    theirs, ours = module.get_mk_alignment_for_contiguous_layout(), get_mk_alignment_for_contiguous_layout()
+    if theirs != ours:
+        raise RuntimeError(f"deep_gemm.get_mk_alignment_for_contiguous_layout() is {theirs}, but dg_moe's contiguous "
+                           f"layout pads each expert's rows to {ours}")
+
+    def contiguous(a: FP8Pair, b: FP8Pair, d: torch.Tensor, ends: torch.Tensor, expected_m: int) -> None:
+        module.m_grouped_fp8_gemm_nt_contiguous(a, b, d, ends, use_psum_layout=True,
+                                                expected_m_for_psum_layout=expected_m)
+
+    def masked(a: FP8Pair, b: FP8Pair, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int) -> None:
+        module.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, expected_m)
+
+    return GroupedGemms(contiguous, masked, masked_rows_alignment=DEEPGEMM_MASKED_ROWS_ALIGNMENT)

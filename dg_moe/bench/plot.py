@@ -1,11 +1,12 @@
 """Roofline charts of the `dg-moe bench` results, drawn from their JSON alone (no GPU, no torch call).
 
 One panel per family of cases, one group of bars per case: the throughput every timed library reached
-(dg_moe first, then DeepGEMM, then the cuBLAS or torch peer), in the unit the benchmark reports it in
-(TFLOPS for compute-bound GEMMs, GB/s for memory-bound ones: masked/decode GEMMs, the decode MoE layer,
-the layout kernels). Each group carries its roof, the case's work done in its floor time (the larger of
-FLOPs at the FP8 peak and bytes at the HBM bandwidth, docs/performance.md), with dg_moe's share of it
-printed above; a dashed line marks the flat peak. The peaks are the ones the run recorded in its meta
+(dg_moe first, then DeepGEMM or the MoE layer on its GEMMs, then the cuBLAS or torch peer), in the unit
+the benchmark reports it in (TFLOPS for compute-bound GEMMs, GB/s for memory-bound ones: masked/decode
+GEMMs, the decode MoE layer, the layout kernels). Each group carries its roof, the case's work done in
+its floor time (the larger of FLOPs at the FP8 peak and bytes at the HBM bandwidth, docs/performance.md;
+for the MoE layer the floors its rows record, FLOPs at the compute floor's rate), with dg_moe's share of
+it printed above; a dashed line marks the flat peak. The peaks are the ones the run recorded in its meta
 (dg_moe.bench.roofline), so a chart redrawn later shows what the run measured against.
 
 matplotlib is optional (``pip install "dg_moe[plot]"``); only ``render`` imports it, and the benchmarks
@@ -25,13 +26,13 @@ from .roofline import peak_line, peaks_of, roof
 
 FORMATS = (".png", ".svg", ".pdf")
 INSTALL = 'pip install "dg_moe[plot]"'
-SCHEMAS = ("dg_moe.bench.gemm/1", "dg_moe.bench.moe/1", "dg_moe.bench.layout/1")
+SCHEMAS = ("dg_moe.bench.gemm/1", "dg_moe.bench.moe/2", "dg_moe.bench.layout/1")
 
 # Ours in blues, DeepGEMM in oranges, the cuBLAS/torch peers in grey: the same library keeps its colour
 # in every panel and every benchmark.
 COLOURS = {
     "dg_moe": "#1f5fa8", "dg_moe_psum": "#1f5fa8", "dg_moe_rows": "#74a9cf", "triton": "#1f5fa8",
-    "deepgemm": "#e6770b", "deepgemm_psum": "#e6770b", "deepgemm_rows": "#fdb863",
+    "deepgemm": "#e6770b", "deepgemm_psum": "#e6770b", "deepgemm_rows": "#fdb863", "deepgemm_layer": "#e6770b",
     "cublas_blockwise": "#7f7f7f", "grouped_mm_bf16": "#7f7f7f", "bmm_bf16": "#7f7f7f", "bf16_grouped": "#7f7f7f",
     "torch": "#7f7f7f",
 }
@@ -132,29 +133,35 @@ def _gemm_panels(doc: Mapping[str, object], peak: Mapping[str, object]) -> list[
 
 def _moe_panels(doc: Mapping[str, object], peak: Mapping[str, object]) -> list[Panel]:
     rows = doc.get("results", [])
+    compute = (doc.get("meta") or {}).get("compute_floor") or {}
+    rate = compute.get("fp8_flops_per_s")
+    roof_note = (f"roof: work over max(weight floor, compute floor at {rate / 1e12:.0f} TFLOPS), the floors "
+                 "time_over_floor uses" if isinstance(rate, (int, float)) else "roof: work over the weight floor")
     panels = []
-    # Decode batches stream the experts' weights (GB/s of the touched experts' FP8 weights, GPU time);
-    # prefill batches are compute-bound (TFLOPS of the routed tokens' expert GEMMs, eager wall time).
-    for mode, unit, title in (
-        ("masked", "GB/s", "Fused MoE layer, decode (masked layout; GPU time): GB/s of the touched experts' "
-                           "FP8 weights"),
-        ("contiguous", "TFLOPS", "Fused MoE layer, prefill (contiguous layout; eager wall time, host "
-                                 "included): TFLOPS of the expert GEMMs"),
+    # Decode batches stream the experts' weights (GB/s of the touched experts' FP8 weights); prefill batches
+    # are priced by their expert GEMMs (TFLOPS), as GPU time and as eager wall time.
+    for mode, key, unit, title in (
+        ("masked", "gpu_us", "GB/s", "Fused MoE layer, decode (masked layout; GPU time of graph replays): GB/s of "
+                                     "the touched experts' FP8 weights"),
+        ("contiguous", "gpu_us", "TFLOPS", "Fused MoE layer, prefill (contiguous layout; GPU time of graph "
+                                           "replays): TFLOPS of the expert GEMMs"),
+        ("contiguous", "eager_us", "TFLOPS", "Fused MoE layer, prefill (contiguous layout; eager wall time, host "
+                                             "included): TFLOPS of the expert GEMMs"),
     ):
-        chosen = [r for r in rows if r.get("mode") == mode]
+        chosen = [r for r in rows if r.get("mode") == mode and isinstance(r.get(key), Mapping)]
         if not chosen:
             continue
         groups = []
         for r in chosen:
             work = r.get("flops") if unit == "TFLOPS" else r.get("weight_bytes")
-            values = {label: _rate(work, r.get(key), unit)
-                      for label, key in (("dg_moe", "dg_moe_us"), ("bf16_grouped", "bf16_grouped_us"))}
+            values = {label: _rate(work, us, unit) for label, us in r[key].items()}
+            floors = [f for f in (r.get("weight_floor_us"), r.get("compute_floor_us")) if isinstance(f, (int, float))]
             groups.append(Group(f"{r['model']}\nT={r['tokens']}", {k: v for k, v in values.items() if v is not None},
-                                roof(unit, r.get("flops"), r.get("weight_bytes"), peak)))
-        series = ["dg_moe", "bf16_grouped"]
-        times = [{"times_us": {"dg_moe": r.get("dg_moe_us"), "bf16_grouped": r.get("bf16_grouped_us")}}
-                 for r in chosen]
-        panels.append(Panel(title, unit, series, groups, peak_line(unit, peak), _missing_notes(series, times, groups)))
+                                _rate(work, max(floors), unit) if floors else None))
+        times = [{"times_us": r[key]} for r in chosen]
+        series = _series(times)
+        panels.append(Panel(title, unit, series, groups, peak_line(unit, peak),
+                            [*_missing_notes(series, times, groups), roof_note]))
     return panels
 
 

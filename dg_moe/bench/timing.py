@@ -3,7 +3,8 @@
 GPU time: a CUDA graph of ``calls`` launches, each preceded by a 256 MB memset that flushes L2,
 replayed several times; the same graph of memsets alone is subtracted; medians throughout. Peers
 timed together have their replays interleaved.
-Eager time: wall time per call of back-to-back eager calls (host cost included).
+Eager time: wall time per call of back-to-back eager calls (host cost included); peers timed together
+have their rounds of calls interleaved.
 """
 
 from __future__ import annotations
@@ -95,3 +96,39 @@ def eager_us(fn: Callable[[], None], calls: int = 200) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1e6 / calls
+
+
+EAGER_CALLS = 10
+"""Back-to-back eager calls in one round of :func:`eager_times_us`."""
+EAGER_ROUNDS = 5
+"""Rounds of :func:`eager_times_us`; each round times every fn once."""
+
+
+def eager_times_us(fns: Sequence[Callable[[], None]], calls: int = EAGER_CALLS,
+                   rounds: int = EAGER_ROUNDS) -> list[float | str]:
+    """Median wall time per eager call of each of ``fns`` in microseconds, host included.
+
+    Each round runs ``calls`` back-to-back calls of every fn in turn, synchronised before and after,
+    so drift falls on every peer alike, as in :func:`gpu_times_us`. A fn whose first call fails gets
+    the error's text instead.
+    """
+    ready: list[Callable[[], None] | str] = []
+    for fn in fns:
+        try:
+            fn()
+            torch.cuda.synchronize()
+            ready.append(fn)
+        except Exception as err:  # a peer that cannot run reports why instead of a number
+            ready.append(f"n/a ({describe_error(err)})")
+    samples: list[list[float]] = [[] for _ in ready]
+    for _ in range(rounds):
+        for fn, times in zip(ready, samples, strict=True):
+            if isinstance(fn, str):
+                continue
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e6 / calls)
+    return [fn if isinstance(fn, str) else statistics.median(times) for fn, times in zip(ready, samples, strict=True)]

@@ -51,8 +51,9 @@ class GroupedGemms:
 
 
 def _dg_moe_contiguous(a: FP8Pair, b: FP8Pair, d: torch.Tensor, ends: torch.Tensor, expected_m: int) -> None:
-    m_grouped_fp8_gemm_nt_contiguous_unchecked(a, b, d, ends, use_psum_layout=True,
-                                               expected_m_for_psum_layout=expected_m)
+    m_grouped_fp8_gemm_nt_contiguous_unchecked(
+        a, b, d, ends, use_psum_layout=True, expected_m_for_psum_layout=expected_m
+    )
 
 
 DG_MOE_GEMMS = GroupedGemms(_dg_moe_contiguous, m_grouped_fp8_gemm_nt_masked_unchecked)
