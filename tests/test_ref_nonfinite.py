@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dg_moe
+from dg_moe.layout._kernels import BACKEND_ENV
 from dg_moe.moe import fused_moe
 
 from .moe_loops import hidden_states, layer, routing
@@ -214,6 +215,16 @@ def test_grouped_nan_stays_in_its_row_or_group(op: str, what: str) -> None:
 MOE_E, MOE_H, MOE_INTER, MOE_TOP_K, MOE_T = 4, 256, 128, 2, 24
 
 
+@pytest.fixture(params=["torch", "triton"])
+def layout_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both implementations of the layout ops (the Triton one in its CPU interpreter): Triton's max reductions drop
+    NaN, so its quantisation must put the NaN back itself to keep this policy."""
+    if request.param == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv(BACKEND_ENV, request.param)
+    return request.param
+
+
 def moe_inputs() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     weights = list(layer(MOE_E, MOE_H, MOE_INTER, seed=3).routed)
     ids, topk_weights = routing(MOE_T, MOE_TOP_K, MOE_E, seed=5)
@@ -222,7 +233,7 @@ def moe_inputs() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize("mode", ["contiguous", "masked"])
-def test_fused_moe_nonfinite_token_stays_in_its_row(mode: str, value: float) -> None:
+def test_fused_moe_nonfinite_token_stays_in_its_row(mode: str, value: float, layout_backend: str) -> None:
     """NaN or Inf in one token's hidden state: its 1x128 block quantises to NaN (an Inf makes the scale infinite and
     its own element NaN), every GEMM column sums it, so the token's whole output row is NaN, and nothing else."""
     weights, hidden, ids, topk_weights = moe_inputs()
@@ -235,7 +246,7 @@ def test_fused_moe_nonfinite_token_stays_in_its_row(mode: str, value: float) -> 
 
 @pytest.mark.parametrize("weight", ["w13", "w2"])
 @pytest.mark.parametrize("mode", ["contiguous", "masked"])
-def test_fused_moe_nan_expert_weight_reaches_only_its_tokens(mode: str, weight: str) -> None:
+def test_fused_moe_nan_expert_weight_reaches_only_its_tokens(mode: str, weight: str, layout_backend: str) -> None:
     """An e4m3 NaN in expert 1's w13: the whole output row of each token routed to expert 1 (the activation's NaN
     enters every column of the w2 GEMM); in its w2 row 40: column 40 of those rows. Other tokens keep their bits."""
     weights, hidden, ids, topk_weights = moe_inputs()

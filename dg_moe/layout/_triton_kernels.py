@@ -60,12 +60,17 @@ def _ceil_to_ue8m0(sf):
 def _quantize_blocks(x, UE8M0: tl.constexpr):
     # x: float32 [CHUNK, 128] -> (e4m3 bytes uint8 [CHUNK, 128], float32 scales [CHUNK]) as
     # per_token_cast_to_fp8: sf = max(amax, 1e-4) / 448, q = x * (1 / sf).
-    amax = tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_FLOOR)
+    # tl.max and tl.maximum drop NaN (maxnum), where the reference's amax and clamp keep it: a block
+    # holding a NaN takes a NaN amax, as there, so its scale and every element are NaN, not finite.
+    has_nan = tl.max((x != x).to(tl.int32), axis=1) > 0
+    amax = tl.where(has_nan, float("nan"), tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_FLOOR))
     sf = tl.math.div_rn(amax, FP8_E4M3_MAX)
     if UE8M0:
         sf = _ceil_to_ue8m0(sf)
     scaled = x * tl.math.div_rn(tl.full(sf.shape, 1.0, tl.float32), sf)[:, None]
     q = _round_to_e4m3_grid(scaled).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    # e4m3's NaN is S.1111.111; the interpreter casts NaN to 0x7C (384), a finite value.
+    q = tl.where(scaled != scaled, 0x7F, q).to(tl.uint8)
     return q, sf
 
 
