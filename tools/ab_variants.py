@@ -13,6 +13,8 @@ A variant that fails or differs is reported, never fatal.
 --tile BMxBN[xMC[B]][sST]: e.g. 128x192x2B (a 2-CTA cluster sharing B), 128x128x2 (sharing A),
     256x128s3 (3 stages; default: the most that fit). A tile a layout cannot take is skipped.
 --compile-only: compile every variant in parallel processes and stop (no GPU needed).
+--profile: after the checks, run each call once between cudaProfilerStart/Stop instead of timing them, for
+    `ncu --profile-from-start off` (Nsight Compute on a variant the heuristic does not pick).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--no-deepgemm", action="store_true")
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--sms", type=int, default=132, help="SM count for --compile-only (default 132)")
+    parser.add_argument("--profile", action="store_true", help="one profiled call each instead of timing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     bases = [str(Path(b).resolve()) for b in args.base]
@@ -155,6 +158,14 @@ def main() -> None:
             fns.append(launch)
             names.append((name, config))
             checks.append(check)
+        if args.profile:
+            torch.cuda.cudart().cudaProfilerStart()
+            for fn in fns:
+                fn()
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStop()
+            print(f"{case.label:<34} profiled: " + ", ".join(name for name, _ in names), flush=True)
+            continue
         times = gpu_times_us(fns)
         peer_us = times[0] if names and names[0][1] is None else None
         for (name, config), us, check in zip(names, times, checks, strict=True):
