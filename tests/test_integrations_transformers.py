@@ -226,6 +226,23 @@ def test_bf16_quantised_copy_is_cached_and_follows_the_weights():
     assert not any("dg_moe" in key for key in model.state_dict())
 
 
+def test_model_built_under_inference_mode_keeps_its_copy():
+    # Weights created under inference_mode have no version counter; the cache key reads -1 for them
+    # without raising (an exception per weight and forward cost about 10 us each).
+    with torch.inference_mode():
+        model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
+    tokens = _tokens(BATCHES["masked"])
+    experts = _experts_modules(model)[0]
+    assert experts.down_proj.is_inference()
+    logits, _ = _forward(model, tokens)
+    first = adapter.cached_weights(experts)
+    _forward(model, tokens)
+    assert adapter.cached_weights(experts) is first
+    model.set_experts_implementation("eager")
+    ref_logits, _ = _forward(model, tokens)
+    assert calc_diff(logits, ref_logits) < BF16_LOGITS_BOUND
+
+
 def test_transposed_bf16_experts_match_eager():
     # Aria stores its experts transposed ([E, H, 2I], [E, I, H]), the layout grouped_mm consumes.
     config = AriaTextConfig(hidden_size=HIDDEN, intermediate_size=INTER, moe_num_experts=EXPERTS, moe_topk=2)

@@ -129,12 +129,25 @@ def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn
         )
     weights = _cached(self, sources, build)
     # transformers' expert parallelism marks a slot routed to another rank with an id >= the local expert
-    # count (and a zero weight); fused_moe's mark for such a slot is -1. Without EP every id is below E.
-    ids = torch.where(top_k_index < weights.w13.shape[0], top_k_index, -1)
-    shape = hidden_states.shape
-    tokens = hidden_states.reshape(-1, shape[-1]).to(torch.bfloat16)
-    out = fused_moe(tokens, *weights, ids.reshape(tokens.shape[0], -1), top_k_weights.reshape(tokens.shape[0], -1))
-    return out.to(hidden_states.dtype).reshape(shape)
+    # count (and a zero weight). fused_moe on CUDA skips an id outside [0, E) as it skips its own mark, -1,
+    # so the rewrite to -1 (two kernels a layer) is left to CPU, where fused_moe range-checks the ids
+    # instead. Without EP every id is below E.
+    if top_k_index.device.type != "cuda":
+        top_k_index = torch.where(top_k_index < weights.w13.shape[0], top_k_index, -1)
+    # transformers passes 2-D bf16 tensors already; a reshape or cast that changes nothing still costs a
+    # dispatch (about 1 us each, 4-5 a layer), hence the checks.
+    tokens = hidden_states if hidden_states.dim() == 2 else hidden_states.reshape(-1, hidden_states.shape[-1])
+    if tokens.dtype != torch.bfloat16:
+        tokens = tokens.to(torch.bfloat16)
+    num_tokens = tokens.shape[0]
+    out = fused_moe(tokens, *weights, _token_rows(top_k_index, num_tokens), _token_rows(top_k_weights, num_tokens))
+    if out.dtype != hidden_states.dtype:
+        out = out.to(hidden_states.dtype)
+    return out if hidden_states.dim() == 2 else out.reshape(hidden_states.shape)
+
+
+def _token_rows(t: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    return t if t.dim() == 2 and t.shape[0] == num_tokens else t.reshape(num_tokens, -1)
 
 
 class _Cache(NamedTuple):
@@ -156,12 +169,10 @@ def _state(tensors: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
 
 
 def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:
-        # Tensors created under torch.inference_mode carry no version counter (nor can they be
-        # modified in place outside it); identity and storage pointer still tell a replacement apart.
-        return -1
+    # Tensors created under torch.inference_mode (a model built or loaded there) carry no version counter,
+    # nor can they be modified in place outside it; identity and storage pointer still tell a replacement
+    # apart. Asked rather than caught: reading their counter raises, at about 10 us per tensor and forward.
+    return -1 if t.is_inference() else t._version
 
 
 def _cached(self: nn.Module, sources: tuple[torch.Tensor, ...],
