@@ -5,7 +5,7 @@
 // Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence, so they agree
 // on every tile without communicating):
 // - producer warpgroup (the last 128 threads; 40 registers each after setmaxnreg):
-//   - its first thread issues the TMA loads of A, B (128B-swizzled, K-major) and SFA into a
+//   - one elected lane of its first warp issues the TMA loads of A, B (128B-swizzled, K-major) and SFA into a
 //     kNumStages-deep ring of shared-memory stages, one stage per 128-wide K block;
 //   - its second warp copies each tile's SFB row(s) from global memory into one of two tables;
 // - one or two math warpgroups (232 registers each): wgmma on each K block, then promotion: the
@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "common/cluster.cuh"
+#include "common/elect.cuh"
 #include "common/mbarrier.cuh"
 #include "common/named_barrier.cuh"
 #include "common/registers.cuh"
@@ -646,8 +647,10 @@ __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
     if (threadIdx.x >= V::kNumMathThreads) {
         if constexpr (V::kNumMathThreads == 256)
             warpgroup_release_registers<kProducerRegisters>();
-        if (threadIdx.x == V::kNumMathThreads)
-            load_operands(smem, scheduler, &tmap_a, &tmap_b, &tmap_sfa, cta_rank);
+        if (warp == V::kNumMathWarps) {
+            if (elect_one_sync())
+                load_operands(smem, scheduler, &tmap_a, &tmap_b, &tmap_sfa, cta_rank);
+        }
         else if (warp == V::kNumMathWarps + 1)
             fill_sfb_tables(smem, scheduler, params, lane);
     } else {
