@@ -8,7 +8,7 @@ import pytest
 
 from dg_moe.kernels.sm90_fp8_gemm import GemmType
 from dg_moe.kernels.sm90_fp8_gemm.variants import VariantSet
-from dg_moe.moe import contiguous, fused_moe, masked, shared
+from dg_moe.moe import _gemms, fused_moe, shared
 from dg_moe.moe.shapes import MODEL_SHAPES, MoEShape
 from dg_moe.moe.warmup import layer_variants
 from dg_moe.moe.warmup import main as warmup_main
@@ -39,8 +39,8 @@ def requested(monkeypatch):
             return gemm_type, hint, n, k, groups
         return describe
 
-    record(masked, "m_grouped_fp8_gemm_nt_masked_unchecked", grouped(GemmType.MASKED))
-    record(contiguous, "m_grouped_fp8_gemm_nt_contiguous_unchecked", grouped(GemmType.CONTIGUOUS_PSUM))
+    record(_gemms, "m_grouped_fp8_gemm_nt_masked_unchecked", grouped(GemmType.MASKED))
+    record(_gemms, "m_grouped_fp8_gemm_nt_contiguous_unchecked", grouped(GemmType.CONTIGUOUS_PSUM))
     record(shared, "fp8_gemm_nt_unchecked",
            lambda a, b, d, *rest, **kw: (GemmType.NORMAL, a[0].shape[0], *b[0].shape, 1))
     return calls

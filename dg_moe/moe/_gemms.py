@@ -56,5 +56,11 @@ def _dg_moe_contiguous(a: FP8Pair, b: FP8Pair, d: torch.Tensor, ends: torch.Tens
     )
 
 
-DG_MOE_GEMMS = GroupedGemms(_dg_moe_contiguous, m_grouped_fp8_gemm_nt_masked_unchecked)
+def _dg_moe_masked(a: FP8Pair, b: FP8Pair, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int) -> None:
+    m_grouped_fp8_gemm_nt_masked_unchecked(a, b, d, masked_m, expected_m)
+
+
+# Both through functions that look the ops up when called, so that `dg-moe warmup`'s test can record the
+# calls the layer makes by replacing the ops in this module.
+DG_MOE_GEMMS = GroupedGemms(_dg_moe_contiguous, _dg_moe_masked)
 """dg_moe's own grouped GEMMs; they take any ``max_m``, so the buffers hold exactly ``max_m`` rows."""
