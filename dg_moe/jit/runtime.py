@@ -76,17 +76,21 @@ def _prepare(family: str, template_args: Mapping[str, TemplateArg], source_root:
     if not any(name == f"launch/{family}.cu" for name, _ in headers):
         searched = ", ".join(map(str, roots))
         raise ValueError(f"unknown kernel family {family!r}: no launch/{family}.cu under {searched}")
-    if backend == "nvrtc":
-        return _prepare_nvrtc(family, template_args, source, roots, headers)
-    tc = get_toolchain()
-    flags = compile_flags(env.ptxas_verbose())
-    material = {
+    # What every backend's key covers; each adds its compiler's identity and flags.
+    common = {
         "format": KEY_FORMAT,
-        "backend": "nvcc",
+        "backend": backend,
         "family": family,
         "template_args": dict(template_args),
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
         "headers": headers,
+    }
+    if backend == "nvrtc":
+        return _prepare_nvrtc(family, source, roots, common)
+    tc = get_toolchain()
+    flags = compile_flags(env.ptxas_verbose())
+    material = {
+        **common,
         "cutlass_version": tc.cutlass_version,
         "nvcc_version": tc.nvcc_version,
         "nvcc_build": tc.nvcc_build,
@@ -98,19 +102,13 @@ def _prepare(family: str, template_args: Mapping[str, TemplateArg], source_root:
     return _Prepared(family, key, source, material, include_dirs, tuple(flags), tc)
 
 
-def _prepare_nvrtc(family: str, template_args: Mapping[str, TemplateArg], source: str, roots: list[Path],
-                   headers: list[tuple[str, str]]) -> _Prepared:
+def _prepare_nvrtc(family: str, source: str, roots: list[Path], common: dict[str, object]) -> _Prepared:
     nv = nvrtc.get_nvrtc()
     options = nvrtc.compile_options(env.ptxas_verbose())
     shims = header_digests("".join(f'#include "{p.name}"\n' for p in sorted(nvrtc.RTC_SHIM_DIR.iterdir())),
                            [nvrtc.RTC_SHIM_DIR])
     material = {
-        "format": KEY_FORMAT,
-        "backend": "nvrtc",
-        "family": family,
-        "template_args": dict(template_args),
-        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-        "headers": headers,
+        **common,
         "rtc_shims": shims,
         "nvrtc_version": nv.version,
         "cuda_headers_sha256": nv.headers_sha256,
