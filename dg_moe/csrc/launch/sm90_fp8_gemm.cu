@@ -2,8 +2,11 @@
 // including this file (dg_moe/kernels/sm90_fp8_gemm/variants.py, template_args): DG_MOE_SHAPE_N,
 // DG_MOE_SHAPE_K, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_GEMM_TYPE (a
 // dg_moe::sched::GemmType enumerator), DG_MOE_MULTICAST (CTAs per cluster: 1 or 2),
-// DG_MOE_MULTICAST_B (a 2-CTA cluster shares B's loads rather than A's) and DG_MOE_SMEM_BYTES (the
-// host heuristic's shared-memory formula, checked against the layout).
+// DG_MOE_MULTICAST_B (a 2-CTA cluster shares B's loads rather than A's), then the host constants
+// Python computes for the NVRTC launcher (dg_moe/kernels/sm90_fp8_gemm/host_constants.py), each
+// static_asserted below against the C++ it mirrors: DG_MOE_SMEM_BYTES (the heuristic's shared-memory
+// formula), DG_MOE_BOX_ROWS_A/B, DG_MOE_D_SPAN_COLS, DG_MOE_BLOCK_THREADS, DG_MOE_PAIR_M,
+// DG_MOE_NUM_N_SLOTS and DG_MOE_PARAMS_BYTES.
 #include "common/abi.cuh"
 #include "common/tma.cuh"
 #include "kernels/sm90_fp8_gemm.cuh"
@@ -32,6 +35,18 @@ static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages and the D tile
 static_assert(
     Layout::kTotalBytes == DG_MOE_SMEM_BYTES,
     "smem_bytes() in dg_moe/kernels/sm90_fp8_gemm/heuristic.py disagrees with SharedLayout: mend the two together");
+// A cubin launch (dg_moe/kernels/sm90_fp8_gemm/cubin_entry.py) builds the grid, the tensor maps and the
+// kernel's arguments from Python's copies of these numbers: a copy that drifts fails here.
+#define DG_MOE_HOST_MISMATCH(what) \
+    what " in dg_moe/kernels/sm90_fp8_gemm/host_constants.py disagrees with the kernel: mend the two together"
+static_assert(kBoxRowsA == DG_MOE_BOX_ROWS_A, DG_MOE_HOST_MISMATCH("box_rows_a"));
+static_assert(kBoxRowsB == DG_MOE_BOX_ROWS_B, DG_MOE_HOST_MISMATCH("box_rows_b"));
+static_assert(DLayout::kSpanCols == DG_MOE_D_SPAN_COLS, DG_MOE_HOST_MISMATCH("d_span_cols"));
+static_assert(MathShape<kBlockM>::kBlockThreads == DG_MOE_BLOCK_THREADS, DG_MOE_HOST_MISMATCH("block_threads"));
+static_assert(V::Scheduler::kPairM == DG_MOE_PAIR_M, DG_MOE_HOST_MISMATCH("pair_m"));
+static_assert(V::Scheduler::kNumNSlots == DG_MOE_NUM_N_SLOTS, DG_MOE_HOST_MISMATCH("num_n_slots"));
+static_assert(sizeof(Params) == DG_MOE_PARAMS_BYTES, DG_MOE_HOST_MISMATCH("PARAMS_BYTES"));
+#undef DG_MOE_HOST_MISMATCH
 constexpr bool kGroupTable = kType == GemmType::MGroupedMasked || kType == GemmType::MGroupedContiguousPsum;
 constexpr auto kKernel =
     fp8_gemm_kernel<kShapeN, kShapeK, kBlockM, kBlockN, kNumStages, kType, kMulticast, kMulticastB>;
@@ -39,8 +54,8 @@ constexpr auto kKernel =
 }  // namespace
 
 // NVRTC (DG_MOE_JIT_BACKEND=nvrtc) compiles this file for its device code alone: the kernel named by
-// kKernel above (the JIT's name expression), instantiated and checked by the static_asserts; the host
-// part below (tensor maps, shared-memory limit, launch) is nvcc-only for now (docs/jit.md, NVRTC design).
+// kKernel above (the JIT's name expression), instantiated and checked by the static_asserts. Its host
+// part, the nvcc-only one below, is done in Python there (dg_moe/kernels/sm90_fp8_gemm/cubin_entry.py).
 #ifndef __CUDACC_RTC__
 namespace {
 

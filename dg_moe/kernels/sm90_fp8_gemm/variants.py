@@ -6,20 +6,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .constants import GemmType
-from .heuristic import GemmConfig, config_for, smem_bytes
+from .heuristic import GemmConfig, config_for
+from .host_constants import host_constants
+from .host_constants import template_args as host_template_args
 
 FAMILY = "sm90_fp8_gemm"
 """The JIT family: kernel dg_moe/csrc/kernels/sm90_fp8_gemm.cuh, host entry dg_moe/csrc/launch/sm90_fp8_gemm.cu."""
 
 
 def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> dict[str, int | str | bool]:
-    """The JIT template arguments of one kernel variant. SMEM_BYTES is the heuristic's shared-memory
-    formula, which the host entry static_asserts against the kernel's layout."""
+    """The JIT template arguments of one kernel variant: its shape and tiling, then the host constants
+    the Python side computes (SMEM_BYTES, the heuristic's shared-memory formula, box rows, D span,
+    threads, scheduler slots; :mod:`.host_constants`), which the launch file static_asserts against
+    the kernel's C++ under both backends."""
     return {
         "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
         "NUM_STAGES": config.num_stages, "GEMM_TYPE": gemm_type.cpp, "MULTICAST": config.multicast,
         "MULTICAST_B": config.multicast_b,
-        "SMEM_BYTES": smem_bytes(config.block_m, config.block_n, config.num_stages, k),
+        **host_template_args(host_constants(gemm_type, config, n, k)),
     }
 
 
