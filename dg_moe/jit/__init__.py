@@ -1,5 +1,7 @@
-"""JIT runtime: toolchain discovery, nvcc compilation, content-addressed kernel cache, ctypes loader."""
+"""JIT runtime: toolchain discovery, nvcc or NVRTC compilation, content-addressed kernel cache, ctypes
+loader (nvcc libraries) and driver-API launcher (NVRTC cubins)."""
 
+from .cubin import CubinKernel
 from .env import print_configs_enabled
 from .library import KernelLibrary
 from .parallel import CompileOutcome, compile_each, compile_many
@@ -9,6 +11,7 @@ from .toolchain import Toolchain, get_toolchain, toolchain_info
 
 __all__ = [
     "CompileOutcome",
+    "CubinKernel",
     "KernelLibrary",
     "TemplateArg",
     "Toolchain",

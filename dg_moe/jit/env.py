@@ -35,8 +35,8 @@ def print_configs_enabled() -> bool:
 def backend() -> str:
     """The compiler backend from ``DG_MOE_JIT_BACKEND``: ``nvcc`` (default) or ``nvrtc``.
 
-    ``nvrtc`` compiles device code to a cubin (``compile_only``); loading and launching a cubin from
-    Python is not wired yet, so ``build`` refuses it (docs/jit.md, "NVRTC backend: design")."""
+    ``nvrtc`` compiles device code to a cubin, which ``build`` returns as a CubinKernel that the
+    family's Python launcher runs through the CUDA driver (docs/jit.md, "NVRTC backend: design")."""
     name = os.environ.get("DG_MOE_JIT_BACKEND", "").strip().lower() or "nvcc"
     if name not in BACKENDS:
         raise ValueError(f"DG_MOE_JIT_BACKEND={name!r} is not a backend; use one of {', '.join(BACKENDS)}")

@@ -3,7 +3,7 @@
 NVRTC compiles device code only. The generated translation unit is the same as nvcc's; under NVRTC
 (``__CUDACC_RTC__``) the launch file and the common headers leave their host parts out and keep the
 kernel instantiation, ``kKernel`` in the launch file's anonymous namespace, whose mangled name NVRTC
-reports through a name expression. The host part (tensor maps, launch) is not ported yet: docs/jit.md.
+reports through a name expression. The host part (tensor maps, launch) is Python: cubin.py.
 
 libnvrtc is found in the ``nvidia-cuda-nvrtc`` wheel (``nvidia/cu13/lib`` or ``nvidia/cuda_nvrtc/lib``,
 the one CUDA builds of torch bring), ``$CUDA_HOME/lib64``, ``/usr/local/cuda/lib64``, then the loader's

@@ -1,4 +1,5 @@
-"""build() / compile_only(): from (family, template arguments) to a loaded or cached kernel library.
+"""build() / compile_only(): from (family, template arguments) to a loaded or cached kernel library
+(nvcc: a KernelLibrary of host entries) or kernel (nvrtc: a CubinKernel launched from Python).
 
 A warm ``build`` is one dictionary look-up. The first call per (family, arguments) in a process
 computes the cache key (generated source, dg_moe headers it includes, toolchain versions, flags,
@@ -22,6 +23,7 @@ from typing import Any
 from ..errors import CompileError
 from . import cache, env, nvrtc
 from .compiler import ARCH, compile_flags, run_nvcc
+from .cubin import CubinKernel
 from .library import KernelLibrary
 from .source import CSRC_DIR, TemplateArg, forget_headers, header_digests, render_source
 from .toolchain import Toolchain, get_toolchain
@@ -31,6 +33,7 @@ KEY_FORMAT = 2  # 2: the backend (nvcc or nvrtc) is part of the key
 
 # (family, sorted template args, source_root, DG_MOE_CACHE_DIR, DG_MOE_PTXAS_VERBOSE, DG_MOE_JIT_BACKEND)
 _Memo = tuple[Any, ...]
+Loaded = KernelLibrary | CubinKernel
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,8 @@ class _Prepared:
 
 
 _lock = threading.RLock()
-_loaded: dict[_Memo, KernelLibrary] = {}
-_by_key: dict[tuple[Path, str], KernelLibrary] = {}
+_loaded: dict[_Memo, Loaded] = {}
+_by_key: dict[tuple[Path, str], Loaded] = {}
 _stats = {"memory_hits": 0, "disk_hits": 0, "compiles": 0, "rebuilds": 0}
 
 
@@ -161,14 +164,25 @@ def _compile(prep: _Prepared, root: Path, entry: Path) -> None:
     _stats["compiles"] += 1
 
 
-def _load(prep: _Prepared, entry: Path) -> KernelLibrary | str:
+def _load_cubin(prep: _Prepared, entry: Path) -> CubinKernel | str:
+    # The cubin reaches the driver at the first launch; here only its kernel's name is looked up.
+    try:
+        meta = json.loads((entry / cache.META_FILE).read_text())
+        return CubinKernel(entry / cache.CUBIN_FILE, meta["kernels"][nvrtc.KERNEL_EXPRESSION], prep.family, prep.key)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"kernel.cubin's meta.json names no {nvrtc.KERNEL_EXPRESSION} ({exc!r})"
+
+
+def _load(prep: _Prepared, entry: Path) -> Loaded | str:
+    if prep.backend == "nvrtc":
+        return _load_cubin(prep, entry)
     try:
         return KernelLibrary(entry / cache.LIBRARY_FILE, prep.family, prep.key)
     except (OSError, AttributeError) as exc:
         return f"kernel.so does not load ({exc})"
 
 
-def _existing(prep: _Prepared, entry: Path, load: bool, when: str) -> tuple[KernelLibrary | Path | None, str | None]:
+def _existing(prep: _Prepared, entry: Path, load: bool, when: str) -> tuple[Loaded | Path | None, str | None]:
     """(the cached library or kernel.so, None) when the entry is intact, else (None, what is wrong)."""
     problem = cache.check_entry(entry, prep.key, KEY_FORMAT, prep.artifact)
     if problem is None:
@@ -181,7 +195,7 @@ def _existing(prep: _Prepared, entry: Path, load: bool, when: str) -> tuple[Kern
     return None, problem
 
 
-def _ensure(prep: _Prepared, root: Path, load: bool) -> KernelLibrary | Path:
+def _ensure(prep: _Prepared, root: Path, load: bool) -> Loaded | Path:
     """The loaded library (load=True) or the path of an intact kernel.so, compiling if needed."""
     entry = cache.entry_dir(root, prep.family, prep.key)
     found, problem = _existing(prep, entry, load, "")
@@ -202,7 +216,7 @@ def _ensure(prep: _Prepared, root: Path, load: bool) -> KernelLibrary | Path:
         return entry / prep.artifact
     result = _load(prep, entry)
     if isinstance(result, str):
-        raise CompileError(f"{prep.family}: nvcc built {entry / cache.LIBRARY_FILE} but {result}")
+        raise CompileError(f"{prep.family}: {prep.backend} built {entry / prep.artifact} but {result}")
     return result
 
 
@@ -215,8 +229,10 @@ def build(
     template_args: Mapping[str, TemplateArg] | None = None,
     *,
     source_root: Path | str | None = None,
-) -> KernelLibrary:
-    """Load (compiling on first use) the library of ``family`` instantiated with ``template_args``.
+) -> Loaded:
+    """Load (compiling on first use) the library of ``family`` instantiated with ``template_args``:
+    a KernelLibrary (its host entries), or under DG_MOE_JIT_BACKEND=nvrtc a CubinKernel (the kernel,
+    launched by the family's Python launcher; the cubin reaches the driver at its first launch).
 
     ``template_args`` become ``#define DG_MOE_<NAME> <value>`` ahead of ``#include "launch/<family>.cu"``.
     ``source_root`` is an extra source tree searched before ``dg_moe/csrc`` (tests, out-of-tree kernels).
@@ -233,17 +249,12 @@ def build(
     with _lock:
         lib = _loaded.get(memo)
         if lib is None:
-            if env.backend() == "nvrtc":
-                raise NotImplementedError(
-                    "DG_MOE_JIT_BACKEND=nvrtc compiles cubins (jit.compile_only) but cannot load and launch them "
-                    "yet: the host entries (tensor maps, launch) are nvcc-built; unset DG_MOE_JIT_BACKEND or set "
-                    "it to nvcc (docs/jit.md, 'NVRTC backend: design')")
             prep = _prepare(family, dict(items), _root(source_root))
             root = env.cache_dir()
             lib = _by_key.get((root, prep.key))
             if lib is None:
                 lib = _ensure(prep, root, load=True)
-                assert isinstance(lib, KernelLibrary)
+                assert isinstance(lib, (KernelLibrary, CubinKernel))
                 _by_key[(root, prep.key)] = lib
             _loaded[memo] = lib
         return lib
