@@ -78,3 +78,22 @@ def test_nvrtc_errors_carry_the_log(nvrtc_cache: Path, tmp_path: Path) -> None:
     (root / "launch" / "broken.cu").write_text("constexpr int kKernel = not_declared;\n")
     with pytest.raises(CompileError, match="(?s)NVRTC failed.*not_declared"):
         jit.compile_only("broken", {}, source_root=root)
+
+
+def test_build_returns_the_cubin_kernel_and_bind_its_entry(nvrtc_cache: Path) -> None:
+    """Under nvrtc, build loads nothing into the driver yet (no GPU needed): it names the cubin and the
+    mangled kernel, and the GEMM launcher wraps it in its Python host entry."""
+    from dg_moe.jit import CubinKernel
+    from dg_moe.kernels.sm90_fp8_gemm import launcher
+    from dg_moe.kernels.sm90_fp8_gemm.constants import GemmType
+    from dg_moe.kernels.sm90_fp8_gemm.cubin_entry import CubinEntry
+    from dg_moe.kernels.sm90_fp8_gemm.heuristic import config_for
+
+    config = config_for(GemmType.NORMAL, 64, 2112, 7168, 1, 132)
+    entry = launcher.bind(GemmType.NORMAL, config, 2112, 7168)
+    assert isinstance(entry, CubinEntry)
+    kernel = jit.build(FAMILY, launcher.template_args(GemmType.NORMAL, config, 2112, 7168))
+    assert isinstance(kernel, CubinKernel) and kernel is entry.kernel
+    meta = json.loads((kernel.path.parent / "meta.json").read_text())
+    assert kernel.path.name == "kernel.cubin" and kernel.name == meta["kernels"]["kKernel"]
+    assert entry.constants.block_m == config.block_m

@@ -1,5 +1,10 @@
 """Launch of the SM90 FP8 GEMM behind the public ops: scale-factor layout, config choice, JIT build, call.
 
+The JIT backend (``DG_MOE_JIT_BACKEND``) decides what a variant's entry is: the nvcc-built host entry of
+``kernel.so`` (a KernelLibrary function), or under nvrtc a :class:`.cubin_entry.CubinEntry` on the
+variant's CubinKernel. Both take the same arguments (:func:`kernel_args`). The backend is read when a
+variant is first bound in a process; the bound entries are kept in ``_entries``.
+
 The kernels take recipe (1, 128, 128), BF16 output, K-major contiguous A and B. Variants they do not
 cover yet (accumulating ``c``, the (1, 1, 128) recipe, transposed layouts) raise
 KernelNotAvailableError on CUDA; their CPU reference exists.
@@ -18,12 +23,14 @@ import torch
 from ... import checks
 from ... import device as _device
 from ...errors import KernelNotAvailableError
-from ...jit import build
+from ...jit import CubinKernel, build
 from ...layout.scale_factors import get_tma_aligned_size, sf_in_kernel_layout
 from ...ops.dispatch import register_kernel
 from ...reference.common import RECIPE_1D2D
 from .constants import GemmType
+from .cubin_entry import CubinEntry
 from .heuristic import GemmConfig, config_for, print_config_if_asked
+from .host_constants import host_constants
 from .variants import FAMILY, template_args
 
 _ENTRY = "dg_moe_sm90_fp8_gemm"
@@ -38,9 +45,13 @@ _entries: dict[tuple[GemmType, int, int, int, int, int], Callable[..., None]] = 
 
 
 def bind(gemm_type: GemmType, config: GemmConfig, n: int, k: int, source_root: str | None = None):
-    """The host entry of one variant (built or loaded from the cache), called with :func:`kernel_args`.
+    """The host entry of one variant (built or loaded from the cache), called with :func:`kernel_args`:
+    the nvcc library's, or under DG_MOE_JIT_BACKEND=nvrtc its Python twin on the cubin.
     ``source_root``: a kernel source tree searched before the package's (A/B tools)."""
-    return build(FAMILY, template_args(gemm_type, config, n, k), source_root=source_root).function(_ENTRY, _ARGTYPES)
+    built = build(FAMILY, template_args(gemm_type, config, n, k), source_root=source_root)
+    if isinstance(built, CubinKernel):
+        return CubinEntry(built, host_constants(gemm_type, config, n, k))
+    return built.function(_ENTRY, _ARGTYPES)
 
 
 def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
