@@ -1,7 +1,7 @@
 """ctypes bindings of the few CUDA driver entry points that launch an NVRTC cubin (``libcuda.so.1``).
 
-The enum values and struct layouts are those of cuda.h (CUDA 13.0); tests/test_jit_cubin.py compiles
-a C program against cuda.h to check the structs' sizes and offsets. Only un-versioned entry points
+The enum values and struct layouts are those of cuda.h (CUDA 13.0); tests/test_jit_cuda_driver.py
+compiles a C program against cuda.h to check every value, size and offset. Only un-versioned entry points
 are bound (cuda.h maps none of these names to a ``_v2``), so the symbols are the ones cuda.h
 declares. The library is opened on first use, not on import: a machine without a GPU imports this.
 """
