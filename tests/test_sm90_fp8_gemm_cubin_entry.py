@@ -120,7 +120,8 @@ class _FakeDriver:
         self.encoded: list[tuple] = []
         self.launches: list[dict] = []
         self.attributes: list[tuple] = []
-        self.launch_status = cu.CUDA_SUCCESS
+        self.launch_statuses: list[int] = []  # returned first, in turn; then CUDA_SUCCESS
+        self.made_current: list[int] = []
 
     def check(self, status: int, entry: str) -> None:
         if status != cu.CUDA_SUCCESS:
@@ -128,6 +129,9 @@ class _FakeDriver:
 
     def current_device(self, address: int) -> int:
         return 0
+
+    def make_primary_current(self, device: int) -> None:
+        self.made_current.append(device)
 
     def cuKernelSetAttribute(self, attribute: int, value: int, kernel: int, device: int) -> int:
         self.attributes.append((attribute, value, kernel, device))
@@ -169,7 +173,7 @@ class _FakeDriver:
                 "maps": [ctypes.c_uint64.from_address(pointers[i]).value for i in range(1, 5)],
             }
         )
-        return self.launch_status
+        return self.launch_statuses.pop(0) if self.launch_statuses else cu.CUDA_SUCCESS
 
 
 @pytest.fixture
@@ -210,8 +214,19 @@ def test_a_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:
 def test_errors_name_the_entry_point(fake_kernel) -> None:
     kernel, driver = fake_kernel
     entry = ce.CubinEntry(kernel, _constants(GemmType.NORMAL, 64, 32, 2112, 7168))
-    driver.launch_status = 700
+    driver.launch_statuses = [700]
     with pytest.raises(CudaError, match="cuLaunchKernelEx failed with CUDA error 700"):
         entry(1, 2, 3, 4, 5, None, 64, 1, 64, 132, 0)
     with pytest.raises(CudaError, match="dg_moe_sm90_fp8_gemm failed.*m=0"):
         entry(1, 2, 3, 4, 5, None, 0, 1, 64, 132, 0)
+
+
+def test_a_thread_without_context_gets_the_primary_one(fake_kernel) -> None:
+    """A launch prepared in one thread and repeated in another that made no CUDA call yet: the driver
+    answers CUDA_ERROR_INVALID_CONTEXT, the device's primary context is made current, the launch retried."""
+    kernel, driver = fake_kernel
+    entry = ce.CubinEntry(kernel, _constants(GemmType.NORMAL, 64, 32, 2112, 7168))
+    entry(1, 2, 3, 4, 5, None, 64, 1, 64, 132, 0)
+    driver.launch_statuses = [cu.CUDA_ERROR_INVALID_CONTEXT]
+    entry(1, 2, 3, 4, 5, None, 64, 1, 64, 132, 0)
+    assert driver.made_current == [0] and len(driver.launches) == 3

@@ -18,6 +18,7 @@ from pathlib import Path
 from .cuda_driver import (
     CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
     CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+    CUDA_ERROR_INVALID_CONTEXT,
     CUDA_SUCCESS,
     CUlaunchAttribute,
     CUlaunchConfig,
@@ -43,14 +44,15 @@ def launch_config(
 
 
 class PreparedLaunch:
-    """One launch reduced to a cuLaunchKernelEx call on ready-made arguments: calling it allocates
-    nothing and never synchronises, so it can be captured into a CUDA graph."""
+    """One launch on ``device`` reduced to a cuLaunchKernelEx call on ready-made arguments: calling it
+    allocates nothing and never synchronises, so it can be captured into a CUDA graph."""
 
-    __slots__ = ("_launch", "_args", "_check", "_keep")
+    __slots__ = ("_launch", "_args", "_driver", "_device", "_keep")
 
     def __init__(
         self,
         kernel: CubinKernel,
+        device: int,
         config: tuple[CUlaunchConfig, CUlaunchAttribute],
         arguments: Sequence[ctypes.Structure | EncodedTensorMap],
     ):
@@ -59,15 +61,19 @@ class PreparedLaunch:
         # The driver reads the config, the attribute and every argument during the call only, but
         # they must live until then: kept here with the addresses.
         self._keep = (config, tuple(arguments), params)
-        driver = kernel.driver
-        self._launch = driver.cuLaunchKernelEx
-        self._check = driver.check
+        self._driver = kernel.driver
+        self._device = device
+        self._launch = self._driver.cuLaunchKernelEx
         self._args = (ctypes.addressof(config[0]), kernel.handle(), ctypes.addressof(params), None)
 
     def __call__(self) -> None:
         status = self._launch(*self._args)
         if status != CUDA_SUCCESS:
-            self._check(status, "cuLaunchKernelEx")
+            if status == CUDA_ERROR_INVALID_CONTEXT:
+                # A thread that made no CUDA call yet, repeating a launch another thread prepared.
+                self._driver.make_primary_current(self._device)
+                status = self._launch(*self._args)
+            self._driver.check(status, "cuLaunchKernelEx")
 
 
 class CubinKernel:

@@ -134,10 +134,16 @@ class Driver:
         if status != CUDA_SUCCESS:
             raise CudaError(entry, status, self.error_string(status))
 
+    def make_primary_current(self, device: int) -> None:
+        """Make ``device``'s primary context (the one the CUDA runtime and torch use) current in this
+        thread, as cudaSetDevice would."""
+        context = ctypes.c_void_p()
+        self.check(self.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+        self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
     def current_device(self, address: int) -> int:
-        """The device of the calling thread's context; where the thread has none yet (a thread that
-        made no runtime call), the primary context of the device holding ``address`` is made current,
-        as cudaSetDevice would."""
+        """The device of the calling thread's context; where the thread has none yet (it made no runtime
+        call), the primary context of the device holding ``address`` is made current first."""
         device = ctypes.c_int()
         status = self.cuCtxGetDevice(ctypes.byref(device))
         if status == CUDA_ERROR_INVALID_CONTEXT:
@@ -147,9 +153,7 @@ class Driver:
                 "cuPointerGetAttribute",
             )
             self.check(self.cuDeviceGet(ctypes.byref(device), ordinal.value), "cuDeviceGet")
-            context = ctypes.c_void_p()
-            self.check(self.cuDevicePrimaryCtxRetain(ctypes.byref(context), device.value), "cuDevicePrimaryCtxRetain")
-            self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+            self.make_primary_current(device.value)
             status = self.cuCtxGetDevice(ctypes.byref(device))
         self.check(status, "cuCtxGetDevice")
         return device.value

@@ -166,4 +166,4 @@ class CubinEntry:
         shared, group_table = dynamic_shared_bytes(c, num_groups)
         params = Params(sfb, layout, d, m, num_groups, int(group_table))
         config = launch_config(clusters * c.multicast, c.block_threads, shared, stream, c.multicast)
-        return PreparedLaunch(kernel, config, (params, *maps))
+        return PreparedLaunch(kernel, device, config, (params, *maps))
