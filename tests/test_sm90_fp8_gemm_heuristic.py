@@ -8,8 +8,12 @@ import pytest
 from dg_moe.kernels.sm90_fp8_gemm.constants import SMEM_BYTES_PER_BLOCK, GemmType
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import (
     DENSE_SHORT_ROWS,
+    MASKED_SHARED_B_ROWS,
     MASKED_SHORT_GROUP_ROWS,
     MAX_STAGES,
+    SHARED_B_MIN_K,
+    SHARED_B_MIN_ROWS,
+    SHARED_B_MIN_ROWS_PER_ROW,
     choose_config,
     config_for,
     fits_registers,
@@ -61,6 +65,23 @@ def test_decode_masked_groups_take_64_row_tiles(n, k):
     assert config_for(GemmType.MASKED, 1024, n, k, 8, 132).block_m > 64
     assert config_for(GemmType.CONTIGUOUS_PSUM, 128, n, k, 8, 132).block_m == \
         choose_config(128, n, k, 8, 132, max_block_m=128).block_m
+
+
+@pytest.mark.parametrize("n,k", [(4096, 7168), (7168, 2048)])
+def test_b_sharing_clusters_where_measured(n, k):
+    # docs/perf-log.md v16 (H100, beside DeepGEMM): pairs of m-blocks within one group read B once.
+    def shares_b(gemm_type, rows):
+        config = config_for(gemm_type, rows, n, k, 16, 132)
+        return config.multicast == 2 and config.multicast_b
+
+    low, high = MASKED_SHARED_B_ROWS
+    assert shares_b(GemmType.MASKED, high) and shares_b(GemmType.MASKED, low + 1)
+    assert not shares_b(GemmType.MASKED, low) and not shares_b(GemmType.MASKED, high + 1)
+    assert config_for(GemmType.MASKED, high, n, k, 16, 131).multicast == 1  # a cluster needs an even SM count
+    assert shares_b(GemmType.CONTIGUOUS_PSUM, SHARED_B_MIN_ROWS) == (k >= SHARED_B_MIN_K)
+    assert not shares_b(GemmType.CONTIGUOUS_PSUM, SHARED_B_MIN_ROWS - 1)
+    assert shares_b(GemmType.CONTIGUOUS, SHARED_B_MIN_ROWS_PER_ROW) == (k >= SHARED_B_MIN_K)
+    assert not shares_b(GemmType.CONTIGUOUS, SHARED_B_MIN_ROWS_PER_ROW - 1)
 
 
 @pytest.mark.parametrize("n,k", DEEPSEEK_V3_NK)

@@ -200,7 +200,21 @@ cost model's 128-row tiles leave half of each stage to A rows past M (H100, tool
 
 WIDE_CONTIGUOUS_MIN_N = 192
 SHARED_B_MIN_K = 4096
-SHARED_B_MIN_ROWS = 512
+SHARED_B_MIN_ROWS = 256
+"""Prefix-sum contiguous groups of at least this many expected rows share B across a 2-CTA cluster (at K >=
+SHARED_B_MIN_K). Since the cluster pairs two m-blocks of one group (docs/perf-log.md v16), 32 x 256 rows at
+4096 x 7168 runs 600 -> 539 us (H100, DG/ours 0.88 -> 0.98); at K = 2048 sharing still lost (0.95 -> 0.92)."""
+
+SHARED_B_MIN_ROWS_PER_ROW = 512
+"""The same for the per-row layout, whose scheduler has no group table and pairs global m-blocks 2p and
+2p + 1: at 256 rows per group those pairs often span two groups and share nothing (v13: no gain)."""
+
+MASKED_SHARED_B_ROWS = (64, 128)
+"""Masked groups of more than the first and at most the second many expected rows run 128 x 192 tiles
+sharing B. About half such groups spill a few rows into a second m-block, and the cluster's pair reads that
+group's weights once for both (H100, 16 x 128 rows: DG/ours 0.94 -> 1.00 at 4096 x 7168, 0.96 -> 1.00 at
+7168 x 2048); at 64 rows no group has a second m-block and the cluster only costs (1.05 -> 0.96), at 256
+rows it gained nothing (1.06 -> 1.06) or lost (1.04 -> 0.93 at K = 2048)."""
 
 
 def _fixed(block_m: int, block_n: int, multicast: int, multicast_b: bool, rows: int, n: int, k: int, groups: int,
@@ -212,12 +226,13 @@ def _fixed(block_m: int, block_n: int, multicast: int, multicast_b: bool, rows: 
 
 def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
     """The variant one call shape of one layout runs: the cost model's choice, overridden where a
-    measurement beside DeepGEMM showed it wrong (docs/perf-log.md, v13; H100, tools/ab_variants.py).
+    measurement beside DeepGEMM showed it wrong (docs/perf-log.md, v13 and v16; H100, tools/ab_variants.py).
 
     - contiguous (N >= 192): 128 x 192 tiles, whose 2-SFB promotion is compile-time since v13, beat
       128 x 128 on all six bench cases (e.g. 8 x 4096 rows at 4096 x 7168: 2004 vs 2292 us); a 2-CTA
-      cluster sharing B added 9-14 % at K = 7168 with 4096+ rows per group, nothing at 256 rows, and
-      lost 2-7 % at K = 2048;
+      cluster sharing B added 9-14 % at K = 7168 with 4096+ rows per group, 10 % at 256 rows (prefix-sum layout)
+      since its pairs lie within one group (SHARED_B_MIN_ROWS), and lost 2-7 % at K = 2048;
+    - masked, about one 128-row tile per group (MASKED_SHARED_B_ROWS): 128 x 192 sharing B;
     - dense, M >= 2048: 256 x 128 tiles share A across a 2-CTA cluster at K >= 4096 (7168 x 16384:
       819 vs 869 us; 4096 x 7168: 187 vs 194), except where N ends in a narrow column block, which
       then runs 128 x 192 tiles sharing B (4096 x 2112 x 7168: 100 vs 111 us).
@@ -225,9 +240,13 @@ def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: 
     contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
     rows = max(rows_hint, 1)
     if contiguous and n >= WIDE_CONTIGUOUS_MIN_N:
-        shared_b = k >= SHARED_B_MIN_K and rows >= SHARED_B_MIN_ROWS and num_sms % 2 == 0
+        min_rows = SHARED_B_MIN_ROWS if gemm_type == GemmType.CONTIGUOUS_PSUM else SHARED_B_MIN_ROWS_PER_ROW
+        shared_b = k >= SHARED_B_MIN_K and rows >= min_rows and num_sms % 2 == 0
         return _fixed(128, 192, 2 if shared_b else 1, shared_b, rows, n, k, num_groups, num_sms)
     masked = gemm_type == GemmType.MASKED
+    if masked and MASKED_SHARED_B_ROWS[0] < rows <= MASKED_SHARED_B_ROWS[1] and n >= WIDE_CONTIGUOUS_MIN_N \
+            and num_sms % 2 == 0:
+        return _fixed(128, 192, 2, True, rows, n, k, num_groups, num_sms)
     if masked and MASKED_SHORT_GROUP_ROWS < rows < MASKED_TALL_TILE_ROWS:
         wide = k >= SHARED_B_MIN_K and rows >= 128 and n >= WIDE_CONTIGUOUS_MIN_N
         return _fixed(128, 192 if wide else 128, 1, False, rows, n, k, num_groups, num_sms)
