@@ -1,7 +1,8 @@
 """A/B of SM90 FP8 GEMM variants on `dg-moe bench gemm`'s cases, beside DeepGEMM, in one process (GPU).
 
     python tools/ab_variants.py [--family dense,contiguous,masked] [--match TEXT]... [--tile SPEC]...
-                                [--base DIR]... [--no-deepgemm] [--compile-only] [--json PATH]
+                                [--base DIR]... [--contiguous G:ROWS[:N:K]]... [--no-deepgemm] [--compile-only]
+                                [--json PATH]
 
 For each case (bench gemm's lists; --match keeps cases whose label contains one of the texts) the
 heuristic's variant and every --tile variant run on the case's own inputs (psum form for contiguous),
@@ -12,6 +13,8 @@ it, the heuristic variant's); then all of them and DeepGEMM are timed in one int
 A variant that fails or differs is reported, never fatal.
 --tile BMxBN[xMC[B]][sST]: e.g. 128x192x2B (a 2-CTA cluster sharing B), 128x128x2 (sharing A),
     256x128s3 (3 stages; default: the most that fit). A tile a layout cannot take is skipped.
+--contiguous G:ROWS[:N:K]: also a prefix-sum contiguous case of G groups of about ROWS rows (jittered as
+    bench gemm's are), at N x K or at both MoE shapes; e.g. 256:128, a DeepSeek-V3 prefill of 4096 tokens.
 --compile-only: compile every variant in parallel processes and stop (no GPU needed).
 --profile: after the checks, run each call once between cudaProfilerStart/Stop instead of timing them, for
     `ncu --profile-from-start off` (Nsight Compute on a variant the heuristic does not pick).
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 from dg_moe import device as dg_device
-from dg_moe.bench.gemm_cases import FORMS, family_cases, parse_families
+from dg_moe.bench.gemm_cases import FORMS, MOE_NK, ContiguousCase, family_cases, parse_families
 from dg_moe.bench.gemm_plan import gemm_calls
 from dg_moe.bench.gemm_problems import build_problem
 from dg_moe.bench.peer_deepgemm import load_deep_gemm
@@ -50,6 +53,14 @@ def parse_tile(text: str) -> tuple[int, int, int, bool, int]:
         raise argparse.ArgumentTypeError(f"--tile {text!r}: expected BMxBN[xMC[B]][sST], e.g. 128x192x2B")
     bm, bn, mc, shares_b, st = match.groups()
     return int(bm), int(bn), int(mc or 1), shares_b == "B", int(st or 0)
+
+
+def parse_contiguous(text: str) -> list[ContiguousCase]:
+    parts = text.split(":")
+    if len(parts) not in (2, 4) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"--contiguous {text!r}: expected G:ROWS or G:ROWS:N:K, e.g. 256:128")
+    groups, rows, *nk = (int(p) for p in parts)
+    return [ContiguousCase(groups, rows, n, k) for n, k in ([tuple(nk)] if nk else MOE_NK)]
 
 
 def variants(gemm_type: GemmType, rows_hint: int, n: int, k: int, groups: int, tiles, sms: int):
@@ -91,6 +102,8 @@ def main() -> None:
     parser.add_argument("--match", action="append", default=[], help="keep cases whose label contains TEXT")
     parser.add_argument("--tile", type=parse_tile, action="append", default=[])
     parser.add_argument("--base", action="append", default=[], help="kernel source tree to compare against")
+    parser.add_argument("--contiguous", type=parse_contiguous, action="append", default=[],
+                        help="extra prefix-sum contiguous case G:ROWS[:N:K]")
     parser.add_argument("--no-deepgemm", action="store_true")
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--sms", type=int, default=132, help="SM count for --compile-only (default 132)")
@@ -100,6 +113,7 @@ def main() -> None:
     bases = [str(Path(b).resolve()) for b in args.base]
     cases = [c for f in parse_families(args.family) if f != "eager" for c in family_cases(f)
              if not args.match or any(text in c.label for text in args.match)]
+    cases += [c for extra in args.contiguous for c in extra]
     sms = args.sms if args.compile_only else dg_device.num_sms_for(torch.device("cuda"))
     planned = plan(cases, args.tile, bases, sms)
 
