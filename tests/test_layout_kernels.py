@@ -460,6 +460,29 @@ def test_silu_kernel_contiguous_unpadded_matches_padded(monkeypatch, poisoned_em
     assert_activation_close(padded, want)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("use_ue8m0", [False, True])
+def test_quantisers_on_cuda_are_the_cpu_bits(use_ue8m0):
+    # The casts are PyTorch on every device. On CUDA, torch divides by a Python number as a multiplication
+    # by its float32 reciprocal, which moved about half of all scales amax / 448 by one ulp (and their
+    # codes with them) against the CPU and the Triton kernels (tools/sanitize_cases.py layout_quant
+    # caught it on an H100); the division now takes a tensor divisor on every device.
+    x = hidden_states(301, 1152, seed=41) * 3  # 301 rows of nine blocks each: 2709 scales
+    want = layout.per_token_cast_to_fp8(x, use_ue8m0=use_ue8m0)
+    got = layout.per_token_cast_to_fp8(x.cuda(), use_ue8m0=use_ue8m0)
+    assert_fp8_equal(got[0].cpu(), want[0])
+    assert torch.equal(bits(got[1]), bits(want[1]))
+    if use_ue8m0:
+        packed = layout.per_token_cast_to_fp8(x.cuda(), use_ue8m0=True, use_packed_ue8m0=True)[1]
+        assert torch.equal(packed.cpu(), layout.per_token_cast_to_fp8(x, use_ue8m0=True, use_packed_ue8m0=True)[1])
+    w = x[:300, :1024].float()  # per block: [N, K] with a partial 128 x 128 block in N; per channel: [K, N]
+    for cast, weight in ((layout.per_block_cast_to_fp8, w), (layout.per_channel_cast_to_fp8, w[:256])):
+        want = cast(weight, use_ue8m0=use_ue8m0)
+        got = cast(weight.cuda(), use_ue8m0=use_ue8m0)
+        assert_fp8_equal(got[0].cpu(), want[0])
+        assert torch.equal(bits(got[1]), bits(want[1]))
+
+
 def test_backend_env_selects_the_implementation(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "torch")
     assert not enabled(torch.device("cpu"))

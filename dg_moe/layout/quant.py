@@ -33,7 +33,13 @@ def _check_gran_k(gran_k: object, fn: str) -> None:
 
 
 def _scale_from_amax(amax: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
-    sf = amax.clamp(min=_AMAX_FLOOR) / FP8_E4M3_MAX
+    # Divided by a tensor, not by the Python number: on CUDA, torch turns division by a CPU scalar into a
+    # multiplication by its float32 reciprocal (aten's div_true_kernel_cuda), which differs from the IEEE
+    # quotient in the last bit for about half of all amax values; the CPU divides. A device tensor divisor
+    # takes the true division everywhere, so the scales (and the codes) are the same bits on any device,
+    # and the same as the Triton kernels' div_rn (dg_moe/layout/_triton_kernels.py).
+    amax = amax.clamp(min=_AMAX_FLOOR)
+    sf = amax / amax.new_full((), FP8_E4M3_MAX)
     return ceil_to_ue8m0(sf) if use_ue8m0 else sf
 
 
