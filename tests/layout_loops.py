@@ -142,6 +142,21 @@ def assert_fp8_equal(x: torch.Tensor, y: torch.Tensor) -> None:
     assert torch.equal(x.view(torch.uint8), y.view(torch.uint8))
 
 
+def assert_activation_close(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """SiLU-and-mul quantised by the Triton kernel (``got``, any device) against the PyTorch formulation on
+    CPU (``want``). The kernel's exp may differ from PyTorch's in the last bit: scales within 2 ulp, codes
+    within one e4m3 step, and almost all codes equal; the layout exactly. (Also the rule of
+    tools/sanitize_cases.py's activation checks.)"""
+    (q, sf), (q_want, sf_want) = (got, want)
+    assert q.shape == q_want.shape and q.stride() == q_want.stride()
+    assert sf.shape == sf_want.shape and sf.stride() == sf_want.stride()
+    q, sf = q.cpu(), sf.cpu()
+    assert torch.allclose(sf, sf_want, rtol=2.0**-22, atol=0)
+    codes, codes_want = q.view(torch.uint8).int(), q_want.view(torch.uint8).int()
+    assert (codes - codes_want).abs().max() <= 1
+    assert (codes != codes_want).float().mean() < 1e-3
+
+
 def mn_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Strides of ``get_mn_major_tma_aligned_tensor``'s layout for float32 ``[..., MN, Kb]``."""
     mn, kb = shape[-2], shape[-1]

@@ -18,7 +18,7 @@ from dg_moe import layout
 from dg_moe.layout import _kernels
 from dg_moe.layout._kernels import BACKEND_ENV, enabled
 
-from .layout_loops import assert_fp8_equal, hidden_states, topk_ids
+from .layout_loops import assert_activation_close, assert_fp8_equal, hidden_states, topk_ids
 from .test_layout_routing import CASES, case_inputs
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -181,19 +181,6 @@ def test_reduce_kernel_rounds_bf16_to_nearest_even(monkeypatch, device):
 def silu_inputs(rows: int, inter: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(rows, 2 * inter, generator=g) * 4).to(torch.bfloat16)
-
-
-def assert_activation_close(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """The kernel's exp may differ from PyTorch's in the last bit: scales within 2 ulp, codes within one
-    e4m3 step, and almost all codes equal; the layout exactly."""
-    (q, sf), (q_want, sf_want) = (got, want)
-    assert q.shape == q_want.shape and q.stride() == q_want.stride()
-    assert sf.shape == sf_want.shape and sf.stride() == sf_want.stride()
-    q, sf = q.cpu(), sf.cpu()
-    assert torch.allclose(sf, sf_want, rtol=2.0**-22, atol=0)
-    codes, codes_want = q.view(torch.uint8).int(), q_want.view(torch.uint8).int()
-    assert (codes - codes_want).abs().max() <= 1
-    assert (codes != codes_want).float().mean() < 1e-3
 
 
 @pytest.mark.parametrize("device", DEVICES)
