@@ -13,6 +13,13 @@ kernels are held to the rules of their GPU tests (tests/test_layout_kernels.py):
 SiLU-and-mul activation, whose exp may differ from PyTorch's in the last bit (tests/layout_loops.py's
 assert_activation_close bounds it).
 
+Outputs of kernels that store through TMA (the GEMMs' full tiles, the JIT self-test) are poisoned even
+where the value check would not need it: compute-sanitizer's initcheck does not count a TMA bulk-tensor
+store (cp.async.bulk.tensor, global <- shared) as initialising global memory, so a later read of such an
+output (a copy to the host, a Triton kernel's load) is reported as uninitialised although every byte was
+written. The poison keeps initcheck meaningful, and a byte the kernel failed to write would keep its NaN
+and fail the value check.
+
 Unless --caching is given (or the case captures a CUDA graph, which needs torch's caching allocator),
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 is set before torch is imported: every tensor is then its own
 cudaMalloc, so memcheck sees a read past a tensor's end (inside a cached block it cannot) and initcheck
@@ -197,6 +204,35 @@ def moe_reference(hidden, w13, w2, ids, weights, rsf: float = 1.0, shared=None):
     shared_pairs = None if shared is None else ((shared.w13, shared.w13_scale), (shared.w2, shared.w2_scale))
     return reference_moe(per_token_cast_to_fp8(hidden), w13, w2, ids, weights, routed_scaling_factor=rsf,
                          shared_expert=shared_pairs)
+
+
+def poisoned_like(t):
+    torch = _torch()
+    return torch.full_like(t, float("nan"))
+
+
+class poisoned_dense_gemm_outputs:
+    """Within: the dense GEMM the shared expert calls (dg_moe.moe.shared.fp8_gemm_nt_unchecked) gets its
+    output NaN-poisoned first. Its full tiles are stored through TMA, which initcheck does not see (module
+    docstring): without the poison, the activation kernel's and the final sum's reads of the shared expert's
+    GEMM outputs are reported as uninitialised. An element the GEMM failed to write would carry the NaN into
+    the MoE output and fail the value check. The routed experts' GEMM outputs stay unpoisoned: their padding
+    rows are unwritten by design and must not be read, which initcheck checks."""
+
+    def __enter__(self):
+        from dg_moe.moe import shared
+        self._module, self._gemm = shared, shared.fp8_gemm_nt_unchecked
+        gemm = self._gemm
+
+        def poisoning(a, b, d):
+            d.fill_(float("nan"))
+            return gemm(a, b, d)
+
+        shared.fp8_gemm_nt_unchecked = poisoning
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._module.fp8_gemm_nt_unchecked = self._gemm
 
 
 def sync() -> None:
@@ -384,7 +420,10 @@ def case_scale() -> None:
     g = gen(9)
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(77, 200, generator=g).to(dtype)
-        out = scale(x.to(DEVICE), 1.75)
+        # Poisoned, not torch.empty: the kernel stores through TMA, which initcheck does not count as a write
+        # (module docstring); a byte it did not write keeps the NaN and fails the comparison.
+        x_dev = x.to(DEVICE)
+        out = scale(x_dev, 1.75, out=poisoned_like(x_dev))
         assert_equal(out, torch.mul(x, 1.75), f"scale {dtype}")
 
 
@@ -493,9 +532,10 @@ def _fused(mode: str, num_tokens: int, max_m: int | None, offset: int, shared_in
     x = tokens(num_tokens, H_MOE, g)
     ids, weights = routing(num_tokens, K_MOE, E_MOE, g, drop=0.2, experts_used=E_MOE - 2)
     shared_cuda = None if shared is None else type(shared)(*(t.to(DEVICE) for t in shared))
-    out, overflow = dg_moe.fused_moe(x.to(DEVICE), *cuda(w13), *cuda(w2), ids.to(DEVICE), weights.to(DEVICE), mode=mode,
-                                     max_m=max_m, routed_scaling_factor=rsf, shared_expert=shared_cuda,
-                                     return_overflow=True)
+    with poisoned_dense_gemm_outputs():
+        out, overflow = dg_moe.fused_moe(x.to(DEVICE), *cuda(w13), *cuda(w2), ids.to(DEVICE), weights.to(DEVICE),
+                                         mode=mode, max_m=max_m, routed_scaling_factor=rsf, shared_expert=shared_cuda,
+                                         return_overflow=True)
     kept = ids
     if mode == "masked" and max_m is not None:
         # The routing's policy: per expert, the first max_m entries in (token, slot) order are kept.
