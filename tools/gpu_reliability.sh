@@ -16,7 +16,11 @@ step info 60 python3 -m dg_moe.cli info
 # soak's two layers once: every kernel the later steps run is compiled here, outside any sanitizer.
 step warm 180 bash -c 'python3 tools/sanitize_cases.py --list | xargs -P 12 -n 1 python3 tools/sanitize_cases.py & a=$!
   python3 tools/graph_replay_soak.py --sample 1 & b=$!; wait $a && wait $b && echo "warm: every case ran"'
-step stampede 150 python3 tools/jit_stampede.py --procs 16 --variants 20 --corrupt 3 --timeout 140
+# Each phase its own limit: the first H100 run gave one 140 s budget to both; phase A took 75.7 s and left
+# phase B (rebuilds of the corrupted entries, then every worker's remaining requests) 64 s, when two workers,
+# still logging cache hits, were killed. A straggler is now killed at its own phase's limit with a report of
+# what it was doing (the key lock it waited for and its holder, nvcc, its Python stack).
+step stampede 260 python3 tools/jit_stampede.py --procs 16 --variants 20 --corrupt 3 --timeout-a 120 --timeout-b 120
 step soak 120 python3 tools/graph_replay_soak.py --steps 1000
 if [[ -n "$cs" ]]; then
   step soakmem 90 "$cs" --tool memcheck --error-exitcode 86 python3 tools/graph_replay_soak.py --sample 3
@@ -33,7 +37,7 @@ fi
 
 cat "$OUT/info.log"
 tail -n 3 "$OUT/warm.log"
-grep -E "^(FAIL|jit_stampede)" "$OUT/stampede.log" | tail -n 8
+grep -E "^(FAIL|jit_stampede|worker [0-9]+:|  (waiting|running|not in|innermost))" "$OUT/stampede.log" | tail -n 12
 grep -E "replays ok|PASS|Error|assert" "$OUT/soak.log" | tail -n 5
 [[ -f "$OUT/soakmem.log" ]] && grep -E "ERROR SUMMARY|PASS" "$OUT/soakmem.log" | tail -n 2
 [[ -f "$OUT/sanitize.log" ]] && tail -n 6 "$OUT/sanitize.log"

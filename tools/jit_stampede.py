@@ -13,8 +13,15 @@ Between the phases the parent corrupts --corrupt entries the ways a crashed writ
 them (kernel.so truncated; kernel.so garbled; meta.json gone; each replaced through a new inode, as a live
 process's mapping must survive), and leaves a crashed compile's staging folder (.tmp-<key>-...) beside one.
 
+Each phase has its own time limit (--timeout-a, --timeout-b; --timeout sets both). Workers log with
+timestamps (seconds since the start signal) what they do: each request's start and end, and the JIT's
+DG_MOE_JIT_DEBUG lines (cache miss, the nvcc command, cache hit). A worker still running at its phase's limit
+is asked for its Python stack (faulthandler on SIGUSR1) and killed, and the parent says what it was doing:
+the variant, whether it waited for a key's lock (and which worker held it, compiling since when), ran nvcc,
+or was outside the JIT (with the innermost frames of its stack).
+
 Checks (the script exits 1 on any failure and prints a summary line last):
-  - every worker exits 0 within --timeout (nothing hangs) and every request gave a correct result: in GPU mode
+  - every worker exits 0 within its phase's limit (nothing hangs) and every request gave a correct result: in GPU mode
     fp8_gemm_nt with that variant against the float64 CPU reference; in compile mode the library loads
     (dlopen), its entry runs on arguments that need no GPU (M = 0: status 0; a bad row size: the
     invalid-argument status) and its kernel.so matches the sha256 in meta.json;
@@ -28,15 +35,19 @@ Checks (the script exits 1 on any failure and prints a summary line last):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MODES = ("gpu", "compile")
@@ -66,6 +77,33 @@ def _wait_for(path: Path, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {path.name} within {timeout:.0f} s")
         time.sleep(0.01)
+
+
+class _TimedLines:
+    """A text stream that starts every line with ``+SECONDS wN`` (wall-clock seconds since ``t0``, the
+    parent's start signal, so lines of different workers compare): the worker's stderr, where the JIT's
+    debug lines go too."""
+
+    def __init__(self, stream, t0: float, worker: int):
+        self._stream, self._t0, self._tag, self._pending = stream, t0, f"w{worker}", ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._stream.write(f"+{time.time() - self._t0:.2f} {self._tag} {line}\n")
+        self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
+def _trace(message: str) -> None:
+    print(f"[stampede] {message}", file=sys.stderr, flush=True)
 
 
 def _request_gpu(variant: dict, index: int) -> str:
@@ -132,24 +170,35 @@ def worker(opts: argparse.Namespace) -> int:
     start = (opts.worker * len(wanted)) // opts.procs
     order = [(start + i) % len(wanted) for i in range(len(wanted))]
     report: dict = {"worker": opts.worker, "errors": []}
+    # The parent asks a worker that overran its phase for every thread's stack before killing it.
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     _wait_for(sync / "go", opts.timeout)
+    sys.stderr = _TimedLines(sys.__stderr__, float((sync / "go").read_text()), opts.worker)
     for phase, indices in (("A", order), ("B", order[::-1])):
         if phase == "B":
             (sync / f"done-A-{opts.worker}").touch()
+            _trace("phase A done, waiting for go-B")
             _wait_for(sync / "go-B", opts.timeout)
             _forget(opts.mode)
         before = jit.stats()
         t0 = time.perf_counter()
+        slowest = (-1, 0.0)
         for i in indices:
+            _trace(f"phase {phase} variant {i}: request")
+            start = time.perf_counter()
             try:
                 problem = request(wanted[i], i)
             except Exception as exc:  # noqa: BLE001 - reported, the parent fails the run
                 problem = f"variant {i}: {type(exc).__name__}: {exc}"
+            took = time.perf_counter() - start
+            _trace(f"phase {phase} variant {i}: done in {took:.2f} s{' (' + problem + ')' if problem else ''}")
+            slowest = max(slowest, (i, took), key=lambda x: x[1])
             if problem:
                 report["errors"].append(f"phase {phase}: {problem}")
         after = jit.stats()
         report[phase] = {k: after[k] - before[k] for k in after}
         report[phase]["seconds"] = round(time.perf_counter() - t0, 2)
+        report[phase]["slowest_request"] = [slowest[0], round(slowest[1], 2)]
     print("STAMPEDE " + json.dumps(report), flush=True)
     return 0
 
@@ -181,10 +230,94 @@ def corrupt(entry: Path, how: str) -> None:
 
 def _entries(root: Path, family: str) -> list[Path]:
     folder = root / family
+    if not folder.is_dir():  # no worker got as far as a compile
+        return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".tmp-", ".trash-")))
 
 
 _COMPILE_LINE = re.compile(r"\[dg_moe\.jit\] compile: .*?\.tmp-([0-9a-f]{16})-")
+_COMPILED_LINE = re.compile(r"\[dg_moe\.jit\] compiled .*?\.tmp-([0-9a-f]{16})-")
+_STAMP = re.compile(r"^\+(\d+\.\d+) w\d+ ")
+
+
+def _stamp(line: str) -> str:
+    match = _STAMP.match(line)
+    return f"+{match.group(1)} s" if match else "?"
+
+
+def _compiling(log: str) -> dict[str, str]:
+    """Keys (16 hex digits) whose nvcc run a worker's log starts but does not finish: key -> since when."""
+    open_runs: dict[str, str] = {}
+    for line in log.splitlines():
+        if (match := _COMPILE_LINE.search(line)) is not None:
+            open_runs[match.group(1)] = _stamp(line)
+        elif (match := _COMPILED_LINE.search(line)) is not None:
+            open_runs.pop(match.group(1), None)
+    return open_runs
+
+
+_MISS_LINE = re.compile(r"\[dg_moe\.jit\] cache miss: \S+ (\S+) \((.*)\)$")
+
+
+def _innermost_frames(lines: list[str], count: int = 4) -> list[str]:
+    # faulthandler's dump: "Current thread 0x... (most recent call first):" then '  File "...", line N in f'.
+    start = next((i for i, x in enumerate(lines) if x.startswith("Current thread")), None)
+    if start is None:
+        start = next((i for i, x in enumerate(lines) if x.startswith("Thread ")), len(lines))
+    frames = []
+    for line in lines[start + 1:]:
+        if not line.strip().startswith("File "):
+            break
+        frames.append(line.strip())
+    return frames[:count]
+
+
+def flock_holders(path: Path) -> list[int]:
+    """The processes holding an flock on ``path``, from /proc/locks (Linux; [] where it cannot tell)."""
+    try:
+        inode = os.stat(path).st_ino
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    holders = []
+    for line in table.splitlines():
+        fields = line.split()
+        # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; waiters have "->" after "N:".
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            holders.append(int(fields[4]))
+    return holders
+
+
+def diagnose(worker: int, logs: list[str], lock_holder: Callable[[str], str]) -> list[str]:
+    """What a worker that overran its phase was doing, from its timestamped log (with the stack faulthandler
+    dumped on SIGUSR1), the other workers' logs and the kernel's lock table (who held the key it waited for).
+    ``lock_holder(entry path)`` names the holder of that entry's key lock."""
+    lines = logs[worker].splitlines()
+    last_trace = max((i for i, x in enumerate(lines) if "[stampede] " in x), default=None)
+    last_jit = max((i for i, x in enumerate(lines) if "[dg_moe.jit] " in x), default=None)
+    if last_trace is None:
+        return [f"worker {worker}: no step logged"]
+    step = lines[last_trace].split("[stampede] ", 1)[1]
+    out = [f"worker {worker}: last step {step!r} at {_stamp(lines[last_trace])}"]
+    in_request = last_jit is not None and last_jit > last_trace
+    miss = _MISS_LINE.search(lines[last_jit]) if in_request else None
+    mine = _compiling(logs[worker])
+    if miss is not None:
+        key = Path(miss.group(1)).name[:16]
+        compiling = [f"worker {w} since {since}" for w, log in enumerate(logs) if w != worker
+                     for k, since in _compiling(log).items() if k == key]
+        out.append(f"  waiting since {_stamp(lines[last_jit])} for the lock of key {key} ({miss.group(2)}); "
+                   f"held by {lock_holder(miss.group(1))}; nvcc on it: {', '.join(compiling) or 'none running'}")
+    elif in_request and mine:
+        key, since = next(iter(mine.items()))
+        out.append(f"  running nvcc on key {key} since {since}")
+    elif last_jit is not None:
+        text = lines[last_jit].split("[dg_moe.jit] ", 1)[1]
+        out.append(f"  not in the JIT's lock or nvcc (last JIT line at {_stamp(lines[last_jit])}: {text[:120]!r})")
+    frames = _innermost_frames(lines)
+    if frames:
+        out.append("  innermost frames: " + " <- ".join(frames))
+    return out
 
 
 def parent(opts: argparse.Namespace) -> int:
@@ -204,7 +337,9 @@ def parent(opts: argparse.Namespace) -> int:
     print(f"jit_stampede: {opts.procs} processes x {len(wanted)} {family} variants ({opts.mode} mode), "
           f"cache {root}, {opts.corrupt} entries corrupted between the phases", flush=True)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "0", "--mode", opts.mode, "--procs", str(opts.procs),
-           "--variants", str(opts.variants), "--sync-dir", str(sync), "--timeout", str(opts.timeout)]
+           "--variants", str(opts.variants), "--sync-dir", str(sync),
+           # a worker's own waits (for the start signals) must outlast the parent's phase limits
+           "--timeout", str(opts.timeout_a + opts.timeout_b + 60)]
     logs = [open(sync / f"worker-{i}.err", "w+") for i in range(opts.procs)]  # noqa: SIM115 - closed below
     procs = []
     for i in range(opts.procs):
@@ -213,21 +348,49 @@ def parent(opts: argparse.Namespace) -> int:
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=logs[i], text=True, env=env))
     failures: list[str] = []
     started = time.monotonic()
-    deadline = started + opts.timeout
-    (sync / "go").touch()
+    (sync / "go.tmp").write_text(repr(time.time()))
+    os.replace(sync / "go.tmp", sync / "go")  # whole: workers read the start time from it
 
-    def alive_or_done(name: str) -> bool:
-        while not all((sync / f"{name}-{i}").exists() or procs[i].poll() is not None for i in range(opts.procs)):
-            if time.monotonic() > deadline:
-                return False
+    def finished(i: int, name: str | None) -> bool:
+        return procs[i].poll() is not None or (name is not None and (sync / f"{name}-{i}").exists())
+
+    def wait_phase(name: str | None, limit: float) -> list[int]:
+        """Wait until every worker finished the phase (its done file, or exited); returns the stragglers."""
+        deadline = time.monotonic() + limit
+        while not all(finished(i, name) for i in range(opts.procs)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return True
+        return [i for i in range(opts.procs) if not finished(i, name)]
 
-    phase_a_ok = alive_or_done("done-A")
+    def lock_holder(entry: str) -> str:
+        lock = Path(entry).parent / f"{Path(entry).name}.lock"
+        pids = flock_holders(lock)
+        workers = {p.pid: i for i, p in enumerate(procs)}
+        names = [f"worker {workers[pid]}" if pid in workers else
+                 "the stampede's parent (--hold-lock)" if pid == os.getpid() else f"pid {pid} (no worker)"
+                 for pid in pids]
+        return ", ".join(names) or "no process (per /proc/locks)"
+
+    def read_logs() -> list[str]:
+        # Through the path: the parent's descriptor shares its offset with the worker's stderr.
+        return [Path(f.name).read_text(errors="replace") for f in logs]
+
+    def report_late(phase: str, late: list[int], limit: float) -> None:
+        """Stragglers: asked for their stacks (SIGUSR1), diagnosed while every lock is still held, killed."""
+        for i in late:
+            procs[i].send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        texts = read_logs()
+        for i in late:
+            failures.append(f"worker {i} did not finish phase {phase} within {limit:.0f} s; killed")
+            print("\n".join(diagnose(i, texts, lock_holder)), flush=True)
+        for i in late:
+            procs[i].kill()
+
+    late_a = wait_phase("done-A", opts.timeout_a)
     phase_a_s = time.monotonic() - started
     corrupted: dict[str, str] = {}
-    if not phase_a_ok:
-        failures.append(f"phase A did not finish within {opts.timeout} s (a hang?)")
+    if late_a:
+        report_late("A", late_a, opts.timeout_a)
     else:
         entries = _entries(root, family)
         for entry, how in zip(entries, itertools.cycle(CORRUPTIONS)):
@@ -239,21 +402,25 @@ def parent(opts: argparse.Namespace) -> int:
             stale = root / family / f".tmp-{entries[0].name[:16]}-crashed"
             stale.mkdir()
             (stale / cache.LIBRARY_FILE).write_bytes(b"\x7fELF partial")
-    (sync / "go-B").touch()
+    with contextlib.ExitStack() as held:
+        if opts.hold_lock and corrupted:  # a test of the diagnosis: a lock that is never released
+            held.enter_context(cache.key_lock(root, family, next(iter(corrupted))))
+        started_b = time.monotonic()
+        (sync / "go-B").touch()
+        late_b = wait_phase(None, opts.timeout_b)
+        phase_b_s = time.monotonic() - started_b
+        if late_b:
+            report_late("B", late_b, opts.timeout_b)
+    texts = read_logs()
     reports = []
     for i, p in enumerate(procs):
-        try:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, _ = p.communicate()
-            failures.append(f"worker {i} did not finish within {opts.timeout} s (a hang?)")
-        logs[i].seek(0)
-        err = logs[i].read()
+        out, _ = p.communicate()
         logs[i].close()
+        err = texts[i]
         line = next((x for x in out.splitlines() if x.startswith("STAMPEDE ")), None)
         if p.returncode != 0 or line is None:
-            failures.append(f"worker {i} exited {p.returncode}: {err.strip().splitlines()[-3:]}")
+            if i not in late_a + late_b:
+                failures.append(f"worker {i} exited {p.returncode}: {err.strip().splitlines()[-3:]}")
             continue
         report = json.loads(line.removeprefix("STAMPEDE "))
         report["compiled_keys"] = _COMPILE_LINE.findall(err)
@@ -280,7 +447,8 @@ def parent(opts: argparse.Namespace) -> int:
         expected = {k: 1 + any(name.startswith(k) for name in corrupted) for k in keys}
         if per_key != expected:
             failures.append(f"nvcc runs per key {per_key} != expected {expected}")
-    leftovers = [p.name for p in (root / family).iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+    folder = root / family
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith((".tmp-", ".trash-"))] if folder.is_dir() else []
     if leftovers:
         failures.append(f"staging/trash folders left in the cache: {leftovers}")
     entries = _entries(root, family)
@@ -292,11 +460,18 @@ def parent(opts: argparse.Namespace) -> int:
             failures.append(f"entry {entry.name[:16]} left {problem}")
     for f in failures:
         print(f"FAIL {f}")
-    slowest = max((r["A"]["seconds"] for r in reports), default=0.0)
+    def slowest(phase: str) -> str:
+        if not reports:
+            return "no worker report"
+        r = max(reports, key=lambda r: r[phase]["seconds"])
+        variant, seconds = r[phase]["slowest_request"]
+        return (f"slowest worker {r['worker']} {r[phase]['seconds']:.1f} s, its longest request variant {variant} "
+                f"{seconds:.1f} s")
+
     verdict = "PASS" if not failures else f"FAIL ({len(failures)} problems)"
     print(f"jit_stampede {verdict}: {opts.procs} procs x {len(wanted)} variants, compiles A={total('A', 'compiles')} "
           f"B={total('B', 'compiles')} (corrupted {sorted(corrupted.values())}), phase A {phase_a_s:.1f} s "
-          f"(slowest worker {slowest:.1f} s), total {total_s:.1f} s")
+          f"({slowest('A')}), phase B {phase_b_s:.1f} s ({slowest('B')}), total {total_s:.1f} s")
     shutil.rmtree(sync, ignore_errors=True)
     if not opts.keep and not opts.cache_dir:
         shutil.rmtree(root, ignore_errors=True)
@@ -310,14 +485,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--procs", type=int, default=16)
     parser.add_argument("-n", "--variants", type=int, default=20)
     parser.add_argument("--corrupt", type=int, default=3, help="entries corrupted between the phases (default 3)")
-    parser.add_argument("--timeout", type=float, default=420.0, help="seconds for the whole run (default 420)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds each phase may take, unless --timeout-a / --timeout-b say (default 300)")
+    parser.add_argument("--timeout-a", type=float, default=None, help="seconds for phase A (cold cache)")
+    parser.add_argument("--timeout-b", type=float, default=None, help="seconds for phase B (corrupted entries)")
     parser.add_argument("--cache-dir", default=None, help="an empty folder for the cache (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary cache folder")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    # Tests of the hang report: the parent holds a corrupted entry's key lock through phase B.
+    parser.add_argument("--hold-lock", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sync-dir", default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    if opts.corrupt > opts.variants:
+    if opts.worker is None and opts.corrupt > opts.variants:  # workers are not told --corrupt
         parser.error("--corrupt must not exceed --variants")
+    opts.timeout_a = opts.timeout if opts.timeout_a is None else opts.timeout_a
+    opts.timeout_b = opts.timeout if opts.timeout_b is None else opts.timeout_b
     return worker(opts) if opts.worker is not None else parent(opts)
 
 
