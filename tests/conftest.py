@@ -90,6 +90,19 @@ def cuda_untouchable(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(torch.cuda, name, touched)
 
 
+@pytest.fixture
+def nvrtc_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty kernel cache under tmp_path with DG_MOE_JIT_BACKEND=nvrtc, the JIT's memo cleared before
+    and after."""
+    from dg_moe import jit
+
+    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
+    jit.reset()
+    yield tmp_path
+    jit.reset()
+
+
 @pytest.fixture(scope="module")
 def sm90() -> None:
     """Skips the module's tests unless an SM90 GPU is present (use with autouse in a GPU module)."""

@@ -31,15 +31,6 @@ def _cuda_tool(name: str) -> Path | None:
     return None
 
 
-@pytest.fixture
-def nvrtc_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
-    jit.reset()
-    yield tmp_path
-    jit.reset()
-
-
 def test_gemm_variant_compiles_to_an_sm90a_cubin_with_qgmma(nvrtc_cache: Path) -> None:
     variant = deepseek_v3_variants()[0]
     before = jit.stats()

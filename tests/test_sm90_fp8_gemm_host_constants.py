@@ -34,15 +34,6 @@ VARIANTS = [
 IDS = ["normal-64x32", "normal-256x128-mcA", "contiguous-128x192-mcB", "masked-64x16"]
 
 
-@pytest.fixture
-def nvrtc_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
-    jit.reset()
-    yield tmp_path
-    jit.reset()
-
-
 def test_hand_derived_values() -> None:
     """The formulas on two variants, worked out from launch/sm90_fp8_gemm.cu and the kernel's headers."""
     c = hc.host_constants(*VARIANTS[1])  # 256 x 128, A shared: each CTA loads half of A's rows

@@ -131,26 +131,15 @@ class CubinEntry:
         key = (a, sfa, b, sfb, d, layout, m, num_groups, sfa_stride, num_sms, stream)
         launch = self._launches.get(key)
         if launch is None:
-            launch = self._prepare(*key)
+            launch = self._prepare(key)
             if len(self._launches) >= MAX_LAUNCHES:
                 self._launches.pop(next(iter(self._launches)), None)
             self._launches[key] = launch
         launch()
 
-    def _prepare(
-        self,
-        a: int,
-        sfa: int,
-        b: int,
-        sfb: int,
-        d: int,
-        layout: int | None,
-        m: int,
-        num_groups: int,
-        sfa_stride: int,
-        num_sms: int,
-        stream: int,
-    ) -> PreparedLaunch:
+    def _prepare(self, key: tuple) -> PreparedLaunch:
+        """The launch of the arguments ``key`` (``__call__``'s, in its order)."""
+        a, sfa, b, sfb, d, layout, m, num_groups, sfa_stride, num_sms, stream = key
         c, kernel = self.constants, self.kernel
         if m == 0 or num_groups == 0 or num_sms == 0:
             raise _invalid(f"m={m}, num_groups={num_groups}, num_sms={num_sms}")
