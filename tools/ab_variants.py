@@ -41,7 +41,7 @@ from dg_moe.bench.timing import describe_error, gpu_times_us
 from dg_moe.jit import compile_only
 from dg_moe.kernels.sm90_fp8_gemm import FAMILY, GemmConfig, GemmType, config_for, template_args
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import fits_registers, max_stages, predict_us
-from dg_moe.kernels.sm90_fp8_gemm.launcher import bind, kernel_args, kernel_operands
+from dg_moe.kernels.sm90_fp8_gemm.launcher import bind, bound_launch, kernel_operands
 
 _TILE = re.compile(r"(\d+)x(\d+)(?:x([12])(B?))?(?:s(\d+))?")
 FORM = {"dense": "dg_moe", "contiguous": "dg_moe_psum", "masked": "dg_moe"}
@@ -153,12 +153,7 @@ def main() -> None:
         for name, config, root in runs:
             try:
                 entry = bind(gemm_type, config, case.n, case.k, source_root=root)
-
-                def launch(entry=entry) -> None:
-                    # The stream is read per call: graph capture runs the call on a stream of its own.
-                    entry(*kernel_args(gemm_type, a, b, out, inputs.layout, sms,
-                                       torch.cuda.current_stream().cuda_stream))
-
+                launch = bound_launch(entry, gemm_type, a, b, out, inputs.layout, sms)
                 out.fill_(float("nan"))
                 launch()
                 torch.cuda.synchronize()

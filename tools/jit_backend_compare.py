@@ -95,7 +95,7 @@ def _launchers(case, inputs, out_like, sms: int) -> tuple[str, list[Callable[[],
     import torch
 
     from dg_moe.kernels.sm90_fp8_gemm import GemmType, config_for, template_args
-    from dg_moe.kernels.sm90_fp8_gemm.launcher import bind, kernel_args, kernel_operands
+    from dg_moe.kernels.sm90_fp8_gemm.launcher import bind, bound_launch, kernel_operands
 
     gemm_type = inputs.gemm_type
     groups = 1 if gemm_type == GemmType.NORMAL else inputs.b[0].shape[0]
@@ -106,12 +106,7 @@ def _launchers(case, inputs, out_like, sms: int) -> tuple[str, list[Callable[[],
         with environment(jit_backend=backend):
             entry = bind(gemm_type, config, case.n, case.k)
         out = torch.empty_like(out_like)
-
-        def launch(entry=entry, out=out) -> None:
-            # The stream is read per call: graph capture runs the call on a stream of its own.
-            entry(*kernel_args(gemm_type, a, b, out, inputs.layout, sms, torch.cuda.current_stream().cuda_stream))
-
-        fns.append(launch)
+        fns.append(bound_launch(entry, gemm_type, a, b, out, inputs.layout, sms))
         outs.append(out)
     return describe(template_args(gemm_type, config, case.n, case.k)), fns, outs
 

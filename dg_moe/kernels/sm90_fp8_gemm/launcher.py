@@ -95,6 +95,18 @@ def kernel_args(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor
     )
 
 
+def bound_launch(entry: Callable[..., None], gemm_type: GemmType, a, b, d: torch.Tensor,
+                 layout: torch.Tensor | None, num_sms: int) -> Callable[[], None]:
+    """A no-argument launch of ``entry`` (from :func:`bind`) on operands from :func:`kernel_operands`, writing
+    bf16 ``d``: for tools that time chosen variants. The stream is read at each call, since graph capture
+    runs the call on a stream of its own."""
+
+    def launch() -> None:
+        entry(*kernel_args(gemm_type, a, b, d, layout, num_sms, _device.stream_handle(d.device)))
+
+    return launch
+
+
 def _launch(gemm_type: GemmType, a, b, d: torch.Tensor, layout: torch.Tensor | None, rows_hint: int) -> None:
     device = d.device
     num_sms = _device.num_sms_for(device)
