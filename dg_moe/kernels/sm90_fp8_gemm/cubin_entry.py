@@ -143,11 +143,13 @@ class CubinEntry:
         c, kernel = self.constants, self.kernel
         if m == 0 or num_groups == 0 or num_sms == 0:
             raise _invalid(f"m={m}, num_groups={num_groups}, num_sms={num_sms}")
+        # First: in a thread that made no CUDA call yet this makes the primary context current, which
+        # cuTensorMapEncodeTiled needs too (it failed with CUDA error 201 on an H100 when encoded before).
+        device = kernel.driver.current_device(d)
         maps = [
             kernel.tensor_map(spec, address)
             for spec, address in zip(tensor_map_specs(c, m, num_groups, sfa_stride), (a, b, sfa, d), strict=True)
         ]
-        device = kernel.driver.current_device(d)
         resident = kernel.prepare_device(device, c.max_dynamic_shared, c.block_threads, c.multicast, c.layout_bytes)
         clusters = grid_clusters(c, m, num_sms, resident)
         if clusters == 0:
