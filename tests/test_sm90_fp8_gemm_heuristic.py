@@ -14,6 +14,7 @@ from dg_moe.kernels.sm90_fp8_gemm.heuristic import (
     SHARED_B_MIN_K,
     SHARED_B_MIN_ROWS,
     SHARED_B_MIN_ROWS_PER_ROW,
+    SHARED_B_SPILL_ROWS,
     choose_config,
     config_for,
     fits_registers,
@@ -79,7 +80,10 @@ def test_b_sharing_clusters_where_measured(n, k):
     assert not shares_b(GemmType.MASKED, low) and not shares_b(GemmType.MASKED, high + 1)
     assert config_for(GemmType.MASKED, high, n, k, 16, 131).multicast == 1  # a cluster needs an even SM count
     assert shares_b(GemmType.CONTIGUOUS_PSUM, SHARED_B_MIN_ROWS) == (k >= SHARED_B_MIN_K)
-    assert not shares_b(GemmType.CONTIGUOUS_PSUM, SHARED_B_MIN_ROWS - 1)
+    low, high = SHARED_B_SPILL_ROWS  # groups straddling one and two m-blocks share at every K
+    assert shares_b(GemmType.CONTIGUOUS_PSUM, low + 1) and shares_b(GemmType.CONTIGUOUS_PSUM, high - 1)
+    assert not shares_b(GemmType.CONTIGUOUS_PSUM, low)
+    assert not shares_b(GemmType.CONTIGUOUS, 128)  # the per-row layout's pairs span groups: not measured there
     assert shares_b(GemmType.CONTIGUOUS, SHARED_B_MIN_ROWS_PER_ROW) == (k >= SHARED_B_MIN_K)
     assert not shares_b(GemmType.CONTIGUOUS, SHARED_B_MIN_ROWS_PER_ROW - 1)
 

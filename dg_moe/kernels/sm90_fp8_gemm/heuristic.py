@@ -205,6 +205,13 @@ SHARED_B_MIN_ROWS = 256
 SHARED_B_MIN_K). Since the cluster pairs two m-blocks of one group (docs/perf-log.md v16), 32 x 256 rows at
 4096 x 7168 runs 600 -> 539 us (H100, DG/ours 0.88 -> 0.98); at K = 2048 sharing still lost (0.95 -> 0.92)."""
 
+SHARED_B_SPILL_ROWS = (64, 256)
+"""Prefix-sum contiguous groups of more than the first and fewer than the second many expected rows share B at
+every K: such groups straddle one and two m-blocks, and without the cluster a group's second m-block reads its
+weights from HBM again (H100, tools/ab_variants.py, DeepSeek-V3 prefill, 256 groups x 128 rows: 4509 -> 2824 us
+at 4096 x 7168, 1906 -> 1559 at 7168 x 2048, DG/ours 0.63 -> 1.00 and 0.82 -> 1.00; Mixtral, 8 x 128: 416 -> 386
+at 28672 x 4096, 235 -> 227 at 4096 x 14336). DeepGEMM shares B there too."""
+
 SHARED_B_MIN_ROWS_PER_ROW = 512
 """The same for the per-row layout, whose scheduler has no group table and pairs global m-blocks 2p and
 2p + 1: at 256 rows per group those pairs often span two groups and share nothing (v13: no gain)."""
@@ -231,7 +238,8 @@ def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: 
     - contiguous (N >= 192): 128 x 192 tiles, whose 2-SFB promotion is compile-time since v13, beat
       128 x 128 on all six bench cases (e.g. 8 x 4096 rows at 4096 x 7168: 2004 vs 2292 us); a 2-CTA
       cluster sharing B added 9-14 % at K = 7168 with 4096+ rows per group, 10 % at 256 rows (prefix-sum layout)
-      since its pairs lie within one group (SHARED_B_MIN_ROWS), and lost 2-7 % at K = 2048;
+      since its pairs lie within one group (SHARED_B_MIN_ROWS), and lost 2-7 % at K = 2048; with about
+      one m-block per group (SHARED_B_SPILL_ROWS) sharing gains at every K, up to 1.6x;
     - masked, about one 128-row tile per group (MASKED_SHARED_B_ROWS): 128 x 192 sharing B;
     - dense, M >= 2048: 256 x 128 tiles share A across a 2-CTA cluster at K >= 4096 (7168 x 16384:
       819 vs 869 us; 4096 x 7168: 187 vs 194), except where N ends in a narrow column block, which
@@ -241,7 +249,8 @@ def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: 
     rows = max(rows_hint, 1)
     if contiguous and n >= WIDE_CONTIGUOUS_MIN_N:
         min_rows = SHARED_B_MIN_ROWS if gemm_type == GemmType.CONTIGUOUS_PSUM else SHARED_B_MIN_ROWS_PER_ROW
-        shared_b = k >= SHARED_B_MIN_K and rows >= min_rows and num_sms % 2 == 0
+        spill = gemm_type == GemmType.CONTIGUOUS_PSUM and SHARED_B_SPILL_ROWS[0] < rows < SHARED_B_SPILL_ROWS[1]
+        shared_b = (spill or (k >= SHARED_B_MIN_K and rows >= min_rows)) and num_sms % 2 == 0
         return _fixed(128, 192, 2 if shared_b else 1, shared_b, rows, n, k, num_groups, num_sms)
     masked = gemm_type == GemmType.MASKED
     if masked and MASKED_SHARED_B_ROWS[0] < rows <= MASKED_SHARED_B_ROWS[1] and n >= WIDE_CONTIGUOUS_MIN_N \
