@@ -247,3 +247,16 @@ def test_kernel_args() -> None:
     assert args == (a.data_ptr(), b.data_ptr(), d.data_ptr(), masked_m.data_ptr(), 40, 3, 64, 64, 128, 132, 5)
     args = launcher.kernel_args(GemmType.NORMAL, a[0], b[0], d[0], None, (64, 64, 128), 132, 5)
     assert args[3:6] == (None, 40, 1)
+
+
+def test_warmup_lists_the_bf16_variants_on_request() -> None:
+    from dg_moe.moe import warmup
+    from dg_moe.moe.shapes import MODEL_SHAPES
+
+    shape, batches = MODEL_SHAPES["deepseek-v3"], [1, 64, 4096]
+    variants = warmup.unique_variants([shape], batches, 132, bf16=True)
+    assert variants and variants != warmup.unique_variants([shape], batches, 132)
+    for v in variants:  # the BF16 family's shared-memory formula, which its compile static_asserts
+        assert v["SMEM_BYTES"] == smem_bytes(v["BLOCK_M"], v["BLOCK_N"], v["NUM_STAGES"])
+    assert warmup.build_parser().parse_args(["--bf16"]).bf16
+    assert not warmup.build_parser().parse_args([]).bf16
