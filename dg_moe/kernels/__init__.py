@@ -1,8 +1,9 @@
 """Host side of the compiled kernel families, one subpackage each (launcher, heuristic, variants)."""
 
-from . import sm90_fp8_gemm
+from . import sm90_bf16_gemm, sm90_fp8_gemm
 
 
 def register_all() -> None:
     """Route the public ops' CUDA calls to every kernel family that covers them."""
     sm90_fp8_gemm.register()
+    sm90_bf16_gemm.register()

@@ -7,6 +7,9 @@ would request for the two expert GEMMs (and the shared expert's two dense GEMMs)
 duplicates, and compiles them in parallel into the JIT cache; serving processes then only load
 them. The layout ops' Triton kernels compile on the GPU at first use and are not covered here.
 
+``--bf16`` also compiles the BF16 family's variants (dg_moe.kernels.sm90_bf16_gemm) for the same calls,
+for layers that run their experts in BF16 through the BF16 grouped ops.
+
 It needs nvcc (the JIT's toolchain), not a GPU: without one it plans for an H100 SXM's 132 SMs unless
 ``--num-sms`` says otherwise. Progress goes to stderr, one line per variant done; the summary to stdout
 (``--json``: a JSON object). Exit status 1 when nvcc rejected a variant.
@@ -25,6 +28,7 @@ import torch
 
 from ..cli_args import CommandParser, positive_int
 from ..jit import CompileOutcome, compile_each, get_toolchain
+from ..kernels import sm90_bf16_gemm
 from ..kernels.sm90_fp8_gemm import FAMILY, GemmType
 from ..kernels.sm90_fp8_gemm.variants import VariantSet
 from .hints import expected_rows_per_expert, masked_rows_hint
@@ -34,15 +38,16 @@ DEFAULT_BATCHES = tuple(2**i for i in range(14))  # 1 .. 8192 tokens
 H100_SXM_SMS = 132
 
 
-def layer_variants(shape: MoEShape, batches: Iterable[int], num_sms: int) -> list[dict[str, int]]:
+def layer_variants(shape: MoEShape, batches: Iterable[int], num_sms: int, bf16: bool = False) -> list[dict[str, int]]:
     """Template arguments of every SM90 GEMM variant ``fused_moe`` asks for at these batch sizes.
 
     Both layouts at every batch size (a caller may force either mode), the masked one with the
     default ``max_m = T`` (also what :class:`DecodeGraphRunner` captures); the shared expert's
-    dense GEMMs when the shape has one. In first-requested order, without duplicates.
+    dense GEMMs when the shape has one. In first-requested order, without duplicates. ``bf16``: the
+    BF16 family's variants for the same calls instead (family ``sm90_bf16_gemm``).
     """
     h, inter, e, k = shape.hidden, shape.intermediate, shape.experts, shape.top_k
-    found = VariantSet(num_sms)
+    found = sm90_bf16_gemm.VariantSet(num_sms) if bf16 else VariantSet(num_sms)
     for tokens in batches:
         for gemm_type, hint in ((GemmType.MASKED, masked_rows_hint(tokens, k, e, max(tokens, 1))),
                                 (GemmType.CONTIGUOUS_PSUM, expected_rows_per_expert(tokens, k, e))):
@@ -81,10 +86,12 @@ def _num_sms(requested: int | None) -> int:
     return H100_SXM_SMS
 
 
-def unique_variants(shapes: Iterable[MoEShape], batches: Iterable[int], num_sms: int) -> list[dict[str, int]]:
-    """Every variant the shapes' layers ask for at these batch sizes, each once, in first-requested order."""
+def unique_variants(shapes: Iterable[MoEShape], batches: Iterable[int], num_sms: int,
+                    bf16: bool = False) -> list[dict[str, int]]:
+    """Every variant the shapes' layers ask for at these batch sizes, each once, in first-requested order
+    (``bf16``: of the BF16 family)."""
     batches = list(batches)
-    variants = [v for shape in shapes for v in layer_variants(shape, batches, num_sms)]
+    variants = [v for shape in shapes for v in layer_variants(shape, batches, num_sms, bf16)]
     return list({tuple(sorted(v.items())): v for v in variants}.values())
 
 
@@ -108,11 +115,13 @@ def _record(summary: WarmupSummary, outcome: CompileOutcome, label: str) -> str:
     return "cached"
 
 
-def compile_with_progress(summary: WarmupSummary, variants: Sequence[Mapping[str, int]], jobs: int) -> None:
-    """Compile ``variants`` in ``jobs`` processes, a stderr line per variant done; fills in ``summary``."""
+def compile_with_progress(summary: WarmupSummary, variants: Sequence[Mapping[str, int]], jobs: int,
+                          family: str = FAMILY) -> None:
+    """Compile ``variants`` of ``family`` in ``jobs`` processes, a stderr line per variant done; fills in
+    ``summary`` (its seconds: this call's)."""
     start = time.perf_counter()
-    for done, outcome in enumerate(compile_each(FAMILY, variants, jobs), 1):
-        label = describe_variant(variants[outcome.index])
+    for done, outcome in enumerate(compile_each(family, variants, jobs), 1):
+        label = ("BF16 " if family == sm90_bf16_gemm.FAMILY else "") + describe_variant(variants[outcome.index])
         result = _record(summary, outcome, label)
         _note(f"[{done}/{len(variants)}] {label}: {result} in {outcome.seconds:.1f} s "
               f"({time.perf_counter() - start:.0f} s elapsed)")
@@ -132,6 +141,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--num-sms", type=positive_int,
                         help=f"SM count of the serving GPU (default: this GPU's, else {H100_SXM_SMS})")
     parser.add_argument("--jobs", type=positive_int, help="parallel nvcc processes (default: one per CPU)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also compile the BF16 grouped GEMMs (sm90_bf16_gemm) at the same shapes")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON on stdout (variants, compiled, cached, failed, seconds)")
     return parser
@@ -144,11 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     get_toolchain()  # without nvcc: stop before planning, with the install hint
     num_sms = _num_sms(args.num_sms)
     variants = unique_variants(shapes, args.batches, num_sms)
+    bf16_variants = unique_variants(shapes, args.batches, num_sms, bf16=True) if args.bf16 else []
+    total = len(variants) + len(bf16_variants)
     jobs = args.jobs or os.cpu_count() or 1
-    summary = WarmupSummary([s.name for s in shapes], num_sms, len(variants))
-    _note(f"{len(variants)} kernel variants for {', '.join(summary.models)} ({num_sms} SMs, batches "
-          f"{min(args.batches)}..{max(args.batches)}), {min(jobs, max(len(variants), 1))} parallel compiles")
+    summary = WarmupSummary([s.name for s in shapes], num_sms, total)
+    _note(f"{total} kernel variants for {', '.join(summary.models)} ({num_sms} SMs, batches "
+          f"{min(args.batches)}..{max(args.batches)}), {min(jobs, max(total, 1))} parallel compiles")
     compile_with_progress(summary, variants, jobs)
+    if bf16_variants:
+        fp8_seconds = summary.seconds
+        compile_with_progress(summary, bf16_variants, jobs, sm90_bf16_gemm.FAMILY)
+        summary.seconds = round(summary.seconds + fp8_seconds, 3)
     if args.json:
         print(json.dumps(asdict(summary)))
     else:

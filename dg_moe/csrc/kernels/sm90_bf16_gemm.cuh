@@ -1,0 +1,455 @@
+#pragma once
+// SM90 BF16 GEMM: D[bf16] = A[bf16] @ B[bf16]^T with FP32 accumulation, for one problem (Normal) or
+// for the M-grouped MoE layouts (contiguous, contiguous prefix-sum, masked).
+//
+// Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence through its own
+// copy of the scheduler, so they agree on every tile without communicating):
+// - producer warpgroup (the last 128 threads; 40 registers each after setmaxnreg): one elected lane of
+//   its first warp issues the TMA loads of A and B (K-major, 128B-swizzled: 64 BF16 per row) into a
+//   kNumStages-deep ring of shared-memory stages, one stage per 64-wide K block;
+// - one or two math warpgroups (232 registers each): wgmma m64nNk16 on each K block, accumulating in
+//   the wgmma registers across the whole K extent (BF16 products are exact in FP32, so there is no
+//   scale to apply and nothing to promote), then the epilogue.
+//
+// A math warpgroup owns 64 rows of the tile (BLOCK_M 64 or 128) or 128 rows as two m64 wgmmas per K
+// step (BLOCK_M 256). Per K block it waits for the stage, issues its wgmmas as one commit group, then
+// waits until only that group is in flight and releases the previous stage: the tensor cores always
+// have the next block queued while the stage before is handed back to the producer.
+// The epilogue writes BF16 through shared memory (stmatrix) and a TMA store, or, for tiles holding
+// padding rows or rows past masked_m, with predicated 16-byte stores that never touch them.
+#include <cuda_bf16.h>
+#include <cstdint>
+
+#include "common/cluster.cuh"
+#include "common/elect.cuh"
+#include "common/mbarrier.cuh"
+#include "common/named_barrier.cuh"
+#include "common/registers.cuh"
+#include "common/scheduler.cuh"
+#include "common/stmatrix.cuh"
+#include "common/tma.cuh"
+#include "common/unroll.cuh"
+#include "common/wgmma.cuh"
+#include "kernels/sm90_bf16_gemm_constants.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error \
+    "sm90_bf16_gemm needs wgmma and setmaxnreg, which exist on sm_90a only: build with -gencode=arch=compute_90a,code=sm_90a"
+#endif
+
+namespace dg_moe::sm90_bf16_gemm {
+
+using sched::GemmType;
+
+constexpr uint32_t kNumProducerThreads = 128;
+// With two math warpgroups: 128 x 40 + 256 x 232 = 64512 of the SM's 65536 registers.
+constexpr uint32_t kProducerRegisters = 40;
+constexpr uint32_t kMathRegisters = 232;
+// Bytes of one K block's row of A or B in shared memory (and the 128B swizzle span).
+constexpr uint32_t kRowBytes = kBlockK * sizeof(__nv_bfloat16);
+static_assert(kRowBytes == 128, "a stage row must be exactly one 128-byte swizzle span");
+
+template <uint32_t BLOCK_M>
+struct MathShape {
+    static constexpr uint32_t kWarpgroups = BLOCK_M == 64 ? 1 : 2;
+    static constexpr uint32_t kThreads = kWarpgroups * 128;
+    static constexpr uint32_t kWarpgroupRows = BLOCK_M / kWarpgroups;
+    // m64 wgmmas per K step of one warpgroup, each with its own accumulators.
+    static constexpr uint32_t kMmaRows = kWarpgroupRows / 64;
+    static constexpr uint32_t kBlockThreads = kThreads + kNumProducerThreads;
+};
+
+struct Params {
+    const int* layout;  // per-row groups, psum ends or masked_m; unused for Normal
+    __nv_bfloat16* d;   // for the predicated epilogue: row r starts at d + r * d_stride
+    uint32_t m;         // rows of A, or max_m for masked
+    uint32_t num_groups;
+    uint32_t d_stride;     // elements between rows of D
+    uint32_t group_table;  // 1: the launch added num_groups + 1 words of shared memory for the group table
+};
+
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
+struct SharedLayout {
+    static constexpr uint32_t kBytesA = BLOCK_M * kRowBytes;
+    static constexpr uint32_t kBytesB = BLOCK_N * kRowBytes;
+    // Both multiples of 1024 (BLOCK_N >= 16): every operand tile starts on a swizzle-atom boundary.
+    static constexpr uint32_t kStageBytes = kBytesA + kBytesB;
+    static constexpr uint32_t kBytesD = BLOCK_M * BLOCK_N * sizeof(__nv_bfloat16);
+    static constexpr uint32_t kOffsetD = kNumStages * kStageBytes;
+    static constexpr uint32_t kOffsetBarriers = kOffsetD + ((kBytesD + 1023) / 1024) * 1024;
+    // Barriers: full and empty per stage.
+    static constexpr uint32_t kNumBarriers = 2 * kNumStages;
+    // The masked and prefix-sum layouts' group table (Scheduler::build_block_table) follows, sized at
+    // launch: (num_groups + 1) words when they fit, none otherwise; kTotalBytes excludes it.
+    static constexpr uint32_t kOffsetGroupTable = kOffsetBarriers + kNumBarriers * sizeof(uint64_t);
+    // +1024: the dynamic shared-memory base is only 16-byte aligned; 128B swizzle needs 1024.
+    static constexpr uint32_t kTotalBytes = kOffsetGroupTable + 1024;
+    static constexpr uint32_t kTxBytes = kBytesA + kBytesB;
+    static_assert(kBytesA % 1024 == 0 && kBytesB % 1024 == 0, "operand tiles must keep 1024-byte alignment");
+};
+
+// The D tile is stored as BLOCK_N / kSpanCols column slabs of [BLOCK_M rows x kSpanBytes], each
+// swizzled the way TMA expects for that span (the FP8 family's D layout), which also keeps the
+// stmatrix rows of a warp free of bank conflicts.
+template <uint32_t BLOCK_M, uint32_t BLOCK_N>
+struct DTile {
+    static constexpr uint32_t kSpanBytes = BLOCK_N * 2 < 128 ? BLOCK_N * 2 : 128;
+    static constexpr uint32_t kSpanCols = kSpanBytes / 2;
+    static constexpr uint32_t kChunks = kSpanBytes / 16;
+    static_assert(kSpanBytes == 32 || kSpanBytes == 64 || kSpanBytes == 128,
+                  "BLOCK_N must be 16, 32 or a multiple of 64");
+
+    // Byte offset of column `col` (a multiple of 8) of row `row` inside the tile.
+    __device__ __forceinline__ static uint32_t offset(uint32_t row, uint32_t col) {
+        const uint32_t slab = col / kSpanCols;
+        const uint32_t in_span = (col % kSpanCols) * 2;
+        const uint32_t chunk = (in_span / 16) ^ (((row * kSpanBytes) >> 7) & (kChunks - 1));
+        return slab * BLOCK_M * kSpanBytes + row * kSpanBytes + chunk * 16;
+    }
+};
+
+// Compile-time facts of one variant, shared by every role.
+template <uint32_t SHAPE_N_, uint32_t SHAPE_K_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_,
+          GemmType kType_, uint32_t kMulticast_, bool kMulticastB_>
+struct Variant {
+    static constexpr uint32_t SHAPE_N = SHAPE_N_, SHAPE_K = SHAPE_K_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
+    static constexpr uint32_t kNumStages = kNumStages_, kMulticast = kMulticast_;
+    // With kMulticast = 2, the cluster's CTAs share A (two n-blocks of one m-block) or, with kMulticastB,
+    // B (two m-blocks of one n-block; see sched::Scheduler).
+    static constexpr bool kMulticastB = kMulticastB_;
+    static constexpr GemmType kType = kType_;
+
+    static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
+                  "BLOCK_M must be 64 (one math warpgroup), 128 (two) or 256 (two, 128 rows each)");
+    static_assert(BLOCK_M <= sched::kContiguousAlignment || kType == GemmType::Normal ||
+                      kType == GemmType::MGroupedMasked,
+                  "contiguous groups start on 128-row boundaries: a taller tile could span two experts");
+    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 256,
+                  "BLOCK_N must be 16, 32, 64, 128 or 256 (the BF16MMA shapes)");
+    // K need not be a multiple of kBlockK: TMA fills the last block's columns past K with zeros in
+    // both operands, which add nothing to the sums.
+    static_assert(SHAPE_K > 0 && SHAPE_K % 8 == 0, "K must be a positive multiple of 8 (16-byte TMA rows)");
+    static_assert(SHAPE_N % 8 == 0, "N must be a multiple of 8 (16-byte BF16 output rows)");
+    static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
+    static_assert(kMulticast == 1 || kMulticast == 2, "A or B is shared across clusters of 1 or 2 CTAs");
+    static_assert(!kMulticastB || kMulticast == 2, "sharing B needs a 2-CTA cluster");
+    static_assert(!kMulticastB || BLOCK_N % 16 == 0,
+                  "each CTA of a B-sharing pair loads BLOCK_N / 2 rows of B, a multiple of 8");
+
+    using Math = MathShape<BLOCK_M>;
+    static constexpr uint32_t kNumMathThreads = Math::kThreads;
+    static constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
+    static constexpr uint32_t kNumKBlocks = sched::ceil_div(SHAPE_K, kBlockK);
+
+    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
+    using MMA = wgmma::BF16MMA<BLOCK_N>;
+    using D = DTile<BLOCK_M, BLOCK_N>;
+    using Scheduler = sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kMulticastB>;
+    static_assert(MMA::kNumAccum * Math::kMmaRows <= kAccumRegisterBudget,
+                  "the tile's accumulators exceed the register budget of a math thread");
+};
+
+// The CTA's shared memory, carved as SharedLayout says.
+template <typename V>
+struct SharedState {
+    using Layout = typename V::Layout;
+    uint8_t* base;  // 1024-byte aligned
+
+    __device__ __forceinline__ uint8_t* stage_a(uint32_t s) const { return base + s * Layout::kStageBytes; }
+    __device__ __forceinline__ uint8_t* stage_b(uint32_t s) const {
+        return base + s * Layout::kStageBytes + Layout::kBytesA;
+    }
+    __device__ __forceinline__ uint8_t* d_tile() const { return base + Layout::kOffsetD; }
+    __device__ __forceinline__ uint64_t* full() const {
+        return reinterpret_cast<uint64_t*>(base + Layout::kOffsetBarriers);
+    }
+    __device__ __forceinline__ uint64_t* empty() const { return full() + V::kNumStages; }
+    __device__ __forceinline__ uint32_t* group_table() const {
+        return reinterpret_cast<uint32_t*>(base + Layout::kOffsetGroupTable);
+    }
+};
+
+template <typename V>
+__device__ __forceinline__ void init_barriers(const SharedState<V>& smem) {
+    for (uint32_t s = 0; s < V::kNumStages; ++s) {
+        mbarrier_init(smem.full() + s, 1);
+        // A stage is refilled once the math warps of every CTA it is multicast into released it.
+        mbarrier_init(smem.empty() + s, V::kNumMathWarps * V::kMulticast);
+    }
+    mbarrier_init_fence();
+}
+
+// Producer thread: every TMA load of A and B, one stage per K block of every tile.
+template <typename V>
+__device__ __forceinline__ void load_operands(const SharedState<V>& smem, typename V::Scheduler& scheduler,
+                                              const CUtensorMap* tmap_a, const CUtensorMap* tmap_b,
+                                              uint32_t cta_rank) {
+    sched::Tile tile;
+    uint64_t* full = smem.full();
+    uint64_t* empty = smem.empty();
+    uint32_t iter = 0;
+    while (scheduler.next(tile)) {
+        const uint32_t b_row = tile.group * V::SHAPE_N + tile.n_block * V::BLOCK_N;
+        // Not unrolled: the producer runs on 40 registers.
+        DG_MOE_NO_UNROLL
+        for (uint32_t k = 0; k < V::kNumKBlocks; ++k, ++iter) {
+            const uint32_t s = iter % V::kNumStages, phase = (iter / V::kNumStages) & 1;
+            const int32_t k0 = static_cast<int32_t>(k * kBlockK);
+            mbarrier_wait(empty + s, phase ^ 1);
+            mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
+            if constexpr (V::kMulticast == 1 || V::kMulticastB) {
+                tma_load_2d(tmap_a, smem.stage_a(s), full + s, k0, tile.row);
+            } else {
+                // Each CTA fetches its half of A's rows into both CTAs (same offsets).
+                constexpr uint32_t kHalf = V::BLOCK_M / 2;
+                tma_load_2d_multicast(tmap_a, smem.stage_a(s) + cta_rank * kHalf * kRowBytes, full + s, k0,
+                                      tile.row + cta_rank * kHalf, 0b11);
+            }
+            if constexpr (!V::kMulticastB) {
+                tma_load_2d(tmap_b, smem.stage_b(s), full + s, k0, b_row);
+            } else {
+                // B's map loads half a tile: each CTA fetches its half into both CTAs, or, where the
+                // pair's tiles read different B rows, both halves into its own stage.
+                constexpr uint32_t kHalf = V::BLOCK_N / 2;
+                if (tile.multicast_b) {
+                    tma_load_2d_multicast(tmap_b, smem.stage_b(s) + cta_rank * kHalf * kRowBytes, full + s, k0,
+                                          b_row + cta_rank * kHalf, 0b11);
+                } else {
+                    tma_load_2d(tmap_b, smem.stage_b(s), full + s, k0, b_row);
+                    tma_load_2d(tmap_b, smem.stage_b(s) + kHalf * kRowBytes, full + s, k0, b_row + kHalf);
+                }
+            }
+        }
+    }
+}
+
+// One math warpgroup: warpgroup w owns rows [w * kWarpgroupRows, (w + 1) * kWarpgroupRows) of each tile.
+template <typename V>
+struct MathWarpgroup {
+    using MMA = typename V::MMA;
+    using Layout = typename V::Layout;
+    using D = typename V::D;
+    static constexpr uint32_t kWarpgroupRows = V::Math::kWarpgroupRows;
+    static constexpr uint32_t kMmaRows = V::Math::kMmaRows;
+    // Named barriers of math warpgroups 0 and 1: kBarrierEpilogue and the next id (0 is __syncthreads).
+    static constexpr uint32_t kBarrierEpilogue = 1;
+
+    const SharedState<V>& smem;
+    const Params& params;
+    const CUtensorMap* tmap_d;
+    typename V::Scheduler& scheduler;
+    const uint32_t cta_rank, warp, lane;
+    // Broadcast from lane 0 so ptxas knows the value is warp-uniform: the A descriptors built from it
+    // then live in uniform registers.
+    const uint32_t math_wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+    const bool store_leader = threadIdx.x % 128 == 0;
+    // The descriptors are built from this integer address rather than converted from the generic
+    // pointer at every issue.
+    const uint32_t smem_addr = smem_u32(smem.base);
+    const uint32_t smem_d_addr = smem_addr + Layout::kOffsetD;
+
+    float accum[kMmaRows][MMA::kNumAccum];
+    uint32_t iter = 0;
+
+    __device__ __forceinline__ MathWarpgroup(const SharedState<V>& smem_, const Params& params_,
+                                             const CUtensorMap* tmap_d_, typename V::Scheduler& scheduler_,
+                                             uint32_t cta_rank_, uint32_t warp_, uint32_t lane_)
+        : smem(smem_),
+          params(params_),
+          tmap_d(tmap_d_),
+          scheduler(scheduler_),
+          cta_rank(cta_rank_),
+          warp(warp_),
+          lane(lane_) {}
+
+    __device__ __forceinline__ void fence_accumulators() {
+        DG_MOE_UNROLL
+        for (uint32_t r = 0; r < kMmaRows; ++r)
+            DG_MOE_UNROLL
+        for (uint32_t i = 0; i < MMA::kNumAccum; ++i)
+            wgmma::fence_operand(accum[r][i]);
+    }
+
+    // The K block in stage s, as one commit group; `first`: the tile's first block, whose first k16
+    // step overwrites the accumulators instead of adding to them.
+    __device__ __forceinline__ void issue(uint32_t s, bool first) {
+        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
+        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage + Layout::kBytesA);
+        fence_accumulators();
+        wgmma::fence();
+        DG_MOE_UNROLL
+        for (uint32_t kk = 0; kk < kBlockK / 16; ++kk) {
+            DG_MOE_UNROLL
+            for (uint32_t r = 0; r < kMmaRows; ++r) {
+                const uint64_t desc_a =
+                    wgmma::smem_desc_k_major_sw128(stage + (math_wg * kWarpgroupRows + r * 64) * kRowBytes);
+                MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum[r], !first || kk > 0);  // +32 bytes along K
+            }
+        }
+        wgmma::commit_group();
+        fence_accumulators();
+    }
+
+    // This warp is done reading stage s (its wgmmas completed): tell the producer of every CTA that
+    // multicasts into it.
+    __device__ __forceinline__ void release(uint32_t s) const {
+        if (lane == 0) {
+            mbarrier_arrive(smem.empty() + s);
+            if constexpr (V::kMulticast == 2)
+                mbarrier_arrive_cluster(smem.empty() + s, cta_rank ^ 1);
+        }
+    }
+
+    __device__ __forceinline__ void wait_full(uint32_t it) const {
+        mbarrier_wait(smem.full() + it % V::kNumStages, (it / V::kNumStages) & 1);
+    }
+
+    // Every K block of one tile into the accumulators; on return they hold the tile's sums.
+    __device__ __forceinline__ void k_loop() {
+        wait_full(iter);
+        issue(iter % V::kNumStages, true);
+        ++iter;
+        for (uint32_t k = 1; k < V::kNumKBlocks; ++k, ++iter) {
+            wait_full(iter);
+            issue(iter % V::kNumStages, false);
+            // The previous block's group is done once at most this one is pending.
+            wgmma::wait_group<1>();
+            release((iter - 1) % V::kNumStages);
+        }
+        wgmma::wait_group<0>();
+        fence_accumulators();
+        release((iter - 1) % V::kNumStages);
+    }
+
+    __device__ __forceinline__ void warpgroup_sync() const {
+        if (math_wg == 0)
+            named_barrier_sync<kBarrierEpilogue, 128>();
+        else
+            named_barrier_sync<kBarrierEpilogue + 1, 128>();
+    }
+
+    // Epilogue, per math warpgroup: each writes its own rows of the D tile and issues their TMA stores,
+    // with barriers among its own 128 threads only.
+    __device__ __forceinline__ void write_out(const sched::Tile& out) {
+        // This warpgroup's previous TMA stores must have finished reading its rows of the D tile.
+        if (store_leader)
+            tma_store_wait_read<0>();
+        warpgroup_sync();
+        // Sixteen columns per stmatrix.x4: accumulators 8j..8j+7 are rows 0-7 and 8-15 of column
+        // chunks 2j and 2j + 1, the four 8x8 matrices in stmatrix's order. Accumulator i of an m64nN
+        // wgmma holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+        DG_MOE_UNROLL
+        for (uint32_t r = 0; r < kMmaRows; ++r)
+            DG_MOE_UNROLL
+        for (uint32_t j = 0; j < V::BLOCK_N / 16; ++j) {
+            const uint32_t row =
+                math_wg * kWarpgroupRows + r * 64 + (warp % 4) * 16 + lane % 8 + 8 * ((lane / 8) % 2);
+            const uint32_t col = 16 * j + 8 * (lane / 16);
+            const float* acc = accum[r] + 8 * j;
+            stmatrix_x4(smem_d_addr + D::offset(row, col), pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]),
+                        pack_bf16x2(acc[4], acc[5]), pack_bf16x2(acc[6], acc[7]));
+        }
+        tma_fence_shared();
+        warpgroup_sync();
+
+        const uint32_t col0 = out.n_block * V::BLOCK_N;
+        uint8_t* smem_d = smem.d_tile();
+        // Normal tiles always take the TMA store: it clips rows past M and columns past N itself.
+        if (V::kType == GemmType::Normal || (out.valid_rows == V::BLOCK_M && !out.check_rows)) {
+            if (store_leader) {
+                DG_MOE_UNROLL
+                for (uint32_t slab = 0; slab < V::BLOCK_N / D::kSpanCols; ++slab)
+                    DG_MOE_UNROLL
+                for (uint32_t r = 0; r < kMmaRows; ++r) {
+                    const uint32_t row = math_wg * kWarpgroupRows + r * 64;
+                    tma_store_2d(tmap_d, smem_d + slab * V::BLOCK_M * D::kSpanBytes + row * D::kSpanBytes,
+                                 col0 + slab * D::kSpanCols, out.row + row);
+                }
+                tma_store_commit();
+            }
+        } else {
+            // Tiles with padding rows or rows past masked_m: only real rows are written.
+            constexpr uint32_t kChunksPerRow = V::BLOCK_N / 8;
+            for (uint32_t idx = threadIdx.x % 128; idx < kWarpgroupRows * kChunksPerRow; idx += 128) {
+                const uint32_t c = (idx % kChunksPerRow) * 8;
+                const uint32_t r = math_wg * kWarpgroupRows + idx / kChunksPerRow;
+                bool write = r < out.valid_rows && col0 + c < V::SHAPE_N;
+                if (out.check_rows && write)
+                    write = __ldg(params.layout + out.row + r) >= 0;
+                if (write)
+                    *reinterpret_cast<uint4*>(params.d + static_cast<uint64_t>(out.row + r) * params.d_stride +
+                                              col0 + c) = *reinterpret_cast<const uint4*>(smem_d + D::offset(r, c));
+            }
+        }
+    }
+
+    __device__ __forceinline__ void run() {
+        sched::Tile tile;
+        while (scheduler.next(tile)) {
+            k_loop();
+            write_out(tile);
+        }
+        if (store_leader)
+            tma_store_wait<0>();
+    }
+};
+
+template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, GemmType kType,
+          uint32_t kMulticast, bool kMulticastB>
+__global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
+    bf16_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
+                     const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_d) {
+    using V = Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB>;
+    using Scheduler = typename V::Scheduler;
+
+    extern __shared__ uint8_t smem_raw[];
+    // Offset the array itself rather than round an integer address: derived from smem_raw, every
+    // pointer below stays known to be shared, so accesses compile to LDS/STS, not generic LD/ST.
+    const SharedState<V> smem{smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023)};
+    uint32_t* group_table = nullptr;
+    if constexpr (Scheduler::kGroupCursor) {
+        if (params.group_table != 0)
+            group_table = smem.group_table();
+    }
+
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == V::kNumMathThreads) {
+        tma_prefetch_tensor_map(&tmap_a);
+        tma_prefetch_tensor_map(&tmap_b);
+        tma_prefetch_tensor_map(&tmap_d);
+        init_barriers(smem);
+    }
+    // The peer CTA arrives on these barriers and receives multicast copies: both must be set up.
+    auto block_sync = [] {
+        if constexpr (kMulticast > 1)
+            cluster_sync();
+        else
+            __syncthreads();
+    };
+    if (group_table != nullptr) {
+        Scheduler::build_block_table(group_table, params.layout, params.m, params.num_groups, block_sync);
+        __syncthreads();
+    } else {
+        block_sync();
+    }
+
+    Scheduler scheduler(params.layout, params.m, params.num_groups, group_table);
+    const uint32_t cta_rank = blockIdx.x % kMulticast;
+
+    if (threadIdx.x >= V::kNumMathThreads) {
+        if constexpr (V::kNumMathThreads == 256)
+            warpgroup_release_registers<kProducerRegisters>();
+        if (warp == V::kNumMathWarps && elect_one_sync())
+            load_operands(smem, scheduler, &tmap_a, &tmap_b, cta_rank);
+    } else {
+        if constexpr (V::kNumMathThreads == 256)
+            warpgroup_claim_registers<kMathRegisters>();
+        MathWarpgroup<V> math{smem, params, &tmap_d, scheduler, cta_rank, warp, lane};
+        math.run();
+    }
+    // No CTA may leave while its peer can still multicast into it or arrive on its barriers.
+    if constexpr (kMulticast > 1)
+        cluster_sync();
+}
+
+}  // namespace dg_moe::sm90_bf16_gemm

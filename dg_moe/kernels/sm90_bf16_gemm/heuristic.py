@@ -1,0 +1,137 @@
+"""Deterministic cost model choosing the SM90 BF16 GEMM configuration from the shape and SM count.
+
+A first model, not yet calibrated on a GPU (the FP8 family's, docs/perf-log.md, was): each candidate
+(BLOCK_M, BLOCK_N) is priced as the largest of
+- tensor-core time: waves of tiles (the last wave costs as much as a full one) times one tile's MMA
+  work at the per-SM BF16 rate (H100 SXM dense peak), derated for a 64-row tile (one math
+  warpgroup) and for narrow tiles (fixed issue cost per wgmma);
+- memory time: every byte of A, B and D once at HBM bandwidth, of which a grid with fewer tiles than
+  SMs gets a share (one SM cannot pull more than twice its share);
+- L2 time: every tile streams its A and B rows from L2, bounded per SM and over the chip;
+plus a fixed cost per wave. Ties go to the larger tile, then the taller one. Stages: as many as fit
+beside the D tile, at most MAX_STAGES.
+
+Layout rules on top, the FP8 family's where their reason is layout, not FP8 (docs/sm90-fp8-gemm.md):
+contiguous layouts take tiles of at most 128 rows (groups start on 128-row boundaries); masked groups of
+a few expected rows and dense calls of at most 64 rows take 64-row tiles (decode streams weights, and
+a 128-row tile would spend half of each stage on rows that do not exist); 256-row tiles only over more
+than 128 rows and at least 128 columns; prefix-sum contiguous groups of many rows at large K share B
+across a 2-CTA cluster (each weight tile read from L2 once for two m-blocks of one group).
+"""
+
+from __future__ import annotations
+
+from ...layout.math import ceil_div
+from ..sm90_fp8_gemm.heuristic import GemmConfig
+from .constants import ACCUM_REGISTER_BUDGET, BLOCK_K, SMEM_BYTES_PER_BLOCK, GemmType
+
+PEAK_BF16_FLOPS_PER_SM = 989e12 / 132
+HBM_BYTES_PER_S = 3.0e12
+SM_CLOCK_HZ = 1.83e9
+L2_TO_SM_BYTES_PER_S = 11.3e12
+L2_BYTES_PER_S_PER_SM = 64 * SM_CLOCK_HZ
+_MAX_SM_BANDWIDTH_SHARE = 2.0
+_WAVE_OVERHEAD_S = 0.4e-6
+MAX_STAGES = 8
+
+BLOCK_MS = (64, 128, 256)
+BLOCK_NS = (16, 32, 64, 128, 256)
+
+SHORT_ROWS = 32
+"""Masked groups of at most this many expected rows run 64-row tiles (decode: weight streaming)."""
+DENSE_SHORT_ROWS = 64
+"""Dense calls of at most this many rows run 64-row tiles."""
+SHARED_B_MIN_K = 4096
+SHARED_B_MIN_ROWS = 256
+"""Prefix-sum contiguous groups of at least this many expected rows share B at K >= SHARED_B_MIN_K (the
+FP8 family measured its B-sharing pairs faster from here; its scheduler pairs m-blocks within one group)."""
+
+
+def _round_up(x: int, y: int) -> int:
+    return ceil_div(x, y) * y
+
+
+def smem_bytes(block_m: int, block_n: int, num_stages: int) -> int:
+    """Shared memory of one CTA (the group table aside). The kernel's SharedLayout must agree: every
+    compile passes this number (template argument SMEM_BYTES) and the host entry static_asserts it."""
+    stage = (block_m + block_n) * BLOCK_K * 2
+    d_tile = _round_up(block_m * block_n * 2, 1024)
+    return num_stages * stage + d_tile + 2 * num_stages * 8 + 1024
+
+
+def mma_rows(block_m: int) -> int:
+    """m64 wgmmas per K step of one math warpgroup (MathShape::kMmaRows): 2 for 256-row tiles."""
+    return 2 if block_m == 256 else 1
+
+
+def fits_registers(block_m: int, block_n: int) -> bool:
+    """Whether a math thread's accumulators (BLOCK_N / 2 floats per m64 wgmma) fit kAccumRegisterBudget."""
+    return mma_rows(block_m) * block_n // 2 <= ACCUM_REGISTER_BUDGET
+
+
+def max_stages(block_m: int, block_n: int) -> int:
+    """Most pipeline stages (up to MAX_STAGES) that fit beside the D tile in shared memory."""
+    stages = MAX_STAGES
+    while stages > 2 and smem_bytes(block_m, block_n, stages) > SMEM_BYTES_PER_BLOCK:
+        stages -= 1
+    return stages
+
+
+def _mma_efficiency(block_m: int, block_n: int) -> float:
+    warpgroups = 0.6 if block_m == 64 else 0.85
+    return warpgroups * block_n / (block_n + 16)
+
+
+def predict_us(block_m: int, block_n: int, rows_per_group: int, n: int, k: int, num_groups: int,
+               num_sms: int) -> float:
+    """Predicted kernel time in microseconds for ``num_groups`` problems of ``rows_per_group`` rows."""
+    m_blocks = num_groups * ceil_div(rows_per_group, block_m)
+    tiles = m_blocks * ceil_div(n, block_n)
+    waves = ceil_div(tiles, num_sms)
+    compute_s = waves * 2.0 * block_m * block_n * k / (PEAK_BF16_FLOPS_PER_SM * _mma_efficiency(block_m, block_n))
+    total_rows = num_groups * rows_per_group
+    bytes_moved = 2 * (num_groups * n * k + total_rows * k + total_rows * n)
+    streaming_share = min(1.0, min(tiles, num_sms) * _MAX_SM_BANDWIDTH_SHARE / num_sms)
+    memory_s = bytes_moved / (HBM_BYTES_PER_S * streaming_share)
+    tile_l2_bytes = 2 * (min(block_m, rows_per_group) + block_n) * k
+    sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
+    l2_s = waves * tile_l2_bytes / sm_l2_rate
+    return (max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S) * 1e6
+
+
+def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int,
+                  max_block_m: int = 256) -> GemmConfig:
+    """Cheapest single-CTA configuration for the problem; deterministic in its arguments.
+
+    rows_per_group: M for a dense GEMM, the mean rows per expert for contiguous layouts, or ``expected_m``
+    for masked ones. max_block_m: 128 for contiguous layouts, 64 for short (decode) calls.
+    """
+    def rank(c: GemmConfig) -> tuple[float, int, int]:
+        return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.block_m)
+
+    rows = max(rows_per_group, 1)
+    candidates = []
+    for block_m in (bm for bm in BLOCK_MS if bm <= max_block_m):
+        for block_n in BLOCK_NS:
+            if not fits_registers(block_m, block_n) or (block_m == 256 and (rows <= 128 or block_n < 128)):
+                continue
+            stages = max_stages(block_m, block_n)
+            candidates.append(GemmConfig(block_m, block_n, stages, 1, smem_bytes(block_m, block_n, stages),
+                                         predict_us(block_m, block_n, rows, n, k, num_groups, num_sms)))
+    return min(candidates, key=rank)
+
+
+def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
+    """The variant one call shape of one layout runs: the cost model's choice under the layout rules of
+    the module docstring."""
+    rows = max(rows_hint, 1)
+    contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
+    short = (gemm_type == GemmType.MASKED and rows <= SHORT_ROWS) or \
+        (gemm_type == GemmType.NORMAL and rows <= DENSE_SHORT_ROWS)
+    max_block_m = 64 if short else 128 if contiguous else 256
+    chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m)
+    if gemm_type == GemmType.CONTIGUOUS_PSUM and rows >= SHARED_B_MIN_ROWS and k >= SHARED_B_MIN_K \
+            and chosen.block_m == 128 and num_sms % 2 == 0:
+        return GemmConfig(chosen.block_m, chosen.block_n, chosen.num_stages, 2, chosen.smem_bytes,
+                          chosen.predicted_us, multicast_b=True)
+    return chosen

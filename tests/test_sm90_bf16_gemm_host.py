@@ -1,0 +1,262 @@
+"""The SM90 BF16 GEMM's host side on CPU: the cost model's choices against the kernel's limits, the host
+constants NVRTC compiles static_assert (accepted as computed, rejected when off by one), the cubin
+entry's tensor maps and launch through a stand-in driver, and the launcher's operand rules."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+
+from dg_moe import jit
+from dg_moe.errors import CompileError, CudaError, KernelNotAvailableError
+from dg_moe.jit import cuda_driver as cu
+from dg_moe.jit.cubin import CubinKernel
+from dg_moe.jit.tensor_map import TensorMap2D
+from dg_moe.kernels.sm90_bf16_gemm import cubin_entry as ce
+from dg_moe.kernels.sm90_bf16_gemm import host_constants as hc
+from dg_moe.kernels.sm90_bf16_gemm import launcher
+from dg_moe.kernels.sm90_bf16_gemm.constants import BLOCK_K, SMEM_BYTES_PER_BLOCK, GemmType
+from dg_moe.kernels.sm90_bf16_gemm.heuristic import (
+    DENSE_SHORT_ROWS,
+    MAX_STAGES,
+    SHORT_ROWS,
+    config_for,
+    fits_registers,
+    max_stages,
+    smem_bytes,
+)
+from dg_moe.kernels.sm90_bf16_gemm.variants import CI_SHAPES, FAMILY, template_args
+from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
+
+BF16 = cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+SW32, SW64, SW128 = cu.CU_TENSOR_MAP_SWIZZLE_32B, cu.CU_TENSOR_MAP_SWIZZLE_64B, cu.CU_TENSOR_MAP_SWIZZLE_128B
+NK = [(2112, 7168), (24576, 1536), (4096, 7168), (7168, 2048), (576, 200), (7232, 2176)]
+
+
+def _config(block_m: int, block_n: int, multicast: int = 1, multicast_b: bool = False) -> GemmConfig:
+    stages = max_stages(block_m, block_n)
+    return GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages), 0.0, multicast_b)
+
+
+def test_block_k_is_one_swizzle_row() -> None:
+    assert BLOCK_K * 2 == 128
+
+
+@pytest.mark.parametrize("block_m,block_n,fits", [
+    (64, 256, True), (128, 256, True), (256, 128, True), (256, 256, False),
+])
+def test_fits_registers(block_m, block_n, fits):
+    assert fits_registers(block_m, block_n) is fits
+
+
+@pytest.mark.parametrize("block_m,block_n", [(64, 16), (64, 256), (128, 128), (128, 256), (256, 128)])
+def test_max_stages_is_the_most_that_fit(block_m, block_n):
+    stages = max_stages(block_m, block_n)
+    assert smem_bytes(block_m, block_n, stages) <= SMEM_BYTES_PER_BLOCK
+    assert stages == MAX_STAGES or smem_bytes(block_m, block_n, stages + 1) > SMEM_BYTES_PER_BLOCK
+    assert stages >= 3
+
+
+@pytest.mark.parametrize("n,k", NK)
+@pytest.mark.parametrize("rows", [1, 16, 64, 128, 129, 1024, 4096])
+def test_choices_fit_and_respect_the_layout(n, k, rows):
+    for gemm_type in GemmType:
+        groups = 1 if gemm_type == GemmType.NORMAL else 8
+        config = config_for(gemm_type, rows, n, k, groups, 132)
+        assert fits_registers(config.block_m, config.block_n)
+        assert config.smem_bytes == smem_bytes(config.block_m, config.block_n, config.num_stages)
+        assert config.smem_bytes <= SMEM_BYTES_PER_BLOCK
+        if gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM):
+            assert config.block_m <= 128  # groups start on 128-row boundaries
+        if rows <= 128:
+            assert config.block_m <= 128
+        if (gemm_type == GemmType.MASKED and rows <= SHORT_ROWS) or \
+                (gemm_type == GemmType.NORMAL and rows <= DENSE_SHORT_ROWS):
+            assert config.block_m == 64
+        if config.multicast == 2:
+            assert config.multicast_b and gemm_type == GemmType.CONTIGUOUS_PSUM
+        assert config == config_for(gemm_type, rows, n, k, groups, 132)  # deterministic
+    assert config_for(GemmType.CONTIGUOUS_PSUM, 4096, n, k, 8, 131).multicast == 1  # clusters need an even count
+
+
+def test_hand_derived_host_constants() -> None:
+    c = hc.host_constants(GemmType.NORMAL, _config(128, 128), 4096, 7168)
+    # 6 stages of (128 + 128) rows x 128 bytes, a 32 KB D tile, 12 barriers, 1024 bytes of alignment slack.
+    assert c.layout_bytes == 6 * 32768 + 32768 + 12 * 8 + 1024
+    assert (c.box_rows_a, c.box_rows_b, c.d_span_bytes, c.d_span_cols, c.block_threads) == (128, 128, 128, 64, 384)
+    assert (c.pair_m, c.num_n_slots) == (1, 32)
+    c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168)
+    assert (c.box_rows_a, c.box_rows_b, c.pair_m, c.num_n_slots, c.block_threads) == (128, 128, 2, 16, 384)
+    assert c.group_table and c.max_dynamic_shared == SMEM_BYTES_PER_BLOCK
+    c = hc.host_constants(GemmType.CONTIGUOUS, _config(128, 128, 2), 7232, 2176)
+    assert (c.box_rows_a, c.box_rows_b, c.pair_m, c.num_n_slots) == (64, 128, 1, 29)  # 57 n-blocks padded to 58
+    c = hc.host_constants(GemmType.MASKED, _config(64, 16), 7168, 2048)
+    assert (c.box_rows_a, c.d_span_bytes, c.block_threads, c.num_n_slots) == (64, 32, 256, 448)
+
+
+HOST_VARIANTS = [
+    (GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168),
+    (GemmType.NORMAL, _config(256, 128, 2), 2112, 7168),
+]
+
+
+@pytest.mark.nvrtc
+@pytest.mark.parametrize("variant", HOST_VARIANTS, ids=["psum-128x256-mcB", "normal-256x128-mcA"])
+def test_nvrtc_accepts_the_mirror(nvrtc_cache: Path, variant) -> None:
+    assert jit.compile_only(FAMILY, template_args(*variant)).is_file()
+
+
+@pytest.mark.nvrtc
+@pytest.mark.parametrize(
+    "name",
+    ["SMEM_BYTES", "BOX_ROWS_A", "BOX_ROWS_B", "D_SPAN_COLS", "BLOCK_THREADS", "PAIR_M", "NUM_N_SLOTS", "PARAMS_BYTES"],
+)
+def test_nvrtc_rejects_a_wrong_constant(nvrtc_cache: Path, name: str) -> None:
+    args = template_args(*HOST_VARIANTS[0])
+    args[name] = args[name] + (1 if name != "PAIR_M" else -1)
+    with pytest.raises(CompileError, match="static assertion failed"):
+        jit.compile_only(FAMILY, args)
+
+
+def test_ci_shapes_cover_every_layout() -> None:
+    assert {shape[0] for shape in CI_SHAPES} == set(GemmType)
+
+
+def test_params_struct_is_the_kernels() -> None:
+    assert ctypes.sizeof(ce.Params) == hc.PARAMS_BYTES == 32
+    assert [ce.Params.m.offset, ce.Params.d_stride.offset, ce.Params.group_table.offset] == [16, 24, 28]
+
+
+def test_tensor_maps() -> None:
+    # make_tensor_map_2d(map, dtype, base, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle):
+    # A (K, rows) box 64 x kBoxRowsA; B (K, G * N); D (N, rows) box kSpanCols x 64; strides in bytes.
+    c = hc.host_constants(GemmType.NORMAL, _config(64, 32), 2112, 7168)
+    assert ce.tensor_map_specs(c, 100, 1, 7168, 7168, 2112) == (
+        TensorMap2D(BF16, 7168, 100, 14336, 64, 64, SW128),
+        TensorMap2D(BF16, 7168, 2112, 14336, 64, 32, SW128),
+        TensorMap2D(BF16, 2112, 100, 4224, 32, 64, SW64),
+    )
+    # Masked: A and D hold G * max_m rows; row strides of views into wider buffers pass through.
+    c = hc.host_constants(GemmType.MASKED, _config(64, 16), 7168, 2048)
+    a, b, d = ce.tensor_map_specs(c, 48, 4, 2056, 2048, 7200)
+    assert (a.outer, a.row_stride_bytes, b.outer, d.outer, d.row_stride_bytes) == (192, 4112, 4 * 7168, 192, 14400)
+    assert (d.box_inner, d.swizzle) == (16, SW32)
+    # B-sharing clusters load half of B's tile per CTA.
+    c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168)
+    a, b, d = ce.tensor_map_specs(c, 1024, 8, 7168, 7168, 4096)
+    assert (a.box_outer, b.box_outer, b.outer, d.box_inner) == (128, 128, 8 * 4096, 64)
+
+
+class _FakeDriver:
+    """Records what the launcher hands the driver and decodes the launch from its addresses."""
+
+    def __init__(self) -> None:
+        self.encoded: list[tuple] = []
+        self.launches: list[dict] = []
+        self.attributes: list[tuple] = []
+
+    def check(self, status: int, entry: str) -> None:
+        if status != cu.CUDA_SUCCESS:
+            raise CudaError(entry, status, "fake error")
+
+    def current_device(self, address: int) -> int:
+        return 0
+
+    def cuKernelSetAttribute(self, attribute: int, value: int, kernel: int, device: int) -> int:
+        self.attributes.append((attribute, value, kernel, device))
+        return cu.CUDA_SUCCESS
+
+    def cuOccupancyMaxActiveClusters(self, count, kernel, config) -> int:
+        count._obj.value = 60
+        return cu.CUDA_SUCCESS
+
+    def cuTensorMapEncodeTiled(self, out, dtype, rank, base, dims, strides, box, element_strides, interleave,
+                               swizzle, l2, oob) -> int:
+        self.encoded.append((dtype, base, tuple(dims), tuple(strides), tuple(box), swizzle))
+        ctypes.c_uint64.from_address(out).value = base  # the "encoding": recognisable in the launch
+        return cu.CUDA_SUCCESS
+
+    def cuLaunchKernelEx(self, config: int, function: int, params: int, extra: None) -> int:
+        cfg = cu.CUlaunchConfig.from_address(config)
+        pointers = (ctypes.c_void_p * 4).from_address(params)
+        p = ce.Params.from_address(pointers[0])
+        self.launches.append({
+            "grid": cfg.gridDimX, "block": cfg.blockDimX, "shared": cfg.sharedMemBytes, "stream": cfg.hStream,
+            "cluster": cfg.attrs[0].value.clusterDim.x,
+            "params": (p.layout, p.d, p.m, p.num_groups, p.d_stride, p.group_table),
+            "maps": [ctypes.c_uint64.from_address(pointers[i]).value for i in range(1, 4)],
+        })
+        return cu.CUDA_SUCCESS
+
+
+def test_a_launch_as_the_nvcc_entry_makes_it(tmp_path: Path) -> None:
+    (tmp_path / "kernel.cubin").write_bytes(b"not a cubin: never loaded")
+    kernel = CubinKernel(tmp_path / "kernel.cubin", "_Zkernel", FAMILY, "0" * 64)
+    driver = _FakeDriver()
+    kernel._driver, kernel._handle = driver, 0xC0DE
+    c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168)
+    entry = ce.CubinEntry(kernel, c)
+    a, b, d, layout = 0x10000, 0x20000, 0x30000, 0x40000
+    entry(a, b, d, layout, 1024, 8, 7168, 7168, 4096, 132, 0x7777)
+    assert driver.attributes == [(cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BYTES_PER_BLOCK, 0xC0DE, 0)]
+    (launch,) = driver.launches
+    # 66 clusters of 2 capped to the 60 resident ones; the group table (9 words) follows the layout.
+    assert (launch["grid"], launch["block"], launch["cluster"]) == (120, 384, 2)
+    assert launch["shared"] == c.layout_bytes + 36 and launch["stream"] == 0x7777
+    assert launch["params"] == (layout, d, 1024, 8, 4096, 1)
+    assert launch["maps"] == [a, b, d]
+    entry(a, b, d, layout, 1024, 8, 7168, 7168, 4096, 132, 0x7777)  # memoised: nothing encoded again
+    assert len(driver.encoded) == 3 and len(driver.launches) == 2
+    with pytest.raises(CudaError, match="dg_moe_sm90_bf16_gemm failed.*m=0"):
+        entry(a, b, d, layout, 0, 8, 7168, 7168, 4096, 132, 0x7777)
+
+
+@pytest.mark.parametrize("shape,strides,expected", [
+    ((4, 64), (64, 1), 64),
+    ((4, 64), (72, 1), 72),  # a row slice of a wider buffer
+    ((1, 64), (1, 1), 64),  # one row: any stride, read as K
+    ((3, 4, 64), (256, 64, 1), 64),
+    ((3, 4, 64), (512, 64, 1), None),  # groups not back to back
+    ((4, 64), (1, 4), None),  # column-major: not K-major
+    ((4, 64), (32, 1), None),  # overlapping rows
+])
+def test_row_stride(shape, strides, expected) -> None:
+    t = torch.empty_strided(shape, strides, dtype=torch.bfloat16)
+    assert launcher.row_stride(t) == expected
+
+
+def test_kernel_rows_name_the_rule() -> None:
+    with pytest.raises(KernelNotAvailableError, match=r"bf16_gemm_nt: .*a with strides \(1, 4\).*contiguous"):
+        launcher.kernel_rows("bf16_gemm_nt", "a", torch.empty(64, 4, dtype=torch.bfloat16).T)
+    with pytest.raises(KernelNotAvailableError, match="multiple of 8"):
+        launcher.kernel_rows("bf16_gemm_nt", "b", torch.empty(4, 60, dtype=torch.bfloat16))
+    with pytest.raises(KernelNotAvailableError, match="16-byte aligned"):
+        launcher.kernel_rows("bf16_gemm_nt", "a", torch.empty(4, 72, dtype=torch.bfloat16)[:, 4:68])
+    assert launcher.kernel_rows("bf16_gemm_nt", "a", torch.empty(4, 72, dtype=torch.bfloat16)[:, 8:72]) == 72
+
+
+def test_kernel_args() -> None:
+    a = torch.empty(3, 40, 64, dtype=torch.bfloat16)
+    b = torch.empty(3, 128, 64, dtype=torch.bfloat16)
+    d = torch.empty(3, 40, 128, dtype=torch.bfloat16)
+    masked_m = torch.zeros(3, dtype=torch.int32)
+    args = launcher.kernel_args(GemmType.MASKED, a, b, d, masked_m, (64, 64, 128), 132, 5)
+    assert args == (a.data_ptr(), b.data_ptr(), d.data_ptr(), masked_m.data_ptr(), 40, 3, 64, 64, 128, 132, 5)
+    args = launcher.kernel_args(GemmType.NORMAL, a[0], b[0], d[0], None, (64, 64, 128), 132, 5)
+    assert args[3:6] == (None, 40, 1)
+
+
+def test_warmup_lists_the_bf16_variants_on_request() -> None:
+    from dg_moe.moe import warmup
+    from dg_moe.moe.shapes import MODEL_SHAPES
+
+    shape, batches = MODEL_SHAPES["deepseek-v3"], [1, 64, 4096]
+    variants = warmup.unique_variants([shape], batches, 132, bf16=True)
+    assert variants and variants != warmup.unique_variants([shape], batches, 132)
+    for v in variants:  # the BF16 family's shared-memory formula, which its compile static_asserts
+        assert v["SMEM_BYTES"] == smem_bytes(v["BLOCK_M"], v["BLOCK_N"], v["NUM_STAGES"])
+    assert warmup.build_parser().parse_args(["--bf16"]).bf16
+    assert not warmup.build_parser().parse_args([]).bf16
