@@ -5,7 +5,6 @@ from . import sm90_fp8_gemm, sm90_fp8_wgrad
 
 def register_all() -> None:
     """Route the public ops' CUDA calls to every kernel family that covers them."""
+    # In any order: each family registers only the ops and recipes it serves (dg_moe.ops.dispatch).
     sm90_fp8_gemm.register()
-    # After the (1, 128, 128) family: it takes over fp8_gemm_nt and routes by recipe, back to that family
-    # for (1, 128, 128).
     sm90_fp8_wgrad.register()

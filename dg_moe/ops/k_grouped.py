@@ -102,7 +102,8 @@ def _fp8_k_grouped(a: FP8Operand, b: FP8Operand, d: torch.Tensor, ks_cpu: Sequen
     gemm.sf(op, "sfa (a[1])", sfa, (), m, sum_k, 1, 128, rec, f"sum_K={sum_k}, M={m}", transposed=True)
     gemm.sf(op, "sfb (b[1])", sfb, (), n, sum_k, 1, 128, rec, f"sum_K={sum_k}, N={n}", transposed=True)
     run_op(op, d.device, ref.k_grouped_fp8_gemm_tn_contiguous, a, b, d, list(ks_cpu), grouped_layout, c, rec,
-           compiled_dims, use_psum_layout, empty=d.numel() == 0, trivial=no_products(d, c) if sum_k == 0 else None)
+           compiled_dims, use_psum_layout, recipe=rec, empty=d.numel() == 0,
+           trivial=no_products(d, c) if sum_k == 0 else None)
 
 
 def k_grouped_bf16_gemm_tn_contiguous(

@@ -1,9 +1,9 @@
 """Launch of the weight-gradient GEMM behind the public ops: operand and scale layouts, config, JIT build, call.
 
-Routes ``fp8_gemm_nt`` with recipe (1, 1, 128) (FP32 ``d``, optional ``c``) and
-``k_grouped_fp8_gemm_tn_contiguous`` to the kernel; ``fp8_gemm_nt`` with recipe (1, 128, 128) stays with
-the (1, 128, 128) family (dg_moe/kernels/sm90_fp8_gemm/launcher.py), which :func:`register` keeps in charge
-of it.
+Serves ``fp8_gemm_nt`` with recipe (1, 1, 128) (FP32 ``d``, optional ``c``) and
+``k_grouped_fp8_gemm_tn_contiguous``. :func:`register` claims ``fp8_gemm_nt`` for that recipe alone
+(dg_moe.ops.dispatch routes by recipe), so the op's other recipes stay with whichever family registered
+the op's default, and the order families register in does not matter.
 
 The kernel reads A and B K-major (FP8 wgmma takes no other layout) and the scales MN-major. The K-grouped
 op's operands ``[sum_K, M]`` and ``[sum_K, N]`` are K-major when given as ``.mT`` views of ``[M, sum_K]``
@@ -31,7 +31,6 @@ from ...jit import CubinKernel, build
 from ...layout.scale_factors import get_tma_aligned_size, sf_in_kernel_layout
 from ...ops.dispatch import register_kernel
 from ...reference.common import RECIPE_1D1D
-from ..sm90_fp8_gemm import launcher as _inference
 from ..sm90_fp8_gemm.constants import BLOCK_K
 from .cubin_entry import CubinEntry, Variant
 from .heuristic import WgradConfig, choose_config, print_config_if_asked
@@ -118,7 +117,7 @@ def _launch(wgrad_type: WgradType, a: tuple, b: tuple, d: torch.Tensor, c: torch
         entry(*args)
 
 
-def fp8_gemm_nt_wgrad_kernel(a, b, d, c) -> None:
+def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:
     """``fp8_gemm_nt`` with recipe (1, 1, 128) on SM90: d float32 [M, N] = c + A[M, K] @ B[N, K]^T; a, b
     (e4m3 K-major contiguous, per-row scales [M or N, K/128]); ``c`` None (no accumulation), d itself
     (in place) or another float32 [M, N] with a contiguous last dim."""
@@ -129,21 +128,6 @@ def fp8_gemm_nt_wgrad_kernel(a, b, d, c) -> None:
     sfb, sfb_stride = _per_row_scales(b[1], k // BLOCK_K)
     _launch(WgradType.NORMAL, (a_data, a_pitch, sfa, sfa_stride), (b_data, b_pitch, sfb, sfb_stride), d, c, None,
             a[0].shape[0], k, 1)
-
-
-def fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast) -> None:
-    """``fp8_gemm_nt`` on SM90 by recipe: (1, 1, 128) here, (1, 128, 128) on the inference family's kernel."""
-    if recipe == RECIPE_1D1D:
-        fp8_gemm_nt_wgrad_kernel(a, b, d, c)
-    else:
-        _inference.fp8_gemm_nt_kernel(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast)
-
-
-def _plan_dense(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast):
-    # Recipe (1, 1, 128) has no launch plan: its calls take the full path (each is a long GEMM).
-    if recipe == RECIPE_1D1D:
-        return None
-    return _inference._plan_dense(a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast)
 
 
 def k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, ks_cpu, grouped_layout, c, recipe, compiled_dims,
@@ -163,7 +147,8 @@ def k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, ks_cpu, grouped_layout, c, 
 
 
 def register() -> None:
-    """Route the weight-gradient calls to this kernel: ``k_grouped_fp8_gemm_tn_contiguous``, and
-    ``fp8_gemm_nt`` by recipe (so it runs after the (1, 128, 128) family's own register)."""
-    register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel, _plan_dense)
+    """Route the weight-gradient calls to this kernel: ``fp8_gemm_nt`` with recipe (1, 1, 128), and
+    ``k_grouped_fp8_gemm_tn_contiguous`` (whose only recipe that is). No launch planner yet, so every call
+    takes the full path (docs/sm90-fp8-wgrad.md, "Not done yet")."""
+    register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel, recipe=RECIPE_1D1D)
     register_kernel("k_grouped_fp8_gemm_tn_contiguous", k_grouped_fp8_gemm_tn_contiguous_kernel)
