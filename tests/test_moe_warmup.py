@@ -86,3 +86,66 @@ def test_warmup_command_compiles_into_the_cache_once(tmp_path, monkeypatch, caps
     assert f"{expected} of {expected} variants cached" in captured.out
     assert f"(0 compiled, {expected} already cached, 0 failed)" in captured.out
     assert f"[{expected}/{expected}]" in captured.err
+
+
+def test_wgrad_adds_the_backward_weight_gradient_variants(monkeypatch, capsys):
+    """--wgrad compiles, after the forward's variants, the weight-gradient family's: both K-grouped layout
+    forms for the two expert GEMMs and the shared expert's dense ones (compile_each stands in for nvcc)."""
+    from dg_moe.jit import CompileOutcome
+    from dg_moe.kernels.sm90_fp8_wgrad import FAMILY as WGRAD_FAMILY
+    from dg_moe.moe import warmup
+
+    wgrad = warmup.layer_wgrad_variants(MODEL_SHAPES["deepseek-v3"], [2**i for i in range(14)], 132)
+    kinds = {(v["WGRAD_TYPE"].rsplit("::", 1)[1], v["SHAPE_N"]) for v in wgrad}
+    assert kinds == {(t, n) for t in ("KGrouped", "KGroupedPsum", "Normal") for n in (7168, 2048)}
+    assert warmup.describe_variant(wgrad[0]) == "wgrad KGrouped N=7168 128x128, 6 stages"
+
+    compiled = []
+
+    def compile_each(family, variants, jobs):
+        compiled.append((family, len(variants)))
+        for index in range(len(variants)):
+            yield CompileOutcome(index, None, True, 0.0)
+
+    monkeypatch.setattr(warmup, "compile_each", compile_each)
+    monkeypatch.setattr(warmup, "get_toolchain", lambda: None)
+    assert warmup_main(["--shape", "256,128,8,2,128", "--batches", "1,4096", "--num-sms", "132", "--wgrad",
+                        "--json"]) == 0
+    forward = len(layer_variants(MoEShape("c", 256, 128, 8, 2, 128), [1, 4096], 132))
+    backward = len(warmup.layer_wgrad_variants(MoEShape("c", 256, 128, 8, 2, 128), [1, 4096], 132))
+    assert compiled == [(warmup.FAMILY, forward), (WGRAD_FAMILY, backward)]
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["variants"], summary["compiled"], summary["failed"]) == (forward + backward,) * 2 + (0,)
+
+
+def test_bf16_and_wgrad_together_compile_all_three_families(monkeypatch, capsys):
+    """--bf16 --wgrad: the forward's FP8 variants, then the BF16 family's, then the weight-gradient family's,
+    progress numbered through all of them and the summary counting every one (compile_each stands in for nvcc)."""
+    from dg_moe.jit import CompileOutcome
+    from dg_moe.kernels import sm90_bf16_gemm
+    from dg_moe.kernels.sm90_fp8_wgrad import FAMILY as WGRAD_FAMILY
+    from dg_moe.moe import warmup
+
+    compiled = []
+
+    def compile_each(family, variants, jobs):
+        compiled.append((family, len(variants)))
+        for index in range(len(variants)):
+            yield CompileOutcome(index, None, True, 0.0)
+
+    monkeypatch.setattr(warmup, "compile_each", compile_each)
+    monkeypatch.setattr(warmup, "get_toolchain", lambda: None)
+    shape, batches = MoEShape("c", 256, 128, 8, 2, 128), [1, 4096]
+    assert warmup_main(["--shape", "256,128,8,2,128", "--batches", "1,4096", "--num-sms", "132", "--bf16",
+                        "--wgrad", "--json"]) == 0
+    forward = len(layer_variants(shape, batches, 132))
+    bf16 = len(layer_variants(shape, batches, 132, bf16=True))
+    backward = len(warmup.layer_wgrad_variants(shape, batches, 132))
+    assert compiled == [(warmup.FAMILY, forward), (sm90_bf16_gemm.FAMILY, bf16), (WGRAD_FAMILY, backward)]
+    captured = capsys.readouterr()
+    total = forward + bf16 + backward
+    summary = json.loads(captured.out)
+    assert (summary["variants"], summary["compiled"], summary["failed"]) == (total, total, 0)
+    assert f"[{forward + 1}/{total}] BF16 " in captured.err
+    assert f"[{forward + bf16 + 1}/{total}] wgrad " in captured.err
+    assert f"[{total}/{total}]" in captured.err

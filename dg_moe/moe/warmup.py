@@ -8,7 +8,10 @@ duplicates, and compiles them in parallel into the JIT cache; serving processes 
 them. The layout ops' Triton kernels compile on the GPU at first use and are not covered here.
 
 ``--bf16`` also compiles the BF16 family's variants (dg_moe.kernels.sm90_bf16_gemm) for the same calls,
-for layers that run their experts in BF16 through the BF16 grouped ops.
+for layers that run their experts in BF16 through the BF16 grouped ops. ``--wgrad`` adds the
+weight-gradient kernels a training step's backward asks for (the experts' K-grouped GEMMs in both
+layout forms, the shared expert's dense ones: dg_moe/kernels/sm90_fp8_wgrad/). The two combine: the
+forward's FP8 variants compile first, then the BF16 ones, then the weight-gradient ones.
 
 It needs nvcc (the JIT's toolchain), not a GPU: without one it plans for an H100 SXM's 132 SMs unless
 ``--num-sms`` says otherwise. Progress goes to stderr, one line per variant done; the summary to stdout
@@ -31,6 +34,10 @@ from ..jit import CompileOutcome, compile_each, get_toolchain
 from ..kernels import sm90_bf16_gemm
 from ..kernels.sm90_fp8_gemm import FAMILY, GemmType
 from ..kernels.sm90_fp8_gemm.variants import VariantSet
+from ..kernels.sm90_fp8_wgrad import FAMILY as WGRAD_FAMILY
+from ..kernels.sm90_fp8_wgrad import WgradType, choose_config
+from ..kernels.sm90_fp8_wgrad import template_args as wgrad_template_args
+from ..layout.math import align
 from .hints import expected_rows_per_expert, masked_rows_hint
 from .shapes import MODEL_SHAPES, MoEShape, shape_arg, shapes_named, token_counts
 
@@ -57,6 +64,29 @@ def layer_variants(shape: MoEShape, batches: Iterable[int], num_sms: int, bf16: 
             found.add(GemmType.NORMAL, tokens, 2 * shape.shared_intermediate, h, 1)
             found.add(GemmType.NORMAL, tokens, h, shape.shared_intermediate, 1)
     return found.variants()
+
+
+def layer_wgrad_variants(shape: MoEShape, batches: Iterable[int], num_sms: int) -> list[dict[str, int | str]]:
+    """Template arguments of the weight-gradient variants the layer's backward asks for at these batch sizes:
+    dW13[e] [2I, H] and dW2[e] [H, I] K-grouped over the experts (K: the routed tokens, 128-aligned per
+    expert), in both layout forms, and the shared expert's dense dW [2Is, H] and [H, Is] (K: the tokens).
+    In first-requested order, without duplicates."""
+    h, inter, e = shape.hidden, shape.intermediate, shape.experts
+    found: dict[tuple, dict[str, int | str]] = {}
+
+    def add(wgrad_type: WgradType, m: int, n: int, k: int, groups: int) -> None:
+        args = wgrad_template_args(wgrad_type, choose_config(m, n, k, groups, num_sms), n)
+        found.setdefault(tuple(sorted(args.items())), args)
+
+    for tokens in batches:
+        k_per_expert = align(max(1, tokens * shape.top_k // e), 128)
+        for wgrad_type in (WgradType.K_GROUPED, WgradType.K_GROUPED_PSUM):
+            add(wgrad_type, 2 * inter, h, k_per_expert, e)
+            add(wgrad_type, h, inter, k_per_expert, e)
+        if shape.shared_intermediate is not None:
+            add(WgradType.NORMAL, 2 * shape.shared_intermediate, h, align(tokens, 128), 1)
+            add(WgradType.NORMAL, h, shape.shared_intermediate, align(tokens, 128), 1)
+    return list(found.values())
 
 
 @dataclass
@@ -96,9 +126,13 @@ def unique_variants(shapes: Iterable[MoEShape], batches: Iterable[int], num_sms:
 
 
 def describe_variant(variant: Mapping[str, object]) -> str:
-    """A short label for progress lines, e.g. "MGroupedMasked N=4096 K=7168 64x128, 8 stages"."""
-    kind = str(variant["GEMM_TYPE"]).rsplit("::", 1)[-1]
-    return (f"{kind} N={variant['SHAPE_N']} K={variant['SHAPE_K']} {variant['BLOCK_M']}x{variant['BLOCK_N']}, "
+    """A short label for progress lines, e.g. "MGroupedMasked N=4096 K=7168 64x128, 8 stages" (weight-gradient
+    variants, whose K is run-time: "wgrad KGrouped N=7168 128x128, 6 stages")."""
+    if "WGRAD_TYPE" in variant:
+        kind, k = "wgrad " + str(variant["WGRAD_TYPE"]).rsplit("::", 1)[-1], ""
+    else:
+        kind, k = str(variant["GEMM_TYPE"]).rsplit("::", 1)[-1], f" K={variant['SHAPE_K']}"
+    return (f"{kind} N={variant['SHAPE_N']}{k} {variant['BLOCK_M']}x{variant['BLOCK_N']}, "
             f"{variant['NUM_STAGES']} stages")
 
 
@@ -116,16 +150,16 @@ def _record(summary: WarmupSummary, outcome: CompileOutcome, label: str) -> str:
 
 
 def compile_with_progress(summary: WarmupSummary, variants: Sequence[Mapping[str, int]], jobs: int,
-                          family: str = FAMILY) -> None:
-    """Compile ``variants`` of ``family`` in ``jobs`` processes, a stderr line per variant done; fills in
-    ``summary`` (its seconds: this call's)."""
+                          family: str = FAMILY, first: int = 0) -> None:
+    """Compile ``variants`` of ``family`` in ``jobs`` processes, a stderr line per variant done (numbered
+    from ``first`` + 1 of ``summary.variants``); fills in ``summary``, adding to its seconds."""
     start = time.perf_counter()
-    for done, outcome in enumerate(compile_each(family, variants, jobs), 1):
+    for done, outcome in enumerate(compile_each(family, variants, jobs), first + 1):
         label = ("BF16 " if family == sm90_bf16_gemm.FAMILY else "") + describe_variant(variants[outcome.index])
         result = _record(summary, outcome, label)
-        _note(f"[{done}/{len(variants)}] {label}: {result} in {outcome.seconds:.1f} s "
+        _note(f"[{done}/{summary.variants}] {label}: {result} in {outcome.seconds:.1f} s "
               f"({time.perf_counter() - start:.0f} s elapsed)")
-    summary.seconds = round(time.perf_counter() - start, 3)
+    summary.seconds = round(summary.seconds + time.perf_counter() - start, 3)
 
 
 def build_parser() -> CommandParser:
@@ -143,6 +177,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--jobs", type=positive_int, help="parallel nvcc processes (default: one per CPU)")
     parser.add_argument("--bf16", action="store_true",
                         help="also compile the BF16 grouped GEMMs (sm90_bf16_gemm) at the same shapes")
+    parser.add_argument("--wgrad", action="store_true",
+                        help="also the weight-gradient GEMMs of the layer's backward (training)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON on stdout (variants, compiled, cached, failed, seconds)")
     return parser
@@ -156,16 +192,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_sms = _num_sms(args.num_sms)
     variants = unique_variants(shapes, args.batches, num_sms)
     bf16_variants = unique_variants(shapes, args.batches, num_sms, bf16=True) if args.bf16 else []
-    total = len(variants) + len(bf16_variants)
+    wgrad: list[dict[str, int | str]] = []
+    if args.wgrad:
+        listed = [v for shape in shapes for v in layer_wgrad_variants(shape, args.batches, num_sms)]
+        wgrad = list({tuple(sorted(v.items())): v for v in listed}.values())
     jobs = args.jobs or os.cpu_count() or 1
+    total = len(variants) + len(bf16_variants) + len(wgrad)
     summary = WarmupSummary([s.name for s in shapes], num_sms, total)
     _note(f"{total} kernel variants for {', '.join(summary.models)} ({num_sms} SMs, batches "
           f"{min(args.batches)}..{max(args.batches)}), {min(jobs, max(total, 1))} parallel compiles")
     compile_with_progress(summary, variants, jobs)
+    # compile_with_progress adds each family's time to summary.seconds and numbers on from ``first``.
     if bf16_variants:
-        fp8_seconds = summary.seconds
-        compile_with_progress(summary, bf16_variants, jobs, sm90_bf16_gemm.FAMILY)
-        summary.seconds = round(summary.seconds + fp8_seconds, 3)
+        compile_with_progress(summary, bf16_variants, jobs, sm90_bf16_gemm.FAMILY, len(variants))
+    if wgrad:
+        compile_with_progress(summary, wgrad, jobs, WGRAD_FAMILY, len(variants) + len(bf16_variants))
     if args.json:
         print(json.dumps(asdict(summary)))
     else:

@@ -9,6 +9,9 @@ Validating a DeepGEMM-shaped call costs ~33 µs of Python; a hit costs a few.
 A signature may also hold a launch plan (:func:`plan`): the kernel's launch of such a call reduced to
 its pointers and stream, which a repeated eager call runs instead of the dispatch, the kernel's
 argument preparation and its look-ups (the op then costs the signature, a look-up and the launch).
+Dispatch picks the kernel, and with it the planner, by the call's recipe; a signature determines that
+recipe (it holds the recipe argument and d's dtype, from which a missing recipe is inferred), so the plan
+kept under a signature always launches the kernel of that signature's recipe.
 """
 
 from __future__ import annotations

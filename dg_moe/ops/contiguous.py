@@ -67,7 +67,7 @@ def _fp8_contiguous(op, ref_fn, a, b, d, grouped_layout, recipe, compiled_dims, 
                           lambda: _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims,
                                                         disable_ue8m0_cast, use_psum_layout, expected_m, b_t))
     run_op(op, d.device, ref_fn, a, b, d, grouped_layout, rec, compiled_dims, disable_ue8m0_cast,
-           use_psum_layout, **extra, empty=d.numel() == 0, plan_key=signature)
+           use_psum_layout, **extra, recipe=rec, empty=d.numel() == 0, plan_key=signature)
 
 
 def _check_fp8_contiguous(op, a, b, d, grouped_layout, recipe, compiled_dims, disable_ue8m0_cast,
@@ -147,7 +147,7 @@ def m_grouped_fp8_gemm_nt_contiguous_unchecked(
     already validated to that op's rules (``fused_moe`` does): no check runs, layout values included."""
     run_op("m_grouped_fp8_gemm_nt_contiguous", d.device, ref.m_grouped_fp8_gemm_nt_contiguous, a, b, d,
            grouped_layout, RECIPE_1D2D, "nk", False, use_psum_layout,
-           expected_m_for_psum_layout=expected_m_for_psum_layout, empty=d.numel() == 0)
+           expected_m_for_psum_layout=expected_m_for_psum_layout, recipe=RECIPE_1D2D, empty=d.numel() == 0)
 
 
 def m_grouped_fp8_gemm_nn_contiguous(

@@ -55,8 +55,8 @@ def _fp8_dense(op, ref_fn, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast
     rec, k = _memo.validated(signature, getattr(d, "device", None),
                              lambda: _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast,
                                                       a_t, b_t))
-    run_op(op, d.device, ref_fn, a, b, d, c, rec, compiled_dims, disable_ue8m0_cast, empty=d.numel() == 0,
-           trivial=no_products(d, c) if k == 0 else None, plan_key=signature)
+    run_op(op, d.device, ref_fn, a, b, d, c, rec, compiled_dims, disable_ue8m0_cast, recipe=rec,
+           empty=d.numel() == 0, trivial=no_products(d, c) if k == 0 else None, plan_key=signature)
 
 
 def _check_fp8_dense(op, a, b, d, c, recipe, compiled_dims, disable_ue8m0_cast, a_t, b_t) -> tuple[Recipe, int]:
@@ -122,7 +122,8 @@ def fp8_gemm_nt(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor |
 def fp8_gemm_nt_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor) -> None:
     """:func:`fp8_gemm_nt` with recipe (1, 128, 128) and no ``c``, on arguments the caller has already
     validated to that op's rules with K > 0 (``fused_moe`` does for its shared expert): no check runs."""
-    run_op("fp8_gemm_nt", d.device, ref.fp8_gemm_nt, a, b, d, None, RECIPE_1D2D, "nk", False, empty=d.numel() == 0)
+    run_op("fp8_gemm_nt", d.device, ref.fp8_gemm_nt, a, b, d, None, RECIPE_1D2D, "nk", False, recipe=RECIPE_1D2D,
+           empty=d.numel() == 0)
 
 
 def fp8_gemm_nn(a: FP8Operand, b: FP8Operand, d: torch.Tensor, c: torch.Tensor | None = None,

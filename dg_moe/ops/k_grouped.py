@@ -9,6 +9,11 @@
   their running sums (``use_psum_layout=True``); checked against ks_cpu on CPU tensors only.
 - d: float32 ``[G, M, N]``; c: optional float32 ``[G, M, N]`` accumulated (d may alias c); a group
   with K = 0 gets ``c[g]`` (or zeros).
+
+On CUDA (the FP8 op; docs/sm90-fp8-wgrad.md) the kernel reads the group sizes from ``grouped_layout`` on the
+device: no host sync, so the call can be captured in a CUDA graph and replayed with new sizes. It reads a
+and b K-major: pass them as ``.mT`` views of ``[M, sum_K]`` and ``[N, sum_K]`` buffers to avoid a transposed
+copy of each.
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ def _fp8_k_grouped(a: FP8Operand, b: FP8Operand, d: torch.Tensor, ks_cpu: Sequen
     gemm.sf(op, "sfa (a[1])", sfa, (), m, sum_k, 1, 128, rec, f"sum_K={sum_k}, M={m}", transposed=True)
     gemm.sf(op, "sfb (b[1])", sfb, (), n, sum_k, 1, 128, rec, f"sum_K={sum_k}, N={n}", transposed=True)
     run_op(op, d.device, ref.k_grouped_fp8_gemm_tn_contiguous, a, b, d, list(ks_cpu), grouped_layout, c, rec,
-           compiled_dims, use_psum_layout, empty=d.numel() == 0, trivial=no_products(d, c) if sum_k == 0 else None)
+           compiled_dims, use_psum_layout, recipe=rec, empty=d.numel() == 0,
+           trivial=no_products(d, c) if sum_k == 0 else None)
 
 
 def k_grouped_bf16_gemm_tn_contiguous(

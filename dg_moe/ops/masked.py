@@ -79,7 +79,7 @@ def _fp8_masked(a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.T
                           lambda: _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims,
                                                     disable_ue8m0_cast))
     run_op(op, d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m, expected_m, rec, compiled_dims,
-           disable_ue8m0_cast, empty=d.numel() == 0, plan_key=signature)
+           disable_ue8m0_cast, recipe=rec, empty=d.numel() == 0, plan_key=signature)
 
 
 def m_grouped_fp8_gemm_nt_masked_unchecked(a: FP8Operand, b: FP8Operand, d: torch.Tensor, masked_m: torch.Tensor,
@@ -87,7 +87,7 @@ def m_grouped_fp8_gemm_nt_masked_unchecked(a: FP8Operand, b: FP8Operand, d: torc
     """:func:`m_grouped_fp8_gemm_nt_masked` with recipe (1, 128, 128), on arguments the caller has already
     validated to that op's rules (``fused_moe`` does): no check runs."""
     run_op("m_grouped_fp8_gemm_nt_masked", d.device, ref.m_grouped_fp8_gemm_nt_masked, a, b, d, masked_m,
-           expected_m, RECIPE_1D2D, "nk", False, empty=d.numel() == 0)
+           expected_m, RECIPE_1D2D, "nk", False, recipe=RECIPE_1D2D, empty=d.numel() == 0)
 
 
 def _check_fp8_masked(op, a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_ue8m0_cast) -> Recipe:

@@ -158,7 +158,8 @@ def m_grouped_bf16_gemm_nt_masked_kernel(a: torch.Tensor, b: torch.Tensor, d: to
 
 
 def register() -> None:
-    """Route the CUDA calls of the three BF16 ops this kernel covers to it."""
+    """Route the CUDA calls of the three BF16 ops this kernel covers to it, as the ops' default kernels
+    (no recipe: the BF16 ops have none and call run_op without one, dg_moe.ops.dispatch)."""
     register_kernel("bf16_gemm_nt", bf16_gemm_nt_kernel)
     register_kernel("m_grouped_bf16_gemm_nt_contiguous", m_grouped_bf16_gemm_nt_contiguous_kernel)
     register_kernel("m_grouped_bf16_gemm_nt_masked", m_grouped_bf16_gemm_nt_masked_kernel)

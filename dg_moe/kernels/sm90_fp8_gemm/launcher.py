@@ -5,9 +5,10 @@ The JIT backend (``DG_MOE_JIT_BACKEND``) decides what a variant's entry is: the 
 variant's CubinKernel. Both take the same arguments (:func:`kernel_args`). The backend is read when a
 variant is first bound in a process; the bound entries are kept in ``_entries``.
 
-The kernels take recipe (1, 128, 128), BF16 output, K-major contiguous A and B. Variants they do not
-cover yet (accumulating ``c``, the (1, 1, 128) recipe, transposed layouts) raise
-KernelNotAvailableError on CUDA; their CPU reference exists.
+The kernels take recipe (1, 128, 128), BF16 output, K-major contiguous A and B. They are registered as
+the ops' default kernels (dg_moe.ops.dispatch), so a call of a recipe that no family registered a kernel
+for reaches them too; such calls, and the other variants they do not cover yet (accumulating ``c``,
+transposed layouts), raise KernelNotAvailableError on CUDA; their CPU reference exists.
 
 Arguments arrive validated by their op, whose checks state the kernel's rules (contiguous a[0], b[0]
 and d included): nothing is checked again here.
@@ -200,7 +201,8 @@ def _plan_masked(a, b, d, masked_m, expected_m, recipe, compiled_dims, disable_u
 
 
 def register() -> None:
-    """Route the CUDA calls of the three FP8 ops this kernel covers to it, with their launch planners."""
+    """Route the CUDA calls of the three FP8 ops this kernel covers to it, with their launch planners, as
+    the ops' default: a family serving another recipe of an op registers its kernel for that recipe."""
     register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel, _plan_dense)
     register_kernel("m_grouped_fp8_gemm_nt_contiguous", m_grouped_fp8_gemm_nt_contiguous_kernel, _plan_contiguous)
     register_kernel("m_grouped_fp8_gemm_nt_masked", m_grouped_fp8_gemm_nt_masked_kernel, _plan_masked)

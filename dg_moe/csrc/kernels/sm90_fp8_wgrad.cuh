@@ -1,0 +1,396 @@
+#pragma once
+// SM90 FP8 weight-gradient GEMM, recipe (1, 1, 128): D[fp32] = C + A[e4m3] @ B[e4m3]^T, where A and B
+// each carry one FP32 scale per row for every 128-wide K block. One problem (Normal), or groups
+// concatenated along K (K-grouped, the MoE weight gradient): group g multiplies its own K rows into
+// D[g], the K range read from a device array, so the launch needs no host copy of the group sizes.
+//
+// A and B are K-major (row r of A is K contiguous bytes), as FP8 wgmma needs both operands in shared
+// memory; the scales are MN-major (one contiguous vector of M or N floats per K block), so the TMA
+// loads each stage's scales as one box beside the operands.
+//
+// Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence, TileWalker):
+// - producer warpgroup (the last 128 threads, 40 registers after setmaxnreg): one elected lane issues
+//   the TMA loads of A, B, SFA and SFB into a kNumStages-deep ring, one stage per 128-wide K block;
+// - two math warpgroups (232 registers), 64 rows of the 128-row tile each: per K block, wgmma into
+//   FP32 accumulators, then promotion on the CUDA cores, sums += acc * (sfa[row] * sfb[col]); the two
+//   scales form an outer product, so every accumulator has its own factor (one FMUL and one FFMA
+//   each, where the (1, 128, 128) kernel needs one FFMA). While one warpgroup promotes, the other's
+//   wgmmas keep the tensor cores busy.
+// - epilogue: each math thread adds C and stores its FP32 sums straight to global memory in 8-byte
+//   column pairs (full 32-byte sectors per quad of lanes); rows past M and columns past N are never
+//   written. A tile of an empty group (K = 0) runs no K block and writes C (or zeros).
+#include <cstdint>
+
+#include "common/elect.cuh"
+#include "common/mbarrier.cuh"
+#include "common/registers.cuh"
+#include "common/tma.cuh"
+#include "common/unroll.cuh"
+#include "common/wgmma.cuh"
+#include "kernels/sm90_fp8_gemm_constants.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error \
+    "sm90_fp8_wgrad needs wgmma and setmaxnreg, which exist on sm_90a only: build with -gencode=arch=compute_90a,code=sm_90a"
+#endif
+
+namespace dg_moe::sm90_fp8_wgrad {
+
+using sm90_fp8_gemm::kBlockK;
+using sm90_fp8_gemm::kMaxSharedBytes;
+
+enum class WgradType : uint32_t {
+    Normal = 0,        // one [M, K] x [N, K] problem
+    KGrouped = 1,      // layout[G]: K of each group, groups back to back along K
+    KGroupedPsum = 2,  // layout[G]: running sums of the groups' K (the end row of each group)
+};
+
+constexpr uint32_t kNumProducerThreads = 128;
+constexpr uint32_t kNumMathThreads = 256;
+constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
+constexpr uint32_t kBlockThreads = kNumMathThreads + kNumProducerThreads;
+// 128 x 40 + 256 x 232 = 64512 of the SM's 65536 registers.
+constexpr uint32_t kProducerRegisters = 40;
+constexpr uint32_t kMathRegisters = 232;
+// Registers a math thread may spend on accumulators, promoted sums and one K block's SFB values, of
+// the 232 setmaxnreg gives it; the rest hold addresses, scales and loop state.
+constexpr uint32_t kWgradRegisterBudget = 192;
+
+struct Params {
+    const float* c;   // null: nothing to accumulate (D = A @ B^T)
+    float* d;         // element (g, r, col) at d + g * d_group_stride + r * d_row_stride + col
+    const int* layout;  // K-grouped: K of each group or their running sums; null for Normal
+    uint64_t c_group_stride;
+    uint64_t d_group_stride;
+    uint32_t c_row_stride;
+    uint32_t d_row_stride;
+    uint32_t m;
+    uint32_t k;  // Normal: K; K-grouped: unused (each group's K comes from layout)
+    uint32_t num_groups;
+    uint32_t pairs;  // 1: every row of d and c starts 8-byte aligned, so columns go out in float2 pairs
+};
+
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
+struct SharedLayout {
+    static constexpr uint32_t kBytesA = BLOCK_M * kBlockK;
+    static constexpr uint32_t kBytesB = BLOCK_N * kBlockK;
+    static constexpr uint32_t kBytesSFA = BLOCK_M * sizeof(float);
+    static constexpr uint32_t kBytesSFB = BLOCK_N * sizeof(float);
+    // A and B start on 1024-byte boundaries (128B swizzle); the scale boxes on 128-byte ones.
+    static constexpr uint32_t kStageBytes = (kBytesA + kBytesB + kBytesSFA + kBytesSFB + 1023) / 1024 * 1024;
+    static constexpr uint32_t kOffsetBarriers = kNumStages * kStageBytes;
+    // Barriers: full and empty per stage.
+    static constexpr uint32_t kNumBarriers = 2 * kNumStages;
+    // +1024: the dynamic shared-memory base is only 16-byte aligned; 128B swizzle needs 1024.
+    static constexpr uint32_t kTotalBytes = kOffsetBarriers + kNumBarriers * sizeof(uint64_t) + 1024;
+    static constexpr uint32_t kTxBytes = kBytesA + kBytesB + kBytesSFA + kBytesSFB;
+    static_assert(kBytesA % 1024 == 0 && kBytesB % 1024 == 0, "operand tiles keep the 1024-byte swizzle alignment");
+    static_assert((kBytesA + kBytesB + kBytesSFA) % 128 == 0, "TMA destinations start on 128-byte boundaries");
+};
+
+__host__ __device__ constexpr uint32_t ceil_div(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
+
+struct Tile {
+    uint32_t group;
+    uint32_t m_block;
+    uint32_t n_block;
+    uint32_t k_block_begin;  // first 128-row K block of the tile's group, in A's and B's K dimension
+    uint32_t num_k_blocks;   // 0 for an empty group
+};
+
+// The tile order every role walks: CTA b takes tiles b, b + gridDim.x, ... of G groups x m-blocks x
+// n-blocks, group by group (so a CTA's group index only grows, and K-grouped sizes are summed once per
+// CTA from a running cursor), inside a group in bands of kBandWidth column blocks with columns fastest:
+// one wave of CTAs then streams a few A row blocks and kBandWidth B row blocks, which stay in L2.
+template <WgradType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kBandWidth = 16>
+struct TileWalker {
+    static constexpr uint32_t kNumNBlocks = ceil_div(SHAPE_N, BLOCK_N);
+
+    const int* layout;
+    uint32_t k;
+    uint32_t m_blocks;
+    uint32_t tiles_per_group;
+    uint32_t num_tiles;
+    uint32_t next_index;
+    // Sizes layout: the first K row of group `cursor_group`.
+    uint32_t cursor_group = 0, cursor_k = 0;
+
+    __device__ __forceinline__ TileWalker(const Params& params)
+        : layout(params.layout),
+          k(params.k),
+          m_blocks(ceil_div(params.m, BLOCK_M)),
+          tiles_per_group(ceil_div(params.m, BLOCK_M) * kNumNBlocks),
+          num_tiles(ceil_div(params.m, BLOCK_M) * kNumNBlocks * params.num_groups),
+          next_index(blockIdx.x) {}
+
+    // A negative size (never valid: the op checks the layout on CPU tensors) counts as 0.
+    __device__ __forceinline__ uint32_t layout_at(uint32_t g) const {
+        const int value = __ldg(layout + g);
+        return value > 0 ? static_cast<uint32_t>(value) : 0u;
+    }
+
+    __device__ __forceinline__ bool next(Tile& tile) {
+        if (next_index >= num_tiles)
+            return false;
+        const uint32_t index = next_index;
+        next_index += gridDim.x;
+        tile.group = index / tiles_per_group;
+        const uint32_t in_group = index - tile.group * tiles_per_group;
+        const uint32_t band = in_group / (m_blocks * kBandWidth);
+        const uint32_t in_band = in_group - band * m_blocks * kBandWidth;
+        const uint32_t n_first = band * kBandWidth;
+        const uint32_t width = kNumNBlocks - n_first < kBandWidth ? kNumNBlocks - n_first : kBandWidth;
+        tile.m_block = in_band / width;
+        tile.n_block = n_first + in_band % width;
+
+        uint32_t begin = 0, end = k;
+        if constexpr (kType == WgradType::KGroupedPsum) {
+            begin = tile.group == 0 ? 0u : layout_at(tile.group - 1);
+            end = layout_at(tile.group);
+        } else if constexpr (kType == WgradType::KGrouped) {
+            for (; cursor_group < tile.group; ++cursor_group)
+                cursor_k += layout_at(cursor_group);
+            begin = cursor_k;
+            end = begin + layout_at(tile.group);
+        }
+        tile.k_block_begin = begin / kBlockK;
+        tile.num_k_blocks = end > begin ? (end - begin) / kBlockK : 0u;
+        return true;
+    }
+};
+
+// Compile-time facts of one variant, shared by every role.
+template <uint32_t SHAPE_N_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_, WgradType kType_>
+struct Variant {
+    static constexpr uint32_t SHAPE_N = SHAPE_N_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
+    static constexpr uint32_t kNumStages = kNumStages_;
+    static constexpr WgradType kType = kType_;
+
+    static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows each");
+    static_assert(BLOCK_N == 64 || BLOCK_N == 128, "BLOCK_N must be 64 or 128");
+    static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
+    static_assert(SHAPE_N > 0, "N must be positive");
+
+    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
+    using MMA = wgmma::FP8MMA<BLOCK_N>;
+    using Walker = TileWalker<kType, BLOCK_M, BLOCK_N, SHAPE_N>;
+    static constexpr uint32_t kNumAccum = MMA::kNumAccum;
+    // Each thread's columns of a tile: two adjacent ones in every 8-column chunk.
+    static constexpr uint32_t kNumColPairs = BLOCK_N / 8;
+    static_assert(2 * kNumAccum + 2 * kNumColPairs <= kWgradRegisterBudget,
+                  "accumulators, sums and the K block's SFB values exceed the register budget");
+    static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages exceed 227 KB of shared memory");
+};
+
+// The CTA's shared memory, carved as SharedLayout says.
+template <typename V>
+struct SharedState {
+    using Layout = typename V::Layout;
+    uint8_t* base;  // 1024-byte aligned
+
+    __device__ __forceinline__ uint8_t* stage_a(uint32_t s) const { return base + s * Layout::kStageBytes; }
+    __device__ __forceinline__ uint8_t* stage_b(uint32_t s) const { return stage_a(s) + Layout::kBytesA; }
+    __device__ __forceinline__ float* stage_sfa(uint32_t s) const {
+        return reinterpret_cast<float*>(stage_b(s) + Layout::kBytesB);
+    }
+    __device__ __forceinline__ float* stage_sfb(uint32_t s) const {
+        return reinterpret_cast<float*>(stage_b(s) + Layout::kBytesB + Layout::kBytesSFA);
+    }
+    __device__ __forceinline__ uint64_t* full() const {
+        return reinterpret_cast<uint64_t*>(base + Layout::kOffsetBarriers);
+    }
+    __device__ __forceinline__ uint64_t* empty() const { return full() + V::kNumStages; }
+};
+
+// Producer thread: every TMA load of A, B, SFA and SFB, one stage per K block of every tile.
+template <typename V>
+__device__ __forceinline__ void load_operands(const SharedState<V>& smem, typename V::Walker& walker,
+                                              const CUtensorMap* tmap_a, const CUtensorMap* tmap_b,
+                                              const CUtensorMap* tmap_sfa, const CUtensorMap* tmap_sfb) {
+    Tile tile;
+    uint64_t* full = smem.full();
+    uint64_t* empty = smem.empty();
+    uint32_t iter = 0;
+    while (walker.next(tile)) {
+        const uint32_t m0 = tile.m_block * V::BLOCK_M, n0 = tile.n_block * V::BLOCK_N;
+        DG_MOE_NO_UNROLL
+        for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb, ++iter) {
+            const uint32_t s = iter % V::kNumStages, phase = (iter / V::kNumStages) & 1;
+            const uint32_t k_block = tile.k_block_begin + kb;
+            mbarrier_wait(empty + s, phase ^ 1);
+            mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
+            // Rows past M or N come in as zeros (and count towards the transaction bytes).
+            tma_load_2d(tmap_a, smem.stage_a(s), full + s, k_block * kBlockK, m0);
+            tma_load_2d(tmap_b, smem.stage_b(s), full + s, k_block * kBlockK, n0);
+            tma_load_2d(tmap_sfa, smem.stage_sfa(s), full + s, m0, k_block);
+            tma_load_2d(tmap_sfb, smem.stage_sfb(s), full + s, n0, k_block);
+        }
+    }
+}
+
+// One math warpgroup: warpgroup w owns rows [64 w, 64 w + 64) of each tile.
+template <typename V>
+struct MathWarpgroup {
+    using MMA = typename V::MMA;
+    using Layout = typename V::Layout;
+    static constexpr uint32_t kNumAccum = V::kNumAccum;
+
+    const SharedState<V>& smem;
+    const Params& params;
+    typename V::Walker& walker;
+    const uint32_t warp, lane;
+    // Broadcast from lane 0 so ptxas knows it is warp-uniform: the A descriptor then lives in uniform
+    // registers and the four wgmmas of a K block issue back to back.
+    const uint32_t math_wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+    // Accumulator i of m64nNk32 holds row (lane / 4) + 8 * ((i / 2) % 2) of the warp's 16, column
+    // 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+    const uint32_t row_in_tile = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_tile + 8
+    const uint32_t col_in_chunk = 2 * (lane % 4);
+    const uint32_t smem_addr = smem_u32(smem.base);
+
+    float result[kNumAccum];
+    uint32_t iter = 0;
+
+    __device__ __forceinline__ MathWarpgroup(const SharedState<V>& smem_, const Params& params_,
+                                             typename V::Walker& walker_, uint32_t warp_, uint32_t lane_)
+        : smem(smem_), params(params_), walker(walker_), warp(warp_), lane(lane_) {}
+
+    // The K block in stage s into acc: one commit group of four k32 wgmmas.
+    __device__ __forceinline__ void issue(uint32_t s, float (&acc)[kNumAccum]) {
+        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
+        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage + math_wg * 64 * kBlockK);
+        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage + Layout::kBytesA);
+        DG_MOE_UNROLL
+        for (uint32_t i = 0; i < kNumAccum; ++i)
+            wgmma::fence_operand(acc[i]);
+        wgmma::fence();
+        DG_MOE_UNROLL
+        for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
+            MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);  // +32 bytes along K
+        wgmma::commit_group();
+    }
+
+    // This warp is done with stage s (its wgmmas completed and the promotion consumed the stage's
+    // scales): one arrival per warp on the stage's empty barrier.
+    __device__ __forceinline__ void release(uint32_t s) const {
+        __syncwarp();
+        if (lane == 0)
+            mbarrier_arrive(smem.empty() + s);
+    }
+
+    __device__ __forceinline__ void k_block(float (&acc)[kNumAccum]) {
+        const uint32_t s = iter % V::kNumStages;
+        mbarrier_wait(smem.full() + s, (iter / V::kNumStages) & 1);
+        issue(s, acc);
+        // The scales are read while the tensor cores work: this thread's two rows of SFA, and its two
+        // columns of every 8-column chunk of SFB (8-byte aligned: the column is even).
+        const float* sfa = smem.stage_sfa(s);
+        const float sfa_lo = sfa[row_in_tile], sfa_hi = sfa[row_in_tile + 8];
+        float2 sfb[V::kNumColPairs];
+        DG_MOE_UNROLL
+        for (uint32_t j = 0; j < V::kNumColPairs; ++j)
+            sfb[j] = *reinterpret_cast<const float2*>(smem.stage_sfb(s) + 8 * j + col_in_chunk);
+        wgmma::wait_group<0>();
+        DG_MOE_UNROLL
+        for (uint32_t i = 0; i < kNumAccum; ++i)
+            wgmma::fence_operand(acc[i]);
+        DG_MOE_UNROLL
+        for (uint32_t i = 0; i < kNumAccum; ++i) {
+            const float scale_a = (i / 2) % 2 == 0 ? sfa_lo : sfa_hi;
+            const float scale_b = i % 2 == 0 ? sfb[i / 4].x : sfb[i / 4].y;
+            result[i] = fmaf(acc[i], scale_a * scale_b, result[i]);
+        }
+        release(s);
+        ++iter;
+    }
+
+    // D = C + sums for this thread's rows below M and columns below N.
+    __device__ __forceinline__ void write_out(const Tile& tile) const {
+        const uint32_t row0 = tile.m_block * V::BLOCK_M + row_in_tile;
+        float* d = params.d + tile.group * params.d_group_stride;
+        const float* c = params.c == nullptr ? nullptr : params.c + tile.group * params.c_group_stride;
+        DG_MOE_UNROLL
+        for (uint32_t half = 0; half < 2; ++half) {
+            const uint32_t row = row0 + 8 * half;
+            if (row >= params.m)
+                continue;
+            float* d_row = d + static_cast<uint64_t>(row) * params.d_row_stride;
+            const float* c_row = c == nullptr ? nullptr : c + static_cast<uint64_t>(row) * params.c_row_stride;
+            DG_MOE_UNROLL
+            for (uint32_t j = 0; j < V::kNumColPairs; ++j) {
+                const uint32_t col = tile.n_block * V::BLOCK_N + 8 * j + col_in_chunk;
+                float lo = result[4 * j + 2 * half], hi = result[4 * j + 2 * half + 1];
+                // An even N puts col + 1 below N whenever col is; an odd one needs both tested.
+                if (V::SHAPE_N % 2 == 0 && params.pairs != 0) {
+                    if (col < V::SHAPE_N) {
+                        if (c_row != nullptr) {
+                            const float2 add = *reinterpret_cast<const float2*>(c_row + col);
+                            lo += add.x;
+                            hi += add.y;
+                        }
+                        *reinterpret_cast<float2*>(d_row + col) = float2{lo, hi};
+                    }
+                } else {
+                    if (col < V::SHAPE_N)
+                        d_row[col] = c_row == nullptr ? lo : c_row[col] + lo;
+                    if (col + 1 < V::SHAPE_N)
+                        d_row[col + 1] = c_row == nullptr ? hi : c_row[col + 1] + hi;
+                }
+            }
+        }
+    }
+
+    __device__ __forceinline__ void run() {
+        float acc[kNumAccum];
+        Tile tile;
+        while (walker.next(tile)) {
+            DG_MOE_UNROLL
+            for (uint32_t i = 0; i < kNumAccum; ++i)
+                result[i] = 0.0f;
+            DG_MOE_NO_UNROLL
+            for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb)
+                k_block(acc);
+            write_out(tile);
+        }
+    }
+};
+
+template <uint32_t SHAPE_N, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, WgradType kType>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    fp8_wgrad_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
+                     const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
+                     const __grid_constant__ CUtensorMap tmap_sfb) {
+    using V = Variant<SHAPE_N, BLOCK_M, BLOCK_N, kNumStages, kType>;
+
+    extern __shared__ uint8_t smem_raw[];
+    // Offset the array itself rather than round an integer address: derived from smem_raw, every
+    // pointer below stays known to be shared, so accesses compile to LDS/STS, not generic LD/ST.
+    const SharedState<V> smem{smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023)};
+
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == kNumMathThreads) {
+        tma_prefetch_tensor_map(&tmap_a);
+        tma_prefetch_tensor_map(&tmap_b);
+        tma_prefetch_tensor_map(&tmap_sfa);
+        tma_prefetch_tensor_map(&tmap_sfb);
+        for (uint32_t s = 0; s < kNumStages; ++s) {
+            mbarrier_init(smem.full() + s, 1);
+            mbarrier_init(smem.empty() + s, kNumMathWarps);
+        }
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+
+    typename V::Walker walker(params);
+    if (threadIdx.x >= kNumMathThreads) {
+        warpgroup_release_registers<kProducerRegisters>();
+        if (warp == kNumMathWarps && elect_one_sync())
+            load_operands(smem, walker, &tmap_a, &tmap_b, &tmap_sfa, &tmap_sfb);
+    } else {
+        warpgroup_claim_registers<kMathRegisters>();
+        MathWarpgroup<V> math{smem, params, walker, warp, lane};
+        math.run();
+    }
+}
+
+}  // namespace dg_moe::sm90_fp8_wgrad

@@ -1,0 +1,110 @@
+// Host entry of the SM90 FP8 weight-gradient GEMM family. The JIT defines the template arguments before
+// including this file (dg_moe/kernels/sm90_fp8_wgrad/variants.py, template_args): DG_MOE_SHAPE_N,
+// DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_WGRAD_TYPE (a
+// dg_moe::sm90_fp8_wgrad::WgradType enumerator), then the host constants Python computes for the NVRTC
+// launcher (dg_moe/kernels/sm90_fp8_wgrad/host_constants.py), each static_asserted below against the C++
+// it mirrors: DG_MOE_SMEM_BYTES, DG_MOE_BLOCK_THREADS and DG_MOE_PARAMS_BYTES.
+#include "common/abi.cuh"
+#include "common/tma.cuh"
+#include "kernels/sm90_fp8_wgrad.cuh"
+
+namespace {
+
+using namespace dg_moe::sm90_fp8_wgrad;
+
+constexpr uint32_t kShapeN = DG_MOE_SHAPE_N;
+constexpr uint32_t kBlockM = DG_MOE_BLOCK_M;
+constexpr uint32_t kBlockN = DG_MOE_BLOCK_N;
+constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
+constexpr WgradType kType = DG_MOE_WGRAD_TYPE;
+
+using V = Variant<kShapeN, kBlockM, kBlockN, kNumStages, kType>;
+using Layout = V::Layout;
+#define DG_MOE_HOST_MISMATCH(what) \
+    what " in dg_moe/kernels/sm90_fp8_wgrad/host_constants.py disagrees with the kernel: mend the two together"
+static_assert(Layout::kTotalBytes == DG_MOE_SMEM_BYTES, DG_MOE_HOST_MISMATCH("smem_bytes"));
+static_assert(kBlockThreads == DG_MOE_BLOCK_THREADS, DG_MOE_HOST_MISMATCH("BLOCK_THREADS"));
+static_assert(sizeof(Params) == DG_MOE_PARAMS_BYTES, DG_MOE_HOST_MISMATCH("PARAMS_BYTES"));
+#undef DG_MOE_HOST_MISMATCH
+constexpr auto kKernel = fp8_wgrad_kernel<kShapeN, kBlockM, kBlockN, kNumStages, kType>;
+
+}  // namespace
+
+// NVRTC (DG_MOE_JIT_BACKEND=nvrtc) compiles this file for its device code alone: the kernel named by
+// kKernel above. Its host part, the nvcc-only one below, is done in Python there
+// (dg_moe/kernels/sm90_fp8_wgrad/cubin_entry.py).
+#ifndef __CUDACC_RTC__
+namespace {
+
+// cudaFuncSetAttribute concerns the current device only, so its result is kept per device. Plain ints
+// through __atomic builtins: host code stays free of libstdc++ (see common/abi.cuh).
+constexpr int kMaxDevices = 64;
+
+cudaError_t allow_shared_memory() {
+    static int status_plus_one[kMaxDevices];  // 0: not set on that device yet
+    int device = -1;
+    if (cudaGetDevice(&device) != cudaSuccess || device >= kMaxDevices)
+        device = -1;
+    if (device >= 0) {
+        const int cached = __atomic_load_n(&status_plus_one[device], __ATOMIC_ACQUIRE);
+        if (cached != 0)
+            return static_cast<cudaError_t>(cached - 1);
+    }
+    const cudaError_t status =
+        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
+    if (device >= 0)
+        __atomic_store_n(&status_plus_one[device], static_cast<int>(status) + 1, __ATOMIC_RELEASE);
+    return status;
+}
+
+bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0; }
+
+}  // namespace
+
+// a: e4m3, K-major: row r (r < m) of K bytes at a + r * a_row_bytes, groups back to back along K (sum_k
+// columns in all); b: the same for N rows. sfa: float32 MN-major, K block j's m scales at sfa + j *
+// sfa_stride; sfb the same for N. d: float32, element (g, r, col) at d + g * d_group_stride + r *
+// d_row_stride + col; c the same with its strides, or null. layout: the groups' K (KGrouped) or running
+// sums (KGroupedPsum) on the device, null for Normal. Launches on `stream`, which must belong to the
+// current device; never synchronises.
+DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, const void* sfa, uint32_t sfa_stride,
+                                        const void* b, uint64_t b_row_bytes, const void* sfb, uint32_t sfb_stride,
+                                        const float* c, float* d, const int* layout, uint32_t m, uint32_t sum_k,
+                                        uint32_t num_groups, uint64_t c_group_stride, uint32_t c_row_stride,
+                                        uint64_t d_group_stride, uint32_t d_row_stride, uint32_t num_sms,
+                                        void* stream) {
+    if (m == 0 || sum_k == 0 || sum_k % kBlockK != 0 || num_groups == 0 || num_sms == 0)
+        return dg_moe::kStatusInvalidArgument;
+    if (kType != WgradType::Normal && layout == nullptr)
+        return dg_moe::kStatusInvalidArgument;
+    const uint64_t k_blocks = sum_k / kBlockK;
+
+    CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_sfb;
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, sum_k, m, a_row_bytes,
+                                                      kBlockK, kBlockM, CU_TENSOR_MAP_SWIZZLE_128B));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, sum_k, kShapeN,
+                                                      b_row_bytes, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, k_blocks,
+                                                      uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfb, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfb, kShapeN,
+                                                      k_blocks, uint64_t(sfb_stride) * sizeof(float), kBlockN, 1));
+    DG_MOE_RETURN_IF_ERROR(allow_shared_memory());
+
+    // Persistent grid: one CTA per SM, no more than there are tiles.
+    const uint64_t tiles = uint64_t(ceil_div(m, kBlockM)) * ceil_div(kShapeN, kBlockN) * num_groups;
+    const uint32_t grid = tiles < num_sms ? static_cast<uint32_t>(tiles) : num_sms;
+    // Column pairs go out as 8-byte stores where every row of d (and c) starts 8-byte aligned.
+    const bool pairs = aligned8(d) && d_row_stride % 2 == 0 && d_group_stride % 2 == 0 &&
+                       (c == nullptr || (aligned8(c) && c_row_stride % 2 == 0 && c_group_stride % 2 == 0));
+    const Params params{c,           d, kType == WgradType::Normal ? nullptr : layout, c_group_stride, d_group_stride,
+                        c_row_stride, d_row_stride, m, sum_k, num_groups, pairs ? 1u : 0u};
+
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(kBlockThreads);
+    config.dynamicSmemBytes = Layout::kTotalBytes;
+    config.stream = static_cast<cudaStream_t>(stream);
+    return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_sfb));
+}
+
+#endif  // __CUDACC_RTC__

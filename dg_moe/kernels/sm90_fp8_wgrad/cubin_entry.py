@@ -1,0 +1,142 @@
+"""The weight-gradient GEMM's host entry for an NVRTC cubin: what dg_moe/csrc/launch/sm90_fp8_wgrad.cu does
+per call under nvcc, in Python on the CUDA driver API.
+
+:class:`CubinEntry` takes the nvcc entry's arguments, so the launcher calls either alike. The pure
+functions (tensor-map shapes, grid, the column-pair flag) follow the C++ line by line and are unit-tested
+on CPU; the numbers they share with the kernel come from :mod:`.host_constants`, which every compile
+static_asserts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...errors import CudaError
+from ...jit.cubin import CubinKernel, PreparedLaunch, launch_config
+from ...jit.cuda_driver import (
+    CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+    CU_TENSOR_MAP_DATA_TYPE_UINT8,
+    CU_TENSOR_MAP_SWIZZLE_128B,
+    CU_TENSOR_MAP_SWIZZLE_NONE,
+)
+from ...jit.tensor_map import TensorMap2D
+from ...layout.math import ceil_div
+from ..sm90_fp8_gemm.constants import BLOCK_K
+from .heuristic import WgradConfig, smem_bytes
+from .host_constants import BLOCK_THREADS
+from .variants import WgradType
+
+ENTRY = "dg_moe_sm90_fp8_wgrad"
+"""The nvcc host entry's name, which this entry's argument errors carry as theirs do."""
+STATUS_INVALID_ARGUMENT = 100002
+"""dg_moe::kStatusInvalidArgument (common/abi.cuh)."""
+MAX_LAUNCHES = 1024
+"""Prepared launches kept per variant (per distinct pointers, sizes and stream); the oldest goes first."""
+
+
+class Params(ctypes.Structure):
+    """The kernel's ``Params`` argument (PARAMS_BYTES, static_asserted by every compile)."""
+
+    _fields_ = [
+        ("c", ctypes.c_void_p),
+        ("d", ctypes.c_void_p),
+        ("layout", ctypes.c_void_p),
+        ("c_group_stride", ctypes.c_uint64),
+        ("d_group_stride", ctypes.c_uint64),
+        ("c_row_stride", ctypes.c_uint32),
+        ("d_row_stride", ctypes.c_uint32),
+        ("m", ctypes.c_uint32),
+        ("k", ctypes.c_uint32),
+        ("num_groups", ctypes.c_uint32),
+        ("pairs", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a launch needs of one compiled variant."""
+
+    wgrad_type: WgradType
+    config: WgradConfig
+    shape_n: int
+
+    @property
+    def layout_bytes(self) -> int:
+        """Layout::kTotalBytes: the dynamic shared memory of one CTA."""
+        return smem_bytes(self.config.block_m, self.config.block_n, self.config.num_stages)
+
+
+def tensor_map_specs(v: Variant, m: int, sum_k: int, a_row_bytes: int, sfa_stride: int, b_row_bytes: int,
+                     sfb_stride: int) -> tuple[TensorMap2D, TensorMap2D, TensorMap2D, TensorMap2D]:
+    """The maps of A, B, SFA and SFB, as the nvcc entry encodes them."""
+    block_m, block_n, k_blocks = v.config.block_m, v.config.block_n, sum_k // BLOCK_K
+    u8, f32 = CU_TENSOR_MAP_DATA_TYPE_UINT8, CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+    return (
+        TensorMap2D(u8, sum_k, m, a_row_bytes, BLOCK_K, block_m, CU_TENSOR_MAP_SWIZZLE_128B),
+        TensorMap2D(u8, sum_k, v.shape_n, b_row_bytes, BLOCK_K, block_n, CU_TENSOR_MAP_SWIZZLE_128B),
+        TensorMap2D(f32, m, k_blocks, sfa_stride * 4, block_m, 1, CU_TENSOR_MAP_SWIZZLE_NONE),
+        TensorMap2D(f32, v.shape_n, k_blocks, sfb_stride * 4, block_n, 1, CU_TENSOR_MAP_SWIZZLE_NONE),
+    )
+
+
+def grid_size(v: Variant, m: int, num_groups: int, num_sms: int) -> int:
+    """CTAs of the persistent grid: one per SM, no more than there are tiles."""
+    tiles = num_groups * ceil_div(m, v.config.block_m) * ceil_div(v.shape_n, v.config.block_n)
+    return min(tiles, num_sms)
+
+
+def column_pairs(c: int | None, d: int, c_group_stride: int, c_row_stride: int, d_group_stride: int,
+                 d_row_stride: int) -> bool:
+    """Whether every row of d (and c) starts 8-byte aligned, so the epilogue stores float2 pairs."""
+    def aligned(address: int, group_stride: int, row_stride: int) -> bool:
+        return address % 8 == 0 and group_stride % 2 == 0 and row_stride % 2 == 0
+
+    return aligned(d, d_group_stride, d_row_stride) and (
+        c is None or aligned(c, c_group_stride, c_row_stride))
+
+
+def _invalid(what: str) -> CudaError:
+    return CudaError(ENTRY, STATUS_INVALID_ARGUMENT, f"a dg_moe host entry rejected its arguments ({what})")
+
+
+class CubinEntry:
+    """One variant's launch on its CubinKernel, called as the nvcc entry is: ``(a, a_row_bytes, sfa,
+    sfa_stride, b, b_row_bytes, sfb, sfb_stride, c, d, layout, m, sum_k, num_groups, c_group_stride,
+    c_row_stride, d_group_stride, d_row_stride, num_sms, stream)`` with device addresses (``c`` and
+    ``layout`` may be None) and the cudaStream_t as an int. A call whose arguments were seen before is one
+    cuLaunchKernelEx on memoised arguments."""
+
+    def __init__(self, kernel: CubinKernel, variant: Variant):
+        self.kernel = kernel
+        self.variant = variant
+        self._launches: dict[tuple, Callable[[], None]] = {}
+
+    def __call__(self, *args: int | None) -> None:
+        launch = self._launches.get(args)
+        if launch is None:
+            launch = self._prepare(args)
+            if len(self._launches) >= MAX_LAUNCHES:
+                self._launches.pop(next(iter(self._launches)), None)
+            self._launches[args] = launch
+        launch()
+
+    def _prepare(self, args: tuple) -> PreparedLaunch:
+        """The launch of ``__call__``'s arguments."""
+        (a, a_row_bytes, sfa, sfa_stride, b, b_row_bytes, sfb, sfb_stride, c, d, layout, m, sum_k, num_groups,
+         c_group_stride, c_row_stride, d_group_stride, d_row_stride, num_sms, stream) = args
+        v, kernel = self.variant, self.kernel
+        if m == 0 or sum_k == 0 or sum_k % BLOCK_K != 0 or num_groups == 0 or num_sms == 0:
+            raise _invalid(f"m={m}, sum_k={sum_k}, num_groups={num_groups}, num_sms={num_sms}")
+        if v.wgrad_type != WgradType.NORMAL and layout is None:
+            raise _invalid("a K-grouped launch without its layout")
+        specs = tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride)
+        maps = [kernel.tensor_map(spec, address) for spec, address in zip(specs, (a, b, sfa, sfb), strict=True)]
+        device = kernel.driver.current_device(d)
+        kernel.prepare_device(device, v.layout_bytes, BLOCK_THREADS, 1, v.layout_bytes)
+        pairs = column_pairs(c, d, c_group_stride, c_row_stride, d_group_stride, d_row_stride)
+        params = Params(c, d, None if v.wgrad_type == WgradType.NORMAL else layout, c_group_stride, d_group_stride,
+                        c_row_stride, d_row_stride, m, sum_k, num_groups, int(pairs))
+        config = launch_config(grid_size(v, m, num_groups, num_sms), BLOCK_THREADS, v.layout_bytes, stream, 1)
+        return PreparedLaunch(kernel, device, config, (params, *maps))

@@ -1,0 +1,100 @@
+"""Deterministic cost model choosing the SM90 FP8 weight-gradient GEMM's configuration from the shape.
+
+The tile is 128 rows (two math warpgroups) by BLOCK_N 128 or 64 columns; wider tiles do not fit the
+registers (a math thread holds one K block's accumulators, the promoted sums and the block's SFB values:
+BLOCK_N / 2 + BLOCK_N / 2 + BLOCK_N / 4 floats). Each candidate is priced, as the (1, 128, 128) family's
+model does (dg_moe/kernels/sm90_fp8_gemm/heuristic.py, whose hardware rates this one shares), as the
+largest of
+- tensor-core time: whole waves of tiles times one tile's MMA work at the per-SM FP8 rate, derated for a
+  narrow tile (fixed issue cost per wgmma);
+- L2 time: whole waves of tiles, each streaming its A and B rows from L2 at one SM's share of it;
+- memory time: A and B once, D written (and C read) once, at the HBM rate;
+plus a fixed cost per wave. The group sizes of a K-grouped call never enter (only their mean, from the
+tensor shapes): the choice, and with it the captured launch, stays valid whatever sizes the device
+array holds. Ties go to the wider tile. Stages: as many as fit, at most MAX_STAGES.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from ...jit.env import print_configs_enabled
+from ...layout.math import align, ceil_div
+from ..sm90_fp8_gemm.constants import BLOCK_K, SMEM_BYTES_PER_BLOCK
+from ..sm90_fp8_gemm.heuristic import (
+    HBM_BYTES_PER_S,
+    L2_BYTES_PER_S_PER_SM,
+    L2_TO_SM_BYTES_PER_S,
+    PEAK_FP8_FLOPS_PER_SM,
+)
+
+BLOCK_M = 128
+BLOCK_NS = (128, 64)
+MAX_STAGES = 8
+_WAVE_OVERHEAD_S = 0.5e-6
+
+
+@dataclass(frozen=True)
+class WgradConfig:
+    """One compiled variant of the weight-gradient GEMM: tile shape and pipeline depth."""
+
+    block_m: int
+    block_n: int
+    num_stages: int
+    smem_bytes: int
+    predicted_us: float
+
+
+def stage_bytes(block_m: int, block_n: int) -> int:
+    """One pipeline stage: A and B tiles of one 128-wide K block, then their scale vectors, padded to
+    1024 bytes (the next stage's tiles keep the 128B swizzle's alignment)."""
+    return align(block_m * BLOCK_K + block_n * BLOCK_K + block_m * 4 + block_n * 4, 1024)
+
+
+def smem_bytes(block_m: int, block_n: int, num_stages: int) -> int:
+    """Shared memory of one CTA; the kernel's SharedLayout must agree (every compile static_asserts it)."""
+    return num_stages * stage_bytes(block_m, block_n) + 2 * num_stages * 8 + 1024
+
+
+def max_stages(block_m: int, block_n: int) -> int:
+    """Most pipeline stages (up to MAX_STAGES) that fit in one SM's shared memory."""
+    stages = MAX_STAGES
+    while stages > 2 and smem_bytes(block_m, block_n, stages) > SMEM_BYTES_PER_BLOCK:
+        stages -= 1
+    return stages
+
+
+def predict_us(block_n: int, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int) -> float:
+    """Predicted time in microseconds of ``num_groups`` [m, n] outputs over ``k_per_group`` K rows each."""
+    tiles = num_groups * ceil_div(m, BLOCK_M) * ceil_div(n, block_n)
+    waves = ceil_div(tiles, num_sms)
+    k_blocks = ceil_div(max(k_per_group, 1), BLOCK_K)
+    tile_flops = 2.0 * BLOCK_M * block_n * BLOCK_K * k_blocks
+    compute_s = waves * tile_flops / (PEAK_FP8_FLOPS_PER_SM * 0.85 * block_n / (block_n + 16))
+    sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
+    l2_s = waves * (BLOCK_M + block_n) * BLOCK_K * k_blocks / sm_l2_rate
+    # D written and C read (a weight gradient usually accumulates): the same for every tile shape.
+    out_bytes = num_groups * m * n * 4 * 2
+    memory_s = (num_groups * k_per_group * (m + n) + out_bytes) / HBM_BYTES_PER_S
+    return (max(compute_s, l2_s, memory_s) + waves * _WAVE_OVERHEAD_S) * 1e6
+
+
+def choose_config(m: int, n: int, k_per_group: int, num_groups: int, num_sms: int) -> WgradConfig:
+    """Cheapest configuration for ``num_groups`` problems [m, n] of ``k_per_group`` (mean) K rows;
+    deterministic in its arguments."""
+    candidates = []
+    for block_n in BLOCK_NS:
+        stages = max_stages(BLOCK_M, block_n)
+        candidates.append(WgradConfig(BLOCK_M, block_n, stages, smem_bytes(BLOCK_M, block_n, stages),
+                                      predict_us(block_n, m, n, k_per_group, num_groups, num_sms)))
+    # Within 0.1 %: the wider tile (fewer CTAs read each row of A).
+    return min(candidates, key=lambda c: (round(c.predicted_us * 1000) / 1000, -c.block_n))
+
+
+def print_config_if_asked(name: str, shape: str, config: WgradConfig) -> None:
+    """Print the choice to stderr when DG_MOE_PRINT_CONFIGS=1."""
+    if print_configs_enabled():
+        print(f"[dg_moe] {name} {shape}: BLOCK_M={config.block_m} BLOCK_N={config.block_n} "
+              f"stages={config.num_stages} smem={config.smem_bytes} predicted={config.predicted_us:.1f}us",
+              file=sys.stderr)

@@ -1,0 +1,79 @@
+"""CI (no GPU): weight-gradient GEMM variants compile for sm_90a, under nvcc (a few: both tile widths, the
+three layouts, an odd N) and NVRTC (one), with the FP8 wgmma in their SASS and nothing in local memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dg_moe import jit
+from dg_moe.jit import compile_many
+from dg_moe.kernels.sm90_fp8_wgrad import launcher
+from dg_moe.kernels.sm90_fp8_wgrad.cubin_entry import CubinEntry
+from dg_moe.kernels.sm90_fp8_wgrad.heuristic import WgradConfig, choose_config, max_stages, smem_bytes
+from dg_moe.kernels.sm90_fp8_wgrad.variants import FAMILY, WgradType, template_args
+
+
+def _config(block_n: int) -> WgradConfig:
+    stages = max_stages(128, block_n)
+    return WgradConfig(128, block_n, stages, smem_bytes(128, block_n, stages), 0.0)
+
+
+# Both widths the heuristic picks, every layout, and an odd N (the epilogue's single-column stores).
+VARIANTS = [
+    template_args(WgradType.NORMAL, choose_config(7168, 2112, 4096, 1, 132), 2112),
+    template_args(WgradType.K_GROUPED, choose_config(4096, 7168, 1024, 8, 132), 7168),
+    template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001),
+    template_args(WgradType.NORMAL, _config(64), 4096),
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dg_moe_cache")
+    old = os.environ.get("DG_MOE_CACHE_DIR")
+    os.environ["DG_MOE_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["DG_MOE_CACHE_DIR"]
+    else:
+        os.environ["DG_MOE_CACHE_DIR"] = old
+
+
+@pytest.mark.nvcc
+def test_variants_compile_for_sm90a_without_local_memory(cache_dir):
+    assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128}
+    libraries = compile_many(FAMILY, VARIANTS, jobs=max(2, os.cpu_count() or 2))
+    assert len(set(libraries)) == len(VARIANTS)
+    cuobjdump = shutil.which("cuobjdump")
+    for path in libraries:
+        assert path.stat().st_size > 0 and path.is_relative_to(cache_dir)
+        if cuobjdump is None:
+            continue
+        sass = subprocess.run([cuobjdump, "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([cuobjdump, "-res-usage", str(path)], capture_output=True, text=True,
+                               check=True).stdout
+        assert "QGMMA.64x" in sass, path
+        assert not re.search(r"\b(LDL|STL)\b", sass), f"{path}: local-memory traffic (spills)"
+        assert "STACK:0 " in usage, usage
+    if cuobjdump is None:
+        pytest.skip("compiled; the SASS checks need cuobjdump on PATH (nvidia-cuda-cuobjdump wheel)")
+
+
+@pytest.mark.nvrtc
+@pytest.mark.nvcc
+def test_nvrtc_builds_the_kernel_and_the_launcher_binds_its_python_entry(nvrtc_cache: Path) -> None:
+    config = choose_config(7168, 2048, 4096, 32, 132)
+    entry = launcher.bind(WgradType.K_GROUPED_PSUM, config, 2048)
+    assert isinstance(entry, CubinEntry) and entry.variant.config == config
+    meta = json.loads((entry.kernel.path.parent / "meta.json").read_text())
+    assert meta["backend"] == "nvrtc" and meta["arch"] == "sm_90a"
+    assert entry.kernel.name == meta["kernels"]["kKernel"]
+    assert entry.kernel.name.startswith("_ZN6dg_moe14sm90_fp8_wgrad16fp8_wgrad_kernel")
+    assert jit.build(FAMILY, template_args(WgradType.K_GROUPED_PSUM, config, 2048)) is entry.kernel

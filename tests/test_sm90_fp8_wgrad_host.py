@@ -1,0 +1,244 @@
+"""The weight-gradient GEMM's host side on CPU: cost model and shared-memory formula, template and host
+constants, the NVRTC entry's maps, grid and launch (through a stand-in driver), and the launcher's
+arguments (operand and scale layouts, strides) for CPU tensors standing in for CUDA ones."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+
+from dg_moe import device as dg_device
+from dg_moe.errors import CudaError
+from dg_moe.jit import cuda_driver as cu
+from dg_moe.jit.cubin import CubinKernel
+from dg_moe.jit.tensor_map import TensorMap2D
+from dg_moe.kernels.sm90_fp8_gemm.constants import SMEM_BYTES_PER_BLOCK
+from dg_moe.kernels.sm90_fp8_wgrad import cubin_entry as ce
+from dg_moe.kernels.sm90_fp8_wgrad import launcher
+from dg_moe.kernels.sm90_fp8_wgrad.heuristic import WgradConfig, choose_config, max_stages, smem_bytes
+from dg_moe.kernels.sm90_fp8_wgrad.host_constants import PARAMS_BYTES
+from dg_moe.kernels.sm90_fp8_wgrad.variants import WgradType, deepseek_v3_variants, template_args
+from dg_moe.reference.common import RECIPE_1D1D
+
+FP8 = torch.float8_e4m3fn
+U8, F32 = cu.CU_TENSOR_MAP_DATA_TYPE_UINT8, cu.CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+
+
+def _config(block_n: int) -> WgradConfig:
+    stages = max_stages(128, block_n)
+    return WgradConfig(128, block_n, stages, smem_bytes(128, block_n, stages), 0.0)
+
+
+def test_shared_memory_by_hand() -> None:
+    # 128 x 128: a stage is A 16384 + B 16384 + SFA 512 + SFB 512 = 33792 bytes (33 KB, already a multiple
+    # of 1024); six fit beside 12 barriers and the 1024-byte alignment slack, seven do not.
+    assert smem_bytes(128, 128, 6) == 6 * 33792 + 96 + 1024 == 203872
+    assert max_stages(128, 128) == 6 and smem_bytes(128, 128, 7) > SMEM_BYTES_PER_BLOCK
+    # 128 x 64: 16384 + 8192 + 512 + 256 = 25344, padded to 25600; capped at 8 stages.
+    assert smem_bytes(128, 64, 8) == 8 * 25600 + 128 + 1024 and max_stages(128, 64) == 8
+
+
+@pytest.mark.parametrize("m,n,k,groups", [(7168, 2112, 4096, 1), (24576, 1536, 8192, 1), (4096, 7168, 1024, 8),
+                                          (7168, 2048, 256, 32), (2112, 7168, 8192, 1)])
+def test_deepseek_v3_shapes_run_128_wide_tiles(m, n, k, groups) -> None:
+    config = choose_config(m, n, k, groups, 132)
+    assert (config.block_m, config.block_n, config.num_stages) == (128, 128, 6)
+    assert config == choose_config(m, n, k, groups, 132)  # deterministic
+
+
+def test_a_problem_under_one_wave_takes_narrower_tiles() -> None:
+    # 1024 x 1024: 64 tiles of 128 x 128 leave half of 132 SMs idle; 128 of 128 x 64 fill them.
+    assert choose_config(1024, 1024, 4096, 1, 132).block_n == 64
+    assert choose_config(1024, 1024, 4096, 1, 64).block_n == 128
+
+
+def test_template_arguments() -> None:
+    args = template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001)
+    assert args == {"SHAPE_N": 1001, "BLOCK_M": 128, "BLOCK_N": 64, "NUM_STAGES": 8,
+                    "WGRAD_TYPE": "dg_moe::sm90_fp8_wgrad::WgradType::KGroupedPsum",
+                    "SMEM_BYTES": smem_bytes(128, 64, 8), "BLOCK_THREADS": 384, "PARAMS_BYTES": 64}
+    variants = deepseek_v3_variants()
+    assert len({tuple(sorted(v.items())) for v in variants}) == len(variants)
+    assert {v["WGRAD_TYPE"].rsplit("::", 1)[1] for v in variants} == {t.value for t in WgradType}
+
+
+def test_params_struct_is_the_kernels() -> None:
+    assert ctypes.sizeof(ce.Params) == PARAMS_BYTES == 64
+    assert [ce.Params.c_group_stride.offset, ce.Params.c_row_stride.offset, ce.Params.pairs.offset] == [24, 40, 60]
+
+
+def test_maps_grid_and_column_pairs() -> None:
+    v = ce.Variant(WgradType.K_GROUPED, _config(128), 2112)
+    a, b, sfa, sfb = ce.tensor_map_specs(v, 7168, 4096, 4096, 7168, 4096, 2112)
+    assert a == TensorMap2D(U8, 4096, 7168, 4096, 128, 128, cu.CU_TENSOR_MAP_SWIZZLE_128B)
+    assert b == TensorMap2D(U8, 4096, 2112, 4096, 128, 128, cu.CU_TENSOR_MAP_SWIZZLE_128B)
+    assert sfa == TensorMap2D(F32, 7168, 32, 7168 * 4, 128, 1, cu.CU_TENSOR_MAP_SWIZZLE_NONE)
+    assert sfb == TensorMap2D(F32, 2112, 32, 2112 * 4, 128, 1, cu.CU_TENSOR_MAP_SWIZZLE_NONE)
+    # 8 groups x 56 x 17 tiles: one CTA per SM; 1 group x 1 x 17: 17 CTAs.
+    assert ce.grid_size(v, 7168, 8, 132) == 132 and ce.grid_size(v, 100, 1, 132) == 17
+    assert ce.column_pairs(None, 0x1000, 0, 2112, 0, 2112)
+    assert not ce.column_pairs(0x2000, 0x1000, 7, 2112, 0, 2112)  # c's groups start on odd elements
+    assert not ce.column_pairs(None, 0x1004, 0, 2112, 0, 2112)  # d 4 bytes past an 8-byte boundary
+    assert not ce.column_pairs(None, 0x1000, 0, 1001, 0, 1001)  # odd N: odd rows start 4 bytes off
+
+
+class _FakeDriver:
+    """Records what the entry hands the driver and decodes the launch from its addresses."""
+
+    def __init__(self) -> None:
+        self.encoded: list[tuple] = []
+        self.launches: list[dict] = []
+        self.attributes: list[tuple] = []
+
+    def check(self, status: int, entry: str) -> None:
+        if status != cu.CUDA_SUCCESS:
+            raise CudaError(entry, status, "fake error")
+
+    def current_device(self, address: int) -> int:
+        return 0
+
+    def cuKernelSetAttribute(self, attribute: int, value: int, kernel: int, device: int) -> int:
+        self.attributes.append((attribute, value, kernel, device))
+        return cu.CUDA_SUCCESS
+
+    def cuOccupancyMaxActiveClusters(self, count, kernel, config) -> int:
+        count._obj.value = 132
+        return cu.CUDA_SUCCESS
+
+    def cuTensorMapEncodeTiled(self, out, dtype, rank, base, dims, strides, box, element_strides, interleave,
+                               swizzle, l2, oob) -> int:
+        self.encoded.append((dtype, base, tuple(dims), tuple(strides), tuple(box), swizzle))
+        ctypes.c_uint64.from_address(out).value = base  # the "encoding": recognisable in the launch
+        return cu.CUDA_SUCCESS
+
+    def cuLaunchKernelEx(self, config: int, function: int, params: int, extra: None) -> int:
+        cfg = cu.CUlaunchConfig.from_address(config)
+        pointers = (ctypes.c_void_p * 5).from_address(params)
+        p = ce.Params.from_address(pointers[0])
+        self.launches.append({
+            "grid": cfg.gridDimX, "block": cfg.blockDimX, "shared": cfg.sharedMemBytes, "stream": cfg.hStream,
+            "params": tuple(getattr(p, name) for name, _ in ce.Params._fields_),
+            "maps": [ctypes.c_uint64.from_address(pointers[i]).value for i in range(1, 5)],
+        })
+        return cu.CUDA_SUCCESS
+
+
+@pytest.fixture
+def fake_kernel(tmp_path: Path) -> tuple[CubinKernel, _FakeDriver]:
+    (tmp_path / "kernel.cubin").write_bytes(b"not a cubin: never loaded")
+    kernel = CubinKernel(tmp_path / "kernel.cubin", "_Zkernel", "sm90_fp8_wgrad", "0" * 64)
+    driver = _FakeDriver()
+    kernel._driver, kernel._handle = driver, 0xC0DE
+    return kernel, driver
+
+
+def test_a_cubin_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:
+    kernel, driver = fake_kernel
+    entry = ce.CubinEntry(kernel, ce.Variant(WgradType.K_GROUPED_PSUM, _config(128), 2048))
+    a, sfa, b, sfb, c, d, layout = 0x10000, 0x20000, 0x30000, 0x40000, 0x50000, 0x60000, 0x70000
+    args = (a, 1024, sfa, 7168, b, 1024, sfb, 2048, c, d, layout, 7168, 1024, 4, 7168 * 2048, 2048,
+            7168 * 2048, 2048, 132, 0x7777)
+    entry(*args)
+    shared = smem_bytes(128, 128, 6)
+    assert driver.attributes == [(cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared, 0xC0DE, 0)]
+    (launch,) = driver.launches
+    assert (launch["grid"], launch["block"], launch["shared"], launch["stream"]) == (132, 384, shared, 0x7777)
+    assert launch["params"] == (c, d, layout, 7168 * 2048, 7168 * 2048, 2048, 2048, 7168, 1024, 4, 1)
+    assert launch["maps"] == [a, b, sfa, sfb]
+    assert [e[:2] for e in driver.encoded] == [(U8, a), (U8, b), (F32, sfa), (F32, sfb)]
+    entry(*args)  # memoised: nothing encoded again
+    assert len(driver.encoded) == 4 and len(driver.launches) == 2
+    with pytest.raises(CudaError, match="dg_moe_sm90_fp8_wgrad failed.*sum_k=0"):
+        entry(*args[:12], 0, *args[13:])
+
+
+def test_normal_launch_passes_no_layout(fake_kernel) -> None:
+    kernel, driver = fake_kernel
+    entry = ce.CubinEntry(kernel, ce.Variant(WgradType.NORMAL, _config(64), 1001))
+    entry(1 << 12, 256, 2 << 12, 4, 3 << 12, 256, 4 << 12, 1004, None, 5 << 12, 0x99, 3, 256, 1, 0, 0, 0, 1001,
+          132, 0)
+    (launch,) = driver.launches
+    # One m-block x 16 n-blocks of 64; no c, no layout; odd N: single-column stores.
+    assert launch["grid"] == 16 and launch["params"] == (None, 5 << 12, None, 0, 0, 0, 1001, 3, 256, 1, 0)
+
+
+# ---- the launcher's arguments, on CPU tensors (the entry is a recorder) ----------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.keys: list[tuple] = []
+        self.calls: list[tuple] = []
+
+    def entry(self, *key):
+        self.keys.append(key)
+        return lambda *args: self.calls.append(args)
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> _Recorder:
+    recorder = _Recorder()
+    monkeypatch.setattr(launcher, "_entry", recorder.entry)
+    monkeypatch.setattr(dg_device, "num_sms_for", lambda device: 132)
+    monkeypatch.setattr(dg_device, "stream_handle", lambda device: 0x5EED)
+    return recorder
+
+
+def _fp8(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).to(FP8)
+
+
+def test_k_major_keeps_k_major_views_and_transposes_row_major_operands() -> None:
+    buffer = _fp8(96, 512)  # [MN, K], K contiguous
+    view, pitch = launcher.k_major(buffer.mT)
+    assert view.data_ptr() == buffer.data_ptr()
+    assert pitch == 512
+    row_major = _fp8(512, 96)  # [K, MN], MN contiguous
+    copy, pitch = launcher.k_major(row_major)
+    assert copy.shape == (96, 512) and copy.is_contiguous() and pitch == 512
+    assert torch.equal(copy.view(torch.uint8), row_major.mT.contiguous().view(torch.uint8))
+
+
+def test_k_grouped_arguments(recorded) -> None:
+    sum_k, m, n, groups = 512, 96, 40, 3
+    a, b = (_fp8(sum_k, m), torch.rand(sum_k // 128, m)), (_fp8(n, sum_k).mT, torch.rand(sum_k // 128, n))
+    d, c = torch.empty(groups, m, n), torch.empty(groups, m, n)
+    layout = torch.tensor([128, 0, 384], dtype=torch.int32)
+    launcher.k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, [128, 0, 384], layout, c, RECIPE_1D1D, "mn", False)
+    assert recorded.keys == [(WgradType.K_GROUPED, m, n, sum_k // groups, groups, 132)]
+    (args,) = recorded.calls
+    # a row-major: a transposed copy, K-major; b a .mT view of a K-major buffer: used in place. Both scale
+    # tensors [sum_K/128, MN] with MN a multiple of 4 are MN-major and aligned already: used in place.
+    assert args[0] != a[0].data_ptr() and args[1] == sum_k
+    assert args[4] == b[0].data_ptr() and args[5] == sum_k
+    assert (args[2], args[3], args[6], args[7]) == (a[1].data_ptr(), m, b[1].data_ptr(), n)
+    assert args[8:] == (c.data_ptr(), d.data_ptr(), layout.data_ptr(), m, sum_k, groups, m * n, n, m * n, n, 132,
+                        0x5EED)
+
+
+def test_k_grouped_psum_in_place_with_unaligned_scales(recorded) -> None:
+    sum_k, m, n = 256, 30, 7
+    a, b = (_fp8(sum_k, m), torch.rand(sum_k // 128, m)), (_fp8(sum_k, n), torch.rand(sum_k // 128, n))
+    d = torch.empty(2, m, n)
+    layout = torch.tensor([128, 256], dtype=torch.int32)
+    launcher.k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, [128, 128], layout, d, RECIPE_1D1D, "mn", True)
+    assert recorded.keys[0][0] == WgradType.K_GROUPED_PSUM
+    (args,) = recorded.calls
+    # 30 and 7 rows of scales per K block are not 16-byte multiples: copied with columns padded to 32 and 8.
+    assert args[2] != a[1].data_ptr() and (args[3], args[7]) == (32, 8)
+    assert args[8] == args[9] == d.data_ptr()  # c is d: in place
+
+
+def test_dense_wgrad_arguments(recorded) -> None:
+    m, n, k = 70, 48, 384
+    a, b = (_fp8(m, k), torch.rand(m, k // 128)), (_fp8(n, k), torch.rand(n, k // 128))
+    d = torch.empty(m, n)
+    launcher.fp8_gemm_nt_kernel(a, b, d, None, RECIPE_1D1D, "nk", False)
+    assert recorded.keys == [(WgradType.NORMAL, m, n, k, 1, 132)]
+    (args,) = recorded.calls
+    assert (args[0], args[1], args[4], args[5]) == (a[0].data_ptr(), k, b[0].data_ptr(), k)
+    assert (args[3], args[7]) == (72, 48)  # row-major scales converted MN-major, columns of align(M, 4)
+    assert args[8:] == (None, d.data_ptr(), None, m, k, 1, 0, 0, 0, n, 132, 0x5EED)
