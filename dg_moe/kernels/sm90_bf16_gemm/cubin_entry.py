@@ -111,8 +111,10 @@ class CubinEntry:
         if m == 0 or num_groups == 0 or num_sms == 0:
             raise _invalid(f"m={m}, num_groups={num_groups}, num_sms={num_sms}")
         specs = tensor_map_specs(c, m, num_groups, a_stride, b_stride, d_stride)
-        maps = [kernel.tensor_map(spec, address) for spec, address in zip(specs, (a, b, d), strict=True)]
+        # First: in a thread that made no CUDA call yet this makes the primary context current, which
+        # cuTensorMapEncodeTiled needs too (it failed with CUDA error 201 on an H100 when encoded before).
         device = kernel.driver.current_device(d)
+        maps = [kernel.tensor_map(spec, address) for spec, address in zip(specs, (a, b, d), strict=True)]
         resident = kernel.prepare_device(device, c.max_dynamic_shared, c.block_threads, c.multicast, c.layout_bytes)
         clusters = grid_clusters(c, m, num_sms, resident)
         if clusters == 0:

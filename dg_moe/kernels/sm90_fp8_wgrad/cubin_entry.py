@@ -132,8 +132,10 @@ class CubinEntry:
         if v.wgrad_type != WgradType.NORMAL and layout is None:
             raise _invalid("a K-grouped launch without its layout")
         specs = tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride)
-        maps = [kernel.tensor_map(spec, address) for spec, address in zip(specs, (a, b, sfa, sfb), strict=True)]
+        # First: in a thread that made no CUDA call yet this makes the primary context current, which
+        # cuTensorMapEncodeTiled needs too (it failed with CUDA error 201 on an H100 when encoded before).
         device = kernel.driver.current_device(d)
+        maps = [kernel.tensor_map(spec, address) for spec, address in zip(specs, (a, b, sfa, sfb), strict=True)]
         kernel.prepare_device(device, v.layout_bytes, BLOCK_THREADS, 1, v.layout_bytes)
         pairs = column_pairs(c, d, c_group_stride, c_row_stride, d_group_stride, d_row_stride)
         params = Params(c, d, None if v.wgrad_type == WgradType.NORMAL else layout, c_group_stride, d_group_stride,
