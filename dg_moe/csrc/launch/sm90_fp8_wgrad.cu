@@ -4,18 +4,14 @@
 // dg_moe::sm90_fp8_wgrad::WgradType enumerator), then the host constants Python computes for the NVRTC
 // launcher (dg_moe/kernels/sm90_fp8_wgrad/host_constants.py), each static_asserted below against the C++
 // it mirrors: DG_MOE_SMEM_BYTES, DG_MOE_BLOCK_THREADS and DG_MOE_PARAMS_BYTES.
-#include "common/abi.cuh"
-#include "common/tma.cuh"
 #include "kernels/sm90_fp8_wgrad.cuh"
+#include "launch/sm90_entry.cuh"
 
 namespace {
 
+using namespace dg_moe::launch;
 using namespace dg_moe::sm90_fp8_wgrad;
 
-constexpr uint32_t kShapeN = DG_MOE_SHAPE_N;
-constexpr uint32_t kBlockM = DG_MOE_BLOCK_M;
-constexpr uint32_t kBlockN = DG_MOE_BLOCK_N;
-constexpr uint32_t kNumStages = DG_MOE_NUM_STAGES;
 constexpr WgradType kType = DG_MOE_WGRAD_TYPE;
 
 using V = Variant<kShapeN, kBlockM, kBlockN, kNumStages, kType>;
@@ -35,27 +31,6 @@ constexpr auto kKernel = fp8_wgrad_kernel<kShapeN, kBlockM, kBlockN, kNumStages,
 // (dg_moe/kernels/sm90_fp8_wgrad/cubin_entry.py).
 #ifndef __CUDACC_RTC__
 namespace {
-
-// cudaFuncSetAttribute concerns the current device only, so its result is kept per device. Plain ints
-// through __atomic builtins: host code stays free of libstdc++ (see common/abi.cuh).
-constexpr int kMaxDevices = 64;
-
-cudaError_t allow_shared_memory() {
-    static int status_plus_one[kMaxDevices];  // 0: not set on that device yet
-    int device = -1;
-    if (cudaGetDevice(&device) != cudaSuccess || device >= kMaxDevices)
-        device = -1;
-    if (device >= 0) {
-        const int cached = __atomic_load_n(&status_plus_one[device], __ATOMIC_ACQUIRE);
-        if (cached != 0)
-            return static_cast<cudaError_t>(cached - 1);
-    }
-    const cudaError_t status =
-        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout::kTotalBytes);
-    if (device >= 0)
-        __atomic_store_n(&status_plus_one[device], static_cast<int>(status) + 1, __ATOMIC_RELEASE);
-    return status;
-}
 
 bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0; }
 
@@ -88,7 +63,7 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
                                                       uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
     DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfb, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfb, kShapeN,
                                                       k_blocks, uint64_t(sfb_stride) * sizeof(float), kBlockN, 1));
-    DG_MOE_RETURN_IF_ERROR(allow_shared_memory());
+    DG_MOE_RETURN_IF_ERROR(allow_shared_memory<kKernel>(Layout::kTotalBytes));
 
     // Persistent grid: one CTA per SM, no more than there are tiles.
     const uint64_t tiles = uint64_t(ceil_div(m, kBlockM)) * ceil_div(kShapeN, kBlockN) * num_groups;
