@@ -20,11 +20,10 @@
 #include <cuda_bf16.h>
 #include <cstdint>
 
-#include "common/cluster.cuh"
 #include "common/elect.cuh"
+#include "common/gemm_roles.cuh"
 #include "common/mbarrier.cuh"
 #include "common/named_barrier.cuh"
-#include "common/registers.cuh"
 #include "common/scheduler.cuh"
 #include "common/stmatrix.cuh"
 #include "common/tma.cuh"
@@ -401,55 +400,22 @@ __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
                      const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_d) {
     using V = Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB>;
     using Scheduler = typename V::Scheduler;
-
-    extern __shared__ uint8_t smem_raw[];
-    // Offset the array itself rather than round an integer address: derived from smem_raw, every
-    // pointer below stays known to be shared, so accesses compile to LDS/STS, not generic LD/ST.
-    const SharedState<V> smem{smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023)};
-    uint32_t* group_table = nullptr;
-    if constexpr (Scheduler::kGroupCursor) {
-        if (params.group_table != 0)
-            group_table = smem.group_table();
-    }
-
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (threadIdx.x == V::kNumMathThreads) {
-        tma_prefetch_tensor_map(&tmap_a);
-        tma_prefetch_tensor_map(&tmap_b);
-        tma_prefetch_tensor_map(&tmap_d);
-        init_barriers(smem);
-    }
-    // The peer CTA arrives on these barriers and receives multicast copies: both must be set up.
-    auto block_sync = [] {
-        if constexpr (kMulticast > 1)
-            cluster_sync();
-        else
-            __syncthreads();
-    };
-    if (group_table != nullptr) {
-        Scheduler::build_block_table(group_table, params.layout, params.m, params.num_groups, block_sync);
-        __syncthreads();
-    } else {
-        block_sync();
-    }
-
-    Scheduler scheduler(params.layout, params.m, params.num_groups, group_table);
-    const uint32_t cta_rank = blockIdx.x % kMulticast;
-
-    if (threadIdx.x >= V::kNumMathThreads) {
-        if constexpr (V::kNumMathThreads == 256)
-            warpgroup_release_registers<kProducerRegisters>();
-        if (warp == V::kNumMathWarps && elect_one_sync())
-            load_operands(smem, scheduler, &tmap_a, &tmap_b, cta_rank);
-    } else {
-        if constexpr (V::kNumMathThreads == 256)
-            warpgroup_claim_registers<kMathRegisters>();
-        MathWarpgroup<V> math{smem, params, &tmap_d, scheduler, cta_rank, warp, lane};
-        math.run();
-    }
-    // No CTA may leave while its peer can still multicast into it or arrive on its barriers.
-    if constexpr (kMulticast > 1)
-        cluster_sync();
+    run_gemm_roles<V, SharedState, kProducerRegisters, kMathRegisters>(
+        params,
+        [&](const SharedState<V>& smem) {
+            tma_prefetch_tensor_map(&tmap_a);
+            tma_prefetch_tensor_map(&tmap_b);
+            tma_prefetch_tensor_map(&tmap_d);
+            init_barriers(smem);
+        },
+        [&](const SharedState<V>& smem, Scheduler& scheduler, uint32_t cta_rank, uint32_t warp, uint32_t lane) {
+            if (warp == V::kNumMathWarps && elect_one_sync())
+                load_operands(smem, scheduler, &tmap_a, &tmap_b, cta_rank);
+        },
+        [&](const SharedState<V>& smem, Scheduler& scheduler, uint32_t cta_rank, uint32_t warp, uint32_t lane) {
+            MathWarpgroup<V> math{smem, params, &tmap_d, scheduler, cta_rank, warp, lane};
+            math.run();
+        });
 }
 
 }  // namespace dg_moe::sm90_bf16_gemm
