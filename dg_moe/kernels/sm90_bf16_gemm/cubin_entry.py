@@ -16,20 +16,16 @@ from ...jit.cubin import CubinKernel, PreparedLaunch
 from ...jit.cubin_entry import MemoisedLaunches
 from ...jit.cuda_driver import (
     CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-    CU_TENSOR_MAP_SWIZZLE_32B,
-    CU_TENSOR_MAP_SWIZZLE_64B,
     CU_TENSOR_MAP_SWIZZLE_128B,
 )
 from ...jit.tensor_map import TensorMap2D
-from ..sm90_fp8_gemm.cubin_entry import prepare_gemm_launch
+from ..sm90_fp8_gemm.cubin_entry import D_SWIZZLE, prepare_gemm_launch
 from ..sm90_fp8_gemm.host_constants import HostConstants
 from .constants import BLOCK_K, GemmType
 from .host_constants import D_BOX_ROWS
 
 ENTRY = "dg_moe_sm90_bf16_gemm"
 """The nvcc host entry's name, which this entry's argument errors carry as theirs do."""
-
-_D_SWIZZLE = {128: CU_TENSOR_MAP_SWIZZLE_128B, 64: CU_TENSOR_MAP_SWIZZLE_64B, 32: CU_TENSOR_MAP_SWIZZLE_32B}
 
 
 class Params(ctypes.Structure):
@@ -59,7 +55,7 @@ def tensor_map_specs(
         TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, b_rows, b_stride * 2, BLOCK_K, c.box_rows_b,
                     CU_TENSOR_MAP_SWIZZLE_128B),
         TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, c.shape_n, rows, d_stride * 2, c.d_span_cols, D_BOX_ROWS,
-                    _D_SWIZZLE[c.d_span_bytes]),
+                    D_SWIZZLE[c.d_span_bytes]),
     )
 
 

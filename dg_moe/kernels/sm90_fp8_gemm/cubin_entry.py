@@ -31,7 +31,8 @@ from .host_constants import D_BOX_ROWS, HostConstants
 ENTRY = "dg_moe_sm90_fp8_gemm"
 """The nvcc host entry's name, which this entry's argument errors carry as theirs do."""
 
-_D_SWIZZLE = {128: CU_TENSOR_MAP_SWIZZLE_128B, 64: CU_TENSOR_MAP_SWIZZLE_64B, 32: CU_TENSOR_MAP_SWIZZLE_32B}
+D_SWIZZLE = {128: CU_TENSOR_MAP_SWIZZLE_128B, 64: CU_TENSOR_MAP_SWIZZLE_64B, 32: CU_TENSOR_MAP_SWIZZLE_32B}
+"""The swizzle of a D slab by its row bytes (DTile::kSpanBytes); the BF16 family's D tile is the same."""
 
 
 class Params(ctypes.Structure):
@@ -69,7 +70,7 @@ def tensor_map_specs(
             c.shape_n * 2,
             c.d_span_cols,
             D_BOX_ROWS,
-            _D_SWIZZLE[c.d_span_bytes],
+            D_SWIZZLE[c.d_span_bytes],
         ),
     )
 
