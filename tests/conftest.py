@@ -104,6 +104,20 @@ def nvrtc_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty kernel cache shared by one module's tests (DG_MOE_CACHE_DIR), so a module that compiles
+    many variants compiles each once; the variable is restored after the module."""
+    path = tmp_path_factory.mktemp("dg_moe_cache")
+    old = os.environ.get("DG_MOE_CACHE_DIR")
+    os.environ["DG_MOE_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["DG_MOE_CACHE_DIR"]
+    else:
+        os.environ["DG_MOE_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
 def sm90() -> None:
     """Skips the module's tests unless an SM90 GPU is present (use with autouse in a GPU module)."""
     if not torch.cuda.is_available():

@@ -88,10 +88,28 @@ def test_warmup_command_compiles_into_the_cache_once(tmp_path, monkeypatch, caps
     assert f"[{expected}/{expected}]" in captured.err
 
 
-def test_wgrad_adds_the_backward_weight_gradient_variants(monkeypatch, capsys):
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """(family, variant count) of each compile_many call the warmup command makes, in order; compile_each
+    stands in for nvcc and reports every variant compiled."""
+    from dg_moe.jit import CompileOutcome
+    from dg_moe.moe import warmup
+
+    calls = []
+
+    def compile_each(family, variants, jobs):
+        calls.append((family, len(variants)))
+        for index in range(len(variants)):
+            yield CompileOutcome(index, None, True, 0.0)
+
+    monkeypatch.setattr(warmup, "compile_each", compile_each)
+    monkeypatch.setattr(warmup, "get_toolchain", lambda: None)
+    return calls
+
+
+def test_wgrad_adds_the_backward_weight_gradient_variants(compiled, capsys):
     """--wgrad compiles, after the forward's variants, the weight-gradient family's: both K-grouped layout
     forms for the two expert GEMMs and the shared expert's dense ones (compile_each stands in for nvcc)."""
-    from dg_moe.jit import CompileOutcome
     from dg_moe.kernels.sm90_fp8_wgrad import FAMILY as WGRAD_FAMILY
     from dg_moe.moe import warmup
 
@@ -100,15 +118,6 @@ def test_wgrad_adds_the_backward_weight_gradient_variants(monkeypatch, capsys):
     assert kinds == {(t, n) for t in ("KGrouped", "KGroupedPsum", "Normal") for n in (7168, 2048)}
     assert warmup.describe_variant(wgrad[0]) == "wgrad KGrouped N=7168 128x128, 6 stages"
 
-    compiled = []
-
-    def compile_each(family, variants, jobs):
-        compiled.append((family, len(variants)))
-        for index in range(len(variants)):
-            yield CompileOutcome(index, None, True, 0.0)
-
-    monkeypatch.setattr(warmup, "compile_each", compile_each)
-    monkeypatch.setattr(warmup, "get_toolchain", lambda: None)
     assert warmup_main(["--shape", "256,128,8,2,128", "--batches", "1,4096", "--num-sms", "132", "--wgrad",
                         "--json"]) == 0
     forward = len(layer_variants(MoEShape("c", 256, 128, 8, 2, 128), [1, 4096], 132))
@@ -118,23 +127,13 @@ def test_wgrad_adds_the_backward_weight_gradient_variants(monkeypatch, capsys):
     assert (summary["variants"], summary["compiled"], summary["failed"]) == (forward + backward,) * 2 + (0,)
 
 
-def test_bf16_and_wgrad_together_compile_all_three_families(monkeypatch, capsys):
+def test_bf16_and_wgrad_together_compile_all_three_families(compiled, capsys):
     """--bf16 --wgrad: the forward's FP8 variants, then the BF16 family's, then the weight-gradient family's,
     progress numbered through all of them and the summary counting every one (compile_each stands in for nvcc)."""
-    from dg_moe.jit import CompileOutcome
     from dg_moe.kernels import sm90_bf16_gemm
     from dg_moe.kernels.sm90_fp8_wgrad import FAMILY as WGRAD_FAMILY
     from dg_moe.moe import warmup
 
-    compiled = []
-
-    def compile_each(family, variants, jobs):
-        compiled.append((family, len(variants)))
-        for index in range(len(variants)):
-            yield CompileOutcome(index, None, True, 0.0)
-
-    monkeypatch.setattr(warmup, "compile_each", compile_each)
-    monkeypatch.setattr(warmup, "get_toolchain", lambda: None)
     shape, batches = MoEShape("c", 256, 128, 8, 2, 128), [1, 4096]
     assert warmup_main(["--shape", "256,128,8,2,128", "--batches", "1,4096", "--num-sms", "132", "--bf16",
                         "--wgrad", "--json"]) == 0

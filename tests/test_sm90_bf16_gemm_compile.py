@@ -37,18 +37,6 @@ EXTRA = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dg_moe_cache")
-    old = os.environ.get("DG_MOE_CACHE_DIR")
-    os.environ["DG_MOE_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["DG_MOE_CACHE_DIR"]
-    else:
-        os.environ["DG_MOE_CACHE_DIR"] = old
-
-
 def _cuobjdump() -> Path | None:
     """cuobjdump on PATH or in an nvidia-* wheel (nvidia-cuda-cuobjdump)."""
     found = shutil.which("cuobjdump")
@@ -61,13 +49,13 @@ def _cuobjdump() -> Path | None:
     return None
 
 
-def test_bf16_variants_compile_for_sm90a_without_spills(cache_dir):
+def test_bf16_variants_compile_for_sm90a_without_spills(module_cache_dir):
     variants = ci_variants() + EXTRA
     assert len(variants) >= 8
     libraries = [str(p) for p in compile_many(FAMILY, variants, jobs=max(2, os.cpu_count() or 2))]
     assert len(set(libraries)) == len(variants)
     for path in libraries:
-        assert os.path.getsize(path) > 0 and path.startswith(str(cache_dir))
+        assert os.path.getsize(path) > 0 and path.startswith(str(module_cache_dir))
     cuobjdump = _cuobjdump()
     if cuobjdump is None:
         pytest.skip("the SASS checks need cuobjdump (wheel nvidia-cuda-cuobjdump)")

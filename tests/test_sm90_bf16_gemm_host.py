@@ -13,7 +13,6 @@ import torch
 from dg_moe import jit
 from dg_moe.errors import CompileError, CudaError, KernelNotAvailableError
 from dg_moe.jit import cuda_driver as cu
-from dg_moe.jit.cubin import CubinKernel
 from dg_moe.jit.tensor_map import TensorMap2D
 from dg_moe.kernels.sm90_bf16_gemm import cubin_entry as ce
 from dg_moe.kernels.sm90_bf16_gemm import host_constants as hc
@@ -30,6 +29,8 @@ from dg_moe.kernels.sm90_bf16_gemm.heuristic import (
 )
 from dg_moe.kernels.sm90_bf16_gemm.variants import CI_SHAPES, FAMILY, template_args
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
+
+from .cubin_fakes import FakeDriver, fake_kernel
 
 BF16 = cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
 SW32, SW64, SW128 = cu.CU_TENSOR_MAP_SWIZZLE_32B, cu.CU_TENSOR_MAP_SWIZZLE_64B, cu.CU_TENSOR_MAP_SWIZZLE_128B
@@ -150,53 +151,9 @@ def test_tensor_maps() -> None:
     assert (a.box_outer, b.box_outer, b.outer, d.box_inner) == (128, 128, 8 * 4096, 64)
 
 
-class _FakeDriver:
-    """Records what the launcher hands the driver and decodes the launch from its addresses."""
-
-    def __init__(self) -> None:
-        self.encoded: list[tuple] = []
-        self.launches: list[dict] = []
-        self.attributes: list[tuple] = []
-
-    def check(self, status: int, entry: str) -> None:
-        if status != cu.CUDA_SUCCESS:
-            raise CudaError(entry, status, "fake error")
-
-    def current_device(self, address: int) -> int:
-        return 0
-
-    def cuKernelSetAttribute(self, attribute: int, value: int, kernel: int, device: int) -> int:
-        self.attributes.append((attribute, value, kernel, device))
-        return cu.CUDA_SUCCESS
-
-    def cuOccupancyMaxActiveClusters(self, count, kernel, config) -> int:
-        count._obj.value = 60
-        return cu.CUDA_SUCCESS
-
-    def cuTensorMapEncodeTiled(self, out, dtype, rank, base, dims, strides, box, element_strides, interleave,
-                               swizzle, l2, oob) -> int:
-        self.encoded.append((dtype, base, tuple(dims), tuple(strides), tuple(box), swizzle))
-        ctypes.c_uint64.from_address(out).value = base  # the "encoding": recognisable in the launch
-        return cu.CUDA_SUCCESS
-
-    def cuLaunchKernelEx(self, config: int, function: int, params: int, extra: None) -> int:
-        cfg = cu.CUlaunchConfig.from_address(config)
-        pointers = (ctypes.c_void_p * 4).from_address(params)
-        p = ce.Params.from_address(pointers[0])
-        self.launches.append({
-            "grid": cfg.gridDimX, "block": cfg.blockDimX, "shared": cfg.sharedMemBytes, "stream": cfg.hStream,
-            "cluster": cfg.attrs[0].value.clusterDim.x,
-            "params": (p.layout, p.d, p.m, p.num_groups, p.d_stride, p.group_table),
-            "maps": [ctypes.c_uint64.from_address(pointers[i]).value for i in range(1, 4)],
-        })
-        return cu.CUDA_SUCCESS
-
-
 def test_a_launch_as_the_nvcc_entry_makes_it(tmp_path: Path) -> None:
-    (tmp_path / "kernel.cubin").write_bytes(b"not a cubin: never loaded")
-    kernel = CubinKernel(tmp_path / "kernel.cubin", "_Zkernel", FAMILY, "0" * 64)
-    driver = _FakeDriver()
-    kernel._driver, kernel._handle = driver, 0xC0DE
+    driver = FakeDriver(ce.Params, 3, 60)
+    kernel = fake_kernel(tmp_path, FAMILY, driver)
     c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168)
     entry = ce.CubinEntry(kernel, c)
     a, b, d, layout = 0x10000, 0x20000, 0x30000, 0x40000
@@ -204,7 +161,7 @@ def test_a_launch_as_the_nvcc_entry_makes_it(tmp_path: Path) -> None:
     assert driver.attributes == [(cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BYTES_PER_BLOCK, 0xC0DE, 0)]
     (launch,) = driver.launches
     # 66 clusters of 2 capped to the 60 resident ones; the group table (9 words) follows the layout.
-    assert (launch["grid"], launch["block"], launch["cluster"]) == (120, 384, 2)
+    assert (launch["grid"], launch["block"], launch["attribute"][1]) == ((120, 1, 1), (384, 1, 1), 2)
     assert launch["shared"] == c.layout_bytes + 36 and launch["stream"] == 0x7777
     assert launch["params"] == (layout, d, 1024, 8, 4096, 1)
     assert launch["maps"] == [a, b, d]

@@ -12,22 +12,10 @@ from dg_moe.kernels.sm90_fp8_gemm.variants import FAMILY, deepseek_v3_variants
 pytestmark = pytest.mark.nvcc
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dg_moe_cache")
-    old = os.environ.get("DG_MOE_CACHE_DIR")
-    os.environ["DG_MOE_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["DG_MOE_CACHE_DIR"]
-    else:
-        os.environ["DG_MOE_CACHE_DIR"] = old
-
-
-def test_every_deepseek_v3_variant_compiles_for_sm90a(cache_dir):
+def test_every_deepseek_v3_variant_compiles_for_sm90a(module_cache_dir):
     variants = deepseek_v3_variants()
     assert len(variants) > 10
     libraries = [str(p) for p in compile_many(FAMILY, variants, jobs=max(2, os.cpu_count() or 2))]
     assert len(set(libraries)) == len(variants)
     for path in libraries:
-        assert os.path.getsize(path) > 0 and path.startswith(str(cache_dir))
+        assert os.path.getsize(path) > 0 and path.startswith(str(module_cache_dir))

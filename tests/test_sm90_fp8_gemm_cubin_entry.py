@@ -20,6 +20,9 @@ from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig, max_stages, smem_
 from dg_moe.kernels.sm90_fp8_gemm.host_constants import PARAMS_BYTES, HostConstants, host_constants
 from dg_moe.layout.scale_factors import get_tma_aligned_size
 
+from .cubin_fakes import FakeDriver
+from .cubin_fakes import fake_kernel as make_fake_kernel
+
 U8, F32, BF16 = (
     cu.CU_TENSOR_MAP_DATA_TYPE_UINT8,
     cu.CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
@@ -113,76 +116,10 @@ def test_shared_memory_and_group_table() -> None:
     assert ce.dynamic_shared_bytes(psum, room) == (psum.layout_bytes, False)  # one word too many: walk
 
 
-class _FakeDriver:
-    """Records what the launcher hands the driver and decodes the launch from its addresses."""
-
-    def __init__(self) -> None:
-        self.encoded: list[tuple] = []
-        self.launches: list[dict] = []
-        self.attributes: list[tuple] = []
-        self.launch_statuses: list[int] = []  # returned first, in turn; then CUDA_SUCCESS
-        self.made_current: list[int] = []
-
-    def check(self, status: int, entry: str) -> None:
-        if status != cu.CUDA_SUCCESS:
-            raise CudaError(entry, status, "fake error")
-
-    def current_device(self, address: int) -> int:
-        return 0
-
-    def make_primary_current(self, device: int) -> None:
-        self.made_current.append(device)
-
-    def cuKernelSetAttribute(self, attribute: int, value: int, kernel: int, device: int) -> int:
-        self.attributes.append((attribute, value, kernel, device))
-        return cu.CUDA_SUCCESS
-
-    def cuOccupancyMaxActiveClusters(self, count, kernel, config) -> int:
-        count._obj.value = 60
-        return cu.CUDA_SUCCESS
-
-    def cuTensorMapEncodeTiled(
-        self, out, dtype, rank, base, dims, strides, box, element_strides, interleave, swizzle, l2, oob
-    ) -> int:
-        assert out % cu.TENSOR_MAP_ALIGNMENT == 0
-        self.encoded.append((dtype, base, tuple(dims), tuple(strides), tuple(box), swizzle))
-        ctypes.c_uint64.from_address(out).value = base  # the "encoding": recognisable in the launch
-        return cu.CUDA_SUCCESS
-
-    def cuLaunchKernelEx(self, config: int, function: int, params: int, extra: None) -> int:
-        cfg = cu.CUlaunchConfig.from_address(config)
-        attribute = cfg.attrs[0]
-        pointers = (ctypes.c_void_p * 5).from_address(params)
-        p = ce.Params.from_address(pointers[0])
-        self.launches.append(
-            {
-                "grid": (cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ),
-                "block": (cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ),
-                "shared": cfg.sharedMemBytes,
-                "stream": cfg.hStream,
-                "num_attrs": cfg.numAttrs,
-                "attribute": (
-                    attribute.id,
-                    attribute.value.clusterDim.x,
-                    attribute.value.clusterDim.y,
-                    attribute.value.clusterDim.z,
-                ),
-                "function": function,
-                "extra": extra,
-                "params": (p.sfb, p.layout, p.d, p.m, p.num_groups, p.group_table),
-                "maps": [ctypes.c_uint64.from_address(pointers[i]).value for i in range(1, 5)],
-            }
-        )
-        return self.launch_statuses.pop(0) if self.launch_statuses else cu.CUDA_SUCCESS
-
-
 @pytest.fixture
-def fake_kernel(tmp_path: Path) -> tuple[CubinKernel, _FakeDriver]:
-    (tmp_path / "kernel.cubin").write_bytes(b"not a cubin: never loaded")
-    kernel = CubinKernel(tmp_path / "kernel.cubin", "_Zkernel", "sm90_fp8_gemm", "0" * 64)
-    driver = _FakeDriver()
-    kernel._driver, kernel._handle = driver, 0xC0DE
-    return kernel, driver
+def fake_kernel(tmp_path: Path) -> tuple[CubinKernel, FakeDriver]:
+    driver = FakeDriver(ce.Params, 4, 60)
+    return make_fake_kernel(tmp_path, "sm90_fp8_gemm", driver), driver
 
 
 def test_a_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:

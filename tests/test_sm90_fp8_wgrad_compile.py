@@ -34,26 +34,14 @@ VARIANTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dg_moe_cache")
-    old = os.environ.get("DG_MOE_CACHE_DIR")
-    os.environ["DG_MOE_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["DG_MOE_CACHE_DIR"]
-    else:
-        os.environ["DG_MOE_CACHE_DIR"] = old
-
-
 @pytest.mark.nvcc
-def test_variants_compile_for_sm90a_without_local_memory(cache_dir):
+def test_variants_compile_for_sm90a_without_local_memory(module_cache_dir):
     assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128}
     libraries = compile_many(FAMILY, VARIANTS, jobs=max(2, os.cpu_count() or 2))
     assert len(set(libraries)) == len(VARIANTS)
     cuobjdump = shutil.which("cuobjdump")
     for path in libraries:
-        assert path.stat().st_size > 0 and path.is_relative_to(cache_dir)
+        assert path.stat().st_size > 0 and path.is_relative_to(module_cache_dir)
         if cuobjdump is None:
             continue
         sass = subprocess.run([cuobjdump, "-sass", str(path)], capture_output=True, text=True, check=True).stdout

@@ -23,6 +23,9 @@ from dg_moe.kernels.sm90_fp8_wgrad.host_constants import PARAMS_BYTES
 from dg_moe.kernels.sm90_fp8_wgrad.variants import WgradType, deepseek_v3_variants, template_args
 from dg_moe.reference.common import RECIPE_1D1D
 
+from .cubin_fakes import FakeDriver
+from .cubin_fakes import fake_kernel as make_fake_kernel
+
 FP8 = torch.float8_e4m3fn
 U8, F32 = cu.CU_TENSOR_MAP_DATA_TYPE_UINT8, cu.CU_TENSOR_MAP_DATA_TYPE_FLOAT32
 
@@ -85,54 +88,10 @@ def test_maps_grid_and_column_pairs() -> None:
     assert not ce.column_pairs(None, 0x1000, 0, 1001, 0, 1001)  # odd N: odd rows start 4 bytes off
 
 
-class _FakeDriver:
-    """Records what the entry hands the driver and decodes the launch from its addresses."""
-
-    def __init__(self) -> None:
-        self.encoded: list[tuple] = []
-        self.launches: list[dict] = []
-        self.attributes: list[tuple] = []
-
-    def check(self, status: int, entry: str) -> None:
-        if status != cu.CUDA_SUCCESS:
-            raise CudaError(entry, status, "fake error")
-
-    def current_device(self, address: int) -> int:
-        return 0
-
-    def cuKernelSetAttribute(self, attribute: int, value: int, kernel: int, device: int) -> int:
-        self.attributes.append((attribute, value, kernel, device))
-        return cu.CUDA_SUCCESS
-
-    def cuOccupancyMaxActiveClusters(self, count, kernel, config) -> int:
-        count._obj.value = 132
-        return cu.CUDA_SUCCESS
-
-    def cuTensorMapEncodeTiled(self, out, dtype, rank, base, dims, strides, box, element_strides, interleave,
-                               swizzle, l2, oob) -> int:
-        self.encoded.append((dtype, base, tuple(dims), tuple(strides), tuple(box), swizzle))
-        ctypes.c_uint64.from_address(out).value = base  # the "encoding": recognisable in the launch
-        return cu.CUDA_SUCCESS
-
-    def cuLaunchKernelEx(self, config: int, function: int, params: int, extra: None) -> int:
-        cfg = cu.CUlaunchConfig.from_address(config)
-        pointers = (ctypes.c_void_p * 5).from_address(params)
-        p = ce.Params.from_address(pointers[0])
-        self.launches.append({
-            "grid": cfg.gridDimX, "block": cfg.blockDimX, "shared": cfg.sharedMemBytes, "stream": cfg.hStream,
-            "params": tuple(getattr(p, name) for name, _ in ce.Params._fields_),
-            "maps": [ctypes.c_uint64.from_address(pointers[i]).value for i in range(1, 5)],
-        })
-        return cu.CUDA_SUCCESS
-
-
 @pytest.fixture
-def fake_kernel(tmp_path: Path) -> tuple[CubinKernel, _FakeDriver]:
-    (tmp_path / "kernel.cubin").write_bytes(b"not a cubin: never loaded")
-    kernel = CubinKernel(tmp_path / "kernel.cubin", "_Zkernel", "sm90_fp8_wgrad", "0" * 64)
-    driver = _FakeDriver()
-    kernel._driver, kernel._handle = driver, 0xC0DE
-    return kernel, driver
+def fake_kernel(tmp_path: Path) -> tuple[CubinKernel, FakeDriver]:
+    driver = FakeDriver(ce.Params, 4, 132)
+    return make_fake_kernel(tmp_path, "sm90_fp8_wgrad", driver), driver
 
 
 def test_a_cubin_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:
@@ -145,7 +104,8 @@ def test_a_cubin_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:
     shared = smem_bytes(128, 128, 6)
     assert driver.attributes == [(cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared, 0xC0DE, 0)]
     (launch,) = driver.launches
-    assert (launch["grid"], launch["block"], launch["shared"], launch["stream"]) == (132, 384, shared, 0x7777)
+    assert (launch["grid"], launch["block"], launch["shared"], launch["stream"]) == ((132, 1, 1), (384, 1, 1), shared,
+                                                                                0x7777)
     assert launch["params"] == (c, d, layout, 7168 * 2048, 7168 * 2048, 2048, 2048, 7168, 1024, 4, 1)
     assert launch["maps"] == [a, b, sfa, sfb]
     assert [e[:2] for e in driver.encoded] == [(U8, a), (U8, b), (F32, sfa), (F32, sfb)]
@@ -162,7 +122,7 @@ def test_normal_launch_passes_no_layout(fake_kernel) -> None:
           132, 0)
     (launch,) = driver.launches
     # One m-block x 16 n-blocks of 64; no c, no layout; odd N: single-column stores.
-    assert launch["grid"] == 16 and launch["params"] == (None, 5 << 12, None, 0, 0, 0, 1001, 3, 256, 1, 0)
+    assert launch["grid"] == (16, 1, 1) and launch["params"] == (None, 5 << 12, None, 0, 0, 0, 1001, 3, 256, 1, 0)
 
 
 # ---- the launcher's arguments, on CPU tensors (the entry is a recorder) ----------------------------------------

@@ -22,7 +22,7 @@ across a 2-CTA cluster (each weight tile read from L2 once for two m-blocks of o
 from __future__ import annotations
 
 from ...layout.math import ceil_div
-from ..sm90_fp8_gemm.heuristic import GemmConfig
+from ..sm90_fp8_gemm.heuristic import GemmConfig, candidate_tiles, rank_config
 from .constants import ACCUM_REGISTER_BUDGET, BLOCK_K, SMEM_BYTES_PER_BLOCK, GemmType
 
 PEAK_BF16_FLOPS_PER_SM = 989e12 / 132
@@ -106,19 +106,14 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
     rows_per_group: M for a dense GEMM, the mean rows per expert for contiguous layouts, or ``expected_m``
     for masked ones. max_block_m: 128 for contiguous layouts, 64 for short (decode) calls.
     """
-    def rank(c: GemmConfig) -> tuple[float, int, int]:
-        return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.block_m)
-
     rows = max(rows_per_group, 1)
     candidates = []
-    for block_m in (bm for bm in BLOCK_MS if bm <= max_block_m):
-        for block_n in BLOCK_NS:
-            if not fits_registers(block_m, block_n) or (block_m == 256 and (rows <= 128 or block_n < 128)):
-                continue
-            stages = max_stages(block_m, block_n)
-            candidates.append(GemmConfig(block_m, block_n, stages, 1, smem_bytes(block_m, block_n, stages),
-                                         predict_us(block_m, block_n, rows, n, k, num_groups, num_sms)))
-    return min(candidates, key=rank)
+    for block_m, block_n in candidate_tiles(BLOCK_MS, BLOCK_NS, max_block_m, rows, fits_registers):
+        stages = max_stages(block_m, block_n)
+        candidates.append(GemmConfig(block_m, block_n, stages, 1, smem_bytes(block_m, block_n, stages),
+                                     predict_us(block_m, block_n, rows, n, k, num_groups, num_sms)))
+    # Every candidate has multicast 1, so the FP8 order's last key never decides here.
+    return min(candidates, key=rank_config)
 
 
 def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:

@@ -15,14 +15,13 @@ needs a second epilogue (an FP32 read and an FP32 or BF16 write) that no caller 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 
 import torch
 
 from ... import device as _device
 from ...errors import KernelNotAvailableError
-from ...jit import CubinKernel, build
 from ...ops.dispatch import register_kernel
+from ..bound_entries import Entry, bind_host_entry, cached_entry
 from ..sm90_fp8_gemm.heuristic import GemmConfig, print_config_if_asked
 from .constants import GemmType
 from .cubin_entry import CubinEntry
@@ -40,28 +39,26 @@ _ALIGN_ELEMENTS = 8  # 16 bytes of BF16: TMA's rule for row strides, and the epi
 _ALIGN_BYTES = 16
 
 # (type, rows hint, N, K, groups, SMs) -> bound host entry; a warm call is one look-up here.
-_entries: dict[tuple[GemmType, int, int, int, int, int], Callable[..., None]] = {}
+_entries: dict[tuple[GemmType, int, int, int, int, int], Entry] = {}
 
 
-def bind(gemm_type: GemmType, config: GemmConfig, n: int, k: int, source_root: str | None = None):
+def bind(gemm_type: GemmType, config: GemmConfig, n: int, k: int, source_root: str | None = None) -> Entry:
     """The host entry of one variant (built or loaded from the cache), called with :func:`kernel_args`:
     the nvcc library's, or under DG_MOE_JIT_BACKEND=nvrtc its Python twin on the cubin.
     ``source_root``: a kernel source tree searched before the package's (A/B tools)."""
-    built = build(FAMILY, template_args(gemm_type, config, n, k), source_root=source_root)
-    if isinstance(built, CubinKernel):
-        return CubinEntry(built, host_constants(gemm_type, config, n, k))
-    return built.function(_ENTRY, _ARGTYPES)
+    return bind_host_entry(FAMILY, template_args(gemm_type, config, n, k), _ENTRY, _ARGTYPES,
+                           lambda cubin: CubinEntry(cubin, host_constants(gemm_type, config, n, k)), source_root)
 
 
-def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int):
-    key = (gemm_type, rows_hint, n, k, num_groups, num_sms)
-    entry = _entries.get(key)
-    if entry is None:
-        config = config_for(gemm_type, rows_hint, n, k, num_groups, num_sms)
-        print_config_if_asked(FAMILY, f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}", config)
-        entry = bind(gemm_type, config, n, k)
-        _entries[key] = entry
-    return entry
+def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> Entry:
+    return cached_entry(_entries, (gemm_type, rows_hint, n, k, num_groups, num_sms), _bind_shape)
+
+
+def _bind_shape(key: tuple[GemmType, int, int, int, int, int]) -> Entry:
+    gemm_type, rows_hint, n, k, num_groups, _num_sms = key
+    config = config_for(*key)
+    print_config_if_asked(FAMILY, f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}", config)
+    return bind(gemm_type, config, n, k)
 
 
 def _unavailable(op: str, what: str) -> KernelNotAvailableError:

@@ -10,10 +10,10 @@ static_asserts.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ...errors import CudaError
-from ...jit.cubin import CubinKernel, PreparedLaunch, launch_config
+from ...jit.cubin import CubinKernel, PreparedLaunch
+from ...jit.cubin_entry import MemoisedLaunches, invalid_argument, prepare_launch
 from ...jit.cuda_driver import (
     CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
     CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
@@ -30,12 +30,9 @@ from .host_constants import D_BOX_ROWS, HostConstants
 
 ENTRY = "dg_moe_sm90_fp8_gemm"
 """The nvcc host entry's name, which this entry's argument errors carry as theirs do."""
-STATUS_INVALID_ARGUMENT = 100002
-"""dg_moe::kStatusInvalidArgument (common/abi.cuh)."""
-MAX_LAUNCHES = 1024
-"""Prepared launches kept per variant (per distinct pointers, sizes and stream); the oldest goes first."""
 
-_D_SWIZZLE = {128: CU_TENSOR_MAP_SWIZZLE_128B, 64: CU_TENSOR_MAP_SWIZZLE_64B, 32: CU_TENSOR_MAP_SWIZZLE_32B}
+D_SWIZZLE = {128: CU_TENSOR_MAP_SWIZZLE_128B, 64: CU_TENSOR_MAP_SWIZZLE_64B, 32: CU_TENSOR_MAP_SWIZZLE_32B}
+"""The swizzle of a D slab by its row bytes (DTile::kSpanBytes); the BF16 family's D tile is the same."""
 
 
 class Params(ctypes.Structure):
@@ -73,7 +70,7 @@ def tensor_map_specs(
             c.shape_n * 2,
             c.d_span_cols,
             D_BOX_ROWS,
-            _D_SWIZZLE[c.d_span_bytes],
+            D_SWIZZLE[c.d_span_bytes],
         ),
     )
 
@@ -98,11 +95,41 @@ def dynamic_shared_bytes(c: HostConstants, num_groups: int) -> tuple[int, bool]:
     return c.layout_bytes + (table_bytes if group_table else 0), group_table
 
 
-def _invalid(what: str) -> CudaError:
-    return CudaError(ENTRY, STATUS_INVALID_ARGUMENT, f"a dg_moe host entry rejected its arguments ({what})")
+def prepare_gemm_launch(
+    kernel: CubinKernel,
+    c: HostConstants,
+    entry: str,
+    specs: Sequence[TensorMap2D],
+    addresses: Sequence[int],
+    d: int,
+    m: int,
+    num_groups: int,
+    num_sms: int,
+    stream: int,
+    params: Callable[[int], ctypes.Structure],
+) -> PreparedLaunch:
+    """The launch of a GEMM on this family's scheduler and group table (the BF16 family's too), as the
+    nvcc entry ``entry`` makes it: ``params(group_table)`` is the kernel's Params with kGroupTable's
+    runtime flag (0 or 1) filled in."""
+    if m == 0 or num_groups == 0 or num_sms == 0:
+        raise invalid_argument(entry, f"m={m}, num_groups={num_groups}, num_sms={num_sms}")
+    shared, group_table = dynamic_shared_bytes(c, num_groups)
+
+    def grid(resident: int) -> int:
+        clusters = grid_clusters(c, m, num_sms, resident)
+        if clusters == 0:
+            raise invalid_argument(entry, "no cluster fits")
+        return clusters * c.multicast
+
+    return prepare_launch(
+        kernel, specs, addresses, d,
+        max_dynamic_shared=c.max_dynamic_shared, block=c.block_threads, cluster=c.multicast,
+        occupancy_shared=c.layout_bytes, grid=grid, shared_bytes=shared, stream=stream,
+        params=params(int(group_table)),
+    )
 
 
-class CubinEntry:
+class CubinEntry(MemoisedLaunches):
     """One variant's launch on its CubinKernel, called as the nvcc entry is: ``(a, sfa, b, sfb, d, layout,
     m, num_groups, sfa_stride, num_sms, stream)`` with device addresses (``layout`` may be None) and
     the cudaStream_t as an int. A call whose arguments were seen before is one cuLaunchKernelEx on
@@ -110,9 +137,8 @@ class CubinEntry:
     shape) and, once per device, sets the shared-memory limit and asks for the resident clusters."""
 
     def __init__(self, kernel: CubinKernel, constants: HostConstants):
-        self.kernel = kernel
+        super().__init__(kernel)
         self.constants = constants
-        self._launches: dict[tuple, Callable[[], None]] = {}
 
     def __call__(
         self,
@@ -128,33 +154,13 @@ class CubinEntry:
         num_sms: int,
         stream: int,
     ) -> None:
-        key = (a, sfa, b, sfb, d, layout, m, num_groups, sfa_stride, num_sms, stream)
-        launch = self._launches.get(key)
-        if launch is None:
-            launch = self._prepare(key)
-            if len(self._launches) >= MAX_LAUNCHES:
-                self._launches.pop(next(iter(self._launches)), None)
-            self._launches[key] = launch
-        launch()
+        self._launch((a, sfa, b, sfb, d, layout, m, num_groups, sfa_stride, num_sms, stream))
 
     def _prepare(self, key: tuple) -> PreparedLaunch:
         """The launch of the arguments ``key`` (``__call__``'s, in its order)."""
         a, sfa, b, sfb, d, layout, m, num_groups, sfa_stride, num_sms, stream = key
-        c, kernel = self.constants, self.kernel
-        if m == 0 or num_groups == 0 or num_sms == 0:
-            raise _invalid(f"m={m}, num_groups={num_groups}, num_sms={num_sms}")
-        # First: in a thread that made no CUDA call yet this makes the primary context current, which
-        # cuTensorMapEncodeTiled needs too (it failed with CUDA error 201 on an H100 when encoded before).
-        device = kernel.driver.current_device(d)
-        maps = [
-            kernel.tensor_map(spec, address)
-            for spec, address in zip(tensor_map_specs(c, m, num_groups, sfa_stride), (a, b, sfa, d), strict=True)
-        ]
-        resident = kernel.prepare_device(device, c.max_dynamic_shared, c.block_threads, c.multicast, c.layout_bytes)
-        clusters = grid_clusters(c, m, num_sms, resident)
-        if clusters == 0:
-            raise _invalid("no cluster fits")
-        shared, group_table = dynamic_shared_bytes(c, num_groups)
-        params = Params(sfb, layout, d, m, num_groups, int(group_table))
-        config = launch_config(clusters * c.multicast, c.block_threads, shared, stream, c.multicast)
-        return PreparedLaunch(kernel, device, config, (params, *maps))
+        c = self.constants
+        return prepare_gemm_launch(
+            self.kernel, c, ENTRY, tensor_map_specs(c, m, num_groups, sfa_stride), (a, b, sfa, d), d, m,
+            num_groups, num_sms, stream, lambda group_table: Params(sfb, layout, d, m, num_groups, group_table),
+        )

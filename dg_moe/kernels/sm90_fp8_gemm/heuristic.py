@@ -27,6 +27,7 @@ Ties go to the larger tile, then the taller one. Stages: as many as fit in share
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ...jit.env import print_configs_enabled
@@ -137,6 +138,26 @@ def predict_us(block_m: int, block_n: int, multicast: int, rows_per_group: int, 
     return time_s * 1e6 / (_WIDE_TILE_SPEED if block_n > 128 else 1.0)
 
 
+def rank_config(c: GemmConfig) -> tuple[float, int, int, int]:
+    """The order of candidates, cheapest first: predicted time within 0.1 %, then the larger tile, then
+    the taller one (fewer CTAs read each weight row: 128 x 64 beat 64 x 128 at M = 128, N = 7168,
+    K = 16384, 54 vs 59 us), then the cluster."""
+    return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.block_m, -c.multicast)
+
+
+def candidate_tiles(block_ms: Sequence[int], block_ns: Sequence[int], max_block_m: int, rows: int,
+                    fits: Callable[[int, int], bool]) -> Iterator[tuple[int, int]]:
+    """The (BLOCK_M, BLOCK_N) worth pricing for ``rows`` rows per group: at most ``max_block_m`` rows,
+    within the accumulator registers (``fits``), and 256-row tiles only over more than 128 rows and at
+    least 128 columns."""
+    for block_m in (bm for bm in block_ms if bm <= max_block_m):
+        for block_n in block_ns:
+            # A 256-row tile over at most 128 rows would run a wave of wgmmas on rows that do not exist;
+            # one narrower than 128 lost to 128 x 128 at every shape measured (v8).
+            if fits(block_m, block_n) and not (block_m == 256 and (rows <= 128 or block_n < 128)):
+                yield block_m, block_n
+
+
 def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int,
                   max_block_m: int = 256) -> GemmConfig:
     """Cheapest configuration for the problem; deterministic in its arguments.
@@ -145,31 +166,21 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
     ``expected_m`` for masked ones. max_block_m: 128 for contiguous layouts, whose groups start on
     128-row boundaries (a taller tile could hold two experts' rows).
     """
-    def rank(c: GemmConfig) -> tuple[float, int, int, int]:
-        # Within 0.1 %: the larger tile, then the taller one (fewer CTAs read each weight row:
-        # 128 x 64 beat 64 x 128 at M = 128, N = 7168, K = 16384, 54 vs 59 us), then the cluster.
-        return (round(c.predicted_us * 1000) / 1000, -c.block_m * c.block_n, -c.block_m, -c.multicast)
-
     rows = max(rows_per_group, 1)
     candidates = []
-    for block_m in (bm for bm in BLOCK_MS if bm <= max_block_m):
-        for block_n in BLOCK_NS:
-            # A 256-row tile over at most 128 rows would run a wave of wgmmas on rows that do not exist;
-            # one narrower than 128 lost to 128 x 128 at every shape measured (v8).
-            if not fits_registers(block_m, block_n) or (block_m == 256 and (rows <= 128 or block_n < 128)):
-                continue
-            stages = max_stages(block_m, block_n, k)
-            time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)
-            multicast = 1
-            # Single-wave problems never multicast: measured slower (M=128, N=2112: 16.5 vs 15.1 us).
-            single_wave = num_groups * ceil_div(rows, block_m) * ceil_div(n, block_n) <= num_sms
-            if ceil_div(n, block_n) >= 2 and num_sms % 2 == 0 and not single_wave:
-                shared_us = predict_us(block_m, block_n, 2, rows, n, k, num_groups, num_sms)
-                if shared_us < time_us * (1 - _MULTICAST_MIN_GAIN):
-                    time_us, multicast = shared_us, 2
-            candidates.append(GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages, k),
-                                         time_us))
-    return min(candidates, key=rank)
+    for block_m, block_n in candidate_tiles(BLOCK_MS, BLOCK_NS, max_block_m, rows, fits_registers):
+        stages = max_stages(block_m, block_n, k)
+        time_us = predict_us(block_m, block_n, 1, rows, n, k, num_groups, num_sms)
+        multicast = 1
+        # Single-wave problems never multicast: measured slower (M=128, N=2112: 16.5 vs 15.1 us).
+        single_wave = num_groups * ceil_div(rows, block_m) * ceil_div(n, block_n) <= num_sms
+        if ceil_div(n, block_n) >= 2 and num_sms % 2 == 0 and not single_wave:
+            shared_us = predict_us(block_m, block_n, 2, rows, n, k, num_groups, num_sms)
+            if shared_us < time_us * (1 - _MULTICAST_MIN_GAIN):
+                time_us, multicast = shared_us, 2
+        candidates.append(GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages, k),
+                                     time_us))
+    return min(candidates, key=rank_config)
 
 
 MASKED_SHORT_GROUP_ROWS = 32

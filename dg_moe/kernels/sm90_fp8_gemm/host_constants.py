@@ -51,8 +51,9 @@ class HostConstants:
         return SMEM_BYTES_PER_BLOCK if self.group_table else self.layout_bytes
 
 
-def host_constants(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> HostConstants:
-    """The host constants of the variant ``template_args(gemm_type, config, n, k)`` compiles."""
+def scheduled_constants(gemm_type: GemmType, config: GemmConfig, n: int, k: int, layout_bytes: int) -> HostConstants:
+    """The host constants of a variant of a kernel on this family's scheduler, math warpgroups and D
+    epilogue, whose shared layout takes ``layout_bytes``: this family's and the BF16 family's."""
     block_m, block_n, multicast, multicast_b = config.block_m, config.block_n, config.multicast, config.multicast_b
     span_bytes = min(block_n * 2, 128)
     pair_n = 2 if multicast == 2 and not multicast_b else 1
@@ -71,13 +72,20 @@ def host_constants(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> H
         block_threads=warpgroups * 128 + PRODUCER_THREADS,
         pair_m=2 if multicast == 2 and multicast_b else 1,
         num_n_slots=n_blocks // pair_n,
-        layout_bytes=smem_bytes(block_m, block_n, config.num_stages, k),
+        layout_bytes=layout_bytes,
     )
 
 
-def template_args(constants: HostConstants) -> dict[str, int]:
-    """The template arguments that carry these constants into the compile, where the launch file
-    static_asserts each (SMEM_BYTES, the layout's bytes, was the first)."""
+def host_constants(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> HostConstants:
+    """The host constants of the variant ``template_args(gemm_type, config, n, k)`` compiles."""
+    return scheduled_constants(gemm_type, config, n, k, smem_bytes(config.block_m, config.block_n,
+                                                                   config.num_stages, k))
+
+
+def constant_args(constants: HostConstants, params_bytes: int) -> dict[str, int]:
+    """The template arguments that carry ``constants`` and sizeof(Params), ``params_bytes``, into the
+    compile of a kernel on this family's scheduler, where the launch file static_asserts each (SMEM_BYTES,
+    the layout's bytes, was the first)."""
     return {
         "SMEM_BYTES": constants.layout_bytes,
         "BOX_ROWS_A": constants.box_rows_a,
@@ -86,5 +94,10 @@ def template_args(constants: HostConstants) -> dict[str, int]:
         "BLOCK_THREADS": constants.block_threads,
         "PAIR_M": constants.pair_m,
         "NUM_N_SLOTS": constants.num_n_slots,
-        "PARAMS_BYTES": PARAMS_BYTES,
+        "PARAMS_BYTES": params_bytes,
     }
+
+
+def template_args(constants: HostConstants) -> dict[str, int]:
+    """The template arguments that carry these constants into the compile (:func:`constant_args`)."""
+    return constant_args(constants, PARAMS_BYTES)

@@ -10,11 +10,10 @@ static_asserts.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from ...errors import CudaError
-from ...jit.cubin import CubinKernel, PreparedLaunch, launch_config
+from ...jit.cubin import CubinKernel, PreparedLaunch
+from ...jit.cubin_entry import MemoisedLaunches, invalid_argument, prepare_launch
 from ...jit.cuda_driver import (
     CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
     CU_TENSOR_MAP_DATA_TYPE_UINT8,
@@ -30,10 +29,6 @@ from .variants import WgradType
 
 ENTRY = "dg_moe_sm90_fp8_wgrad"
 """The nvcc host entry's name, which this entry's argument errors carry as theirs do."""
-STATUS_INVALID_ARGUMENT = 100002
-"""dg_moe::kStatusInvalidArgument (common/abi.cuh)."""
-MAX_LAUNCHES = 1024
-"""Prepared launches kept per variant (per distinct pointers, sizes and stream); the oldest goes first."""
 
 
 class Params(ctypes.Structure):
@@ -97,11 +92,7 @@ def column_pairs(c: int | None, d: int, c_group_stride: int, c_row_stride: int, 
         c is None or aligned(c, c_group_stride, c_row_stride))
 
 
-def _invalid(what: str) -> CudaError:
-    return CudaError(ENTRY, STATUS_INVALID_ARGUMENT, f"a dg_moe host entry rejected its arguments ({what})")
-
-
-class CubinEntry:
+class CubinEntry(MemoisedLaunches):
     """One variant's launch on its CubinKernel, called as the nvcc entry is: ``(a, a_row_bytes, sfa,
     sfa_stride, b, b_row_bytes, sfb, sfb_stride, c, d, layout, m, sum_k, num_groups, c_group_stride,
     c_row_stride, d_group_stride, d_row_stride, num_sms, stream)`` with device addresses (``c`` and
@@ -109,36 +100,28 @@ class CubinEntry:
     cuLaunchKernelEx on memoised arguments."""
 
     def __init__(self, kernel: CubinKernel, variant: Variant):
-        self.kernel = kernel
+        super().__init__(kernel)
         self.variant = variant
-        self._launches: dict[tuple, Callable[[], None]] = {}
 
     def __call__(self, *args: int | None) -> None:
-        launch = self._launches.get(args)
-        if launch is None:
-            launch = self._prepare(args)
-            if len(self._launches) >= MAX_LAUNCHES:
-                self._launches.pop(next(iter(self._launches)), None)
-            self._launches[args] = launch
-        launch()
+        self._launch(args)
 
     def _prepare(self, args: tuple) -> PreparedLaunch:
         """The launch of ``__call__``'s arguments."""
         (a, a_row_bytes, sfa, sfa_stride, b, b_row_bytes, sfb, sfb_stride, c, d, layout, m, sum_k, num_groups,
          c_group_stride, c_row_stride, d_group_stride, d_row_stride, num_sms, stream) = args
-        v, kernel = self.variant, self.kernel
+        v = self.variant
         if m == 0 or sum_k == 0 or sum_k % BLOCK_K != 0 or num_groups == 0 or num_sms == 0:
-            raise _invalid(f"m={m}, sum_k={sum_k}, num_groups={num_groups}, num_sms={num_sms}")
+            raise invalid_argument(ENTRY, f"m={m}, sum_k={sum_k}, num_groups={num_groups}, num_sms={num_sms}")
         if v.wgrad_type != WgradType.NORMAL and layout is None:
-            raise _invalid("a K-grouped launch without its layout")
-        specs = tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride)
-        # First: in a thread that made no CUDA call yet this makes the primary context current, which
-        # cuTensorMapEncodeTiled needs too (it failed with CUDA error 201 on an H100 when encoded before).
-        device = kernel.driver.current_device(d)
-        maps = [kernel.tensor_map(spec, address) for spec, address in zip(specs, (a, b, sfa, sfb), strict=True)]
-        kernel.prepare_device(device, v.layout_bytes, BLOCK_THREADS, 1, v.layout_bytes)
+            raise invalid_argument(ENTRY, "a K-grouped launch without its layout")
         pairs = column_pairs(c, d, c_group_stride, c_row_stride, d_group_stride, d_row_stride)
         params = Params(c, d, None if v.wgrad_type == WgradType.NORMAL else layout, c_group_stride, d_group_stride,
                         c_row_stride, d_row_stride, m, sum_k, num_groups, int(pairs))
-        config = launch_config(grid_size(v, m, num_groups, num_sms), BLOCK_THREADS, v.layout_bytes, stream, 1)
-        return PreparedLaunch(kernel, device, config, (params, *maps))
+        return prepare_launch(
+            self.kernel, tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride),
+            (a, b, sfa, sfb), d,
+            max_dynamic_shared=v.layout_bytes, block=BLOCK_THREADS, cluster=1, occupancy_shared=v.layout_bytes,
+            grid=lambda _resident: grid_size(v, m, num_groups, num_sms), shared_bytes=v.layout_bytes,
+            stream=stream, params=params,
+        )

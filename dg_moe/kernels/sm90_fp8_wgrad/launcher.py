@@ -22,15 +22,14 @@ Arguments arrive validated by their op: nothing is checked again here.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 
 import torch
 
 from ... import device as _device
-from ...jit import CubinKernel, build
 from ...layout.scale_factors import get_tma_aligned_size, sf_in_kernel_layout
 from ...ops.dispatch import register_kernel
 from ...reference.common import RECIPE_1D1D
+from ..bound_entries import Entry, bind_host_entry, cached_entry
 from ..sm90_fp8_gemm.constants import BLOCK_K
 from .cubin_entry import CubinEntry, Variant
 from .heuristic import WgradConfig, choose_config, print_config_if_asked
@@ -45,7 +44,7 @@ _ARGTYPES = (
 _TMA_ALIGNMENT = 16
 
 # (type, M, N, K per group, groups, SMs) -> bound host entry; a warm call is one look-up here.
-_entries: dict[tuple[WgradType, int, int, int, int, int], Callable[..., None]] = {}
+_entries: dict[tuple[WgradType, int, int, int, int, int], Entry] = {}
 
 
 def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int,
@@ -54,25 +53,22 @@ def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_grou
     return choose_config(m, n, k_per_group, num_groups, num_sms)
 
 
-def bind(wgrad_type: WgradType, config: WgradConfig, n: int):
+def bind(wgrad_type: WgradType, config: WgradConfig, n: int) -> Entry:
     """The host entry of one variant (built or loaded from the cache): the nvcc library's, or under
     DG_MOE_JIT_BACKEND=nvrtc its Python twin on the cubin."""
-    built = build(FAMILY, template_args(wgrad_type, config, n))
-    if isinstance(built, CubinKernel):
-        return CubinEntry(built, Variant(wgrad_type, config, n))
-    return built.function(_ENTRY, _ARGTYPES)
+    return bind_host_entry(FAMILY, template_args(wgrad_type, config, n), _ENTRY, _ARGTYPES,
+                           lambda cubin: CubinEntry(cubin, Variant(wgrad_type, config, n)))
 
 
-def _entry(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int):
-    key = (wgrad_type, m, n, k_per_group, num_groups, num_sms)
-    entry = _entries.get(key)
-    if entry is None:
-        config = config_for(wgrad_type, m, n, k_per_group, num_groups, num_sms)
-        print_config_if_asked(FAMILY, f"{wgrad_type.name} M={m} N={n} K/group={k_per_group} G={num_groups}",
-                              config)
-        entry = bind(wgrad_type, config, n)
-        _entries[key] = entry
-    return entry
+def _entry(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int) -> Entry:
+    return cached_entry(_entries, (wgrad_type, m, n, k_per_group, num_groups, num_sms), _bind_shape)
+
+
+def _bind_shape(key: tuple[WgradType, int, int, int, int, int]) -> Entry:
+    wgrad_type, m, n, k_per_group, num_groups, _num_sms = key
+    config = config_for(*key)
+    print_config_if_asked(FAMILY, f"{wgrad_type.name} M={m} N={n} K/group={k_per_group} G={num_groups}", config)
+    return bind(wgrad_type, config, n)
 
 
 def k_major(x: torch.Tensor) -> tuple[torch.Tensor, int]:
