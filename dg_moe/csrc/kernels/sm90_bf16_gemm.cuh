@@ -123,8 +123,9 @@ struct Variant {
     static_assert(BLOCK_M <= sched::kContiguousAlignment || kType == GemmType::Normal ||
                       kType == GemmType::MGroupedMasked,
                   "contiguous groups start on 128-row boundaries: a taller tile could span two experts");
-    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 256,
-                  "BLOCK_N must be 16, 32, 64, 128 or 256 (the BF16MMA shapes)");
+    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 192 ||
+                      BLOCK_N == 256,
+                  "BLOCK_N must be 16, 32, 64, 128, 192 or 256 (the BF16MMA shapes)");
     // K need not be a multiple of kBlockK: TMA fills the last block's columns past K with zeros in
     // both operands, which add nothing to the sums.
     static_assert(SHAPE_K > 0 && SHAPE_K % 8 == 0, "K must be a positive multiple of 8 (16-byte TMA rows)");
