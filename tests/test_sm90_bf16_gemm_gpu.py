@@ -33,8 +33,8 @@ def _bf16(*shape: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(*shape, device="cuda", generator=generator).to(torch.bfloat16)
 
 
-def _poisoned(*shape: int) -> torch.Tensor:
-    return torch.full(shape, float("nan"), device="cuda", dtype=torch.bfloat16)
+def _poisoned(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return torch.full(shape, float("nan"), device="cuda", dtype=dtype)
 
 
 def _check(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -73,14 +73,15 @@ def test_dense_row_slices_of_wider_buffers(cuda_gen):
 
 def test_uncovered_variants_raise_kernel_not_available(cuda_gen):
     a, b = _bf16(64, 256, generator=cuda_gen), _bf16(128, 256, generator=cuda_gen)
-    with pytest.raises(KernelNotAvailableError, match="accumulation into c"):
-        dg_moe.bf16_gemm_nt(a, b, _poisoned(64, 128), c=_poisoned(64, 128))
-    with pytest.raises(KernelNotAvailableError, match="torch.float32 d"):
-        dg_moe.bf16_gemm_nt(a, b, torch.empty(64, 128, device="cuda"))
     with pytest.raises(KernelNotAvailableError, match="contiguous"):
         dg_moe.bf16_gemm_nt(a.T.contiguous().T, b, _poisoned(64, 128))
     with pytest.raises(KernelNotAvailableError, match="multiple of 8"):
         dg_moe.bf16_gemm_nt(a, b[:124], _poisoned(64, 124))
+    with pytest.raises(KernelNotAvailableError, match=r"d \(torch.float32\) rows of 126.*multiple of 4"):
+        dg_moe.bf16_gemm_nt(a, b[:126], _poisoned(64, 126, dtype=torch.float32))
+    c = _poisoned(64, 136, dtype=torch.float32)[:, 2:130]  # rows 16-byte apart, starting 8 bytes in
+    with pytest.raises(KernelNotAvailableError, match="c at an address not 16-byte aligned"):
+        dg_moe.bf16_gemm_nt(a, b, _poisoned(64, 128, dtype=torch.float32), c=c)
 
 
 def _random_counts(groups: int, total_hint: int, cuda_gen: torch.Generator) -> list[int]:
