@@ -386,3 +386,24 @@ def test_op_checks_c_against_d(dtype: torch.dtype) -> None:
     dg_moe.bf16_gemm_nt(a, b, d, c=d)
     assert torch.equal(d, expected)
 
+
+def test_grouped_ops_take_an_fp32_d() -> None:
+    """The grouped BF16 ops' reference path writes a float32 d as the kernel does (rounded once from
+    float64); rows the layout does not hold stay untouched."""
+    k, n = 64, 24
+    a = torch.randn(512, k).to(torch.bfloat16)
+    b = torch.randn(3, n, k).to(torch.bfloat16)
+    per_row = torch.full((512,), -1, dtype=torch.int32)
+    per_row[:3], per_row[256:386] = 0, 2  # group 1 empty; group 2's 130 rows span two tiles
+    d = torch.full((512, n), float("nan"))
+    dg_moe.m_grouped_bf16_gemm_nt_contiguous(a, b, d, per_row)
+    ref = reference.ref_m_grouped_bf16_gemm_nt_contiguous(a, b, per_row)
+    assert torch.equal(torch.isnan(d), torch.isnan(ref))
+    assert torch.equal(d[~torch.isnan(d)], ref[~torch.isnan(ref)].float())
+    x = torch.randn(3, 8, k).to(torch.bfloat16)
+    masked_m = torch.tensor([8, 0, 5], dtype=torch.int32)
+    d = torch.full((3, 8, n), float("nan"))
+    dg_moe.m_grouped_bf16_gemm_nt_masked(x, b, d, masked_m, expected_m=4)
+    ref = reference.ref_m_grouped_bf16_gemm_nt_masked(x, b, masked_m)
+    assert torch.equal(torch.isnan(d), torch.isnan(ref))
+    assert torch.equal(d[~torch.isnan(d)], ref[~torch.isnan(ref)].float())
