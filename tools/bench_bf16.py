@@ -124,8 +124,9 @@ def _forced_call(kind: str, config: GemmConfig, n: int, k: int, operands: tuple,
     a, b, d, grouped = operands
     try:
         entry = bind(TYPES[kind], config, n, k)
-        strides = (kernel_rows(kind, "a", a), kernel_rows(kind, "b", b), kernel_rows(kind, "d", d))
-        args = kernel_args(TYPES[kind], a, b, d, grouped, strides, num_sms, torch.cuda.current_stream().cuda_stream)
+        strides = (kernel_rows(kind, "a", a), kernel_rows(kind, "b", b), kernel_rows(kind, "d", d), 0)
+        args = kernel_args(TYPES[kind], a, b, d, None, grouped, strides, num_sms,
+                           torch.cuda.current_stream().cuda_stream)
     except Exception as err:  # reported in the case's line; the other variants still run
         return describe_error(err)
     return lambda: entry(*args)
