@@ -125,11 +125,12 @@ def _forced_call(kind: str, config: GemmConfig, n: int, k: int, operands: tuple,
     try:
         entry = bind(TYPES[kind], config, n, k)
         strides = (kernel_rows(kind, "a", a), kernel_rows(kind, "b", b), kernel_rows(kind, "d", d), 0)
-        args = kernel_args(TYPES[kind], a, b, d, None, grouped, strides, num_sms,
-                           torch.cuda.current_stream().cuda_stream)
     except Exception as err:  # reported in the case's line; the other variants still run
         return describe_error(err)
-    return lambda: entry(*args)
+    # The stream is read at each call: under graph capture it is the capturing stream, not the default one
+    # (a launch on the stream of bind time is not captured, and the graph times nothing).
+    return lambda: entry(*kernel_args(TYPES[kind], a, b, d, None, grouped, strides, num_sms,
+                                      torch.cuda.current_stream().cuda_stream))
 
 
 def main() -> None:
