@@ -1,6 +1,6 @@
 """Deterministic cost model choosing the SM90 BF16 GEMM configuration from the shape and SM count.
 
-A first model, not yet calibrated on a GPU (the FP8 family's, docs/perf-log.md, was): each candidate
+A first model, checked on a GPU at eight shapes only (docs/perf-log.md v18): each candidate
 (BLOCK_M, BLOCK_N) is priced as the largest of
 - tensor-core time: waves of tiles (the last wave costs as much as a full one) times one tile's MMA
   work at the per-SM BF16 rate (H100 SXM dense peak), derated for a 64-row tile (one math
@@ -41,7 +41,10 @@ MIN_STAGES = 3
 the block before it are done, so every TMA load's latency would sit between two K blocks."""
 
 BLOCK_MS = (64, 128, 256)
-BLOCK_NS = (16, 32, 64, 128, 256)
+# 192 columns: 11 column blocks fill N = 2112 in 2.7 waves of 128-row tiles where 128 x 128 needs 4.1
+# (H100, 4096 x 2112 x 7168: 185.7 us against 254.7, bitwise equal; the model picks it there and nowhere
+# else on tools/bench_bf16.py's cases, where the measured best was already the model's choice).
+BLOCK_NS = (16, 32, 64, 128, 192, 256)
 
 SHORT_ROWS = 32
 """Masked groups of at most this many expected rows run 64-row tiles (decode: weight streaming)."""

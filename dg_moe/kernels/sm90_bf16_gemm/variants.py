@@ -49,9 +49,10 @@ class VariantSet:
 
 # (type, rows hint, N, K, groups): one call of each kind a BF16 MoE layer makes (DeepSeek-V3's expert
 # GEMMs) and a dense projection, covering the tile shapes the heuristic picks: 64-row decode tiles,
-# 128 x 256, 256-row dense tiles and a B-sharing prefill cluster.
+# 128 x 256, 128 x 192, 256-row dense tiles and a B-sharing prefill cluster.
 CI_SHAPES = (
     (GemmType.NORMAL, 4096, 4096, 7168, 1),
+    (GemmType.NORMAL, 4096, 2112, 7168, 1),
     (GemmType.NORMAL, 16, 2112, 7168, 1),
     (GemmType.CONTIGUOUS, 256, 4096, 7168, 32),
     (GemmType.CONTIGUOUS_PSUM, 1024, 7168, 2048, 8),
