@@ -1,6 +1,7 @@
 """The SM90 BF16 GEMM's host side on CPU: the cost model's choices against the kernel's limits, the host
 constants NVRTC compiles static_assert (accepted as computed, rejected when off by one), the cubin
-entry's tensor maps and launch through a stand-in driver, and the launcher's operand rules."""
+entry's tensor maps and launch through a stand-in driver, and the launcher's operand rules; for the
+BF16 and FP32 D epilogues, with and without accumulation into C."""
 
 from __future__ import annotations
 
@@ -10,36 +11,44 @@ from pathlib import Path
 import pytest
 import torch
 
-from dg_moe import jit
+import dg_moe
+from dg_moe import jit, reference
 from dg_moe.errors import CompileError, CudaError, KernelNotAvailableError
 from dg_moe.jit import cuda_driver as cu
 from dg_moe.jit.tensor_map import TensorMap2D
 from dg_moe.kernels.sm90_bf16_gemm import cubin_entry as ce
 from dg_moe.kernels.sm90_bf16_gemm import host_constants as hc
 from dg_moe.kernels.sm90_bf16_gemm import launcher
-from dg_moe.kernels.sm90_bf16_gemm.constants import BLOCK_K, SMEM_BYTES_PER_BLOCK, GemmType
+from dg_moe.kernels.sm90_bf16_gemm.constants import BF16_D, BLOCK_K, SMEM_BYTES_PER_BLOCK, Epilogue, GemmType
 from dg_moe.kernels.sm90_bf16_gemm.heuristic import (
     DENSE_SHORT_ROWS,
     MAX_STAGES,
+    MIN_STAGES,
     SHORT_ROWS,
     config_for,
     fits_registers,
     max_stages,
     smem_bytes,
 )
-from dg_moe.kernels.sm90_bf16_gemm.variants import CI_SHAPES, FAMILY, template_args
+from dg_moe.kernels.sm90_bf16_gemm.variants import CI_EPILOGUE_SHAPES, CI_SHAPES, FAMILY, template_args
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
 
 from .cubin_fakes import FakeDriver, fake_kernel
 
-BF16 = cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+BF16, FP32 = cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, cu.CU_TENSOR_MAP_DATA_TYPE_FLOAT32
 SW32, SW64, SW128 = cu.CU_TENSOR_MAP_SWIZZLE_32B, cu.CU_TENSOR_MAP_SWIZZLE_64B, cu.CU_TENSOR_MAP_SWIZZLE_128B
 NK = [(2112, 7168), (24576, 1536), (4096, 7168), (7168, 2048), (576, 200), (7232, 2176)]
+FP32_D = Epilogue(d_float=True)
+BF16_C = Epilogue(accumulate=True)
+FP32_C = Epilogue(d_float=True, accumulate=True)
+EPILOGUES = [BF16_D, FP32_D, BF16_C, FP32_C]
 
 
-def _config(block_m: int, block_n: int, multicast: int = 1, multicast_b: bool = False) -> GemmConfig:
-    stages = max_stages(block_m, block_n)
-    return GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages), 0.0, multicast_b)
+def _config(block_m: int, block_n: int, multicast: int = 1, multicast_b: bool = False,
+            epilogue: Epilogue = BF16_D) -> GemmConfig:
+    stages = max_stages(block_m, block_n, epilogue)
+    return GemmConfig(block_m, block_n, stages, multicast, smem_bytes(block_m, block_n, stages, epilogue), 0.0,
+                      multicast_b)
 
 
 def test_block_k_is_one_swizzle_row() -> None:
@@ -98,14 +107,57 @@ def test_hand_derived_host_constants() -> None:
     assert (c.box_rows_a, c.d_span_bytes, c.block_threads, c.num_n_slots) == (64, 32, 256, 448)
 
 
+def test_fp32_d_tiles_leave_room_for_min_stages() -> None:
+    # A 128 KB FP32 D tile leaves room for two stages of 128 x 256 or 256 x 128: never a candidate.
+    assert max_stages(128, 256, FP32_D) == max_stages(256, 128, FP32_C) == 2
+    assert max_stages(128, 128, FP32_C) == 5 and max_stages(64, 256, FP32_D) == 4
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=str)
+@pytest.mark.parametrize("n,k", NK)
+@pytest.mark.parametrize("rows", [1, 64, 129, 1024, 4096])
+def test_epilogue_choices_fit(epilogue, n, k, rows):
+    for gemm_type in [GemmType.NORMAL] if epilogue.accumulate else list(GemmType):
+        groups = 1 if gemm_type == GemmType.NORMAL else 8
+        config = config_for(gemm_type, rows, n, k, groups, 132, epilogue)
+        assert fits_registers(config.block_m, config.block_n)
+        assert config.num_stages >= MIN_STAGES
+        assert config.smem_bytes == smem_bytes(config.block_m, config.block_n, config.num_stages, epilogue)
+        assert config.smem_bytes <= SMEM_BYTES_PER_BLOCK
+        assert config == config_for(gemm_type, rows, n, k, groups, 132, epilogue)  # deterministic
+
+
+def test_epilogue_template_args() -> None:
+    config = _config(128, 128, epilogue=FP32_C)
+    args = template_args(GemmType.NORMAL, config, 2112, 7168, FP32_C)
+    assert (args["D_TYPE"], args["ACCUMULATE"], args["D_SPAN_COLS"]) == ("float", True, 32)
+    # 5 stages of (128 + 128) rows x 128 bytes, a 64 KB FP32 D tile, 10 stage barriers and one C barrier per
+    # math warpgroup, 1024 bytes of alignment slack.
+    assert args["SMEM_BYTES"] == 5 * 32768 + 65536 + 12 * 8 + 1024
+    plain = template_args(GemmType.NORMAL, config, 2112, 7168)
+    assert (plain["D_TYPE"], plain["ACCUMULATE"]) == ("__nv_bfloat16", False)
+    # Every epilogue is its own variant (the template arguments are the JIT cache key).
+    keys = {tuple(sorted(template_args(GemmType.NORMAL, _config(64, 32, epilogue=e), 2112, 7168, e).items()))
+            for e in EPILOGUES}
+    assert len(keys) == len(EPILOGUES)
+    c = hc.host_constants(GemmType.NORMAL, _config(64, 32, epilogue=FP32_C), 2112, 7168, FP32_C)
+    # 8 stages of 96 rows x 128 bytes, an 8 KB D tile, 16 stage barriers and one C barrier (one warpgroup).
+    assert c.layout_bytes == 8 * 12288 + 8192 + 17 * 8 + 1024
+    with pytest.raises(ValueError, match="only Normal GEMMs accumulate C"):
+        template_args(GemmType.MASKED, _config(64, 32, epilogue=BF16_C), 2112, 7168, BF16_C)
+
+
 HOST_VARIANTS = [
     (GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168),
     (GemmType.NORMAL, _config(256, 128, 2), 2112, 7168),
+    (GemmType.NORMAL, _config(128, 128, 2, epilogue=FP32_C), 2112, 7168, FP32_C),
+    (GemmType.MASKED, _config(64, 16, epilogue=FP32_D), 7168, 2048, FP32_D),
 ]
 
 
 @pytest.mark.nvrtc
-@pytest.mark.parametrize("variant", HOST_VARIANTS, ids=["psum-128x256-mcB", "normal-256x128-mcA"])
+@pytest.mark.parametrize("variant", HOST_VARIANTS,
+                         ids=["psum-128x256-mcB", "normal-256x128-mcA", "normal-fp32-c-mcA", "masked-64x16-fp32"])
 def test_nvrtc_accepts_the_mirror(nvrtc_cache: Path, variant) -> None:
     assert jit.compile_only(FAMILY, template_args(*variant)).is_file()
 
@@ -126,6 +178,24 @@ def test_ci_shapes_cover_every_layout() -> None:
     assert {shape[0] for shape in CI_SHAPES} == set(GemmType)
 
 
+@pytest.mark.nvrtc
+@pytest.mark.parametrize("name,wrong", [
+    ("D_SPAN_COLS", 64),  # a 128-byte slab of BF16, not of FP32
+    ("SMEM_BYTES", smem_bytes(128, 128, 5, FP32_D)),  # without C's two barriers
+])
+def test_nvrtc_rejects_an_epilogue_drift(nvrtc_cache: Path, name: str, wrong: int) -> None:
+    args = template_args(*HOST_VARIANTS[2])
+    assert args[name] != wrong
+    args[name] = wrong
+    with pytest.raises(CompileError, match="static assertion failed"):
+        jit.compile_only(FAMILY, args)
+
+
+def test_ci_epilogue_shapes_cover_every_layout_and_c() -> None:
+    assert {shape[0] for shape in CI_EPILOGUE_SHAPES if shape[5].d_float} == set(GemmType)
+    assert {shape[5] for shape in CI_EPILOGUE_SHAPES if shape[5].accumulate} == {BF16_C, FP32_C}
+
+
 def test_params_struct_is_the_kernels() -> None:
     assert ctypes.sizeof(ce.Params) == hc.PARAMS_BYTES == 32
     assert [ce.Params.m.offset, ce.Params.d_stride.offset, ce.Params.group_table.offset] == [16, 24, 28]
@@ -134,41 +204,83 @@ def test_params_struct_is_the_kernels() -> None:
 def test_tensor_maps() -> None:
     # make_tensor_map_2d(map, dtype, base, inner, outer, row_stride_bytes, box_inner, box_outer, swizzle):
     # A (K, rows) box 64 x kBoxRowsA; B (K, G * N); D (N, rows) box kSpanCols x 64; strides in bytes.
+    # Without accumulation the fourth map, C's, is D's (the kernel reads it only when accumulating).
     c = hc.host_constants(GemmType.NORMAL, _config(64, 32), 2112, 7168)
+    d_map = TensorMap2D(BF16, 2112, 100, 4224, 32, 64, SW64)
     assert ce.tensor_map_specs(c, 100, 1, 7168, 7168, 2112) == (
         TensorMap2D(BF16, 7168, 100, 14336, 64, 64, SW128),
         TensorMap2D(BF16, 7168, 2112, 14336, 64, 32, SW128),
-        TensorMap2D(BF16, 2112, 100, 4224, 32, 64, SW64),
+        d_map,
+        d_map,
     )
     # Masked: A and D hold G * max_m rows; row strides of views into wider buffers pass through.
     c = hc.host_constants(GemmType.MASKED, _config(64, 16), 7168, 2048)
-    a, b, d = ce.tensor_map_specs(c, 48, 4, 2056, 2048, 7200)
+    a, b, d, _ = ce.tensor_map_specs(c, 48, 4, 2056, 2048, 7200)
     assert (a.outer, a.row_stride_bytes, b.outer, d.outer, d.row_stride_bytes) == (192, 4112, 4 * 7168, 192, 14400)
     assert (d.box_inner, d.swizzle) == (16, SW32)
     # B-sharing clusters load half of B's tile per CTA.
     c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168)
-    a, b, d = ce.tensor_map_specs(c, 1024, 8, 7168, 7168, 4096)
+    a, b, d, _ = ce.tensor_map_specs(c, 1024, 8, 7168, 7168, 4096)
     assert (a.box_outer, b.box_outer, b.outer, d.box_inner) == (128, 128, 8 * 4096, 64)
 
 
+def test_tensor_maps_of_fp32_d_and_c() -> None:
+    # FP32 D: 4-byte elements, slabs of 32 columns (128 bytes) and 64 rows; C has D's boxes and swizzle over
+    # its own base and row stride, so it lands in the D tile's layout.
+    c = hc.host_constants(GemmType.NORMAL, _config(128, 128, epilogue=FP32_C), 2112, 7168, FP32_C)
+    assert (c.d_span_bytes, c.d_span_cols) == (128, 32)
+    _, _, d, c_map = ce.tensor_map_specs(c, 300, 1, 7168, 7168, 2112, FP32_C, 2152)
+    assert d == TensorMap2D(FP32, 2112, 300, 2112 * 4, 32, 64, SW128)
+    assert c_map == TensorMap2D(FP32, 2112, 300, 2152 * 4, 32, 64, SW128)
+    # BF16 C: D's BF16 map over C's stride; a 16-wide FP32 tile: one 64-byte slab.
+    c = hc.host_constants(GemmType.NORMAL, _config(128, 256, epilogue=BF16_C), 4096, 7168, BF16_C)
+    _, _, d, c_map = ce.tensor_map_specs(c, 64, 1, 7168, 7168, 4096, BF16_C, 4096)
+    assert d == c_map == TensorMap2D(BF16, 4096, 64, 8192, 64, 64, SW128)
+    c = hc.host_constants(GemmType.MASKED, _config(64, 16, epilogue=FP32_D), 7168, 2048, FP32_D)
+    assert (c.d_span_bytes, c.d_span_cols) == (64, 16)
+    _, _, d, c_map = ce.tensor_map_specs(c, 48, 4, 2048, 2048, 7168, FP32_D)
+    assert d == c_map == TensorMap2D(FP32, 7168, 192, 7168 * 4, 16, 64, SW64)
+
+
 def test_a_launch_as_the_nvcc_entry_makes_it(tmp_path: Path) -> None:
-    driver = FakeDriver(ce.Params, 3, 60)
+    driver = FakeDriver(ce.Params, 4, 60)
     kernel = fake_kernel(tmp_path, FAMILY, driver)
     c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 7168)
     entry = ce.CubinEntry(kernel, c)
     a, b, d, layout = 0x10000, 0x20000, 0x30000, 0x40000
-    entry(a, b, d, layout, 1024, 8, 7168, 7168, 4096, 132, 0x7777)
+    entry(a, b, d, None, layout, 1024, 8, 7168, 7168, 4096, 0, 132, 0x7777)
     assert driver.attributes == [(cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BYTES_PER_BLOCK, 0xC0DE, 0)]
     (launch,) = driver.launches
     # 66 clusters of 2 capped to the 60 resident ones; the group table (9 words) follows the layout.
     assert (launch["grid"], launch["block"], launch["attribute"][1]) == ((120, 1, 1), (384, 1, 1), 2)
     assert launch["shared"] == c.layout_bytes + 36 and launch["stream"] == 0x7777
     assert launch["params"] == (layout, d, 1024, 8, 4096, 1)
-    assert launch["maps"] == [a, b, d]
-    entry(a, b, d, layout, 1024, 8, 7168, 7168, 4096, 132, 0x7777)  # memoised: nothing encoded again
+    assert launch["maps"] == [a, b, d, d]  # C's map is D's: one encoding serves both
+    entry(a, b, d, None, layout, 1024, 8, 7168, 7168, 4096, 0, 132, 0x7777)  # memoised: nothing encoded again
     assert len(driver.encoded) == 3 and len(driver.launches) == 2
     with pytest.raises(CudaError, match="dg_moe_sm90_bf16_gemm failed.*m=0"):
-        entry(a, b, d, layout, 0, 8, 7168, 7168, 4096, 132, 0x7777)
+        entry(a, b, d, None, layout, 0, 8, 7168, 7168, 4096, 0, 132, 0x7777)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_an_accumulating_launch(tmp_path: Path, in_place: bool) -> None:
+    driver = FakeDriver(ce.Params, 4, 132)
+    kernel = fake_kernel(tmp_path, FAMILY, driver)
+    consts = hc.host_constants(GemmType.NORMAL, _config(128, 128, epilogue=FP32_C), 2112, 7168, FP32_C)
+    entry = ce.CubinEntry(kernel, consts, FP32_C)
+    a, b, d = 0x10000, 0x20000, 0x30000
+    c, c_stride = (d, 2112) if in_place else (0x50000, 2120)
+    entry(a, b, d, c, None, 300, 1, 7168, 7168, 2112, c_stride, 132, 0x7777)
+    (launch,) = driver.launches
+    # 3 m-blocks x 17 n-blocks = 51 tiles: 51 CTAs of 384 threads; no group table for Normal.
+    assert (launch["grid"], launch["block"], launch["shared"]) == ((51, 1, 1), (384, 1, 1), consts.layout_bytes)
+    assert launch["params"] == (None, d, 300, 1, 2112, 0)
+    assert launch["maps"] == [a, b, d, c]
+    d_spec, c_spec = driver.encoded[2], driver.encoded[-1]
+    assert d_spec[0] == c_spec[0] == FP32 and c_spec[1] == c and c_spec[3] == (c_stride * 4,)
+    assert len(driver.encoded) == (3 if in_place else 4)  # in place, C's map is D's: encoded once
+    with pytest.raises(CudaError, match="c=None"):
+        entry(a, b, d, None, None, 300, 1, 7168, 7168, 2112, 0, 132, 0x7777)
 
 
 @pytest.mark.parametrize("shape,strides,expected", [
@@ -188,11 +300,33 @@ def test_row_stride(shape, strides, expected) -> None:
 def test_kernel_rows_name_the_rule() -> None:
     with pytest.raises(KernelNotAvailableError, match=r"bf16_gemm_nt: .*a with strides \(1, 4\).*contiguous"):
         launcher.kernel_rows("bf16_gemm_nt", "a", torch.empty(64, 4, dtype=torch.bfloat16).T)
-    with pytest.raises(KernelNotAvailableError, match="multiple of 8"):
+    with pytest.raises(KernelNotAvailableError, match="multiple of 8.*pad K"):
         launcher.kernel_rows("bf16_gemm_nt", "b", torch.empty(4, 60, dtype=torch.bfloat16))
     with pytest.raises(KernelNotAvailableError, match="16-byte aligned"):
         launcher.kernel_rows("bf16_gemm_nt", "a", torch.empty(4, 72, dtype=torch.bfloat16)[:, 4:68])
     assert launcher.kernel_rows("bf16_gemm_nt", "a", torch.empty(4, 72, dtype=torch.bfloat16)[:, 8:72]) == 72
+
+
+def test_kernel_rows_of_fp32_d_and_c() -> None:
+    """A float32 row needs 4 elements per 16 bytes, not 8; c is held to d's rule, named as c."""
+    assert launcher.kernel_rows("bf16_gemm_nt", "d", torch.empty(4, 12)) == 12
+    assert launcher.kernel_rows("bf16_gemm_nt", "c", torch.empty(4, 20)[:, 4:16]) == 20
+    with pytest.raises(KernelNotAvailableError, match=r"d \(torch.float32\) rows of 6.*multiple of 4.*pad N"):
+        launcher.kernel_rows("bf16_gemm_nt", "d", torch.empty(4, 6))
+    with pytest.raises(KernelNotAvailableError, match=r"c \(torch.float32\) rows of 8 elements 10 apart"):
+        launcher.kernel_rows("bf16_gemm_nt", "c", torch.empty(4, 10)[:, :8])
+    with pytest.raises(KernelNotAvailableError, match="c at an address not 16-byte aligned"):
+        launcher.kernel_rows("bf16_gemm_nt", "c", torch.empty(4, 16)[:, 2:14])
+    with pytest.raises(KernelNotAvailableError, match=r"bf16_gemm_nt: .*c with strides \(1, 4\).*c.contiguous"):
+        launcher.kernel_rows("bf16_gemm_nt", "c", torch.empty(8, 4).T)
+
+
+def test_epilogue_for() -> None:
+    d16, d32 = torch.empty(4, 8, dtype=torch.bfloat16), torch.empty(4, 8)
+    assert launcher.epilogue_for(d16, None) == BF16_D
+    assert launcher.epilogue_for(d32, None) == FP32_D
+    assert launcher.epilogue_for(d16, d16) == BF16_C  # in place
+    assert launcher.epilogue_for(d32, torch.empty(4, 8)) == FP32_C
 
 
 def test_kernel_args() -> None:
@@ -200,10 +334,18 @@ def test_kernel_args() -> None:
     b = torch.empty(3, 128, 64, dtype=torch.bfloat16)
     d = torch.empty(3, 40, 128, dtype=torch.bfloat16)
     masked_m = torch.zeros(3, dtype=torch.int32)
-    args = launcher.kernel_args(GemmType.MASKED, a, b, d, masked_m, (64, 64, 128), 132, 5)
-    assert args == (a.data_ptr(), b.data_ptr(), d.data_ptr(), masked_m.data_ptr(), 40, 3, 64, 64, 128, 132, 5)
-    args = launcher.kernel_args(GemmType.NORMAL, a[0], b[0], d[0], None, (64, 64, 128), 132, 5)
-    assert args[3:6] == (None, 40, 1)
+    args = launcher.kernel_args(GemmType.MASKED, a, b, d, None, masked_m, (64, 64, 128, 0), 132, 5)
+    assert args == (a.data_ptr(), b.data_ptr(), d.data_ptr(), None, masked_m.data_ptr(), 40, 3, 64, 64, 128, 0,
+                    132, 5)
+    args = launcher.kernel_args(GemmType.NORMAL, a[0], b[0], d[0], None, None, (64, 64, 128, 0), 132, 5)
+    assert args[3:7] == (None, None, 40, 1)
+    # Accumulating: c's address and row stride; in place, both are d's.
+    c = torch.empty(40, 136)[:, :128]
+    args = launcher.kernel_args(GemmType.NORMAL, a[0], b[0], d[0].float(), c, None, (64, 64, 128, 136), 132, 5)
+    assert (args[3], args[4], args[10]) == (c.data_ptr(), None, 136)
+    d32 = torch.empty(40, 128)
+    args = launcher.kernel_args(GemmType.NORMAL, a[0], b[0], d32, d32, None, (64, 64, 128, 128), 132, 5)
+    assert args[2] == args[3] == d32.data_ptr() and args[9] == args[10] == 128
 
 
 def test_warmup_lists_the_bf16_variants_on_request() -> None:
@@ -217,3 +359,51 @@ def test_warmup_lists_the_bf16_variants_on_request() -> None:
         assert v["SMEM_BYTES"] == smem_bytes(v["BLOCK_M"], v["BLOCK_N"], v["NUM_STAGES"])
     assert warmup.build_parser().parse_args(["--bf16"]).bf16
     assert not warmup.build_parser().parse_args([]).bf16
+
+
+def _dense(m: int, n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    a = torch.randn(m, k).to(torch.bfloat16)
+    b = torch.randn(n, k).to(torch.bfloat16)
+    return a, b, torch.randn(m, n).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_op_checks_c_against_d(dtype: torch.dtype) -> None:
+    """What reaches the kernel with c: the op rejects a c of another dtype or shape than d, or aliasing d
+    through other strides, naming c; d itself as c (in place) is accepted."""
+    a, b, d = _dense(16, 24, 32, dtype)
+    other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+    with pytest.raises(TypeError, match=r"bf16_gemm_nt: c must have dtype"):
+        dg_moe.bf16_gemm_nt(a, b, d, c=d.to(other))
+    with pytest.raises(ValueError, match=r"bf16_gemm_nt: c has shape \(16, 16\)"):
+        dg_moe.bf16_gemm_nt(a, b, d, c=d[:, :16])
+    with pytest.raises(ValueError, match="c must"):
+        dg_moe.bf16_gemm_nt(a, b, d, c=d.T.contiguous().T)
+    flat = torch.zeros(16 * 25, dtype=dtype)
+    with pytest.raises(ValueError, match="c aliases d"):
+        dg_moe.bf16_gemm_nt(a, b, flat[:384].view(16, 24), c=flat.as_strided((16, 24), (25, 1)))
+    expected = reference.round_to_dtype(reference.ref_bf16_gemm_nt(a, b, d), dtype)
+    dg_moe.bf16_gemm_nt(a, b, d, c=d)
+    assert torch.equal(d, expected)
+
+
+def test_grouped_ops_take_an_fp32_d() -> None:
+    """The grouped BF16 ops' reference path writes a float32 d as the kernel does (rounded once from
+    float64); rows the layout does not hold stay untouched."""
+    k, n = 64, 24
+    a = torch.randn(512, k).to(torch.bfloat16)
+    b = torch.randn(3, n, k).to(torch.bfloat16)
+    per_row = torch.full((512,), -1, dtype=torch.int32)
+    per_row[:3], per_row[256:386] = 0, 2  # group 1 empty; group 2's 130 rows span two tiles
+    d = torch.full((512, n), float("nan"))
+    dg_moe.m_grouped_bf16_gemm_nt_contiguous(a, b, d, per_row)
+    ref = reference.ref_m_grouped_bf16_gemm_nt_contiguous(a, b, per_row)
+    assert torch.equal(torch.isnan(d), torch.isnan(ref))
+    assert torch.equal(d[~torch.isnan(d)], ref[~torch.isnan(ref)].float())
+    x = torch.randn(3, 8, k).to(torch.bfloat16)
+    masked_m = torch.tensor([8, 0, 5], dtype=torch.int32)
+    d = torch.full((3, 8, n), float("nan"))
+    dg_moe.m_grouped_bf16_gemm_nt_masked(x, b, d, masked_m, expected_m=4)
+    ref = reference.ref_m_grouped_bf16_gemm_nt_masked(x, b, masked_m)
+    assert torch.equal(torch.isnan(d), torch.isnan(ref))
+    assert torch.equal(d[~torch.isnan(d)], ref[~torch.isnan(ref)].float())

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,22 +36,14 @@ from dg_moe.bench.gemm_cases import FORMS, MOE_NK, ContiguousCase, family_cases,
 from dg_moe.bench.gemm_plan import gemm_calls
 from dg_moe.bench.gemm_problems import build_problem
 from dg_moe.bench.peer_deepgemm import load_deep_gemm
+from dg_moe.bench.tile_spec import TileSpec, parse_tile
 from dg_moe.bench.timing import describe_error, gpu_times_us
 from dg_moe.jit import compile_only
 from dg_moe.kernels.sm90_fp8_gemm import FAMILY, GemmConfig, GemmType, config_for, template_args
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import fits_registers, max_stages, predict_us
 from dg_moe.kernels.sm90_fp8_gemm.launcher import bind, bound_launch, kernel_operands
 
-_TILE = re.compile(r"(\d+)x(\d+)(?:x([12])(B?))?(?:s(\d+))?")
 FORM = {"dense": "dg_moe", "contiguous": "dg_moe_psum", "masked": "dg_moe"}
-
-
-def parse_tile(text: str) -> tuple[int, int, int, bool, int]:
-    match = _TILE.fullmatch(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"--tile {text!r}: expected BMxBN[xMC[B]][sST], e.g. 128x192x2B")
-    bm, bn, mc, shares_b, st = match.groups()
-    return int(bm), int(bn), int(mc or 1), shares_b == "B", int(st or 0)
 
 
 def parse_contiguous(text: str) -> list[ContiguousCase]:
@@ -63,16 +54,18 @@ def parse_contiguous(text: str) -> list[ContiguousCase]:
     return [ContiguousCase(groups, rows, n, k) for n, k in ([tuple(nk)] if nk else MOE_NK)]
 
 
-def variants(gemm_type: GemmType, rows_hint: int, n: int, k: int, groups: int, tiles, sms: int):
+def variants(gemm_type: GemmType, rows_hint: int, n: int, k: int, groups: int, tiles: list[TileSpec],
+             sms: int):
     """(name, config): the heuristic's choice first, then every tile the layout can take."""
     out = [("heuristic", config_for(gemm_type, rows_hint, n, k, groups, sms))]
     contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
-    for bm, bn, mc, shares_b, st in tiles:
-        if (contiguous and bm > 128) or not fits_registers(bm, bn):
+    for t in tiles:
+        if (contiguous and t.block_m > 128) or not fits_registers(t.block_m, t.block_n):
             continue
-        config = GemmConfig(bm, bn, st or max_stages(bm, bn, k), mc, 0,
-                            predict_us(bm, bn, mc, rows_hint, n, k, groups, sms, shares_b), shares_b)
-        out.append((f"{bm}x{bn}x{mc}{'B' if shares_b else ''}s{config.num_stages}", config))
+        config = GemmConfig(t.block_m, t.block_n, t.stages or max_stages(t.block_m, t.block_n, k), t.multicast, 0,
+                            predict_us(t.block_m, t.block_n, t.multicast, rows_hint, n, k, groups, sms, t.shares_b),
+                            t.shares_b)
+        out.append((t.name(config.num_stages), config))
     return out
 
 

@@ -1,12 +1,15 @@
 """dg_moe's SM90 BF16 GEMMs beside cuBLAS (torch.matmul), torch._grouped_mm, torch.bmm and, when
 importable, DeepGEMM's BF16 ops, on DeepSeek-V3 shapes (GPU only).
 
-    python3 tools/bench_bf16.py [--no-deepgemm]
+    python3 tools/bench_bf16.py [--no-deepgemm] [--tile SPEC]... [--match TEXT]... [--compile-only]
 
 Every call writes its own BF16 output (torch._grouped_mm allocates it). Times are GPU times (CUDA-graph
 replays, L2 flushed, interleaved: dg_moe.bench.timing); TFLOPS count every row. Each case first checks
 dg_moe's output against the float64 reference (global similarity, printed) and, where DeepGEMM ran, bitwise
-equality with it.
+equality with it. ``--tile BMxBN[xMC[B]][sST]`` (tools/ab_variants.py's spelling) also runs that forced
+configuration of dg_moe's kernel on every case whose layout can take it, checked bit for bit against the
+heuristic's output and timed in the same interleaved measurement; ``DG_PRINT_CONFIGS=1`` prints DeepGEMM's
+choices and dg_moe's. ``--compile-only`` compiles every variant and stops (no GPU needed).
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ import torch
 import dg_moe
 from dg_moe import layout, reference
 from dg_moe.bench.peer_deepgemm import load_deep_gemm
+from dg_moe.bench.tile_spec import TileSpec, parse_tile
 from dg_moe.bench.timing import describe_error, gpu_times_us
 from dg_moe.jit import compile_many
-from dg_moe.kernels.sm90_bf16_gemm import FAMILY, VariantSet
+from dg_moe.kernels.sm90_bf16_gemm import FAMILY
 from dg_moe.kernels.sm90_bf16_gemm.constants import GemmType
+from dg_moe.kernels.sm90_bf16_gemm.heuristic import config_for, fits_registers, max_stages, predict_us, smem_bytes
+from dg_moe.kernels.sm90_bf16_gemm.launcher import bind, kernel_args, kernel_rows
+from dg_moe.kernels.sm90_bf16_gemm.variants import template_args
+from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
 
 # (kind, M or rows per group, N, K, groups)
 CASES = [
@@ -36,7 +44,8 @@ def _bf16(*shape: int) -> torch.Tensor:
 
 
 def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
-    """(calls by label, outputs by label, FLOPs, float64 reference); each call writes its own output."""
+    """(calls by label, outputs by label, FLOPs, float64 reference, dg_moe's kernel operands (a, b, d, layout
+    tensor or None)); each call writes its own output."""
     b = _bf16(groups, n, k)
     if kind == "dense":
         a = _bf16(rows, k)
@@ -46,7 +55,7 @@ def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
                  "cublas": lambda: torch.matmul(a, b[0].T, out=out["cublas"])}
         if deep_gemm is not None:
             calls["deepgemm"] = lambda: deep_gemm.bf16_gemm_nt(a, b[0], out["deepgemm"])
-        return calls, out, 2.0 * rows * n * k, reference.ref_bf16_gemm_nt(a, b[0])
+        return calls, out, 2.0 * rows * n * k, reference.ref_bf16_gemm_nt(a, b[0]), (a, b[0], out["dg_moe"], None)
     if kind == "contiguous":
         m_sum = groups * layout.align(rows, 128)
         a = _bf16(m_sum, k)
@@ -60,7 +69,7 @@ def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
         if deep_gemm is not None:
             calls["deepgemm"] = lambda: deep_gemm.m_grouped_bf16_gemm_nt_contiguous(a, b, out["deepgemm"], per_row)
         ref = reference.ref_m_grouped_bf16_gemm_nt_contiguous(a, b, per_row)
-        return calls, out, 2.0 * m_sum * n * k, ref
+        return calls, out, 2.0 * m_sum * n * k, ref, (a, b, out["dg_moe"], ends)
     a = _bf16(groups, rows, k)
     masked_m = torch.full((groups,), rows, device="cuda", dtype=torch.int32)
     out = {label: torch.empty(groups, rows, n, device="cuda", dtype=torch.bfloat16) for label in ("dg_moe", "bmm",
@@ -69,29 +78,83 @@ def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
              "bmm": lambda: torch.bmm(a, b.transpose(1, 2), out=out["bmm"])}
     if deep_gemm is not None:
         calls["deepgemm"] = lambda: deep_gemm.m_grouped_bf16_gemm_nt_masked(a, b, out["deepgemm"], masked_m, rows)
-    return calls, out, 2.0 * groups * rows * n * k, reference.ref_m_grouped_bf16_gemm_nt_masked(a, b, masked_m)
+    ref = reference.ref_m_grouped_bf16_gemm_nt_masked(a, b, masked_m)
+    return calls, out, 2.0 * groups * rows * n * k, ref, (a, b, out["dg_moe"], masked_m)
 
 
-def _compile_first() -> None:
-    """Every dg_moe variant the cases run, compiled in parallel before the first case."""
-    found = VariantSet(torch.cuda.get_device_properties(0).multi_processor_count)
-    types = {"dense": GemmType.NORMAL, "contiguous": GemmType.CONTIGUOUS_PSUM, "masked": GemmType.MASKED}
-    for kind, rows, n, k, groups in CASES:
-        found.add(types[kind], rows if kind != "contiguous" else layout.align(rows, 128), n, k, groups)
-    compile_many(FAMILY, found.variants())
+TYPES = {"dense": GemmType.NORMAL, "contiguous": GemmType.CONTIGUOUS_PSUM, "masked": GemmType.MASKED}
+
+
+def _rows_hint(kind: str, rows: int) -> int:
+    return layout.align(rows, 128) if kind == "contiguous" else rows
+
+
+def variants(kind: str, rows: int, n: int, k: int, groups: int, tiles: list[TileSpec],
+             num_sms: int) -> list[tuple[str, GemmConfig]]:
+    """(name, config) of every forced tile this case's layout can take (the heuristic's choice runs as the
+    ``dg_moe`` column): contiguous tiles at most 128 rows, sharing B only on the prefix-sum layout."""
+    hint = _rows_hint(kind, rows)
+    out = []
+    for t in tiles:
+        if (kind == "contiguous" and t.block_m > 128) or not fits_registers(t.block_m, t.block_n) or \
+                (t.multicast == 2 and kind == "dense" and t.shares_b):
+            continue
+        stages = t.stages or max_stages(t.block_m, t.block_n)
+        config = GemmConfig(t.block_m, t.block_n, stages, t.multicast, smem_bytes(t.block_m, t.block_n, stages),
+                            predict_us(t.block_m, t.block_n, hint, n, k, groups, num_sms), t.shares_b)
+        out.append((t.name(stages), config))
+    return out
+
+
+def _compile_first(tiles: list[TileSpec], num_sms: int, cases: list[tuple]) -> None:
+    """Every dg_moe variant the cases run (the heuristic's and the forced ones), compiled in parallel."""
+    found: dict[tuple, dict] = {}
+    for kind, rows, n, k, groups in cases:
+        configs = [config_for(TYPES[kind], _rows_hint(kind, rows), n, k, groups, num_sms)]
+        configs += [config for _, config in variants(kind, rows, n, k, groups, tiles, num_sms)]
+        for config in configs:
+            args = template_args(TYPES[kind], config, n, k)
+            found.setdefault(tuple(sorted(args.items())), args)
+    paths = compile_many(FAMILY, list(found.values()))
+    print(f"compiled {len(paths)} variants", flush=True)
+
+
+def _forced_call(kind: str, config: GemmConfig, n: int, k: int, operands: tuple, num_sms: int):
+    """A call of one forced variant on the case's kernel operands (a, b, d, layout), or the error's text."""
+    a, b, d, grouped = operands
+    try:
+        entry = bind(TYPES[kind], config, n, k)
+        strides = (kernel_rows(kind, "a", a), kernel_rows(kind, "b", b), kernel_rows(kind, "d", d), 0)
+    except Exception as err:  # reported in the case's line; the other variants still run
+        return describe_error(err)
+    # The stream is read at each call: under graph capture it is the capturing stream, not the default one
+    # (a launch on the stream of bind time is not captured, and the graph times nothing).
+    return lambda: entry(*kernel_args(TYPES[kind], a, b, d, None, grouped, strides, num_sms,
+                                      torch.cuda.current_stream().cuda_stream))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-deepgemm", action="store_true", help="do not import DeepGEMM")
+    parser.add_argument("--tile", type=parse_tile, action="append", default=[], help="forced variant, e.g. 128x192")
+    parser.add_argument("--match", action="append", default=[], help="keep cases whose label contains TEXT")
+    parser.add_argument("--compile-only", action="store_true", help="compile every variant and stop")
+    parser.add_argument("--sms", type=int, default=132, help="SM count for --compile-only (default 132)")
     args = parser.parse_args()
+    cases = [c for c in CASES if not args.match or any(text in _label(*c) for text in args.match)]
+    if args.compile_only:
+        _compile_first(args.tile, args.sms, cases)
+        return
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     status = load_deep_gemm("--no-deepgemm" if args.no_deepgemm else None)
     print(f"{torch.cuda.get_device_name()}; DeepGEMM: {status.version or status.reason}")
-    _compile_first()
+    _compile_first(args.tile, num_sms, cases)
     print(f"{'case':<34} {'diff':>8} {'=DG':>4} | TFLOPS per library (us)")
-    for kind, rows, n, k, groups in CASES:
-        label = f"{kind} rows={rows} N={n} K={k} G={groups}"
-        calls, out, flops, ref = _case(kind, rows, n, k, groups, status.module)
+    for kind, rows, n, k, groups in cases:
+        label = _label(kind, rows, n, k, groups)
+        calls, out, flops, ref, operands = _case(kind, rows, n, k, groups, status.module)
+        for buffer in out.values():
+            buffer.fill_(float("nan"))
         ran = {}
         for name, call in calls.items():
             try:
@@ -102,10 +165,31 @@ def main() -> None:
                 print(f"  {name}: n/a ({describe_error(err)})")
         diff = reference.calc_diff(out["dg_moe"].double(), ref) if "dg_moe" in ran else float("nan")
         same = "yes" if "deepgemm" in ran and torch.equal(out["dg_moe"], out["deepgemm"]) else "-"
+        heuristic_out = out["dg_moe"].clone()
+        for name, config in variants(kind, rows, n, k, groups, args.tile, num_sms):
+            call = _forced_call(kind, config, n, k, operands, num_sms)
+            if isinstance(call, str):
+                print(f"  {name}: n/a ({call})")
+                continue
+            out["dg_moe"].fill_(float("nan"))
+            call()
+            torch.cuda.synchronize()
+            # Padding rows are never written: compare where the heuristic's output holds values.
+            written = ~heuristic_out.isnan()
+            if not torch.equal(out["dg_moe"][written], heuristic_out[written]):
+                print(f"  {name}: DIFFERS from the heuristic's output")
+            ran[name] = call
         times = dict(zip(ran, gpu_times_us(list(ran.values())), strict=True))
         cells = [f"{name} {flops / t / 1e6:7.1f} ({t:7.1f})" if isinstance(t, float) else f"{name} {t}"
                  for name, t in times.items()]
-        print(f"{label:<34} {diff:8.1e} {same:>4} | " + "  ".join(cells))
+        config = config_for(TYPES[kind], _rows_hint(kind, rows), n, k, groups, num_sms)
+        print(f"{label:<34} {diff:8.1e} {same:>4} | " + "  ".join(cells) +
+              f"  [dg_moe: {config.block_m}x{config.block_n}x{config.multicast}{'B' if config.multicast_b else ''}"
+              f"s{config.num_stages}]", flush=True)
+
+
+def _label(kind: str, rows: int, n: int, k: int, groups: int) -> str:
+    return f"{kind} rows={rows} N={n} K={k} G={groups}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 - a: (e4m3 ``[M_sum, K]``, sfa ``[M_sum, K/128]``), b: (e4m3 ``[G, N, K]``,
   sfb ``[G, ceil(N/128), K/128]``) (``nn``: b ``[G, K, N]``, sfb ``[G, K/128, ceil(N/128)]``);
-  scales float32 or int32 packed UE8M0; recipe (1, 128, 128) only; d bfloat16 ``[M_sum, N]``.
+  scales float32 or int32 packed UE8M0; recipe (1, 128, 128) only; d bfloat16 ``[M_sum, N]``. The BF16
+  ops take a bf16 and b bf16 of the same shapes, d bfloat16 or float32.
 - grouped_layout, int32 contiguous: ``[M_sum]`` group id per row, -1 on padding rows, each
   128-row tile holding one group's rows first (``use_psum_layout=False``); or ``[G]`` exclusive
   end rows with group g starting at ``align(grouped_layout[g-1], 128)`` (``use_psum_layout=True``,
@@ -103,7 +104,7 @@ def _bf16_contiguous(op, ref_fn, a, b, d, grouped_layout, compiled_dims, use_psu
     hint = "cast it with .to(torch.bfloat16) (or call the fp8 op for FP8 inputs)"
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 2, "[M_sum, K]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, lay_b, hint)
-    d = chk.tensor(op, "d", d, (torch.bfloat16,), 2, "[M_sum, N]")
+    d = chk.tensor(op, "d", d, (torch.bfloat16, torch.float32), 2, "[M_sum, N]")
     chk.same_device(op, "d", d, {"a": a, "b": b})
     m, k = a.shape
     g, n, k_b = _b_dims(op, b, b_t)
@@ -169,8 +170,8 @@ def m_grouped_bf16_gemm_nt_contiguous(
     a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, grouped_layout: torch.Tensor,
     compiled_dims: str = "nk", use_psum_layout: bool = False, expected_m_for_psum_layout: int | None = None,
 ) -> None:
-    """BF16 ``d[r] = a[r] @ b[g].T``; a bf16 ``[M_sum, K]``, b bf16 ``[G, N, K]``, d bf16 ``[M_sum, N]``;
-    ``grouped_layout`` as for :func:`m_grouped_fp8_gemm_nt_contiguous`."""
+    """BF16 ``d[r] = a[r] @ b[g].T``; a bf16 ``[M_sum, K]``, b bf16 ``[G, N, K]``, d bfloat16 or float32
+    ``[M_sum, N]``; ``grouped_layout`` as for :func:`m_grouped_fp8_gemm_nt_contiguous`."""
     if is_compiling():
         return torch.ops.dg_moe.m_grouped_bf16_gemm_nt_contiguous(a, b, d, grouped_layout, compiled_dims,
                                                                  use_psum_layout, expected_m_for_psum_layout)

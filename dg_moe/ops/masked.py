@@ -3,7 +3,8 @@
 - a: (e4m3 ``[G, max_m, K]``, sfa ``[G, max_m, K/128]``, sfa in any strides, e.g. DeepEP's MN-major
   ``empty(G, K/128, max_m).transpose(1, 2)``), b: (e4m3 ``[G, N, K]``, sfb
   ``[G, ceil(N/128), K/128]``); scales float32 or int32 packed UE8M0; recipe (1, 128, 128) only.
-- d: bfloat16 ``[G, max_m, N]``; masked_m: int32 ``[G]`` contiguous on d's device.
+- d: bfloat16 ``[G, max_m, N]`` (the BF16 op: bfloat16 or float32); masked_m: int32 ``[G]`` contiguous on
+  d's device.
 - Strides: the FP8 op, which the SM90 kernel runs, takes contiguous a[0], b[0] and d (its TMA
   addresses dense rows), on every device so that code written on CPU meets the GPU's rule; the BF16
   op takes operands with stride 1 along either of their last two dims and a d with a contiguous last dim.
@@ -110,7 +111,7 @@ def m_grouped_bf16_gemm_nt_masked(
     compiled_dims: str = "nk",
 ) -> None:
     """BF16 ``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T``; a bf16 ``[G, max_m, K]``,
-    b bf16 ``[G, N, K]``, d bf16 ``[G, max_m, N]``, masked_m int32 ``[G]``."""
+    b bf16 ``[G, N, K]``, d bfloat16 or float32 ``[G, max_m, N]``, masked_m int32 ``[G]``."""
     if is_compiling():
         return torch.ops.dg_moe.m_grouped_bf16_gemm_nt_masked(a, b, d, masked_m, expected_m, compiled_dims)
     _bf16_masked(a, b, d, masked_m, expected_m, compiled_dims)
@@ -122,7 +123,7 @@ def _bf16_masked(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, masked_m: to
     hint = "cast it with .to(torch.bfloat16) (or call the fp8 op for FP8 inputs)"
     a = chk.tensor(op, "a", a, (torch.bfloat16,), 3, "[G, max_m, K]", hint)
     b = chk.tensor(op, "b", b, (torch.bfloat16,), 3, "[G, N, K]", hint)
-    d = chk.tensor(op, "d", d, (torch.bfloat16,), 3, "[G, max_m, N]")
+    d = chk.tensor(op, "d", d, (torch.bfloat16, torch.float32), 3, "[G, max_m, N]")
     chk.same_device(op, "d", d, {"a": a, "b": b})
     _common(op, d, a, b, masked_m, expected_m, compiled_dims)
     chk.output_rows(op, "d", d)

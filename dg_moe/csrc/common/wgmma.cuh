@@ -95,6 +95,7 @@ DG_MOE_WGMMA_SHAPE(BF16MMA, 16, 8, 8, 9, 10, "k16.f32.bf16.bf16", ", 0, 0")
 DG_MOE_WGMMA_SHAPE(BF16MMA, 32, 16, 16, 17, 18, "k16.f32.bf16.bf16", ", 0, 0")
 DG_MOE_WGMMA_SHAPE(BF16MMA, 64, 32, 32, 33, 34, "k16.f32.bf16.bf16", ", 0, 0")
 DG_MOE_WGMMA_SHAPE(BF16MMA, 128, 64, 64, 65, 66, "k16.f32.bf16.bf16", ", 0, 0")
+DG_MOE_WGMMA_SHAPE(BF16MMA, 192, 96, 96, 97, 98, "k16.f32.bf16.bf16", ", 0, 0")
 DG_MOE_WGMMA_SHAPE(BF16MMA, 256, 128, 128, 129, 130, "k16.f32.bf16.bf16", ", 0, 0")
 
 }  // namespace dg_moe::wgmma

@@ -1,6 +1,7 @@
 #pragma once
-// SM90 BF16 GEMM: D[bf16] = A[bf16] @ B[bf16]^T with FP32 accumulation, for one problem (Normal) or
-// for the M-grouped MoE layouts (contiguous, contiguous prefix-sum, masked).
+// SM90 BF16 GEMM: D[bf16 or fp32] = A[bf16] @ B[bf16]^T with FP32 accumulation, for one problem
+// (Normal) or for the M-grouped MoE layouts (contiguous, contiguous prefix-sum, masked); for Normal
+// also D = C + A @ B^T (kAccumulate, C of D's type and shape; C may be D itself).
 //
 // Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence through its own
 // copy of the scheduler, so they agree on every tile without communicating):
@@ -15,13 +16,17 @@
 // step (BLOCK_M 256). Per K block it waits for the stage, issues its wgmmas as one commit group, then
 // waits until only that group is in flight and releases the previous stage: the tensor cores always
 // have the next block queued while the stage before is handed back to the producer.
-// The epilogue writes BF16 through shared memory (stmatrix) and a TMA store, or, for tiles holding
-// padding rows or rows past masked_m, with predicated 16-byte stores that never touch them.
+// The epilogue writes D through shared memory (stmatrix for BF16, 8-byte stores for FP32) and a TMA
+// store, or, for tiles holding padding rows or rows past masked_m, with predicated 16-byte stores that
+// never touch them. With kAccumulate, C's tile is TMA-loaded into that shared-memory tile first, and
+// each thread adds the values at the addresses it then overwrites (see load_c).
 #include <cuda_bf16.h>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/elect.cuh"
 #include "common/gemm_roles.cuh"
+#include "common/ldmatrix.cuh"
 #include "common/mbarrier.cuh"
 #include "common/named_barrier.cuh"
 #include "common/scheduler.cuh"
@@ -60,24 +65,26 @@ struct MathShape {
 
 struct Params {
     const int* layout;  // per-row groups, psum ends or masked_m; unused for Normal
-    __nv_bfloat16* d;   // for the predicated epilogue: row r starts at d + r * d_stride
+    void* d;            // D's elements (Variant::OutT), for the predicated epilogue: row r starts at d + r * d_stride
     uint32_t m;         // rows of A, or max_m for masked
     uint32_t num_groups;
     uint32_t d_stride;     // elements between rows of D
     uint32_t group_table;  // 1: the launch added num_groups + 1 words of shared memory for the group table
 };
 
-template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
+// kDBytes: bytes of one D element; kNumCBarriers: barriers of C's loads (one per math warpgroup with
+// kAccumulate, else none).
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, uint32_t kDBytes, uint32_t kNumCBarriers>
 struct SharedLayout {
     static constexpr uint32_t kBytesA = BLOCK_M * kRowBytes;
     static constexpr uint32_t kBytesB = BLOCK_N * kRowBytes;
     // Both multiples of 1024 (BLOCK_N >= 16): every operand tile starts on a swizzle-atom boundary.
     static constexpr uint32_t kStageBytes = kBytesA + kBytesB;
-    static constexpr uint32_t kBytesD = BLOCK_M * BLOCK_N * sizeof(__nv_bfloat16);
+    static constexpr uint32_t kBytesD = BLOCK_M * BLOCK_N * kDBytes;
     static constexpr uint32_t kOffsetD = kNumStages * kStageBytes;
     static constexpr uint32_t kOffsetBarriers = kOffsetD + ((kBytesD + 1023) / 1024) * 1024;
-    // Barriers: full and empty per stage.
-    static constexpr uint32_t kNumBarriers = 2 * kNumStages;
+    // Barriers: full and empty per stage, then C's.
+    static constexpr uint32_t kNumBarriers = 2 * kNumStages + kNumCBarriers;
     // The masked and prefix-sum layouts' group table (Scheduler::build_block_table) follows, sized at
     // launch: (num_groups + 1) words when they fit, none otherwise; kTotalBytes excludes it.
     static constexpr uint32_t kOffsetGroupTable = kOffsetBarriers + kNumBarriers * sizeof(uint64_t);
@@ -87,21 +94,24 @@ struct SharedLayout {
     static_assert(kBytesA % 1024 == 0 && kBytesB % 1024 == 0, "operand tiles must keep 1024-byte alignment");
 };
 
-// The D tile is stored as BLOCK_N / kSpanCols column slabs of [BLOCK_M rows x kSpanBytes], each
-// swizzled the way TMA expects for that span (the FP8 family's D layout), which also keeps the
-// stmatrix rows of a warp free of bank conflicts.
-template <uint32_t BLOCK_M, uint32_t BLOCK_N>
+// The D tile (elements of kDBytes) is stored as BLOCK_N / kSpanCols column slabs of [BLOCK_M rows x
+// kSpanBytes], each swizzled the way TMA expects for that span (the FP8 family's D layout), which also
+// keeps the stmatrix rows of a warp free of bank conflicts. C, with kAccumulate, arrives in the same
+// layout (its tensor map has D's boxes and swizzle).
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kDBytes>
 struct DTile {
-    static constexpr uint32_t kSpanBytes = BLOCK_N * 2 < 128 ? BLOCK_N * 2 : 128;
-    static constexpr uint32_t kSpanCols = kSpanBytes / 2;
+    static constexpr uint32_t kSpanBytes = BLOCK_N * kDBytes < 128 ? BLOCK_N * kDBytes : 128;
+    static constexpr uint32_t kSpanCols = kSpanBytes / kDBytes;
     static constexpr uint32_t kChunks = kSpanBytes / 16;
+    // Columns of one 16-byte chunk, the unit the swizzle permutes.
+    static constexpr uint32_t kChunkCols = 16 / kDBytes;
     static_assert(kSpanBytes == 32 || kSpanBytes == 64 || kSpanBytes == 128,
-                  "BLOCK_N must be 16, 32 or a multiple of 64");
+                  "a D slab row must be 32, 64 or 128 bytes: BLOCK_N must be 16, 32 or a multiple of 64");
 
-    // Byte offset of column `col` (a multiple of 8) of row `row` inside the tile.
+    // Byte offset of column `col` (a multiple of kChunkCols) of row `row` inside the tile.
     __device__ __forceinline__ static uint32_t offset(uint32_t row, uint32_t col) {
         const uint32_t slab = col / kSpanCols;
-        const uint32_t in_span = (col % kSpanCols) * 2;
+        const uint32_t in_span = (col % kSpanCols) * kDBytes;
         const uint32_t chunk = (in_span / 16) ^ (((row * kSpanBytes) >> 7) & (kChunks - 1));
         return slab * BLOCK_M * kSpanBytes + row * kSpanBytes + chunk * 16;
     }
@@ -109,7 +119,7 @@ struct DTile {
 
 // Compile-time facts of one variant, shared by every role.
 template <uint32_t SHAPE_N_, uint32_t SHAPE_K_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_,
-          GemmType kType_, uint32_t kMulticast_, bool kMulticastB_>
+          GemmType kType_, uint32_t kMulticast_, bool kMulticastB_, typename OutT_, bool kAccumulate_>
 struct Variant {
     static constexpr uint32_t SHAPE_N = SHAPE_N_, SHAPE_K = SHAPE_K_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
     static constexpr uint32_t kNumStages = kNumStages_, kMulticast = kMulticast_;
@@ -117,18 +127,27 @@ struct Variant {
     // B (two m-blocks of one n-block; see sched::Scheduler).
     static constexpr bool kMulticastB = kMulticastB_;
     static constexpr GemmType kType = kType_;
+    // D's element type, and whether D = C + A @ B^T with C of that type.
+    using OutT = OutT_;
+    static constexpr bool kFloatD = std::is_same_v<OutT, float>;
+    static constexpr bool kAccumulate = kAccumulate_;
+    static_assert(kFloatD || std::is_same_v<OutT, __nv_bfloat16>, "D holds bfloat16 or float");
+    // Grouped callers have no C: the predicated epilogue of partial tiles would need its own C path.
+    static_assert(!kAccumulate || kType == GemmType::Normal, "accumulating C is for Normal GEMMs only");
 
     static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
                   "BLOCK_M must be 64 (one math warpgroup), 128 (two) or 256 (two, 128 rows each)");
     static_assert(BLOCK_M <= sched::kContiguousAlignment || kType == GemmType::Normal ||
                       kType == GemmType::MGroupedMasked,
                   "contiguous groups start on 128-row boundaries: a taller tile could span two experts");
-    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 256,
-                  "BLOCK_N must be 16, 32, 64, 128 or 256 (the BF16MMA shapes)");
+    static_assert(BLOCK_N == 16 || BLOCK_N == 32 || BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 192 ||
+                      BLOCK_N == 256,
+                  "BLOCK_N must be 16, 32, 64, 128, 192 or 256 (the BF16MMA shapes)");
     // K need not be a multiple of kBlockK: TMA fills the last block's columns past K with zeros in
     // both operands, which add nothing to the sums.
     static_assert(SHAPE_K > 0 && SHAPE_K % 8 == 0, "K must be a positive multiple of 8 (16-byte TMA rows)");
-    static_assert(SHAPE_N % 8 == 0, "N must be a multiple of 8 (16-byte BF16 output rows)");
+    static_assert(SHAPE_N * sizeof(OutT) % 16 == 0,
+                  "N must make D rows a multiple of 16 bytes (8 BF16 or 4 FP32 values): TMA's row rule");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
     static_assert(kMulticast == 1 || kMulticast == 2, "A or B is shared across clusters of 1 or 2 CTAs");
     static_assert(!kMulticastB || kMulticast == 2, "sharing B needs a 2-CTA cluster");
@@ -140,9 +159,9 @@ struct Variant {
     static constexpr uint32_t kNumMathWarps = kNumMathThreads / 32;
     static constexpr uint32_t kNumKBlocks = sched::ceil_div(SHAPE_K, kBlockK);
 
-    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
+    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, sizeof(OutT), kAccumulate ? Math::kWarpgroups : 0>;
     using MMA = wgmma::BF16MMA<BLOCK_N>;
-    using D = DTile<BLOCK_M, BLOCK_N>;
+    using D = DTile<BLOCK_M, BLOCK_N, sizeof(OutT)>;
     using Scheduler = sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kMulticastB>;
     static_assert(MMA::kNumAccum * Math::kMmaRows <= kAccumRegisterBudget,
                   "the tile's accumulators exceed the register budget of a math thread");
@@ -163,6 +182,8 @@ struct SharedState {
         return reinterpret_cast<uint64_t*>(base + Layout::kOffsetBarriers);
     }
     __device__ __forceinline__ uint64_t* empty() const { return full() + V::kNumStages; }
+    // kAccumulate: one per math warpgroup, completed by the TMA loads of its rows of C.
+    __device__ __forceinline__ uint64_t* c_full() const { return empty() + V::kNumStages; }
     __device__ __forceinline__ uint32_t* group_table() const {
         return reinterpret_cast<uint32_t*>(base + Layout::kOffsetGroupTable);
     }
@@ -174,6 +195,10 @@ __device__ __forceinline__ void init_barriers(const SharedState<V>& smem) {
         mbarrier_init(smem.full() + s, 1);
         // A stage is refilled once the math warps of every CTA it is multicast into released it.
         mbarrier_init(smem.empty() + s, V::kNumMathWarps * V::kMulticast);
+    }
+    if constexpr (V::kAccumulate) {
+        for (uint32_t w = 0; w < V::Math::kWarpgroups; ++w)
+            mbarrier_init(smem.c_full() + w, 1);
     }
     mbarrier_init_fence();
 }
@@ -228,6 +253,7 @@ struct MathWarpgroup {
     using MMA = typename V::MMA;
     using Layout = typename V::Layout;
     using D = typename V::D;
+    using OutT = typename V::OutT;
     static constexpr uint32_t kWarpgroupRows = V::Math::kWarpgroupRows;
     static constexpr uint32_t kMmaRows = V::Math::kMmaRows;
     // Named barriers of math warpgroups 0 and 1: kBarrierEpilogue and the next id (0 is __syncthreads).
@@ -236,6 +262,7 @@ struct MathWarpgroup {
     const SharedState<V>& smem;
     const Params& params;
     const CUtensorMap* tmap_d;
+    const CUtensorMap* tmap_c;  // kAccumulate only
     typename V::Scheduler& scheduler;
     const uint32_t cta_rank, warp, lane;
     // Broadcast from lane 0 so ptxas knows the value is warp-uniform: the A descriptors built from it
@@ -249,13 +276,16 @@ struct MathWarpgroup {
 
     float accum[kMmaRows][MMA::kNumAccum];
     uint32_t iter = 0;
+    uint32_t c_phase = 0;  // kAccumulate: parity of this warpgroup's C barrier for the current tile
 
     __device__ __forceinline__ MathWarpgroup(const SharedState<V>& smem_, const Params& params_,
-                                             const CUtensorMap* tmap_d_, typename V::Scheduler& scheduler_,
-                                             uint32_t cta_rank_, uint32_t warp_, uint32_t lane_)
+                                             const CUtensorMap* tmap_d_, const CUtensorMap* tmap_c_,
+                                             typename V::Scheduler& scheduler_, uint32_t cta_rank_, uint32_t warp_,
+                                             uint32_t lane_)
         : smem(smem_),
           params(params_),
           tmap_d(tmap_d_),
+          tmap_c(tmap_c_),
           scheduler(scheduler_),
           cta_rank(cta_rank_),
           warp(warp_),
@@ -303,10 +333,39 @@ struct MathWarpgroup {
         mbarrier_wait(smem.full() + it % V::kNumStages, (it / V::kNumStages) & 1);
     }
 
+    // kAccumulate: this warpgroup's rows of C's tile, TMA-loaded into its rows of the D tile in D's own
+    // swizzled layout, where the epilogue adds them (each thread reading exactly the addresses it then
+    // overwrites, so no thread needs another's values). C goes through TMA rather than per-thread global
+    // loads because TMA already knows D's layout and bounds: the box, swizzle and clipping of D's map
+    // (rows past M and columns past N arrive as zeros and are never stored), coalesced reads, no
+    // bounds arithmetic and no registers beyond the accumulators'. The loads must wait until this
+    // warpgroup's previous TMA stores have read the tile.
+    __device__ __forceinline__ void load_c(const sched::Tile& tile) const {
+        if (!store_leader)
+            return;
+        tma_store_wait_read<0>();
+        uint64_t* bar = smem.c_full() + math_wg;
+        mbarrier_arrive_expect_tx(bar, kWarpgroupRows * V::BLOCK_N * sizeof(OutT));
+        const uint32_t col0 = tile.n_block * V::BLOCK_N;
+        uint8_t* smem_d = smem.d_tile();
+        DG_MOE_UNROLL
+        for (uint32_t slab = 0; slab < V::BLOCK_N / D::kSpanCols; ++slab)
+            DG_MOE_UNROLL
+        for (uint32_t r = 0; r < kMmaRows; ++r) {
+            const uint32_t row = math_wg * kWarpgroupRows + r * 64;
+            tma_load_2d(tmap_c, smem_d + slab * V::BLOCK_M * D::kSpanBytes + row * D::kSpanBytes, bar,
+                        col0 + slab * D::kSpanCols, tile.row + row);
+        }
+    }
+
     // Every K block of one tile into the accumulators; on return they hold the tile's sums.
-    __device__ __forceinline__ void k_loop() {
+    __device__ __forceinline__ void k_loop(const sched::Tile& tile) {
         wait_full(iter);
         issue(iter % V::kNumStages, true);
+        // Issued once the tensor cores hold the tile's first block, so that the wait for the previous
+        // tile's stores and C's load latency overlap the K loop instead of the epilogue.
+        if constexpr (V::kAccumulate)
+            load_c(tile);
         ++iter;
         for (uint32_t k = 1; k < V::kNumKBlocks; ++k, ++iter) {
             wait_full(iter);
@@ -329,14 +388,11 @@ struct MathWarpgroup {
 
     // Epilogue, per math warpgroup: each writes its own rows of the D tile and issues their TMA stores,
     // with barriers among its own 128 threads only.
-    __device__ __forceinline__ void write_out(const sched::Tile& out) {
-        // This warpgroup's previous TMA stores must have finished reading its rows of the D tile.
-        if (store_leader)
-            tma_store_wait_read<0>();
-        warpgroup_sync();
-        // Sixteen columns per stmatrix.x4: accumulators 8j..8j+7 are rows 0-7 and 8-15 of column
-        // chunks 2j and 2j + 1, the four 8x8 matrices in stmatrix's order. Accumulator i of an m64nN
-        // wgmma holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+    // BF16 D: sixteen columns per stmatrix.x4: accumulators 8j..8j+7 are rows 0-7 and 8-15 of column
+    // chunks 2j and 2j + 1, the four 8x8 matrices in stmatrix's order. Accumulator i of an m64nN wgmma
+    // holds row (lane / 4) + 8 * ((i / 2) % 2), column 8 * (i / 4) + 2 * (lane % 4) + i % 2. With C, the
+    // ldmatrix.x4 at the same lane addresses returns C's values in those same registers' places.
+    __device__ __forceinline__ void stage_bf16() {
         DG_MOE_UNROLL
         for (uint32_t r = 0; r < kMmaRows; ++r)
             DG_MOE_UNROLL
@@ -345,9 +401,67 @@ struct MathWarpgroup {
                 math_wg * kWarpgroupRows + r * 64 + (warp % 4) * 16 + lane % 8 + 8 * ((lane / 8) % 2);
             const uint32_t col = 16 * j + 8 * (lane / 16);
             const float* acc = accum[r] + 8 * j;
-            stmatrix_x4(smem_d_addr + D::offset(row, col), pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]),
-                        pack_bf16x2(acc[4], acc[5]), pack_bf16x2(acc[6], acc[7]));
+            const uint32_t addr = smem_d_addr + D::offset(row, col);
+            if constexpr (V::kAccumulate) {
+                uint32_t c[4];
+                ldmatrix_x4(addr, c[0], c[1], c[2], c[3]);
+                float sum[8];
+                DG_MOE_UNROLL
+                for (uint32_t i = 0; i < 4; ++i) {
+                    sum[2 * i] = acc[2 * i] + bf16_pair_lo(c[i]);
+                    sum[2 * i + 1] = acc[2 * i + 1] + bf16_pair_hi(c[i]);
+                }
+                stmatrix_x4(addr, pack_bf16x2(sum[0], sum[1]), pack_bf16x2(sum[2], sum[3]), pack_bf16x2(sum[4], sum[5]),
+                            pack_bf16x2(sum[6], sum[7]));
+            } else {
+                stmatrix_x4(addr, pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]), pack_bf16x2(acc[4], acc[5]),
+                            pack_bf16x2(acc[6], acc[7]));
+            }
         }
+    }
+
+    // FP32 D: stmatrix moves 16-bit elements only, so each thread stores its own column pairs, 8 bytes
+    // each: accumulators 4j..4j+3 are columns 8j + 2 (lane % 4) and the next of rows lane / 4 and
+    // lane / 4 + 8 (of the warp's 16). A pair never straddles a 16-byte chunk, the swizzle's unit.
+    __device__ __forceinline__ void stage_fp32() {
+        uint8_t* smem_d = smem.d_tile();
+        DG_MOE_UNROLL
+        for (uint32_t r = 0; r < kMmaRows; ++r)
+            DG_MOE_UNROLL
+        for (uint32_t j = 0; j < V::BLOCK_N / 8; ++j) {
+            const uint32_t col = 8 * j + 2 * (lane % 4);
+            const uint32_t in_chunk = (col % D::kChunkCols) * sizeof(float);
+            DG_MOE_UNROLL
+            for (uint32_t half = 0; half < 2; ++half) {
+                const uint32_t row = math_wg * kWarpgroupRows + r * 64 + (warp % 4) * 16 + lane / 4 + 8 * half;
+                float2* pair = reinterpret_cast<float2*>(smem_d + D::offset(row, col - col % D::kChunkCols) + in_chunk);
+                float2 value{accum[r][4 * j + 2 * half], accum[r][4 * j + 2 * half + 1]};
+                if constexpr (V::kAccumulate) {
+                    const float2 c = *pair;
+                    value.x += c.x;
+                    value.y += c.y;
+                }
+                *pair = value;
+            }
+        }
+    }
+
+    __device__ __forceinline__ void write_out(const sched::Tile& out) {
+        if constexpr (V::kAccumulate) {
+            // C's loads went out after this warpgroup's previous stores had read the D tile (load_c):
+            // their arrival also frees the tile.
+            mbarrier_wait(smem.c_full() + math_wg, c_phase);
+            c_phase ^= 1;
+        } else {
+            // This warpgroup's previous TMA stores must have finished reading its rows of the D tile.
+            if (store_leader)
+                tma_store_wait_read<0>();
+            warpgroup_sync();
+        }
+        if constexpr (V::kFloatD)
+            stage_fp32();
+        else
+            stage_bf16();
         tma_fence_shared();
         warpgroup_sync();
 
@@ -368,16 +482,17 @@ struct MathWarpgroup {
             }
         } else {
             // Tiles with padding rows or rows past masked_m: only real rows are written.
-            constexpr uint32_t kChunksPerRow = V::BLOCK_N / 8;
+            constexpr uint32_t kChunksPerRow = V::BLOCK_N / D::kChunkCols;
             for (uint32_t idx = threadIdx.x % 128; idx < kWarpgroupRows * kChunksPerRow; idx += 128) {
-                const uint32_t c = (idx % kChunksPerRow) * 8;
+                const uint32_t c = (idx % kChunksPerRow) * D::kChunkCols;
                 const uint32_t r = math_wg * kWarpgroupRows + idx / kChunksPerRow;
                 bool write = r < out.valid_rows && col0 + c < V::SHAPE_N;
                 if (out.check_rows && write)
                     write = __ldg(params.layout + out.row + r) >= 0;
                 if (write)
-                    *reinterpret_cast<uint4*>(params.d + static_cast<uint64_t>(out.row + r) * params.d_stride +
-                                              col0 + c) = *reinterpret_cast<const uint4*>(smem_d + D::offset(r, c));
+                    *reinterpret_cast<uint4*>(static_cast<OutT*>(params.d) +
+                                              static_cast<uint64_t>(out.row + r) * params.d_stride + col0 + c) =
+                        *reinterpret_cast<const uint4*>(smem_d + D::offset(r, c));
             }
         }
     }
@@ -385,7 +500,7 @@ struct MathWarpgroup {
     __device__ __forceinline__ void run() {
         sched::Tile tile;
         while (scheduler.next(tile)) {
-            k_loop();
+            k_loop(tile);
             write_out(tile);
         }
         if (store_leader)
@@ -393,12 +508,15 @@ struct MathWarpgroup {
     }
 };
 
+// tmap_c: C's map with kAccumulate (D's boxes and swizzle over C); otherwise unused (the host passes D's).
 template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, GemmType kType,
-          uint32_t kMulticast, bool kMulticastB>
+          uint32_t kMulticast, bool kMulticastB, typename OutT, bool kAccumulate>
 __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
     bf16_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
-                     const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_d) {
-    using V = Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB>;
+                     const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_d,
+                     const __grid_constant__ CUtensorMap tmap_c) {
+    using V =
+        Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB, OutT, kAccumulate>;
     using Scheduler = typename V::Scheduler;
     run_gemm_roles<V, SharedState, kProducerRegisters, kMathRegisters>(
         params,
@@ -406,6 +524,8 @@ __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
             tma_prefetch_tensor_map(&tmap_a);
             tma_prefetch_tensor_map(&tmap_b);
             tma_prefetch_tensor_map(&tmap_d);
+            if constexpr (kAccumulate)
+                tma_prefetch_tensor_map(&tmap_c);
             init_barriers(smem);
         },
         [&](const SharedState<V>& smem, Scheduler& scheduler, uint32_t cta_rank, uint32_t warp, uint32_t lane) {
@@ -413,7 +533,7 @@ __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
                 load_operands(smem, scheduler, &tmap_a, &tmap_b, cta_rank);
         },
         [&](const SharedState<V>& smem, Scheduler& scheduler, uint32_t cta_rank, uint32_t warp, uint32_t lane) {
-            MathWarpgroup<V> math{smem, params, &tmap_d, scheduler, cta_rank, warp, lane};
+            MathWarpgroup<V> math{smem, params, &tmap_d, &tmap_c, scheduler, cta_rank, warp, lane};
             math.run();
         });
 }

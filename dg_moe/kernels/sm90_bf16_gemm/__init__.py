@@ -1,4 +1,5 @@
-"""SM90 BF16 GEMM (FP32 accumulation, BF16 output): the host side of one kernel family.
+"""SM90 BF16 GEMM (FP32 accumulation; BF16 or FP32 output, dense also D = C + A @ B^T): the host side of
+one kernel family.
 
 - kernel: ``dg_moe/csrc/kernels/sm90_bf16_gemm.cuh`` (numbers shared with Python:
   ``sm90_bf16_gemm_constants.cuh``, read by :mod:`.constants`); scheduler ``dg_moe/csrc/common/scheduler.cuh``,

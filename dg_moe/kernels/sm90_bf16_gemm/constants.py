@@ -1,8 +1,11 @@
 """Numbers the SM90 BF16 GEMM's host side shares with its kernel, read from the kernel's header
 ``dg_moe/csrc/kernels/sm90_bf16_gemm_constants.cuh`` so that each is written once. The problem layouts
-are the shared scheduler's, :class:`~dg_moe.kernels.sm90_fp8_gemm.constants.GemmType`."""
+are the shared scheduler's, :class:`~dg_moe.kernels.sm90_fp8_gemm.constants.GemmType`; what a variant's
+epilogue writes is an :class:`Epilogue`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ...jit.source import CSRC_DIR
 from ..sm90_fp8_gemm.constants import GemmType, read_constants
@@ -21,4 +24,28 @@ BLOCK_K = _require(_constants, "kBlockK")
 ACCUM_REGISTER_BUDGET = _require(_constants, "kAccumRegisterBudget")
 SMEM_BYTES_PER_BLOCK = _require(_constants, "kMaxSharedBytes")
 
-__all__ = ["ACCUM_REGISTER_BUDGET", "BLOCK_K", "SMEM_BYTES_PER_BLOCK", "GemmType"]
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a variant's epilogue writes (the kernel's template arguments OutT and kAccumulate): D in
+    float32 (``d_float``) or bfloat16, and with ``accumulate`` D = C + A @ B^T, C of D's dtype and shape
+    (Normal GEMMs only)."""
+
+    d_float: bool = False
+    accumulate: bool = False
+
+    @property
+    def d_bytes(self) -> int:
+        """Bytes of one D (and C) element."""
+        return 4 if self.d_float else 2
+
+    @property
+    def d_type(self) -> str:
+        """D's C++ element type, the template argument D_TYPE."""
+        return "float" if self.d_float else "__nv_bfloat16"
+
+
+BF16_D = Epilogue()
+"""The first epilogue the family had: a bfloat16 D and no C."""
+
+__all__ = ["ACCUM_REGISTER_BUDGET", "BF16_D", "BLOCK_K", "SMEM_BYTES_PER_BLOCK", "Epilogue", "GemmType"]

@@ -13,15 +13,16 @@ from __future__ import annotations
 import ctypes
 
 from ...jit.cubin import CubinKernel, PreparedLaunch
-from ...jit.cubin_entry import MemoisedLaunches
+from ...jit.cubin_entry import MemoisedLaunches, invalid_argument
 from ...jit.cuda_driver import (
     CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+    CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
     CU_TENSOR_MAP_SWIZZLE_128B,
 )
 from ...jit.tensor_map import TensorMap2D
 from ..sm90_fp8_gemm.cubin_entry import D_SWIZZLE, prepare_gemm_launch
 from ..sm90_fp8_gemm.host_constants import HostConstants
-from .constants import BLOCK_K, GemmType
+from .constants import BF16_D, BLOCK_K, Epilogue, GemmType
 from .host_constants import D_BOX_ROWS
 
 ENTRY = "dg_moe_sm90_bf16_gemm"
@@ -41,57 +42,75 @@ class Params(ctypes.Structure):
     ]
 
 
+def output_map(c: HostConstants, epilogue: Epilogue, rows: int, stride: int) -> TensorMap2D:
+    """The map of D, or of C (D's boxes and swizzle: it lands in the D tile's layout), over ``rows``
+    rows ``stride`` elements apart."""
+    dtype = CU_TENSOR_MAP_DATA_TYPE_FLOAT32 if epilogue.d_float else CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+    return TensorMap2D(dtype, c.shape_n, rows, stride * epilogue.d_bytes, c.d_span_cols, D_BOX_ROWS,
+                       D_SWIZZLE[c.d_span_bytes])
+
+
 def tensor_map_specs(
-    c: HostConstants, m: int, num_groups: int, a_stride: int, b_stride: int, d_stride: int
-) -> tuple[TensorMap2D, TensorMap2D, TensorMap2D]:
-    """The maps of A, B and D for ``m`` rows (max_m when masked) and row strides in elements, as the nvcc
-    entry encodes them."""
+    c: HostConstants, m: int, num_groups: int, a_stride: int, b_stride: int, d_stride: int,
+    epilogue: Epilogue = BF16_D, c_stride: int = 0,
+) -> tuple[TensorMap2D, TensorMap2D, TensorMap2D, TensorMap2D]:
+    """The maps of A, B, D and C for ``m`` rows (max_m when masked) and row strides in elements, as the
+    nvcc entry encodes them; without accumulation C's map is D's (the kernel takes four maps and reads
+    the fourth only when it accumulates)."""
     rows = num_groups * m if c.gemm_type == GemmType.MASKED else m
     b_rows = (1 if c.gemm_type == GemmType.NORMAL else num_groups) * c.shape_n
     k = c.shape_k
+    d_map = output_map(c, epilogue, rows, d_stride)
     return (
         TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, rows, a_stride * 2, BLOCK_K, c.box_rows_a,
                     CU_TENSOR_MAP_SWIZZLE_128B),
         TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, b_rows, b_stride * 2, BLOCK_K, c.box_rows_b,
                     CU_TENSOR_MAP_SWIZZLE_128B),
-        TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, c.shape_n, rows, d_stride * 2, c.d_span_cols, D_BOX_ROWS,
-                    D_SWIZZLE[c.d_span_bytes]),
+        d_map,
+        output_map(c, epilogue, rows, c_stride) if epilogue.accumulate else d_map,
     )
 
 
 class CubinEntry(MemoisedLaunches):
-    """One variant's launch on its CubinKernel, called as the nvcc entry is: ``(a, b, d, layout, m,
-    num_groups, a_stride, b_stride, d_stride, num_sms, stream)`` with device addresses (``layout`` may be
-    None), row strides in elements and the cudaStream_t as an int. A call whose arguments were seen before
-    is one cuLaunchKernelEx on memoised arguments; a new one encodes the tensor maps it has not seen and,
-    once per device, sets the shared-memory limit and asks for the resident clusters."""
+    """One variant's launch on its CubinKernel, called as the nvcc entry is: ``(a, b, d, c, layout, m,
+    num_groups, a_stride, b_stride, d_stride, c_stride, num_sms, stream)`` with device addresses (``c``
+    None unless the variant's ``epilogue`` accumulates, ``layout`` None for Normal), row strides in
+    elements and the cudaStream_t as an int. A call whose arguments were seen before is one
+    cuLaunchKernelEx on memoised arguments; a new one encodes the tensor maps it has not seen and, once
+    per device, sets the shared-memory limit and asks for the resident clusters."""
 
-    def __init__(self, kernel: CubinKernel, constants: HostConstants):
+    def __init__(self, kernel: CubinKernel, constants: HostConstants, epilogue: Epilogue = BF16_D):
         super().__init__(kernel)
         self.constants = constants
+        self.epilogue = epilogue
 
     def __call__(
         self,
         a: int,
         b: int,
         d: int,
+        c: int | None,
         layout: int | None,
         m: int,
         num_groups: int,
         a_stride: int,
         b_stride: int,
         d_stride: int,
+        c_stride: int,
         num_sms: int,
         stream: int,
     ) -> None:
-        self._launch((a, b, d, layout, m, num_groups, a_stride, b_stride, d_stride, num_sms, stream))
+        self._launch((a, b, d, c, layout, m, num_groups, a_stride, b_stride, d_stride, c_stride, num_sms, stream))
 
     def _prepare(self, key: tuple) -> PreparedLaunch:
         """The launch of the arguments ``key`` (``__call__``'s, in its order)."""
-        a, b, d, layout, m, num_groups, a_stride, b_stride, d_stride, num_sms, stream = key
-        c = self.constants
+        a, b, d, c_address, layout, m, num_groups, a_stride, b_stride, d_stride, c_stride, num_sms, stream = key
+        c, epilogue = self.constants, self.epilogue
+        if epilogue.accumulate and c_address is None:
+            raise invalid_argument(ENTRY, "c=None for a variant that accumulates c")
+        specs = tensor_map_specs(c, m, num_groups, a_stride, b_stride, d_stride, epilogue, c_stride)
         return prepare_gemm_launch(
-            self.kernel, c, ENTRY, tensor_map_specs(c, m, num_groups, a_stride, b_stride, d_stride), (a, b, d), d,
+            self.kernel, c, ENTRY, specs, (a, b, d, c_address if epilogue.accumulate else d), d,
             m, num_groups, num_sms, stream,
             lambda group_table: Params(layout, d, m, num_groups, d_stride, group_table),
         )

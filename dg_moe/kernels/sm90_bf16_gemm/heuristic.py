@@ -1,15 +1,16 @@
 """Deterministic cost model choosing the SM90 BF16 GEMM configuration from the shape and SM count.
 
-A first model, not yet calibrated on a GPU (the FP8 family's, docs/perf-log.md, was): each candidate
+A first model, checked on a GPU at eight shapes only (docs/perf-log.md v18): each candidate
 (BLOCK_M, BLOCK_N) is priced as the largest of
 - tensor-core time: waves of tiles (the last wave costs as much as a full one) times one tile's MMA
   work at the per-SM BF16 rate (H100 SXM dense peak), derated for a 64-row tile (one math
   warpgroup) and for narrow tiles (fixed issue cost per wgmma);
-- memory time: every byte of A, B and D once at HBM bandwidth, of which a grid with fewer tiles than
-  SMs gets a share (one SM cannot pull more than twice its share);
+- memory time: every byte of A, B, D (and C when accumulating) once at HBM bandwidth, of which a grid
+  with fewer tiles than SMs gets a share (one SM cannot pull more than twice its share);
 - L2 time: every tile streams its A and B rows from L2, bounded per SM and over the chip;
 plus a fixed cost per wave. Ties go to the larger tile, then the taller one. Stages: as many as fit
-beside the D tile, at most MAX_STAGES.
+beside the D tile, at most MAX_STAGES; a tile with room for fewer than MIN_STAGES is not a candidate
+(only FP32 D tiles of 128 x 256 and 256 x 128 elements, 128 KB, leave room for just two).
 
 Layout rules on top, the FP8 family's where their reason is layout, not FP8 (docs/sm90-fp8-gemm.md):
 contiguous layouts take tiles of at most 128 rows (groups start on 128-row boundaries); masked groups of
@@ -21,9 +22,11 @@ across a 2-CTA cluster (each weight tile read from L2 once for two m-blocks of o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ...layout.math import ceil_div
 from ..sm90_fp8_gemm.heuristic import GemmConfig, candidate_tiles, rank_config
-from .constants import ACCUM_REGISTER_BUDGET, BLOCK_K, SMEM_BYTES_PER_BLOCK, GemmType
+from .constants import ACCUM_REGISTER_BUDGET, BF16_D, BLOCK_K, SMEM_BYTES_PER_BLOCK, Epilogue, GemmType
 
 PEAK_BF16_FLOPS_PER_SM = 989e12 / 132
 HBM_BYTES_PER_S = 3.0e12
@@ -33,9 +36,15 @@ L2_BYTES_PER_S_PER_SM = 64 * SM_CLOCK_HZ
 _MAX_SM_BANDWIDTH_SHARE = 2.0
 _WAVE_OVERHEAD_S = 0.4e-6
 MAX_STAGES = 8
+MIN_STAGES = 3
+"""Fewest stages a candidate tile may run: with two, the producer refills a stage only once the wgmmas of
+the block before it are done, so every TMA load's latency would sit between two K blocks."""
 
 BLOCK_MS = (64, 128, 256)
-BLOCK_NS = (16, 32, 64, 128, 256)
+# 192 columns: 11 column blocks fill N = 2112 in 2.7 waves of 128-row tiles where 128 x 128 needs 4.1
+# (H100, 4096 x 2112 x 7168: 185.7 us against 254.7, bitwise equal; the model picks it there and nowhere
+# else on tools/bench_bf16.py's cases, where the measured best was already the model's choice).
+BLOCK_NS = (16, 32, 64, 128, 192, 256)
 
 SHORT_ROWS = 32
 """Masked groups of at most this many expected rows run 64-row tiles (decode: weight streaming)."""
@@ -51,12 +60,18 @@ def _round_up(x: int, y: int) -> int:
     return ceil_div(x, y) * y
 
 
-def smem_bytes(block_m: int, block_n: int, num_stages: int) -> int:
+def warpgroups(block_m: int) -> int:
+    """Math warpgroups of a tile (MathShape::kWarpgroups): one for 64 rows, else two."""
+    return 1 if block_m == 64 else 2
+
+
+def smem_bytes(block_m: int, block_n: int, num_stages: int, epilogue: Epilogue = BF16_D) -> int:
     """Shared memory of one CTA (the group table aside). The kernel's SharedLayout must agree: every
     compile passes this number (template argument SMEM_BYTES) and the host entry static_asserts it."""
     stage = (block_m + block_n) * BLOCK_K * 2
-    d_tile = _round_up(block_m * block_n * 2, 1024)
-    return num_stages * stage + d_tile + 2 * num_stages * 8 + 1024
+    d_tile = _round_up(block_m * block_n * epilogue.d_bytes, 1024)
+    barriers = 2 * num_stages + (warpgroups(block_m) if epilogue.accumulate else 0)
+    return num_stages * stage + d_tile + barriers * 8 + 1024
 
 
 def mma_rows(block_m: int) -> int:
@@ -69,10 +84,11 @@ def fits_registers(block_m: int, block_n: int) -> bool:
     return mma_rows(block_m) * block_n // 2 <= ACCUM_REGISTER_BUDGET
 
 
-def max_stages(block_m: int, block_n: int) -> int:
-    """Most pipeline stages (up to MAX_STAGES) that fit beside the D tile in shared memory."""
+def max_stages(block_m: int, block_n: int, epilogue: Epilogue = BF16_D) -> int:
+    """Most pipeline stages (up to MAX_STAGES, at least the kernel's 2) that fit beside the D tile in
+    shared memory."""
     stages = MAX_STAGES
-    while stages > 2 and smem_bytes(block_m, block_n, stages) > SMEM_BYTES_PER_BLOCK:
+    while stages > 2 and smem_bytes(block_m, block_n, stages, epilogue) > SMEM_BYTES_PER_BLOCK:
         stages -= 1
     return stages
 
@@ -83,14 +99,15 @@ def _mma_efficiency(block_m: int, block_n: int) -> float:
 
 
 def predict_us(block_m: int, block_n: int, rows_per_group: int, n: int, k: int, num_groups: int,
-               num_sms: int) -> float:
+               num_sms: int, epilogue: Epilogue = BF16_D) -> float:
     """Predicted kernel time in microseconds for ``num_groups`` problems of ``rows_per_group`` rows."""
     m_blocks = num_groups * ceil_div(rows_per_group, block_m)
     tiles = m_blocks * ceil_div(n, block_n)
     waves = ceil_div(tiles, num_sms)
     compute_s = waves * 2.0 * block_m * block_n * k / (PEAK_BF16_FLOPS_PER_SM * _mma_efficiency(block_m, block_n))
     total_rows = num_groups * rows_per_group
-    bytes_moved = 2 * (num_groups * n * k + total_rows * k + total_rows * n)
+    out_bytes = epilogue.d_bytes * (2 if epilogue.accumulate else 1)
+    bytes_moved = 2 * (num_groups * n * k + total_rows * k) + out_bytes * total_rows * n
     streaming_share = min(1.0, min(tiles, num_sms) * _MAX_SM_BANDWIDTH_SHARE / num_sms)
     memory_s = bytes_moved / (HBM_BYTES_PER_S * streaming_share)
     tile_l2_bytes = 2 * (min(block_m, rows_per_group) + block_n) * k
@@ -99,32 +116,41 @@ def predict_us(block_m: int, block_n: int, rows_per_group: int, n: int, k: int, 
     return (max(compute_s, memory_s, l2_s) + waves * _WAVE_OVERHEAD_S) * 1e6
 
 
+def _fits(epilogue: Epilogue) -> Callable[[int, int], bool]:
+    """Whether a tile is a candidate: accumulators within the registers, MIN_STAGES beside the D tile."""
+    def fits(block_m: int, block_n: int) -> bool:
+        return fits_registers(block_m, block_n) and max_stages(block_m, block_n, epilogue) >= MIN_STAGES
+    return fits
+
+
 def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int,
-                  max_block_m: int = 256) -> GemmConfig:
+                  max_block_m: int = 256, epilogue: Epilogue = BF16_D) -> GemmConfig:
     """Cheapest single-CTA configuration for the problem; deterministic in its arguments.
 
     rows_per_group: M for a dense GEMM, the mean rows per expert for contiguous layouts, or ``expected_m``
-    for masked ones. max_block_m: 128 for contiguous layouts, 64 for short (decode) calls.
+    for masked ones. max_block_m: 128 for contiguous layouts, 64 for short (decode) calls. ``epilogue``:
+    D's dtype and C, which size the D tile (and so the stages) and the output bytes.
     """
     rows = max(rows_per_group, 1)
     candidates = []
-    for block_m, block_n in candidate_tiles(BLOCK_MS, BLOCK_NS, max_block_m, rows, fits_registers):
-        stages = max_stages(block_m, block_n)
-        candidates.append(GemmConfig(block_m, block_n, stages, 1, smem_bytes(block_m, block_n, stages),
-                                     predict_us(block_m, block_n, rows, n, k, num_groups, num_sms)))
+    for block_m, block_n in candidate_tiles(BLOCK_MS, BLOCK_NS, max_block_m, rows, _fits(epilogue)):
+        stages = max_stages(block_m, block_n, epilogue)
+        candidates.append(GemmConfig(block_m, block_n, stages, 1, smem_bytes(block_m, block_n, stages, epilogue),
+                                     predict_us(block_m, block_n, rows, n, k, num_groups, num_sms, epilogue)))
     # Every candidate has multicast 1, so the FP8 order's last key never decides here.
     return min(candidates, key=rank_config)
 
 
-def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> GemmConfig:
-    """The variant one call shape of one layout runs: the cost model's choice under the layout rules of
-    the module docstring."""
+def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int,
+               epilogue: Epilogue = BF16_D) -> GemmConfig:
+    """The variant one call shape of one layout runs, for a D and C as ``epilogue`` says: the cost
+    model's choice under the layout rules of the module docstring."""
     rows = max(rows_hint, 1)
     contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
     short = (gemm_type == GemmType.MASKED and rows <= SHORT_ROWS) or \
         (gemm_type == GemmType.NORMAL and rows <= DENSE_SHORT_ROWS)
     max_block_m = 64 if short else 128 if contiguous else 256
-    chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m)
+    chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m, epilogue=epilogue)
     if gemm_type == GemmType.CONTIGUOUS_PSUM and rows >= SHARED_B_MIN_ROWS and k >= SHARED_B_MIN_K \
             and chosen.block_m == 128 and num_sms % 2 == 0:
         return GemmConfig(chosen.block_m, chosen.block_n, chosen.num_stages, 2, chosen.smem_bytes,

@@ -10,20 +10,28 @@ kernels take their grid, tensor-map boxes and D slabs from the same scheduler an
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..sm90_fp8_gemm.heuristic import GemmConfig
 from ..sm90_fp8_gemm.host_constants import HostConstants, constant_args, scheduled_constants
-from .constants import GemmType
+from .constants import BF16_D, Epilogue, GemmType
 from .heuristic import smem_bytes
 
 PARAMS_BYTES = 32
 """sizeof(Params): two pointers and four uint32 (cubin_entry.Params mirrors it)."""
 D_BOX_ROWS = 64
-"""Rows of one D store box: one m64 accumulator block of a math warpgroup."""
+"""Rows of one D store box (and C load box): one m64 accumulator block of a math warpgroup."""
 
 
-def host_constants(gemm_type: GemmType, config: GemmConfig, n: int, k: int) -> HostConstants:
-    """The host constants of the variant ``template_args(gemm_type, config, n, k)`` compiles."""
-    return scheduled_constants(gemm_type, config, n, k, smem_bytes(config.block_m, config.block_n, config.num_stages))
+def host_constants(gemm_type: GemmType, config: GemmConfig, n: int, k: int,
+                   epilogue: Epilogue = BF16_D) -> HostConstants:
+    """The host constants of the variant ``template_args(gemm_type, config, n, k, epilogue)`` compiles."""
+    layout_bytes = smem_bytes(config.block_m, config.block_n, config.num_stages, epilogue)
+    constants = scheduled_constants(gemm_type, config, n, k, layout_bytes)
+    # The shared formula assumes 2-byte D elements; a slab row is at most one 128-byte swizzle span of
+    # this epilogue's elements (DTile::kSpanBytes).
+    span_bytes = min(config.block_n * epilogue.d_bytes, 128)
+    return dataclasses.replace(constants, d_span_bytes=span_bytes, d_span_cols=span_bytes // epilogue.d_bytes)
 
 
 def template_args(constants: HostConstants) -> dict[str, int]:

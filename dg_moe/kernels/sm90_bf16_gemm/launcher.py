@@ -4,12 +4,17 @@ The JIT backend (``DG_MOE_JIT_BACKEND``) decides what a variant's entry is: the 
 ``kernel.so`` (a KernelLibrary function), or under nvrtc a :class:`.cubin_entry.CubinEntry` on the
 variant's CubinKernel. Both take the same arguments (:func:`kernel_args`).
 
-The kernel reads A and B K-major and writes a BF16 D, each through TMA: every operand must be rows of
-its last dim with stride 1, rows a multiple of 8 elements (16 bytes) apart and back to back across a
-leading group dim, on a 16-byte aligned base. The ops accept more (either dim with stride 1, FP32 ``d``,
-accumulation into ``c``); what the kernel does not cover raises KernelNotAvailableError on CUDA, naming
-the rule, and runs on CPU tensors through the reference. Accumulating ``c`` stays out on purpose: it
-needs a second epilogue (an FP32 read and an FP32 or BF16 write) that no caller of the grouped ops needs.
+The kernel reads A and B K-major and writes D, bfloat16 or float32 (a compile-time variant:
+:class:`~.constants.Epilogue`), each through TMA. ``bf16_gemm_nt`` may also accumulate: d = c + a @ b.T,
+c of d's dtype and shape, read through TMA into the epilogue's shared-memory tile and added in FP32
+before the one rounding to d's dtype; c may be d itself (in place). The grouped ops take no c (their
+signatures have none). Every operand must be rows of its last dim with stride 1, rows 16 bytes apart
+times a whole number (8 bfloat16 or 4 float32 elements) and back to back across a leading group dim, on
+a 16-byte aligned base. The ops accept more (either dim with stride 1); what the kernel does not cover
+raises KernelNotAvailableError on CUDA, naming the rule, and runs on CPU tensors through the reference.
+
+The FP32 D and C variants are written and compiled for sm_90a (no spills) but have not run on a GPU yet
+(tests/test_sm90_bf16_gemm_gpu.py).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ...errors import KernelNotAvailableError
 from ...ops.dispatch import register_kernel
 from ..bound_entries import Entry, bind_host_entry, cached_entry
 from ..sm90_fp8_gemm.heuristic import GemmConfig, print_config_if_asked
-from .constants import GemmType
+from .constants import BF16_D, Epilogue, GemmType
 from .cubin_entry import CubinEntry
 from .heuristic import config_for
 from .host_constants import host_constants
@@ -31,34 +36,38 @@ from .variants import FAMILY, template_args
 
 _ENTRY = "dg_moe_sm90_bf16_gemm"
 _ARGTYPES = (
-    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
-    ctypes.c_void_p,
+    ctypes.c_uint32, ctypes.c_void_p,
 )
-_ALIGN_ELEMENTS = 8  # 16 bytes of BF16: TMA's rule for row strides, and the epilogue's store width
-_ALIGN_BYTES = 16
+_ALIGN_BYTES = 16  # TMA's rule for row strides and bases, and the epilogue's store width
 
-# (type, rows hint, N, K, groups, SMs) -> bound host entry; a warm call is one look-up here.
-_entries: dict[tuple[GemmType, int, int, int, int, int], Entry] = {}
+# (type, rows hint, N, K, groups, SMs, epilogue) -> bound host entry; a warm call is one look-up here.
+_entries: dict[tuple[GemmType, int, int, int, int, int, Epilogue], Entry] = {}
 
 
-def bind(gemm_type: GemmType, config: GemmConfig, n: int, k: int, source_root: str | None = None) -> Entry:
+def bind(gemm_type: GemmType, config: GemmConfig, n: int, k: int, epilogue: Epilogue = BF16_D,
+         source_root: str | None = None) -> Entry:
     """The host entry of one variant (built or loaded from the cache), called with :func:`kernel_args`:
     the nvcc library's, or under DG_MOE_JIT_BACKEND=nvrtc its Python twin on the cubin.
     ``source_root``: a kernel source tree searched before the package's (A/B tools)."""
-    return bind_host_entry(FAMILY, template_args(gemm_type, config, n, k), _ENTRY, _ARGTYPES,
-                           lambda cubin: CubinEntry(cubin, host_constants(gemm_type, config, n, k)), source_root)
+    return bind_host_entry(FAMILY, template_args(gemm_type, config, n, k, epilogue), _ENTRY, _ARGTYPES,
+                           lambda cubin: CubinEntry(cubin, host_constants(gemm_type, config, n, k, epilogue),
+                                                    epilogue),
+                           source_root)
 
 
-def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int) -> Entry:
-    return cached_entry(_entries, (gemm_type, rows_hint, n, k, num_groups, num_sms), _bind_shape)
+def _entry(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int,
+           epilogue: Epilogue) -> Entry:
+    return cached_entry(_entries, (gemm_type, rows_hint, n, k, num_groups, num_sms, epilogue), _bind_shape)
 
 
-def _bind_shape(key: tuple[GemmType, int, int, int, int, int]) -> Entry:
-    gemm_type, rows_hint, n, k, num_groups, _num_sms = key
+def _bind_shape(key: tuple[GemmType, int, int, int, int, int, Epilogue]) -> Entry:
+    gemm_type, rows_hint, n, k, num_groups, _num_sms, epilogue = key
     config = config_for(*key)
-    print_config_if_asked(FAMILY, f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups}", config)
-    return bind(gemm_type, config, n, k)
+    print_config_if_asked(FAMILY, f"{gemm_type.name} rows={rows_hint} N={n} K={k} G={num_groups} {epilogue}",
+                          config)
+    return bind(gemm_type, config, n, k, epilogue)
 
 
 def _unavailable(op: str, what: str) -> KernelNotAvailableError:
@@ -82,43 +91,53 @@ def row_stride(t: torch.Tensor) -> int | None:
 
 
 def kernel_rows(op: str, name: str, t: torch.Tensor) -> int:
-    """``t``'s row stride in elements (:func:`row_stride`), or KernelNotAvailableError naming the rule."""
+    """``t``'s row stride in elements (:func:`row_stride`), or KernelNotAvailableError naming the rule:
+    rows and their stride a whole number of 16 bytes (8 bfloat16 or 4 float32 elements), base 16-byte
+    aligned."""
     stride = row_stride(t)
     if stride is None:
         raise _unavailable(op, f"{name} with strides {tuple(t.stride())} for shape {tuple(t.shape)}: it reads "
                                f"rows with stride 1 along the last dim, back to back across groups (pass "
                                f"{name}.contiguous())")
-    if stride % _ALIGN_ELEMENTS != 0 or t.shape[-1] % _ALIGN_ELEMENTS != 0:
-        raise _unavailable(op, f"{name} rows of {t.shape[-1]} elements {stride} apart: TMA needs both a "
-                               f"multiple of {_ALIGN_ELEMENTS} (16 bytes); pad K and N to multiples of 8")
+    align = _ALIGN_BYTES // t.element_size()
+    if stride % align != 0 or t.shape[-1] % align != 0:
+        dim = "K" if name in ("a", "b") else "N"
+        raise _unavailable(op, f"{name} ({t.dtype}) rows of {t.shape[-1]} elements {stride} apart: TMA needs "
+                               f"both a multiple of {align} (16 bytes); pad {dim} to a multiple of {align}")
     if t.data_ptr() % _ALIGN_BYTES != 0:
         raise _unavailable(op, f"{name} at an address not 16-byte aligned (a view starting mid-row); pass a copy")
     return stride
 
 
-def kernel_args(gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
-                layout: torch.Tensor | None, strides: tuple[int, int, int], num_sms: int, stream: int) -> tuple:
-    """The host entry's arguments: a bf16 [M, K] or [G, max_m, K], b bf16 [N, K] or [G, N, K], d bf16
-    [M, N] or [G, max_m, N], ``layout`` the grouped layout's int32 tensor or None, ``strides`` the row
-    strides of a, b and d in elements (:func:`kernel_rows`)."""
+def epilogue_for(d: torch.Tensor, c: torch.Tensor | None) -> Epilogue:
+    """The variant's epilogue for d (bfloat16 or float32, as the ops admit) and c (None, or d's dtype
+    and shape as the op checked; d itself for in place)."""
+    return Epilogue(d_float=d.dtype == torch.float32, accumulate=c is not None)
+
+
+def kernel_args(gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None,
+                layout: torch.Tensor | None, strides: tuple[int, int, int, int], num_sms: int, stream: int) -> tuple:
+    """The host entry's arguments: a bf16 [M, K] or [G, max_m, K], b bf16 [N, K] or [G, N, K], d bf16 or
+    float32 [M, N] or [G, max_m, N], c None or d's dtype [M, N] (Normal only; may be d), ``layout`` the
+    grouped layout's int32 tensor or None, ``strides`` the row strides of a, b, d and c in elements
+    (:func:`kernel_rows`; 0 for no c)."""
     rows = a.shape[-2]  # M, M_sum or max_m
     num_groups = 1 if gemm_type == GemmType.NORMAL else b.shape[0]
     return (
-        a.data_ptr(), b.data_ptr(), d.data_ptr(), None if layout is None else layout.data_ptr(),
-        rows, num_groups, *strides, num_sms, stream,
+        a.data_ptr(), b.data_ptr(), d.data_ptr(), None if c is None else c.data_ptr(),
+        None if layout is None else layout.data_ptr(), rows, num_groups, *strides, num_sms, stream,
     )
 
 
 def _launch(op: str, gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
-            layout: torch.Tensor | None, rows_hint: int) -> None:
-    if d.dtype != torch.bfloat16:
-        raise _unavailable(op, f"a {d.dtype} d (it writes bfloat16)")
-    strides = (kernel_rows(op, "a", a), kernel_rows(op, "b", b), kernel_rows(op, "d", d))
+            layout: torch.Tensor | None, rows_hint: int, c: torch.Tensor | None = None) -> None:
+    strides = (kernel_rows(op, "a", a), kernel_rows(op, "b", b), kernel_rows(op, "d", d),
+               0 if c is None else kernel_rows(op, "c", c))
     device = d.device
     num_sms = _device.num_sms_for(device)
     num_groups = 1 if gemm_type == GemmType.NORMAL else b.shape[0]
-    entry = _entry(gemm_type, rows_hint, b.shape[-2], b.shape[-1], num_groups, num_sms)
-    args = kernel_args(gemm_type, a, b, d, layout, strides, num_sms, _device.stream_handle(device))
+    entry = _entry(gemm_type, rows_hint, b.shape[-2], b.shape[-1], num_groups, num_sms, epilogue_for(d, c))
+    args = kernel_args(gemm_type, a, b, d, c, layout, strides, num_sms, _device.stream_handle(device))
     # A launch goes to the current device with that device's stream: tensors on another GPU of this
     # process are launched with their device made current.
     if device.index is not None and device.index != torch.cuda.current_device():
@@ -130,18 +149,17 @@ def _launch(op: str, gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: t
 
 def bf16_gemm_nt_kernel(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None,
                         compiled_dims: str) -> None:
-    """``bf16_gemm_nt`` on SM90: d bf16 [M, N] = a bf16 [M, K] @ b bf16 [N, K]^T, without ``c``."""
-    if c is not None:
-        raise _unavailable("bf16_gemm_nt", "accumulation into c")
-    _launch("bf16_gemm_nt", GemmType.NORMAL, a, b, d, None, a.shape[0])
+    """``bf16_gemm_nt`` on SM90: d [M, N] = c + a bf16 [M, K] @ b bf16 [N, K]^T, d bfloat16 or float32,
+    ``c`` None or d's dtype [M, N] (d itself: in place)."""
+    _launch("bf16_gemm_nt", GemmType.NORMAL, a, b, d, None, a.shape[0], c)
 
 
 def m_grouped_bf16_gemm_nt_contiguous_kernel(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
                                              grouped_layout: torch.Tensor, compiled_dims: str,
                                              use_psum_layout: bool, expected_m_for_psum_layout: int | None = None,
                                              ) -> None:
-    """Contiguous (prefill) M-grouped GEMM on SM90: a [M_sum, K], b [G, N, K], d [M_sum, N]; padding rows
-    of d are not written. Rows hint: the caller's, else the mean rows per group."""
+    """Contiguous (prefill) M-grouped GEMM on SM90: a bf16 [M_sum, K], b bf16 [G, N, K], d bf16 or float32
+    [M_sum, N]; padding rows of d are not written. Rows hint: the caller's, else the mean rows per group."""
     gemm_type = GemmType.CONTIGUOUS_PSUM if use_psum_layout else GemmType.CONTIGUOUS
     rows_hint = expected_m_for_psum_layout or max(1, a.shape[0] // b.shape[0])
     _launch("m_grouped_bf16_gemm_nt_contiguous", gemm_type, a, b, d, grouped_layout, rows_hint)
@@ -149,8 +167,9 @@ def m_grouped_bf16_gemm_nt_contiguous_kernel(a: torch.Tensor, b: torch.Tensor, d
 
 def m_grouped_bf16_gemm_nt_masked_kernel(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
                                          masked_m: torch.Tensor, expected_m: int, compiled_dims: str) -> None:
-    """Masked (decode) M-grouped GEMM on SM90: a [G, max_m, K], b [G, N, K], d [G, max_m, N]; rows at or
-    past masked_m[g] are not written. Allocates nothing and reads no device value (CUDA-graph safe)."""
+    """Masked (decode) M-grouped GEMM on SM90: a bf16 [G, max_m, K], b bf16 [G, N, K], d bf16 or float32
+    [G, max_m, N]; rows at or past masked_m[g] are not written. Allocates nothing and reads no device
+    value (CUDA-graph safe)."""
     _launch("m_grouped_bf16_gemm_nt_masked", GemmType.MASKED, a, b, d, masked_m, expected_m)
 
 
