@@ -47,6 +47,23 @@ def _bitwise(x: torch.Tensor, y: torch.Tensor) -> bool:
     return x.dtype == y.dtype and torch.equal(x.view(bits), y.view(bits))
 
 
+def _assert_nvrtc_gives(nvcc_outs, run_all, monkeypatch, tmp_path) -> None:
+    """``run_all()`` compiled and launched through NVRTC (fresh cache, no bound entries) gives ``nvcc_outs``
+    bit for bit."""
+    from dg_moe import jit
+    from dg_moe.kernels.sm90_bf16_gemm import launcher
+
+    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
+    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(launcher, "_entries", {})
+    jit.reset()
+    try:
+        for x, y in zip(nvcc_outs, run_all(), strict=True):
+            assert _bitwise(x, y)
+    finally:
+        jit.reset()
+
+
 @pytest.mark.parametrize("n,k", NK)
 @pytest.mark.parametrize("m", MS)
 def test_dense_nt(m, n, k, cuda_gen):
@@ -228,9 +245,6 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
 
 def test_nvrtc_backend_gives_the_nvcc_bits(cuda_gen, monkeypatch, tmp_path):
     """The same variants through the NVRTC cubin and its Python host entry: bitwise the nvcc results."""
-    from dg_moe import jit
-    from dg_moe.kernels.sm90_bf16_gemm import launcher
-
     m, n, k, groups = 129, 576, 2048, 3
     a, b = _bf16(m, k, generator=cuda_gen), _bf16(groups, n, k, generator=cuda_gen)
     ag, per_row, psum = _contiguous_inputs([100, 0, 140], k, cuda_gen)
@@ -244,15 +258,7 @@ def test_nvrtc_backend_gives_the_nvcc_bits(cuda_gen, monkeypatch, tmp_path):
         return outs
 
     nvcc = run_all()
-    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
-    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(launcher, "_entries", {})
-    jit.reset()
-    try:
-        for x, y in zip(nvcc, run_all(), strict=True):
-            assert _bitwise(x, y)
-    finally:
-        jit.reset()
+    _assert_nvrtc_gives(nvcc, run_all, monkeypatch, tmp_path)
 
 
 # ---- FP32 d, and accumulation into c (dense) ---------------------------------------------------------------
@@ -402,9 +408,6 @@ def test_forced_epilogue_variants(monkeypatch, block_m, block_n, multicast, cuda
 def test_nvrtc_backend_gives_the_nvcc_bits_of_the_epilogues(cuda_gen, monkeypatch, tmp_path):
     """The FP32 D and c-accumulating variants through the NVRTC cubin and its Python host entry (four
     tensor maps, C's its own or D's): bitwise the nvcc results."""
-    from dg_moe import jit
-    from dg_moe.kernels.sm90_bf16_gemm import launcher
-
     m, n, k, groups = 129, 576, 2048, 3
     a, b = _bf16(m, k, generator=cuda_gen), _bf16(groups, n, k, generator=cuda_gen)
     c16, c32 = _fresh((m, n), torch.bfloat16, cuda_gen), _fresh((m, n), torch.float32, cuda_gen)
@@ -425,12 +428,4 @@ def test_nvrtc_backend_gives_the_nvcc_bits_of_the_epilogues(cuda_gen, monkeypatc
 
     nvcc = run_all()
     _check(nvcc[2], reference.ref_bf16_gemm_nt(a, b[0], c32))
-    monkeypatch.setenv("DG_MOE_JIT_BACKEND", "nvrtc")
-    monkeypatch.setenv("DG_MOE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(launcher, "_entries", {})
-    jit.reset()
-    try:
-        for x, y in zip(nvcc, run_all(), strict=True):
-            assert _bitwise(x, y)
-    finally:
-        jit.reset()
+    _assert_nvrtc_gives(nvcc, run_all, monkeypatch, tmp_path)
