@@ -6,17 +6,15 @@ The GPU run is described in docs/integrations.md."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from .tool_modules import load_tool
+
 pytest.importorskip("transformers", reason="transformers is not installed; pip install -e '.[test]' brings it")
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_transformers.py"
 LOGITS_BOUND = 1e-3  # tests/test_integrations_transformers.py's bound for the logits
 HIDDEN_BOUND = 2e-3
 TIMES = {"ms", "wall_ms", "host_ms"}
@@ -24,12 +22,7 @@ TIMES = {"ms", "wall_ms", "host_ms"}
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_transformers", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve the module's annotations through sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_transformers")
 
 
 @pytest.fixture(scope="module")

@@ -407,3 +407,30 @@ def test_grouped_ops_take_an_fp32_d() -> None:
     ref = reference.ref_m_grouped_bf16_gemm_nt_masked(x, b, masked_m)
     assert torch.equal(torch.isnan(d), torch.isnan(ref))
     assert torch.equal(d[~torch.isnan(d)], ref[~torch.isnan(ref)].float())
+
+
+def test_bound_launch_passes_kernel_args_and_reads_the_stream_per_call(monkeypatch) -> None:
+    from dg_moe import device as dg_device
+
+    streams = iter(range(100, 110))
+    monkeypatch.setattr(dg_device, "stream_handle", lambda device: next(streams))
+    a = torch.zeros(4, 256, dtype=torch.bfloat16)
+    b = torch.zeros(3, 64, 256, dtype=torch.bfloat16)
+    d = torch.empty(4, 64, dtype=torch.float32)
+    layout = torch.zeros(4, dtype=torch.int32)
+    calls = []
+    launch = launcher.bound_launch(lambda *args: calls.append(args), GemmType.CONTIGUOUS, a, b, d, layout, 132)
+    assert calls == []  # nothing runs until called
+    launch()
+    launch()
+    first = launcher.kernel_args(GemmType.CONTIGUOUS, a, b, d, None, layout, (256, 256, 64, 0), 132, 100)
+    assert calls == [first, first[:-1] + (101,)]
+
+
+def test_bound_launch_refuses_rows_tma_cannot_read() -> None:
+    a = torch.zeros(4, 256, dtype=torch.bfloat16)[:, :250]
+    b = torch.zeros(64, 256, dtype=torch.bfloat16)
+    d = torch.empty(4, 64, dtype=torch.bfloat16)
+    with pytest.raises(KernelNotAvailableError, match="multiple of 8"):
+        launcher.bound_launch(lambda *args: None, GemmType.NORMAL, a, b, d, None, 132)
+

@@ -6,7 +6,6 @@ conversion for DeepGEMM matches this reading of DeepGEMM's source; only the GPU 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -21,19 +20,16 @@ from dg_moe import reference
 from dg_moe.layout import align, ceil_div
 from dg_moe.reference.common import RECIPE_1D1D, round_to_dtype
 
+from .tool_modules import TOOLS, load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "bench_wgrad.py"
+TOOL = TOOLS / "bench_wgrad.py"
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_wgrad", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve the module's annotations through sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_wgrad")
 
 
 def _mn_major_aligned(sf: torch.Tensor, mn: int) -> bool:

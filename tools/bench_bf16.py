@@ -27,7 +27,7 @@ from dg_moe.jit import compile_many
 from dg_moe.kernels.sm90_bf16_gemm import FAMILY
 from dg_moe.kernels.sm90_bf16_gemm.constants import GemmType
 from dg_moe.kernels.sm90_bf16_gemm.heuristic import config_for, fits_registers, max_stages, predict_us, smem_bytes
-from dg_moe.kernels.sm90_bf16_gemm.launcher import bind, kernel_args, kernel_rows
+from dg_moe.kernels.sm90_bf16_gemm.launcher import bind, bound_launch
 from dg_moe.kernels.sm90_bf16_gemm.variants import template_args
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
 
@@ -123,14 +123,9 @@ def _forced_call(kind: str, config: GemmConfig, n: int, k: int, operands: tuple,
     """A call of one forced variant on the case's kernel operands (a, b, d, layout), or the error's text."""
     a, b, d, grouped = operands
     try:
-        entry = bind(TYPES[kind], config, n, k)
-        strides = (kernel_rows(kind, "a", a), kernel_rows(kind, "b", b), kernel_rows(kind, "d", d), 0)
+        return bound_launch(bind(TYPES[kind], config, n, k), TYPES[kind], a, b, d, grouped, num_sms)
     except Exception as err:  # reported in the case's line; the other variants still run
         return describe_error(err)
-    # The stream is read at each call: under graph capture it is the capturing stream, not the default one
-    # (a launch on the stream of bind time is not captured, and the graph times nothing).
-    return lambda: entry(*kernel_args(TYPES[kind], a, b, d, None, grouped, strides, num_sms,
-                                      torch.cuda.current_stream().cuda_stream))
 
 
 def main() -> None:

@@ -12,14 +12,12 @@ signatures have none). Every operand must be rows of its last dim with stride 1,
 times a whole number (8 bfloat16 or 4 float32 elements) and back to back across a leading group dim, on
 a 16-byte aligned base. The ops accept more (either dim with stride 1); what the kernel does not cover
 raises KernelNotAvailableError on CUDA, naming the rule, and runs on CPU tensors through the reference.
-
-The FP32 D and C variants are written and compiled for sm_90a (no spills) but have not run on a GPU yet
-(tests/test_sm90_bf16_gemm_gpu.py).
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 
@@ -127,6 +125,21 @@ def kernel_args(gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: torch.
         a.data_ptr(), b.data_ptr(), d.data_ptr(), None if c is None else c.data_ptr(),
         None if layout is None else layout.data_ptr(), rows, num_groups, *strides, num_sms, stream,
     )
+
+
+def bound_launch(entry: Entry, gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
+                 layout: torch.Tensor | None, num_sms: int) -> Callable[[], None]:
+    """A no-argument launch of ``entry`` (from :func:`bind`, BF16_D or a float32 D without c) on the
+    operands :func:`kernel_args` takes, for tools that time chosen variants; KernelNotAvailableError for
+    operands the kernel cannot read. The stream is read at each call: graph capture runs the call on a
+    stream of its own, and a launch on the stream of bind time would not be captured."""
+    op = "bound_launch"
+    strides = (kernel_rows(op, "a", a), kernel_rows(op, "b", b), kernel_rows(op, "d", d), 0)
+
+    def launch() -> None:
+        entry(*kernel_args(gemm_type, a, b, d, None, layout, strides, num_sms, _device.stream_handle(d.device)))
+
+    return launch
 
 
 def _launch(op: str, gemm_type: GemmType, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
