@@ -24,7 +24,7 @@ from .layout import (
     transform_sf_into_required_layout,
     unpack_ue8m0_from_int,
 )
-from .moe import FusedMoE, fused_moe
+from .moe import FusedMoE, fused_moe, fused_moe_bf16
 from .ops import (
     bf16_gemm_nn,
     bf16_gemm_nt,
@@ -66,6 +66,7 @@ __all__ = [
     "fp8_gemm_tn",
     "fp8_gemm_tt",
     "fused_moe",
+    "fused_moe_bf16",
     "get_mk_alignment_for_contiguous_layout",
     "get_mn_major_tma_aligned_packed_ue8m0_tensor",
     "get_mn_major_tma_aligned_tensor",

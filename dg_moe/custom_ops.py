@@ -36,7 +36,7 @@ from .layout.deepep import route_contiguous
 from .layout.routing_contiguous import _capacity
 from .layout.routing_masked import route_masked
 from .layout.unpermute import reduce_contiguous, reduce_masked
-from .moe.fused import fused_moe_layer
+from .moe.fused import counted_overflow, fused_moe_bf16_layer, fused_moe_layer
 from .moe.shared import SharedExpert
 from .ops import contiguous, dense, k_grouped, masked
 
@@ -48,7 +48,8 @@ _registered = False
 
 
 def register() -> None:
-    """Register every public GEMM, the MoE layout ops and ``fused_moe`` under ``torch.ops.dg_moe`` (once)."""
+    """Register every public GEMM, the MoE layout ops, ``fused_moe`` and ``fused_moe_bf16`` under
+    ``torch.ops.dg_moe`` (once)."""
     global _registered
     if _registered:
         return
@@ -305,9 +306,7 @@ def _fused_moe(hidden: Tensor, w13: Tensor, w13_scale: Tensor, w2: Tensor, w2_sc
     shared_expert = None if all(t is None for t in shared) else SharedExpert(*shared)
     out, overflow = fused_moe_layer(hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                                     routed_scaling_factor, shared_expert)
-    if overflow is None:
-        overflow = torch.zeros(w13.shape[0], dtype=torch.int32, device=hidden.device)
-    return out, overflow
+    return out, counted_overflow(overflow, w13.shape[0], hidden.device)
 
 
 def _fused_moe_fake(hidden: Tensor, w13: Tensor, w13_scale: Tensor, w2: Tensor, w2_scale: Tensor, topk_ids: Tensor,
@@ -317,5 +316,20 @@ def _fused_moe_fake(hidden: Tensor, w13: Tensor, w13_scale: Tensor, w2: Tensor, 
             torch.empty(w13.shape[0], dtype=torch.int32, device=hidden.device))
 
 
+def _fused_moe_bf16(hidden: Tensor, w13: Tensor, w2: Tensor, topk_ids: Tensor, topk_weights: Tensor, mode: str,
+                    max_m: int | None, routed_scaling_factor: float) -> tuple[Tensor, Tensor]:
+    # As _fused_moe: the overflow always comes back (zeros on the contiguous path).
+    out, overflow = fused_moe_bf16_layer(hidden, w13, w2, topk_ids, topk_weights, mode, max_m,
+                                         routed_scaling_factor)
+    return out, counted_overflow(overflow, w13.shape[0], hidden.device)
+
+
+def _fused_moe_bf16_fake(hidden: Tensor, w13: Tensor, w2: Tensor, topk_ids: Tensor, topk_weights: Tensor, mode: str,
+                         max_m: int | None, routed_scaling_factor: float) -> tuple[Tensor, Tensor]:
+    return (torch.empty(hidden.shape, dtype=torch.bfloat16, device=hidden.device),
+            torch.empty(w13.shape[0], dtype=torch.int32, device=hidden.device))
+
+
 def _register_moe() -> None:
     _define("fused_moe", _fused_moe, _fused_moe_fake)
+    _define("fused_moe_bf16", _fused_moe_bf16, _fused_moe_bf16_fake)

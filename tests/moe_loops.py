@@ -57,6 +57,15 @@ def layer(num_experts: int, hidden: int, inter: int, seed: int, shared_inter: in
     return Layer(w13, w13_sf, w2, w2_sf, shared)
 
 
+def bf16_layer(num_experts: int, hidden: int, inter: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random BF16 experts (w13 [E, 2I, H], w2 [E, H, I]) for fused_moe_bf16, magnitudes differing per expert."""
+    g = gen(seed)
+    mag = torch.rand(num_experts, 1, 1, generator=g) + 0.5
+    w13 = torch.randn(num_experts, 2 * inter, hidden, generator=g) * mag / hidden**0.5
+    w2 = torch.randn(num_experts, hidden, inter, generator=g) * mag / inter**0.5
+    return w13.to(torch.bfloat16), w2.to(torch.bfloat16)
+
+
 def hidden_states(num_tokens: int, hidden: int, seed: int) -> torch.Tensor:
     """bf16 [T, H] with rows of different magnitudes."""
     g = gen(seed)

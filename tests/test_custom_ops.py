@@ -12,10 +12,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import dg_moe
 from dg_moe.custom_ops import registered_ops
 from dg_moe.layout import route_to_contiguous, route_to_masked, silu_and_mul_to_fp8_masked, unpermute_reduce_masked
-from dg_moe.moe import fused_moe
+from dg_moe.moe import fused_moe, fused_moe_bf16
 from dg_moe.reference.common import RECIPE_1D1D, RECIPE_1D2D
 
-from .moe_loops import hidden_states, layer, routing
+from .moe_loops import bf16_layer, hidden_states, layer, routing
 from .test_ref_explicit import quant
 from .test_ref_grouped import contiguous_case, k_grouped_case, layouts
 from .test_reference import as_layout, fp8_case
@@ -129,6 +129,11 @@ def _fused(mode: str, shared: bool) -> tuple:
     return hidden, *lay.routed, ids, weights, mode, None, 2.5, *shared_weights
 
 
+def _fused_bf16(mode: str) -> tuple:
+    hidden, ids, weights = _tokens()
+    return hidden, *bf16_layer(E, H, INTER, seed=7), ids, weights, mode, None, 2.5
+
+
 # op name -> argument builders (each a small valid call of the op's CPU path, flattened as the schema takes it)
 CASES: dict[str, list] = {
     **{f"fp8_gemm_{lay}": [lambda lay=lay: _dense_fp8(lay)] for lay in ("nt", "nn", "tn", "tt")},
@@ -149,6 +154,7 @@ CASES: dict[str, list] = {
     "deepep_normal_reduce": [lambda: _reduce(False)],
     "unpermute_reduce_masked": [lambda: _reduce(True)],
     "fused_moe": [lambda: _fused("contiguous", True), lambda: _fused("masked", False)],
+    "fused_moe_bf16": [lambda: _fused_bf16("contiguous"), lambda: _fused_bf16("masked")],
 }
 CASES["fp8_gemm_nt"].append(_dense_fp8_accumulate)
 
@@ -228,12 +234,27 @@ class FusedBlock(torch.nn.Module):
         return hidden + out
 
 
-@pytest.mark.parametrize("block", ["masked_ops", "fused_moe"])
+class FusedBF16Block(torch.nn.Module):
+    """fused_moe_bf16 (masked layout, overflow returned) plus a residual around it."""
+
+    def __init__(self, w13: torch.Tensor, w2: torch.Tensor) -> None:
+        super().__init__()
+        self.w13, self.w2 = w13, w2
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out, overflow = fused_moe_bf16(hidden, self.w13, self.w2, ids, weights, mode="masked", max_m=2,
+                                       return_overflow=True)
+        return hidden + out + overflow.sum()
+
+
+@pytest.mark.parametrize("block", ["masked_ops", "fused_moe", "fused_moe_bf16"])
 def test_compile_fullgraph_matches_eager(block):
     torch._dynamo.reset()
     hidden, ids, weights = _tokens(num_tokens=5)
     lay = layer(E, H, INTER, seed=8, shared_inter=INTER)
-    module = MaskedMoE(lay, max_m=5) if block == "masked_ops" else FusedBlock(lay)
+    blocks = {"masked_ops": lambda: MaskedMoE(lay, max_m=5), "fused_moe": lambda: FusedBlock(lay),
+              "fused_moe_bf16": lambda: FusedBF16Block(*bf16_layer(E, H, INTER, seed=8))}
+    module = blocks[block]()
     eager = module(hidden, ids, weights)
     start = time.perf_counter()
     compiled = torch.compile(module, fullgraph=True)(hidden, ids, weights)

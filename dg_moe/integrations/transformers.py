@@ -9,10 +9,13 @@ plugins, so :func:`register` puts one forward in each:
 - ``transformers.integrations.moe.ExpertsInterface`` (BF16/FP16/FP32 experts: ``gate_up_proj``
   [E, 2I, H] with ``[gate | up]`` along 2I, ``down_proj`` [E, H, I]): :func:`bf16_experts_forward`
   quantises both to FP8 per 128x128 block on the first forward and caches them on the module.
+  Under the second name, ``"dg_moe_bf16"`` (:data:`IMPLEMENTATION_BF16`), :func:`bf16_experts_bf16_forward`
+  runs them through :func:`dg_moe.fused_moe_bf16` instead, nothing quantised.
 - ``transformers.integrations.finegrained_fp8.FP8ExpertsInterface`` (``FP8Experts`` of a
   ``FineGrainedFP8Config`` checkpoint: e4m3 ``gate_up_proj`` / ``down_proj`` with per-128x128-block
   ``*_scale_inv``): :func:`fp8_experts_forward` uses them as they are, since transformers' layout is
-  ``fused_moe``'s; only UE8M0 scales are expanded to float32, once.
+  ``fused_moe``'s; only UE8M0 scales are expanded to float32, once. It serves both names: FP8
+  weights run as stored whichever name the model was given.
 
 Usage::
 
@@ -20,6 +23,12 @@ Usage::
     register()
     model = AutoModelForCausalLM.from_pretrained(name, experts_implementation="dg_moe")
     # or, on a loaded model: model.set_experts_implementation("dg_moe")
+    # BF16 experts kept in BF16 (no FP8 copy): experts_implementation="dg_moe_bf16"
+
+The name is the precision switch because it is transformers' own per-model setting: two models in
+one process can each pick theirs, and no global state is involved. "dg_moe" (quantise) stays the
+default name of the docs: FP8 is the layer dg_moe is tuned for; "dg_moe_bf16" matches the BF16 model
+to ~1e-5 instead of ~2e-3 and needs no second copy of the experts.
 
 Both forwards map the router's output straight to :func:`dg_moe.fused_moe`: ``top_k_index`` are the
 expert ids and ``top_k_weights`` the weights the model's router already normalised and scaled
@@ -37,14 +46,26 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dg_moe.moe import fused_moe, quantize_expert_weights
+from dg_moe.moe import fused_moe, fused_moe_bf16, quantize_expert_weights
 
 IMPLEMENTATION = "dg_moe"
 """The name to pass as ``experts_implementation``."""
 
+IMPLEMENTATION_BF16 = "dg_moe_bf16"
+"""The name that runs BF16 experts in BF16 (:func:`dg_moe.fused_moe_bf16`) instead of quantising them;
+FP8 experts run as under :data:`IMPLEMENTATION`."""
+
 BLOCK = 128
 _CACHE_ATTR = "_dg_moe_expert_weights"
 _FALLBACK = "use experts_implementation='grouped_mm' (or 'eager') for this model"
+
+
+class BF16ExpertWeights(NamedTuple):
+    """One experts module's weights in ``fused_moe_bf16``'s format: bfloat16 [E, 2I, H] with ``[gate | up]``
+    along 2I and bfloat16 [E, H, I], both contiguous."""
+
+    w13: torch.Tensor
+    w2: torch.Tensor
 
 
 class ExpertWeights(NamedTuple):
@@ -58,9 +79,10 @@ class ExpertWeights(NamedTuple):
 
 
 def register() -> None:
-    """Register ``"dg_moe"`` in transformers' BF16 and FP8 experts registries; calling it again is a no-op.
+    """Register ``"dg_moe"`` and ``"dg_moe_bf16"`` in transformers' BF16 and FP8 experts registries; calling
+    it again is a no-op.
 
-    Call it before ``from_pretrained(..., experts_implementation="dg_moe")``,
+    Call it before ``from_pretrained(..., experts_implementation="dg_moe")`` (or ``"dg_moe_bf16"``),
     ``from_config(..., experts_implementation="dg_moe")`` or ``model.set_experts_implementation("dg_moe")``:
     transformers rejects a name absent from both registries. Raises ImportError when transformers
     (>= 5.17) is not importable.
@@ -78,11 +100,14 @@ def register() -> None:
     # FP8ExpertsInterface declares its own mapping, so the two registrations do not overlap.
     ExpertsInterface.register(IMPLEMENTATION, bf16_experts_forward)
     FP8ExpertsInterface.register(IMPLEMENTATION, fp8_experts_forward)
+    ExpertsInterface.register(IMPLEMENTATION_BF16, bf16_experts_bf16_forward)
+    FP8ExpertsInterface.register(IMPLEMENTATION_BF16, fp8_experts_forward)
 
 
-def cached_weights(module: nn.Module) -> ExpertWeights | None:
-    """The FP8 weights the last ``"dg_moe"`` forward of ``module`` ran with, None before its first one: the
-    quantised copy of BF16 experts, or FP8 experts' own tensors (UE8M0 scales expanded to float32)."""
+def cached_weights(module: nn.Module) -> ExpertWeights | BF16ExpertWeights | None:
+    """The weights the last ``"dg_moe"``/``"dg_moe_bf16"`` forward of ``module`` ran with, None before its
+    first one: the quantised copy of BF16 experts, FP8 experts' own tensors (UE8M0 scales expanded to
+    float32), or under ``"dg_moe_bf16"`` the BF16 experts' own tensors (:class:`BF16ExpertWeights`)."""
     cached = module.__dict__.get(_CACHE_ATTR)
     return None if cached is None else cached.weights
 
@@ -103,6 +128,19 @@ def bf16_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_ind
     return _run(self, sources, _quantise_bf16_experts, hidden_states, top_k_index, top_k_weights)
 
 
+def bf16_experts_bf16_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                              top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The ``ExpertsInterface`` entry of ``"dg_moe_bf16"``: a BF16 experts module through ``fused_moe_bf16``.
+
+    ``gate_up_proj`` and ``down_proj`` are used in place when they are contiguous bf16 (the usual
+    case: no copy, no extra memory); FP16/FP32 experts are cast to BF16 and transposed ones (Aria) made
+    contiguous once, and that copy cached and rebuilt as :func:`bf16_experts_forward`'s.
+    Arguments and result as :func:`bf16_experts_forward`.
+    """
+    sources = _gated_weights(self, "gate_up_proj", "down_proj")
+    return _run(self, sources, _bf16_experts_weights, hidden_states, top_k_index, top_k_weights)
+
+
 def fp8_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                         top_k_weights: torch.Tensor) -> torch.Tensor:
     """The ``FP8ExpertsInterface`` entry: transformers' ``FP8Experts`` through ``fused_moe``, weights as stored.
@@ -117,9 +155,13 @@ def fp8_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_inde
     return _run(self, sources, _fp8_experts_weights, hidden_states, top_k_index, top_k_weights)
 
 
-def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn.Module], ExpertWeights],
+Weights = ExpertWeights | BF16ExpertWeights
+
+
+def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn.Module], Weights],
          hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
-    """``fused_moe`` on the weights ``build`` derives from ``sources`` (cached), for transformers' arguments."""
+    """``fused_moe`` (``fused_moe_bf16`` for BF16 weights) on the weights ``build`` derives from ``sources``
+    (cached), for transformers' arguments."""
     if torch.is_grad_enabled() and hidden_states.requires_grad:
         # fused_moe has no backward: its result would silently cut the gradient of every earlier layer.
         raise RuntimeError(
@@ -140,7 +182,8 @@ def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn
     if tokens.dtype != torch.bfloat16:
         tokens = tokens.to(torch.bfloat16)
     num_tokens = tokens.shape[0]
-    out = fused_moe(tokens, *weights, _token_rows(top_k_index, num_tokens), _token_rows(top_k_weights, num_tokens))
+    layer = fused_moe_bf16 if isinstance(weights, BF16ExpertWeights) else fused_moe
+    out = layer(tokens, *weights, _token_rows(top_k_index, num_tokens), _token_rows(top_k_weights, num_tokens))
     if out.dtype != hidden_states.dtype:
         out = out.to(hidden_states.dtype)
     return out if hidden_states.dim() == 2 else out.reshape(hidden_states.shape)
@@ -156,7 +199,7 @@ class _Cache(NamedTuple):
 
     sources: tuple[weakref.ref, ...]
     state: tuple[object, ...]
-    weights: ExpertWeights
+    weights: Weights
 
     def matches(self, sources: tuple[torch.Tensor, ...]) -> bool:
         return all(ref() is t for ref, t in zip(self.sources, sources, strict=True)) and self.state == _state(sources)
@@ -175,8 +218,7 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-def _cached(self: nn.Module, sources: tuple[torch.Tensor, ...],
-            build: Callable[[nn.Module], ExpertWeights]) -> ExpertWeights:
+def _cached(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn.Module], Weights]) -> Weights:
     """``build(self)``, computed once per state of ``sources`` and kept in a plain attribute of the module.
 
     A plain attribute rather than a buffer: the copy is derived data, so it must stay out of
@@ -232,17 +274,29 @@ def _check_sizes(self: nn.Module, w13: torch.Tensor, w2: torch.Tensor) -> None:
     if hidden % BLOCK or inter % BLOCK or tuple(w2.shape) != (num_experts, hidden, inter):
         raise _unsupported(
             self, f"needs the hidden size H and the experts' intermediate size I to be multiples of {BLOCK} "
-                  f"(one FP8 scale per 128x128 block), got gate_up_proj {tuple(w13.shape)} and down_proj "
+                  f"(dg_moe works on 128-column blocks), got gate_up_proj {tuple(w13.shape)} and down_proj "
                   f"{tuple(w2.shape)} (H={hidden}, I={inter})")
 
 
-def _quantise_bf16_experts(self: nn.Module) -> ExpertWeights:
+def _bf16_experts_sources(self: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    # The checked BF16/FP16/FP32 experts as [E, 2I, H] and [E, H, I] views.
     _check_gated_silu(self)
     gate_up, down = self.gate_up_proj.detach(), self.down_proj.detach()
     if getattr(self, "is_transposed", False):
-        # [E, H, 2I] and [E, I, H] (e.g. Aria): the quantiser's copy makes the transposed view contiguous.
+        # [E, H, 2I] and [E, I, H] (e.g. Aria): the caller's copy makes the transposed view contiguous.
         gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
     _check_sizes(self, gate_up, down)
+    return gate_up, down
+
+
+def _bf16_experts_weights(self: nn.Module) -> BF16ExpertWeights:
+    gate_up, down = _bf16_experts_sources(self)
+    # No copy for contiguous bf16 weights: the module's own tensors are the layer's.
+    return BF16ExpertWeights(gate_up.to(torch.bfloat16).contiguous(), down.to(torch.bfloat16).contiguous())
+
+
+def _quantise_bf16_experts(self: nn.Module) -> ExpertWeights:
+    gate_up, down = _bf16_experts_sources(self)
     w13, w13_scale = quantize_expert_weights(gate_up)
     w2, w2_scale = quantize_expert_weights(down)
     return ExpertWeights(w13, w13_scale, w2, w2_scale)

@@ -230,6 +230,29 @@ def tokens_to_fp8_rows(rows: torch.Tensor, scales: torch.Tensor | None, use_ue8m
     return a.view(chk.FP8), mn_major_view(storage, per_group)
 
 
+def tokens_to_rows(rows: torch.Tensor, inverse: torch.Tensor, groups: int, per_group: int) -> torch.Tensor:
+    """Scatter bfloat16 token rows [T, H] to their destinations unquantised: bfloat16 [G, R, H] contiguous.
+
+    inverse: int32 [T, k], the buffer row of each (token, slot) in [0, G*R), or -1. Rows are copied bit
+    for bit; only the rows inverse points at are written, every other row is left uninitialised.
+    """
+    num_tokens, top_k = inverse.shape
+    hidden = rows.shape[1]
+    num_blocks = hidden // chk.BLOCK_K
+    a = torch.empty((groups, per_group, hidden), dtype=torch.bfloat16, device=rows.device)
+    if inverse.numel() > 0 and a.numel() > 0:
+        if rows.stride(1) != 1:
+            rows = rows.contiguous()
+        # Moved as int16: a copy needs no float arithmetic, so NaN payloads and -0.0 survive too.
+        src = rows.view(torch.int16)
+        with _launch_device(rows):
+            _module().tokens_to_rows_kernel[(num_tokens, ceil_div(num_blocks, _CHUNK_BLOCKS))](
+                src, src.stride(0), inverse.contiguous(), a.view(torch.int16),
+                TOP_K=top_k, NUM_BLOCKS=num_blocks, CHUNK=_CHUNK_BLOCKS,
+            )
+    return a
+
+
 def _silu_launch(x: torch.Tensor, valid: torch.Tensor, groups: int, per_group: int, use_ue8m0: bool, form: str,
                  zero_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
     # x [G * R, 2I]; valid as silu_mul_to_fp8_kernel reads it (VALID = form).
@@ -277,6 +300,35 @@ def silu_mul_to_fp8_masked(x: torch.Tensor, masked_m: torch.Tensor, use_ue8m0: b
     groups, per_group, two_i = x.shape
     return _silu_launch(x.reshape(groups * per_group, two_i), masked_m.contiguous(), groups, per_group, use_ue8m0,
                         "counts", zero_padding)
+
+
+def _silu_bf16_launch(x: torch.Tensor, valid: torch.Tensor, groups: int, per_group: int, form: str) -> torch.Tensor:
+    # x [G * R, 2I]; valid as silu_mul_to_bf16_kernel reads it (VALID = form).
+    inter = x.shape[1] // 2
+    out = torch.empty((groups, per_group, inter), dtype=torch.bfloat16, device=x.device)
+    if out.numel() > 0:
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        with _launch_device(x):
+            _module().silu_mul_to_bf16_kernel[(groups * per_group,)](
+                x, x.stride(0), valid, out.view(torch.int16), per_group,
+                NUM_BLOCKS=inter // chk.BLOCK_K, CHUNK=_CHUNK_BLOCKS, VALID=form, enable_fp_fusion=False,
+            )
+    return out
+
+
+def silu_mul_to_bf16_per_row(x: torch.Tensor, grouped_layout: torch.Tensor) -> torch.Tensor:
+    """``SiLU(gate) * up`` of x [M, 2I] in float32, rounded once: bfloat16 [M, I]. grouped_layout: int32 [M],
+    the contiguous layout's expert of each row; rows where it is negative are neither read nor written."""
+    return _silu_bf16_launch(x, grouped_layout.contiguous(), 1, x.shape[0], "experts")[0]
+
+
+def silu_mul_to_bf16_masked(x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+    """``SiLU(gate) * up`` of x [E, max_m, 2I] in float32, rounded once: bfloat16 [E, max_m, I]. Rows at or
+    past ``clamp(masked_m[e], 0, max_m)`` (masked_m int32 [E]) are neither read nor written."""
+    groups, per_group, two_i = x.shape
+    return _silu_bf16_launch(x.reshape(groups * per_group, two_i), masked_m.contiguous(), groups, per_group,
+                             "counts")
 
 
 def weighted_reduce(y: torch.Tensor, inverse: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:

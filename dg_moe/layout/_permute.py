@@ -19,11 +19,13 @@ TokenRows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 class TokenSource(NamedTuple):
     """Validated token rows for a routing op: ``rows`` [T, H] is either bf16/fp16/fp32, to be
     quantised 1x128 where it lands (``use_ue8m0`` as given), or e4m3 with ``scales`` float32
-    [T, H/128] in any strides."""
+    [T, H/128] in any strides; or, with ``bf16``, bfloat16 rows that land as they are, with no
+    scales (the buffers of ``fused_moe_bf16``)."""
 
     rows: torch.Tensor
     scales: torch.Tensor | None
     use_ue8m0: bool
+    bf16: bool = False
 
 
 def token_source(fn: str, name: str, hidden: object, use_ue8m0: bool) -> TokenSource:
@@ -62,22 +64,26 @@ def split_token_rows(hidden: TokenRows) -> tuple[torch.Tensor, torch.Tensor | No
     return hidden, None
 
 
-def unchecked_source(hidden: TokenRows) -> TokenSource:
+def unchecked_source(hidden: TokenRows, bf16: bool = False) -> TokenSource:
     """``hidden`` as a :class:`TokenSource` without checks (``use_ue8m0`` off), for callers that
-    validated it as :func:`token_source` would."""
+    validated it as :func:`token_source` would; ``bf16``: a bfloat16 [T, H] tensor kept unquantised."""
     if isinstance(hidden, tuple):
         return TokenSource(hidden[0], hidden[1], False)
-    return TokenSource(hidden, None, False)
+    return TokenSource(hidden, None, False, bf16)
 
 
-def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buffer rows filled from the tokens: (e4m3 [G, R, H] contiguous, float32 [G, R, H/128] MN-major).
+def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Buffer rows filled from the tokens: (e4m3 [G, R, H] contiguous, float32 [G, R, H/128] MN-major),
+    or for a ``bf16`` source (bfloat16 [G, R, H] contiguous, None).
 
     row_token: int64 [G, R], the token each buffer row holds, -1 for a row that holds none (zeros,
     scale 1.0). Scales come out as :func:`mn_major` lays them out. CUDA tensors go through the Triton
     kernel (:mod:`._kernels`), which quantises only the rows it writes; the PyTorch formulation
     quantises every token first, then gathers.
     """
+    if source.bf16:
+        # A plain gather, already one device kernel with nothing to quantise: no Triton variant needed.
+        return gather_rows(source.rows, row_token, 0), None
     if _kernels.enabled(source.rows.device):
         return _kernels.token_rows_to_fp8(source.rows, source.scales, source.use_ue8m0, row_token)
     if source.scales is None:
@@ -85,6 +91,17 @@ def scatter_token_rows(source: TokenSource, row_token: torch.Tensor) -> tuple[to
     else:
         x, sf = source.rows, source.scales
     return gather_rows(x, row_token, 0), mn_major(gather_rows(sf, row_token, 1.0))
+
+
+def place_token_rows(source: TokenSource, inverse: torch.Tensor, groups: int, per_group: int,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The Triton kernels' scatter of token rows to the rows ``inverse`` (int32 [T, k], a row of the
+    [G * R] buffer or -1) points at, every other row left unwritten: as
+    :func:`_kernels.tokens_to_fp8_rows` for an FP8 buffer, or (bfloat16 [G, R, H] contiguous, None)
+    for a ``bf16`` source (rows copied bit for bit)."""
+    if source.bf16:
+        return _kernels.tokens_to_rows(source.rows, inverse, groups, per_group), None
+    return _kernels.tokens_to_fp8_rows(source.rows, source.scales, source.use_ue8m0, inverse, groups, per_group)
 
 
 def topk_ids_of(fn: str, name: str, ids: object, num_tokens: int, num_experts: int,

@@ -1,5 +1,5 @@
-"""Triton kernels of the MoE layout ops: token rows to FP8 buffers, SiLU-and-mul to FP8, weighted reduce,
-and the masked and contiguous routings' index maps.
+"""Triton kernels of the MoE layout ops: token rows to FP8 (or unquantised BF16) buffers, SiLU-and-mul to
+FP8 (or BF16), weighted reduce, and the masked and contiguous routings' index maps.
 
 Imported only through :mod:`dg_moe.layout._kernels`, never at package import: Triton is optional.
 The row width (in 128-column blocks) and top-k are compile-time: a model has one or two of each, and
@@ -157,6 +157,22 @@ def tokens_to_fp8_rows_kernel(
 
 
 @triton.jit
+def tokens_to_rows_kernel(src_ptr, src_row_stride, inverse_ptr, a_ptr, TOP_K: tl.constexpr,
+                          NUM_BLOCKS: tl.constexpr, CHUNK: tl.constexpr):
+    """:func:`tokens_to_fp8_rows_kernel` without quantisation: program (t, c) copies blocks
+    [c*CHUNK, (c+1)*CHUNK) of token t's row of src (int16 bits of bf16 [T, H]) to each destination row
+    ``inverse[t, s] >= 0`` of a (int16 [rows, H] contiguous). Rows no entry points at are not written."""
+    t = tl.program_id(0).to(tl.int64)
+    width = NUM_BLOCKS * 128
+    _, in_row, offsets = _row_chunk(tl.program_id(1) * CHUNK, NUM_BLOCKS, CHUNK)
+    x = tl.load(src_ptr + t * src_row_stride + offsets, mask=in_row[:, None], other=0)
+    for s in tl.static_range(TOP_K):
+        dest = tl.load(inverse_ptr + t * TOP_K + s).to(tl.int64)
+        if dest >= 0:
+            tl.store(a_ptr + dest * width + offsets, x, mask=in_row[:, None])
+
+
+@triton.jit
 def _row_is_valid(valid_ptr, r, group, rows_per_group, VALID: tl.constexpr):
     # Whether row r holds a token, per VALID: "counts", valid_ptr holds each group's row count (int32 [G]),
     # clamped to [0, rows_per_group] as the masked GEMM reads it; "experts", the contiguous layout's
@@ -200,6 +216,27 @@ def silu_mul_to_fp8_kernel(
         elif ZERO_PADDING:
             tl.store(q_ptr + r * width + offsets, tl.zeros([CHUNK, 128], dtype=tl.uint8), mask=in_row[:, None])
             tl.store(sf_row_ptr + block * sfa_col_stride, tl.full([CHUNK], 1.0, tl.float32), mask=in_row)
+
+
+@triton.jit
+def silu_mul_to_bf16_kernel(
+    x_ptr, x_row_stride, valid_ptr, out_ptr, rows_per_group,
+    NUM_BLOCKS: tl.constexpr, CHUNK: tl.constexpr, VALID: tl.constexpr,
+):
+    """One program per row r of x [rows, 2I] = [gate | up]: ``silu(gate) * up`` in float32 as
+    :func:`silu_mul_to_fp8_kernel` computes it, rounded once to BF16 into out (int16 bits [rows, I]).
+    An invalid row (:func:`_row_is_valid`) is neither read nor written."""
+    r = tl.program_id(0).to(tl.int64)
+    group = r // rows_per_group
+    if _row_is_valid(valid_ptr, r, group, rows_per_group, VALID):
+        width = NUM_BLOCKS * 128
+        for first in tl.static_range(0, NUM_BLOCKS, CHUNK):
+            _, in_row, offsets = _row_chunk(first, NUM_BLOCKS, CHUNK)
+            row_ptr = x_ptr + r * x_row_stride + offsets
+            gate = tl.load(row_ptr, mask=in_row[:, None], other=0.0).to(tl.float32)
+            up = tl.load(row_ptr + width, mask=in_row[:, None], other=0.0).to(tl.float32)
+            act = tl.math.div_rn(gate, 1.0 + tl.exp(-gate)) * up
+            tl.store(out_ptr + r * width + offsets, _bf16_bits(act), mask=in_row[:, None])
 
 
 @triton.jit

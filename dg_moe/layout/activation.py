@@ -1,4 +1,5 @@
-"""The activation between the two expert GEMMs: ``SiLU(gate) * up``, then 1x128 FP8 quantisation.
+"""The activation between the two expert GEMMs: ``SiLU(gate) * up``, then 1x128 FP8 quantisation (or,
+for the BF16 layer, one rounding to BF16).
 
 The first GEMM's output rows are ``[gate | up]`` (gate in the first half of the columns, as in
 vLLM's w13). Both halves are widened to FP32, ``F.silu(gate) * up`` is computed in FP32 and the
@@ -159,8 +160,49 @@ def silu_and_mul_to_fp8_masked_unchecked(
         # The kernel reads masked_m itself: no per-row mask to build first.
         return _kernels.silu_mul_to_fp8_masked(x, masked_m, use_ue8m0, zero_padding)
     num_experts, max_m, two_i = x.shape
-    rows = torch.arange(max_m, device=x.device)
-    # A negative count selects no row and one above max_m every row, as the masked GEMM reads them.
-    valid = rows.unsqueeze(0) < masked_m.long().unsqueeze(1)
-    return _silu_mul_quant(x.reshape(num_experts * max_m, two_i), valid.reshape(-1), num_experts, use_ue8m0,
-                           zero_padding)
+    return _silu_mul_quant(x.reshape(num_experts * max_m, two_i), _masked_rows_valid(masked_m, max_m), num_experts,
+                           use_ue8m0, zero_padding)
+
+
+def _masked_rows_valid(masked_m: torch.Tensor, max_m: int) -> torch.Tensor:
+    """bool [E * max_m]: whether row r of expert e lies below masked_m[e]. A negative count selects no
+    row and one above max_m every row, as the masked GEMM reads them."""
+    rows = torch.arange(max_m, device=masked_m.device)
+    return (rows.unsqueeze(0) < masked_m.long().unsqueeze(1)).reshape(-1)
+
+
+def _silu_mul_bf16(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    # x: [rows, 2I]; valid: bool [rows]. The PyTorch formulation: every row computed, invalid ones zeroed
+    # (whatever x holds there, NaN included), so the result never depends on them.
+    inter = x.shape[1] // 2
+    act = F.silu(x[:, :inter].float()) * x[:, inter:].float()
+    return torch.where(valid.unsqueeze(1), act, 0.0).to(torch.bfloat16)
+
+
+def silu_and_mul_to_bf16_contiguous_unchecked(x: torch.Tensor, grouped_layout: torch.Tensor) -> torch.Tensor:
+    """``SiLU(gate) * up`` over the contiguous layout for the BF16 layer: computed in FP32 from x bf16
+    [M_cap, 2I] (``[gate | up]`` per row), rounded once to bfloat16 [M_cap, I] contiguous.
+
+    grouped_layout: int32 [M_cap], the expert of each row, -1 on padding. Rows of no expert are left
+    unwritten by the Triton kernel (zero in the PyTorch formulation): their contents are unspecified,
+    as for ``zero_padding=False``. Arguments as ``fused_moe_bf16`` validated them: no check runs.
+    """
+    if _kernels.enabled(x.device):
+        return _kernels.silu_mul_to_bf16_per_row(x, grouped_layout)
+    return _silu_mul_bf16(x, grouped_layout >= 0)
+
+
+def silu_and_mul_to_bf16_masked_unchecked(x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+    """``SiLU(gate) * up`` over the masked layout for the BF16 layer: computed in FP32 from x bf16
+    [E, max_m, 2I], rounded once to bfloat16 [E, max_m, I] contiguous.
+
+    masked_m: int32 [E] on x's device, read as the masked GEMM reads it (above ``max_m`` means ``max_m``,
+    negative 0). Rows at or past it are left unwritten by the Triton kernel (zero in the PyTorch
+    formulation): their contents are unspecified. No host synchronisation and shapes from x alone, so it
+    can be captured in a CUDA graph. Arguments as ``fused_moe_bf16`` validated them: no check runs.
+    """
+    if _kernels.enabled(x.device):
+        return _kernels.silu_mul_to_bf16_masked(x, masked_m)
+    num_experts, max_m, two_i = x.shape
+    return _silu_mul_bf16(x.reshape(num_experts * max_m, two_i), _masked_rows_valid(masked_m, max_m)).view(
+        num_experts, max_m, -1)

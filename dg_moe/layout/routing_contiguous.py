@@ -23,6 +23,7 @@ from ._permute import (
     TokenRows,
     TokenSource,
     expert_ranks,
+    place_token_rows,
     rows_of_buffer,
     scatter_token_rows,
     split_token_rows,
@@ -38,10 +39,11 @@ class ContiguousLayout(NamedTuple):
     """Inputs of ``m_grouped_fp8_gemm_nt_contiguous`` and the map back to the tokens.
 
     a: float8_e4m3fn [M_cap, H] contiguous; padding and unused rows are zero, or uninitialised memory
-        when routed with ``zero_padding=False``.
+        when routed with ``zero_padding=False``. bfloat16 [M_cap, H] for the BF16 layer's routing
+        (``route_to_contiguous_unchecked(..., bf16=True)``), for ``m_grouped_bf16_gemm_nt_contiguous``.
     sfa: float32 [M_cap, H/128], MN-major and TMA-aligned (strides ``(1, align(M_cap, 4))``);
         padding and unused rows, and the storage's alignment columns past M_cap, hold 1.0, or
-        uninitialised memory when routed with ``zero_padding=False``.
+        uninitialised memory when routed with ``zero_padding=False``. None for BF16 rows.
     grouped_layout: int32 [M_cap], the expert of each row, -1 on padding and unused rows (whatever
         ``zero_padding``).
     grouped_layout_psum: int32 [E], the exclusive end row of each expert's rows; expert g starts at
@@ -51,7 +53,7 @@ class ContiguousLayout(NamedTuple):
     """
 
     a: torch.Tensor
-    sfa: torch.Tensor
+    sfa: torch.Tensor | None
     grouped_layout: torch.Tensor
     grouped_layout_psum: torch.Tensor
     inverse: torch.Tensor
@@ -127,10 +129,11 @@ def route_contiguous(fn: str, hidden: object, topk_ids: object, num_experts: obj
 
 
 def route_to_contiguous_unchecked(fn: str, hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, *,
-                                  zero_padding: bool) -> ContiguousLayout:
+                                  zero_padding: bool, bf16: bool = False) -> ContiguousLayout:
     """:func:`route_to_contiguous` (``use_ue8m0=False``) on arguments the caller has already validated to its
-    rules (``fused_moe`` does); only the buffer-size check runs, naming ``fn``."""
-    return _route(fn, unchecked_source(hidden), topk_ids, num_experts, zero_padding)
+    rules (``fused_moe`` does); only the buffer-size check runs, naming ``fn``. ``bf16``: hidden is bfloat16
+    [T, H] and its rows land unquantised (``a`` bfloat16, ``sfa`` None), for ``fused_moe_bf16``."""
+    return _route(fn, unchecked_source(hidden, bf16), topk_ids, num_experts, zero_padding)
 
 
 def _route(fn: str, source: TokenSource, ids: torch.Tensor, num_experts: int, zero_padding: bool) -> ContiguousLayout:
@@ -146,9 +149,9 @@ def _route_unpadded(source: TokenSource, ids: torch.Tensor, num_experts: int, m_
     # Four kernels, no padding written: counts per block of entries, their prefix and the segments, each
     # entry's row; then each token read once and written to its rows.
     grouped_layout, psum, inverse = _kernels.contiguous_route_index(ids, num_experts, m_cap)
-    a, sfa = _kernels.tokens_to_fp8_rows(source.rows, source.scales, source.use_ue8m0, inverse, 1, m_cap)
-    return ContiguousLayout(a=a[0], sfa=sfa[0], grouped_layout=grouped_layout, grouped_layout_psum=psum,
-                            inverse=inverse)
+    a, sfa = place_token_rows(source, inverse, 1, m_cap)
+    return ContiguousLayout(a=a[0], sfa=None if sfa is None else sfa[0], grouped_layout=grouped_layout,
+                            grouped_layout_psum=psum, inverse=inverse)
 
 
 def _route_padded(source: TokenSource, ids: torch.Tensor, num_experts: int, m_cap: int) -> ContiguousLayout:
@@ -165,7 +168,7 @@ def _route_padded(source: TokenSource, ids: torch.Tensor, num_experts: int, m_ca
 
     return ContiguousLayout(
         a=a[0],
-        sfa=sfa[0],
+        sfa=None if sfa is None else sfa[0],
         grouped_layout=rows_of_buffer(dest, expert, m_cap).int(),
         grouped_layout_psum=(starts + counts).int(),
         inverse=torch.where(routed, dest, -1).view(num_tokens, top_k).int(),

@@ -24,6 +24,7 @@ from ._permute import (
     TokenRows,
     TokenSource,
     expert_ranks,
+    place_token_rows,
     rows_of_buffer,
     scatter_token_rows,
     split_token_rows,
@@ -37,10 +38,13 @@ class MaskedLayout(NamedTuple):
     """Inputs of ``m_grouped_fp8_gemm_nt_masked`` and the map back to the tokens.
 
     a: float8_e4m3fn [E, max_m, H] contiguous; rows at or past ``masked_m[e]`` are zero, or
-        uninitialised memory when routed with ``zero_padding=False``.
+        uninitialised memory when routed with ``zero_padding=False``. bfloat16 [E, max_m, H] for the
+        BF16 layer's routing (``route_to_masked_unchecked(..., bf16=True)``), for
+        ``m_grouped_bf16_gemm_nt_masked``.
     sfa: float32 [E, max_m, H/128], MN-major and TMA-aligned: strides ``(H/128 * A, 1, A)`` with
         ``A = align(max_m, 4)``; rows at or past ``masked_m[e]`` and the storage's alignment columns
-        past ``max_m`` hold 1.0, or uninitialised memory when routed with ``zero_padding=False``.
+        past ``max_m`` hold 1.0, or uninitialised memory when routed with ``zero_padding=False``. None
+        for BF16 rows.
     masked_m: int32 [E], the rows of each expert, at most ``max_m``.
     inverse: int32 [T, k], ``e * max_m + r`` for the (token, slot) held in row r of expert e (a row
         of ``y.view(E * max_m, N)``), -1 where the expert is not local or the entry was dropped.
@@ -49,7 +53,7 @@ class MaskedLayout(NamedTuple):
     """
 
     a: torch.Tensor
-    sfa: torch.Tensor
+    sfa: torch.Tensor | None
     masked_m: torch.Tensor
     inverse: torch.Tensor
     overflow: torch.Tensor
@@ -98,10 +102,11 @@ def route_masked(hidden: object, topk_ids: object, num_experts: object, max_m: o
 
 
 def route_to_masked_unchecked(fn: str, hidden: TokenRows, topk_ids: torch.Tensor, num_experts: int, max_m: int,
-                              *, zero_padding: bool) -> MaskedLayout:
+                              *, zero_padding: bool, bf16: bool = False) -> MaskedLayout:
     """:func:`route_to_masked` (``use_ue8m0=False``) on arguments the caller has already validated to its rules
-    (``fused_moe`` does); only the buffer-size check runs, naming ``fn``."""
-    return _route(fn, unchecked_source(hidden), topk_ids, num_experts, max_m, zero_padding)
+    (``fused_moe`` does); only the buffer-size check runs, naming ``fn``. ``bf16``: hidden is bfloat16 [T, H]
+    and its rows land unquantised (``a`` bfloat16, ``sfa`` None), for ``fused_moe_bf16``."""
+    return _route(fn, unchecked_source(hidden, bf16), topk_ids, num_experts, max_m, zero_padding)
 
 
 def _route(fn: str, source: TokenSource, ids: torch.Tensor, num_experts: int, max_m: int,
@@ -116,7 +121,7 @@ def _route_unpadded(source: TokenSource, ids: torch.Tensor, num_experts: int, ma
     # Two kernels, no padding written: the ranks straight from the ids, then each token read once and
     # written to its destinations.
     inverse, masked_m, overflow = _kernels.masked_route_index(ids, num_experts, max_m)
-    a, sfa = _kernels.tokens_to_fp8_rows(source.rows, source.scales, source.use_ue8m0, inverse, num_experts, max_m)
+    a, sfa = place_token_rows(source, inverse, num_experts, max_m)
     return MaskedLayout(a=a, sfa=sfa, masked_m=masked_m, inverse=inverse, overflow=overflow)
 
 

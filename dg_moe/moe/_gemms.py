@@ -5,7 +5,9 @@ other step (routing with quantisation, SiLU-and-mul with quantisation, the weigh
 layer's own. :class:`GroupedGemms` names the two GEMM calls and what the masked one needs of its
 buffers, so the benchmark can run this same layer code on another library's GEMMs
 (``dg_moe.bench.peer_deepgemm.layer_gemms``: DeepGEMM's) rather than on a copy of the rest that could
-drift from ours. :data:`DG_MOE_GEMMS`, dg_moe's own ops, is the default everywhere.
+drift from ours. :data:`DG_MOE_GEMMS`, dg_moe's own ops, is the default everywhere. The BF16 layer
+(``fused_moe_bf16``) runs the same steps without quantisation on :data:`DG_MOE_BF16_GEMMS`, whose
+operands are plain bfloat16 tensors instead of FP8 pairs.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import align
-from ..ops.contiguous import m_grouped_fp8_gemm_nt_contiguous_unchecked
-from ..ops.masked import m_grouped_fp8_gemm_nt_masked_unchecked
+from ..ops.contiguous import m_grouped_bf16_gemm_nt_contiguous_unchecked, m_grouped_fp8_gemm_nt_contiguous_unchecked
+from ..ops.masked import m_grouped_bf16_gemm_nt_masked_unchecked, m_grouped_fp8_gemm_nt_masked_unchecked
 
 FP8Pair = tuple[torch.Tensor, torch.Tensor]
-GroupedGemm = Callable[[FP8Pair, FP8Pair, torch.Tensor, torch.Tensor, int], None]
+Operand = FP8Pair | torch.Tensor
+"""An FP8 (data, scales) pair, or a bfloat16 tensor for the BF16 GEMMs."""
+GroupedGemm = Callable[[Operand, Operand, torch.Tensor, torch.Tensor, int], None]
 
 
 @dataclass(frozen=True)
 class GroupedGemms:
     """The routed experts' two grouped FP8 GEMM calls, recipe (1, 128, 128), and the masked buffers' rows.
+    (The BF16 pair, :data:`DG_MOE_BF16_GEMMS`, takes bfloat16 a [M, K] / [G, R, K] and b [G, N, K] in
+    place of each pair.)
 
     contiguous(a, b, d, ends, expected_m): for each group g, ``d[r] = a[r] @ b[g].T`` over its rows
         ``[align(ends[g-1], 128), ends[g])`` (the prefix-sum layout; 0 for g = 0). a: (e4m3 [M, K],
@@ -64,3 +70,18 @@ def _dg_moe_masked(a: FP8Pair, b: FP8Pair, d: torch.Tensor, masked_m: torch.Tens
 # calls the layer makes by replacing the ops in this module.
 DG_MOE_GEMMS = GroupedGemms(_dg_moe_contiguous, _dg_moe_masked)
 """dg_moe's own grouped GEMMs; they take any ``max_m``, so the buffers hold exactly ``max_m`` rows."""
+
+
+def _dg_moe_bf16_contiguous(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, ends: torch.Tensor,
+                            expected_m: int) -> None:
+    m_grouped_bf16_gemm_nt_contiguous_unchecked(a, b, d, ends, use_psum_layout=True,
+                                                expected_m_for_psum_layout=expected_m)
+
+
+def _dg_moe_bf16_masked(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor,
+                        expected_m: int) -> None:
+    m_grouped_bf16_gemm_nt_masked_unchecked(a, b, d, masked_m, expected_m)
+
+
+DG_MOE_BF16_GEMMS = GroupedGemms(_dg_moe_bf16_contiguous, _dg_moe_bf16_masked)
+"""dg_moe's grouped BF16 GEMMs, for ``fused_moe_bf16``; any ``max_m``, as the FP8 ones."""

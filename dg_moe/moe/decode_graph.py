@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .fused import fused_moe
+from .fused import fused_moe, fused_moe_bf16
 from .module import FusedMoE
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -36,7 +36,8 @@ class DecodeGraphRunner:
     """Replays ``layer``'s masked forward from CUDA graphs captured for ``batch_sizes``.
 
     layer: a :class:`FusedMoE` on a CUDA device, weights loaded (the graphs read the parameters in
-    place, so later in-place weight updates are seen; replacing the tensors is not).
+    place, so later in-place weight updates are seen; replacing the tensors is not). A
+    ``precision="bf16"`` layer captures ``fused_moe_bf16(mode="masked")``.
     batch_sizes: token counts to capture; a call with T tokens replays the smallest one >= T.
     max_m: rows per expert of the masked buffers; default each batch size itself, which drops
     nothing when a token's k experts are distinct.
@@ -71,6 +72,12 @@ class DecodeGraphRunner:
 
     def _forward(self, g: _Graph, size: int) -> None:
         layer = self.layer
+        if layer.precision == "bf16":
+            g.out, g.overflow = fused_moe_bf16(
+                g.hidden, layer.w13_weight, layer.w2_weight, g.topk_ids, g.topk_weights, mode="masked",
+                max_m=self.max_m or size, routed_scaling_factor=layer.routed_scaling_factor, return_overflow=True,
+            )
+            return
         out, overflow = fused_moe(
             g.hidden, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight, layer.w2_weight_scale_inv,
             g.topk_ids, g.topk_weights, mode="masked", max_m=self.max_m or size,

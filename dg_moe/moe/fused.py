@@ -1,4 +1,5 @@
-"""``fused_moe``: one MoE layer's experts (routed, plus an optional shared one) on FP8 weights.
+"""``fused_moe``: one MoE layer's experts (routed, plus an optional shared one) on FP8 weights; and
+``fused_moe_bf16``: the routed experts on BF16 weights, nothing quantised.
 
 The routing itself (gate, top-k, softmax or sigmoid scores) stays with the caller, as in vLLM's
 FusedMoE: the layer takes ``topk_ids`` and ``topk_weights``. Two layouts carry the routed tokens:
@@ -17,9 +18,10 @@ from typing import Literal, overload
 import torch
 from torch.compiler import is_compiling
 
+from ..layout import TokenRows
 from ..layout.quant import per_token_cast_to_fp8_unchecked
 from . import layer_checks
-from ._gemms import DG_MOE_GEMMS, GroupedGemms
+from ._gemms import DG_MOE_BF16_GEMMS, DG_MOE_GEMMS, GroupedGemms, Operand
 from .contiguous import routed_experts_contiguous
 from .masked import default_max_m, routed_experts_masked
 from .shared import SharedExpert, shared_expert_forward
@@ -38,7 +40,7 @@ E=8 k=2: 169), and 128 is also DeepEP's default low-latency batch per rank. The 
 
 
 def select_mode(mode: Mode, num_tokens: int) -> Literal["contiguous", "masked"]:
-    """The layout ``fused_moe`` runs: ``mode`` itself, or for "auto" masked up to
+    """The layout ``fused_moe`` (and ``fused_moe_bf16``) runs: ``mode`` itself, or for "auto" masked up to
     :data:`AUTO_MASKED_MAX_TOKENS` tokens and contiguous above."""
     if mode == "auto":
         return "masked" if num_tokens <= AUTO_MASKED_MAX_TOKENS else "contiguous"
@@ -119,11 +121,32 @@ def fused_moe(
         return (out, overflow) if return_overflow else out
     out, overflow = fused_moe_layer(hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                                     routed_scaling_factor, shared_expert)
-    if not return_overflow:
-        return out
-    if overflow is None:
-        overflow = torch.zeros(w13.shape[0], dtype=torch.int32, device=hidden.device)
-    return out, overflow
+    return _returned(out, overflow, return_overflow, w13.shape[0])
+
+
+def counted_overflow(overflow: torch.Tensor | None, num_experts: int, device: torch.device) -> torch.Tensor:
+    """int32 [E] on ``device``: the masked path's overflow counts, or zeros for the contiguous path (None)."""
+    return torch.zeros(num_experts, dtype=torch.int32, device=device) if overflow is None else overflow
+
+
+def _returned(out: torch.Tensor, overflow: torch.Tensor | None, return_overflow: bool,
+              num_experts: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """What the public layers return: ``out``, or with ``return_overflow`` (out, :func:`counted_overflow`)."""
+    return (out, counted_overflow(overflow, num_experts, out.device)) if return_overflow else out
+
+
+def _routed_experts(fn: str, tokens: TokenRows, w13: Operand, w2: Operand, topk_ids: torch.Tensor,
+                    topk_weights: torch.Tensor, num_tokens: int, mode: Mode, max_m: int | None,
+                    routed_scaling_factor: float, gemms: GroupedGemms) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The routed experts on the layout ``mode`` selects, after the layer's checks: the output and the
+    masked path's overflow counts (None on the contiguous path)."""
+    weights = topk_weights if routed_scaling_factor == 1.0 else topk_weights.float() * routed_scaling_factor
+    if select_mode(mode, num_tokens) == "masked":
+        if max_m is None:
+            layer_checks.distinct_experts(fn, topk_ids)
+            max_m = default_max_m(num_tokens)
+        return routed_experts_masked(tokens, w13, w2, topk_ids, weights, max_m, gemms)
+    return routed_experts_contiguous(tokens, w13, w2, topk_ids, weights, gemms), None
 
 
 def fused_moe_layer(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
@@ -137,20 +160,84 @@ def fused_moe_layer(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Te
     fn = "fused_moe"
     dims = layer_checks.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                               routed_scaling_factor, shared_expert)
-    layout = select_mode(mode, dims.num_tokens)
     # The routing kernels quantise each row where it lands; only the shared expert needs the FP8 copy of
     # every token, and then that one copy feeds the routing too.
     tokens = hidden if shared_expert is None else per_token_cast_to_fp8_unchecked(hidden)
-    weights = topk_weights if routed_scaling_factor == 1.0 else topk_weights.float() * routed_scaling_factor
-    overflow = None
-    if layout == "masked":
-        if max_m is None:
-            layer_checks.distinct_experts(fn, topk_ids)
-            max_m = default_max_m(dims.num_tokens)
-        out, overflow = routed_experts_masked(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, max_m,
-                                              gemms)
-    else:
-        out = routed_experts_contiguous(tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, weights, gemms)
+    out, overflow = _routed_experts(fn, tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, topk_weights,
+                                    dims.num_tokens, mode, max_m, routed_scaling_factor, gemms)
     if shared_expert is not None:
         out.add_(shared_expert_forward(tokens, shared_expert))
     return out, overflow
+
+
+@overload
+def fused_moe_bf16(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+                   topk_weights: torch.Tensor, *, mode: Mode = ..., max_m: int | None = ...,
+                   routed_scaling_factor: float = ..., return_overflow: Literal[False] = ...) -> torch.Tensor: ...
+
+
+@overload
+def fused_moe_bf16(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+                   topk_weights: torch.Tensor, *, mode: Mode = ..., max_m: int | None = ...,
+                   routed_scaling_factor: float = ..., return_overflow: Literal[True],
+                   ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def fused_moe_bf16(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+                   topk_weights: torch.Tensor, *, mode: Mode = ..., max_m: int | None = ...,
+                   routed_scaling_factor: float = ..., return_overflow: bool,
+                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def fused_moe_bf16(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    *,
+    mode: Mode = "auto",
+    max_m: int | None = None,
+    routed_scaling_factor: float = 1.0,
+    return_overflow: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``out[t] = rsf * sum_s w[t, s] * expert_{ids[t, s]}(x[t])`` on BF16 weights, nothing quantised.
+
+    Each expert is ``(SiLU(x @ gate.T) * (x @ up.T)) @ down.T``, as in :func:`fused_moe`, with the
+    same routing, layouts and overflow; only the arithmetic differs: token rows are copied into the
+    layout as they are, the grouped BF16 GEMMs (``m_grouped_bf16_gemm_nt_contiguous`` / ``_masked``)
+    accumulate in FP32 and write BF16, ``SiLU(gate) * up`` is computed in FP32 and rounded once to BF16,
+    and the top-k reduce accumulates in FP32 in slot order. For BF16 checkpoints (Qwen3, Mixtral) that
+    should run as trained rather than through an FP8 copy of their weights.
+
+    hidden: bfloat16 [T, H], H a multiple of 128.
+    w13: bfloat16 [E, 2I, H], ``[gate | up]`` halves along 2I (vLLM's layout), I a multiple of 128;
+    w2: bfloat16 [E, H, I]. Both contiguous.
+    topk_ids, topk_weights, mode, max_m, routed_scaling_factor, return_overflow: as :func:`fused_moe`
+        (ids of -1 skipped; "auto" picks masked up to :data:`AUTO_MASKED_MAX_TOKENS` tokens; a masked
+        expert keeps its first ``max_m`` entries and counts the rest in the overflow).
+    There is no shared-expert argument: add a BF16 shared MLP's output to the result yourself.
+
+    Returns bfloat16 [T, H] (and int32 [E] overflow counts on the device, zeros for the contiguous
+    path). Neither path reads a device value on the host; the masked one can be captured in a CUDA
+    graph for one (T, max_m) and replayed with new routing. Output buffers are allocated per call.
+    """
+    if is_compiling():  # torch.compile sees the registered op (dg_moe.custom_ops)
+        out, overflow = torch.ops.dg_moe.fused_moe_bf16(hidden, w13, w2, topk_ids, topk_weights, mode, max_m,
+                                                        routed_scaling_factor)
+        return (out, overflow) if return_overflow else out
+    out, overflow = fused_moe_bf16_layer(hidden, w13, w2, topk_ids, topk_weights, mode, max_m, routed_scaling_factor)
+    return _returned(out, overflow, return_overflow, w13.shape[0])
+
+
+def fused_moe_bf16_layer(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+                         topk_weights: torch.Tensor, mode: Mode, max_m: int | None, routed_scaling_factor: float,
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`fused_moe_bf16` itself, checks included, without the torch.compile branch: the output and the
+    masked path's overflow counts (None on the contiguous path)."""
+    fn = "fused_moe_bf16"
+    dims = layer_checks.fused_moe_bf16_args(fn, hidden, w13, w2, topk_ids, topk_weights, mode, max_m,
+                                            routed_scaling_factor)
+    return _routed_experts(fn, hidden, w13, w2, topk_ids, topk_weights, dims.num_tokens, mode, max_m,
+                           routed_scaling_factor, DG_MOE_BF16_GEMMS)

@@ -20,6 +20,7 @@ _QUANTISE_HINT = "quantise it per 128x128 block with dg_moe.per_block_cast_to_fp
 _SCALE_HINT = "pass the float32 dequantisation scales (expand packed UE8M0 with unpack_ue8m0_from_int)"
 _IN_PLACE = "the expert GEMMs read weights and scales in place; a copy per call would cost a weight read"
 _ONCE = "call .contiguous() on it once, when loading the weights"
+_BF16_HINT = "cast it once with .to(torch.bfloat16) when loading the weights (or call fused_moe for FP8 weights)"
 
 
 class MoEDims(NamedTuple):
@@ -29,8 +30,10 @@ class MoEDims(NamedTuple):
     num_experts: int
 
 
-def _expert_weights(fn: str, w13: object, w13_scale: object, w2: object, w2_scale: object, hidden: int) -> int:
-    w13 = chk.tensor(fn, "w13", w13, (chk.FP8,), 3, "[E, 2I, H]", _QUANTISE_HINT)
+def _w13_w2(fn: str, w13: object, w2: object, hidden: int, dtype: torch.dtype, hint: str,
+            same_experts: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """w13 [E, 2I, H] and w2 [E, H, I] of ``dtype`` against each other and hidden's H; returns them and I."""
+    w13 = chk.tensor(fn, "w13", w13, (dtype,), 3, "[E, 2I, H]", hint)
     num_experts, two_i, h = w13.shape
     if h != hidden:
         raise ValueError(
@@ -39,18 +42,25 @@ def _expert_weights(fn: str, w13: object, w13_scale: object, w2: object, w2_scal
         )
     if num_experts == 0:
         raise ValueError(f"{fn}: w13 holds no expert (shape {tuple(w13.shape)}); E must be >= 1")
+    # I a multiple of 128 in both precisions: the GEMMs' K blocks and the activation's 128-column blocks.
     inter = chk.gate_up(fn, "w13", two_i, "[E, 2I, H]")
-    w13_scale = chk.tensor(fn, "w13_scale", w13_scale, (torch.float32,), 3, "[E, 2I/128, H/128]", _SCALE_HINT)
-    chk.shape(fn, "w13_scale", w13_scale, (num_experts, two_i // chk.BLOCK_K, h // chk.BLOCK_K),
-              f"w13 of shape {tuple(w13.shape)} (one scale per 128x128 block)")
-    w2 = chk.tensor(fn, "w2", w2, (chk.FP8,), 3, "[E, H, I]", _QUANTISE_HINT)
+    w2 = chk.tensor(fn, "w2", w2, (dtype,), 3, "[E, H, I]", hint)
     if w2.shape[0] != num_experts:
         raise ValueError(
             f"{fn}: w2 holds {w2.shape[0]} experts (shape {tuple(w2.shape)}) but w13 holds {num_experts}; "
-            "dim 0 of w13, w13_scale, w2 and w2_scale is the same local expert"
+            f"dim 0 of {same_experts} is the same local expert"
         )
     chk.shape(fn, "w2", w2, (num_experts, h, inter),
               f"w13 of shape {tuple(w13.shape)} (E={num_experts}, 2I={two_i}, H={h}; w2 is [E, H, I])")
+    return w13, w2, inter
+
+
+def _expert_weights(fn: str, w13: object, w13_scale: object, w2: object, w2_scale: object, hidden: int) -> int:
+    w13, w2, inter = _w13_w2(fn, w13, w2, hidden, chk.FP8, _QUANTISE_HINT, "w13, w13_scale, w2 and w2_scale")
+    num_experts, two_i, h = w13.shape
+    w13_scale = chk.tensor(fn, "w13_scale", w13_scale, (torch.float32,), 3, "[E, 2I/128, H/128]", _SCALE_HINT)
+    chk.shape(fn, "w13_scale", w13_scale, (num_experts, two_i // chk.BLOCK_K, h // chk.BLOCK_K),
+              f"w13 of shape {tuple(w13.shape)} (one scale per 128x128 block)")
     w2_scale = chk.tensor(fn, "w2_scale", w2_scale, (torch.float32,), 3, "[E, H/128, I/128]", _SCALE_HINT)
     chk.shape(fn, "w2_scale", w2_scale, (num_experts, h // chk.BLOCK_K, inter // chk.BLOCK_K),
               f"w2 of shape {tuple(w2.shape)} (one scale per 128x128 block)")
@@ -125,10 +135,42 @@ def fused_moe_args(fn: str, hidden: object, w13: object, w13_scale: object, w2: 
                    topk_ids: object, topk_weights: object, mode: object, max_m: object,
                    routed_scaling_factor: object, shared_expert: object) -> MoEDims:
     """Validate every argument of ``fused_moe``; returns the call's sizes."""
-    hidden = chk.tensor(fn, "hidden", hidden, (torch.bfloat16,), 2, "[T, H]", "cast it with .to(torch.bfloat16)")
-    num_tokens, h = hidden.shape
-    chk.k_aligned(fn, "hidden has H", h)
+    hidden = _hidden(fn, hidden)
+    h = hidden.shape[1]
     num_experts = _expert_weights(fn, w13, w13_scale, w2, w2_scale, h)
+    devices = {"w13": w13, "w13_scale": w13_scale, "w2": w2, "w2_scale": w2_scale}
+    if shared_expert is not None:
+        devices.update(_shared_expert(fn, shared_expert, h))
+    return _routing(fn, hidden, num_experts, devices, topk_ids, topk_weights, mode, max_m, routed_scaling_factor)
+
+
+def fused_moe_bf16_args(fn: str, hidden: object, w13: object, w2: object, topk_ids: object, topk_weights: object,
+                        mode: object, max_m: object, routed_scaling_factor: object) -> MoEDims:
+    """Validate every argument of ``fused_moe_bf16``; returns the call's sizes."""
+    hidden = _hidden(fn, hidden)
+    num_experts = _bf16_expert_weights(fn, w13, w2, hidden.shape[1])
+    return _routing(fn, hidden, num_experts, {"w13": w13, "w2": w2}, topk_ids, topk_weights, mode, max_m,
+                    routed_scaling_factor)
+
+
+def _hidden(fn: str, hidden: object) -> torch.Tensor:
+    hidden = chk.tensor(fn, "hidden", hidden, (torch.bfloat16,), 2, "[T, H]", "cast it with .to(torch.bfloat16)")
+    chk.k_aligned(fn, "hidden has H", hidden.shape[1])
+    return hidden
+
+
+def _bf16_expert_weights(fn: str, w13: object, w2: object, hidden: int) -> int:
+    w13, w2, _ = _w13_w2(fn, w13, w2, hidden, torch.bfloat16, _BF16_HINT, "w13 and w2")
+    for name, t in (("w13", w13), ("w2", w2)):
+        chk.contiguous(fn, name, t, "the expert GEMMs read the weights in place; a copy per call would cost "
+                       "a weight read", _ONCE)
+    return w13.shape[0]
+
+
+def _routing(fn: str, hidden: torch.Tensor, num_experts: int, devices: dict[str, object], topk_ids: object,
+             topk_weights: object, mode: object, max_m: object, routed_scaling_factor: object) -> MoEDims:
+    # The checks both layers share once their weights are validated: routing, devices, mode and scalars.
+    num_tokens = hidden.shape[0]
     topk_ids = chk.tensor(fn, "topk_ids", topk_ids, chk.INDEX_DTYPES, 2, "[T, k]", "convert it with .to(torch.int32)")
     if topk_ids.shape[0] != num_tokens:
         raise ValueError(
@@ -139,11 +181,7 @@ def fused_moe_args(fn: str, hidden: object, w13: object, w13_scale: object, w2: 
         raise ValueError(f"{fn}: topk_ids has no slot (shape {tuple(topk_ids.shape)}); top-k must be >= 1")
     topk_weights = chk.tensor(fn, "topk_weights", topk_weights, chk.FLOAT_DTYPES, 2, "[T, k]")
     chk.shape(fn, "topk_weights", topk_weights, tuple(topk_ids.shape), "topk_ids [T, k] (one weight per slot)")
-    devices = {"w13": w13, "w13_scale": w13_scale, "w2": w2, "w2_scale": w2_scale, "topk_ids": topk_ids,
-               "topk_weights": topk_weights}
-    if shared_expert is not None:
-        devices.update(_shared_expert(fn, shared_expert, h))
-    chk.same_device(fn, "hidden", hidden, devices)
+    chk.same_device(fn, "hidden", hidden, {**devices, "topk_ids": topk_ids, "topk_weights": topk_weights})
     chk.expert_ids(fn, "topk_ids", topk_ids, num_experts)
     layout_mode(fn, mode)
     if max_m is not None:

@@ -1,4 +1,5 @@
-"""``FusedMoE``: an ``nn.Module`` holding one MoE layer's FP8 expert weights, running ``fused_moe``.
+"""``FusedMoE``: an ``nn.Module`` holding one MoE layer's FP8 expert weights, running ``fused_moe``, or
+its BF16 expert weights (``precision="bf16"``), running ``fused_moe_bf16``.
 
 The weights use vLLM's names and layout (``w13_weight`` [E, 2I, H] with ``[gate | up]`` along 2I,
 ``w2_weight`` [E, H, I], per-128x128-block float32 ``*_weight_scale_inv``: the dequantisation
@@ -8,11 +9,13 @@ they are. Routing (gate, top-k) stays outside the module, as in vLLM's FusedMoE.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from .. import checks as chk
-from .fused import Mode, fused_moe
+from .fused import Mode, fused_moe, fused_moe_bf16
 from .layer_checks import layout_mode, scaling_factor
 from .quantize import quantize_expert_weights
 from .shared import SharedExpert
@@ -20,6 +23,23 @@ from .shared import SharedExpert
 
 def _fp8_parameter(shape: tuple[int, ...], device: torch.device | str | None) -> nn.Parameter:
     return nn.Parameter(torch.zeros(shape, dtype=chk.FP8, device=device), requires_grad=False)
+
+
+def _bf16_parameter(shape: tuple[int, ...], device: torch.device | str | None) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(shape, dtype=torch.bfloat16, device=device), requires_grad=False)
+
+
+Precision = Literal["fp8", "bf16"]
+PRECISIONS = ("fp8", "bf16")
+
+
+def _precision(fn: str, value: object) -> Precision:
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"{fn}: precision must be 'fp8' (weights quantised per 128x128 block, fused_moe) or 'bf16' (weights "
+            f"kept in BF16, fused_moe_bf16), got {value!r}"
+        )
+    return value
 
 
 def _scale_parameter(shape: tuple[int, ...], device: torch.device | str | None) -> nn.Parameter:
@@ -34,7 +54,8 @@ def _size(fn: str, name: str, value: object, fp8_k: bool = False) -> int:
 
 
 class FusedMoE(nn.Module):
-    """The experts of one MoE layer, FP8 (recipe 128x128), forward through :func:`fused_moe`.
+    """The experts of one MoE layer, FP8 (recipe 128x128), forward through :func:`fused_moe`; or with
+    ``precision="bf16"`` BF16, forward through :func:`fused_moe_bf16` (nothing quantised).
 
     num_experts: E local experts; hidden_size: H; intermediate_size: I of each routed expert; top_k:
     slots per token (``topk_ids`` must have this many columns). H, I (and Is) multiples of 128.
@@ -42,6 +63,8 @@ class FusedMoE(nn.Module):
     routed_scaling_factor, mode, max_m: passed to :func:`fused_moe` on every forward.
     device: where the (zero-initialised) weights are allocated; load real ones into the parameters,
     or build the layer with :meth:`from_bf16`.
+    precision: "fp8" (default) or "bf16". A BF16 layer holds only ``w13_weight`` bf16 [E, 2I, H] and
+    ``w2_weight`` bf16 [E, H, I] (no scales) and has no shared expert.
 
     Parameters (``requires_grad=False``): ``w13_weight`` e4m3 [E, 2I, H], ``w13_weight_scale_inv``
     float32 [E, 2I/128, H/128], ``w2_weight`` e4m3 [E, H, I], ``w2_weight_scale_inv`` float32
@@ -63,9 +86,16 @@ class FusedMoE(nn.Module):
         mode: Mode = "auto",
         max_m: int | None = None,
         device: torch.device | str | None = None,
+        precision: Precision = "fp8",
     ) -> None:
         super().__init__()
         fn = "FusedMoE"
+        self.precision = _precision(fn, precision)
+        if precision == "bf16" and shared_intermediate_size is not None:
+            raise ValueError(
+                f"{fn}: a shared expert needs precision='fp8' (fused_moe_bf16 has none); leave "
+                "shared_intermediate_size None and add a BF16 shared MLP's output to the layer's yourself"
+            )
         e = _size(fn, "num_experts", num_experts)
         h = _size(fn, "hidden_size", hidden_size, fp8_k=True)
         i = _size(fn, "intermediate_size", intermediate_size, fp8_k=True)
@@ -78,6 +108,11 @@ class FusedMoE(nn.Module):
         self.routed_scaling_factor = scaling_factor(fn, routed_scaling_factor)
         self.mode: Mode = mode
         self.max_m = max_m
+        if precision == "bf16":
+            self.w13_weight = _bf16_parameter((e, 2 * i, h), device)
+            self.w2_weight = _bf16_parameter((e, h, i), device)
+            self.shared_intermediate_size = None
+            return
         b = chk.BLOCK_K
         self.w13_weight = _fp8_parameter((e, 2 * i, h), device)
         self.w13_weight_scale_inv = _scale_parameter((e, 2 * i // b, h // b), device)
@@ -103,14 +138,21 @@ class FusedMoE(nn.Module):
         routed_scaling_factor: float = 1.0,
         mode: Mode = "auto",
         max_m: int | None = None,
+        precision: Precision = "fp8",
     ) -> FusedMoE:
-        """A layer whose weights are ``w13``/``w2`` quantised per 128x128 block (``per_block_cast_to_fp8``).
+        """A layer whose weights are ``w13``/``w2`` quantised per 128x128 block (``per_block_cast_to_fp8``),
+        or with ``precision="bf16"`` copied as BF16 (no shared expert then).
 
         w13: bf16/fp16/fp32 [E, 2I, H] with ``[gate | up]`` along 2I; w2: [E, H, I]; optional
         shared expert shared_w13 [2Is, H] and shared_w2 [H, Is] (both or neither). The layer lives
         on w13's device.
         """
         fn = "FusedMoE.from_bf16"
+        if _precision(fn, precision) == "bf16" and (shared_w13 is not None or shared_w2 is not None):
+            raise ValueError(
+                f"{fn}: shared_w13/shared_w2 need precision='fp8' (fused_moe_bf16 has no shared expert); drop them "
+                "and add the shared MLP's output to the layer's yourself"
+            )
         w13 = chk.tensor(fn, "w13", w13, chk.FLOAT_DTYPES, 3, "[E, 2I, H]")
         num_experts, two_i, hidden = w13.shape
         w2 = chk.tensor(fn, "w2", w2, chk.FLOAT_DTYPES, 3, "[E, H, I]")
@@ -125,8 +167,13 @@ class FusedMoE(nn.Module):
             chk.shape(fn, "shared_w2", shared_w2, (hidden, shared_inter),
                       f"shared_w13 of shape {tuple(shared_w13.shape)}")
         layer = cls(num_experts, hidden, two_i // 2, top_k, shared_intermediate_size=shared_inter,
-                    routed_scaling_factor=routed_scaling_factor, mode=mode, max_m=max_m, device=w13.device)
+                    routed_scaling_factor=routed_scaling_factor, mode=mode, max_m=max_m, device=w13.device,
+                    precision=precision)
         with torch.no_grad():
+            if precision == "bf16":
+                layer.w13_weight.copy_(w13)
+                layer.w2_weight.copy_(w2)
+                return layer
             for prefix, pair in (("w13", w13), ("w2", w2), ("shared_w13", shared_w13), ("shared_w2", shared_w2)):
                 if pair is None:
                     continue
@@ -153,6 +200,10 @@ class FusedMoE(nn.Module):
                 f"FusedMoE.forward: topk_ids has {topk_ids.shape[1]} slots per token but the layer was built "
                 f"with top_k = {self.top_k}; route with k = {self.top_k}"
             )
+        if self.precision == "bf16":
+            return fused_moe_bf16(hidden, self.w13_weight, self.w2_weight, topk_ids, topk_weights, mode=self.mode,
+                                  max_m=self.max_m, routed_scaling_factor=self.routed_scaling_factor,
+                                  return_overflow=return_overflow)
         return fused_moe(
             hidden, self.w13_weight, self.w13_weight_scale_inv, self.w2_weight, self.w2_weight_scale_inv,
             topk_ids, topk_weights, mode=self.mode, max_m=self.max_m,
@@ -165,4 +216,5 @@ class FusedMoE(nn.Module):
         shared = "" if shared is None else f", shared_intermediate_size={shared}"
         return (f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, "
                 f"intermediate_size={self.intermediate_size}, top_k={self.top_k}{shared}, "
-                f"routed_scaling_factor={self.routed_scaling_factor}, mode={self.mode!r}, max_m={self.max_m}")
+                f"routed_scaling_factor={self.routed_scaling_factor}, mode={self.mode!r}, max_m={self.max_m}, "
+                f"precision={self.precision!r}")

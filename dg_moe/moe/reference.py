@@ -3,7 +3,8 @@
 The numeric contract compares FP8 ops with float64 computed from their dequantised inputs: pass
 ``per_token_cast_to_fp8(hidden)`` and the FP8 weight pairs, and the only FP8 error left in
 ``fused_moe`` is the intermediate activation's quantisation. Pass the unquantised tensors instead
-to measure what FP8 costs against the original BF16 model.
+to measure what FP8 costs against the original BF16 model. For ``fused_moe_bf16`` pass the BF16
+tensors with ``bf16_intermediates=True``: the reference then rounds where that path writes BF16.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ def _float64(x: Operand, gran_mn: int, index: int | None = None) -> torch.Tensor
     return (x if index is None else x[index]).double()
 
 
-def _expert(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+def _bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).double()
+
+
+def _expert(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, bf16_intermediates: bool = False) -> torch.Tensor:
     inter = w13.shape[0] // 2
     gate_up = x @ w13.T
-    return (F.silu(gate_up[:, :inter]) * gate_up[:, inter:]) @ w2.T
+    if not bf16_intermediates:
+        return (F.silu(gate_up[:, :inter]) * gate_up[:, inter:]) @ w2.T
+    gate_up = _bf16(gate_up)
+    return _bf16(_bf16(F.silu(gate_up[:, :inter]) * gate_up[:, inter:]) @ w2.T)
 
 
 def reference_moe(
@@ -39,6 +47,7 @@ def reference_moe(
     *,
     routed_scaling_factor: float = 1.0,
     shared_expert: tuple[Operand, Operand] | None = None,
+    bf16_intermediates: bool = False,
 ) -> torch.Tensor:
     """float64 [T, H]: ``rsf * sum_s w[t, s] * expert_{ids[t, s]}(x[t]) + shared(x[t])``, no rounding.
 
@@ -48,6 +57,9 @@ def reference_moe(
         float64 copy of all experts never exists at once.
     topk_ids: int [T, k], -1 for a slot to skip; topk_weights: float [T, k].
     shared_expert: (w13 [2Is, H], w2 [H, Is]) as float tensors or FP8 pairs, added with weight 1.
+    bf16_intermediates: round each routed expert's gate_up, activation and output to BF16, where
+        ``fused_moe_bf16`` writes them (its GEMMs' outputs and the activation): the reference of that
+        path, whose remaining error is then FP32 accumulation and the output's one rounding.
     Reads the routing on the host: a reference, not a fast path.
     """
     x = _float64(hidden, 1)
@@ -59,7 +71,7 @@ def reference_moe(
         token, slot = (ids == e).nonzero(as_tuple=True)
         if token.numel() == 0:
             continue
-        y = _expert(x[token], _float64(w13, 128, e), _float64(w2, 128, e))
+        y = _expert(x[token], _float64(w13, 128, e), _float64(w2, 128, e), bf16_intermediates)
         out.index_add_(0, token, weights[token, slot].unsqueeze(1) * y)
     if shared_expert is not None:
         out += _expert(x, _float64(shared_expert[0], 128), _float64(shared_expert[1], 128))

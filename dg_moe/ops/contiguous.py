@@ -181,6 +181,17 @@ def m_grouped_bf16_gemm_nt_contiguous(
                      expected_m_for_psum_layout=expected_m_for_psum_layout)
 
 
+def m_grouped_bf16_gemm_nt_contiguous_unchecked(
+    a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, grouped_layout: torch.Tensor, *, use_psum_layout: bool,
+    expected_m_for_psum_layout: int | None = None,
+) -> None:
+    """:func:`m_grouped_bf16_gemm_nt_contiguous` on arguments the caller has already validated to that op's
+    rules (``fused_moe_bf16`` does): no check runs, layout values included."""
+    run_op("m_grouped_bf16_gemm_nt_contiguous", d.device, ref.m_grouped_bf16_gemm_nt_contiguous, a, b, d,
+           grouped_layout, "nk", use_psum_layout, expected_m_for_psum_layout=expected_m_for_psum_layout,
+           empty=d.numel() == 0)
+
+
 def m_grouped_bf16_gemm_nn_contiguous(
     a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, grouped_layout: torch.Tensor,
     compiled_dims: str = "nk", use_psum_layout: bool = False,

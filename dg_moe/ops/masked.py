@@ -117,6 +117,14 @@ def m_grouped_bf16_gemm_nt_masked(
     _bf16_masked(a, b, d, masked_m, expected_m, compiled_dims)
 
 
+def m_grouped_bf16_gemm_nt_masked_unchecked(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
+                                            masked_m: torch.Tensor, expected_m: int) -> None:
+    """:func:`m_grouped_bf16_gemm_nt_masked` on arguments the caller has already validated to that op's rules
+    (``fused_moe_bf16`` does): no check runs."""
+    run_op("m_grouped_bf16_gemm_nt_masked", d.device, ref.m_grouped_bf16_gemm_nt_masked, a, b, d, masked_m,
+           expected_m, "nk", empty=d.numel() == 0)
+
+
 def _bf16_masked(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor, expected_m: int,
                  compiled_dims: str) -> None:
     op = "m_grouped_bf16_gemm_nt_masked"
