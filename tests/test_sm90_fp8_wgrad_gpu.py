@@ -133,6 +133,10 @@ def test_k_grouped(m, n, groups, sum_k, cuda_gen):
     in_place = c.clone()
     dg_moe.k_grouped_fp8_gemm_tn_contiguous(a, b, in_place, ks, _layout(ks, False), c=in_place)
     _assert_bitwise(in_place, with_c, "accumulating in place differs from into a separate d")
+    # Each element takes one reduction per call, so a repeat is bitwise the same.
+    again = c.clone()
+    dg_moe.k_grouped_fp8_gemm_tn_contiguous(a, b, again, ks, _layout(ks, False), c=again)
+    _assert_bitwise(again, in_place, "a second in-place call differs bitwise")
 
 
 def test_k_grouped_strided_output(cuda_gen):

@@ -62,15 +62,15 @@ def test_template_arguments() -> None:
     args = template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001)
     assert args == {"SHAPE_N": 1001, "BLOCK_M": 128, "BLOCK_N": 64, "NUM_STAGES": 8,
                     "WGRAD_TYPE": "dg_moe::sm90_fp8_wgrad::WgradType::KGroupedPsum",
-                    "SMEM_BYTES": smem_bytes(128, 64, 8), "BLOCK_THREADS": 384, "PARAMS_BYTES": 64}
+                    "SMEM_BYTES": smem_bytes(128, 64, 8), "BLOCK_THREADS": 384, "PARAMS_BYTES": 48}
     variants = deepseek_v3_variants()
     assert len({tuple(sorted(v.items())) for v in variants}) == len(variants)
     assert {v["WGRAD_TYPE"].rsplit("::", 1)[1] for v in variants} == {t.value for t in WgradType}
 
 
 def test_params_struct_is_the_kernels() -> None:
-    assert ctypes.sizeof(ce.Params) == PARAMS_BYTES == 64
-    assert [ce.Params.c_group_stride.offset, ce.Params.c_row_stride.offset, ce.Params.pairs.offset] == [24, 40, 60]
+    assert ctypes.sizeof(ce.Params) == PARAMS_BYTES == 48
+    assert [ce.Params.d_group_stride.offset, ce.Params.d_row_stride.offset, ce.Params.accumulate.offset] == [16, 24, 44]
 
 
 def test_maps_grid_and_column_pairs() -> None:
@@ -82,10 +82,10 @@ def test_maps_grid_and_column_pairs() -> None:
     assert sfb == TensorMap2D(F32, 2112, 32, 2112 * 4, 128, 1, cu.CU_TENSOR_MAP_SWIZZLE_NONE)
     # 8 groups x 56 x 17 tiles: one CTA per SM; 1 group x 1 x 17: 17 CTAs.
     assert ce.grid_size(v, 7168, 8, 132) == 132 and ce.grid_size(v, 100, 1, 132) == 17
-    assert ce.column_pairs(None, 0x1000, 0, 2112, 0, 2112)
-    assert not ce.column_pairs(0x2000, 0x1000, 7, 2112, 0, 2112)  # c's groups start on odd elements
-    assert not ce.column_pairs(None, 0x1004, 0, 2112, 0, 2112)  # d 4 bytes past an 8-byte boundary
-    assert not ce.column_pairs(None, 0x1000, 0, 1001, 0, 1001)  # odd N: odd rows start 4 bytes off
+    assert ce.column_pairs(0x1000, 0, 2112)
+    assert not ce.column_pairs(0x1000, 7, 2112)  # d's groups start on odd elements
+    assert not ce.column_pairs(0x1004, 0, 2112)  # d 4 bytes past an 8-byte boundary
+    assert not ce.column_pairs(0x1000, 0, 1001)  # odd N: odd rows start 4 bytes off
 
 
 @pytest.fixture
@@ -97,16 +97,15 @@ def fake_kernel(tmp_path: Path) -> tuple[CubinKernel, FakeDriver]:
 def test_a_cubin_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:
     kernel, driver = fake_kernel
     entry = ce.CubinEntry(kernel, ce.Variant(WgradType.K_GROUPED_PSUM, _config(128), 2048))
-    a, sfa, b, sfb, c, d, layout = 0x10000, 0x20000, 0x30000, 0x40000, 0x50000, 0x60000, 0x70000
-    args = (a, 1024, sfa, 7168, b, 1024, sfb, 2048, c, d, layout, 7168, 1024, 4, 7168 * 2048, 2048,
-            7168 * 2048, 2048, 132, 0x7777)
+    a, sfa, b, sfb, d, layout = 0x10000, 0x20000, 0x30000, 0x40000, 0x60000, 0x70000
+    args = (a, 1024, sfa, 7168, b, 1024, sfb, 2048, 1, d, layout, 7168, 1024, 4, 7168 * 2048, 2048, 132, 0x7777)
     entry(*args)
     shared = smem_bytes(128, 128, 6)
     assert driver.attributes == [(cu.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared, 0xC0DE, 0)]
     (launch,) = driver.launches
     assert (launch["grid"], launch["block"], launch["shared"], launch["stream"]) == ((132, 1, 1), (384, 1, 1), shared,
                                                                                 0x7777)
-    assert launch["params"] == (c, d, layout, 7168 * 2048, 7168 * 2048, 2048, 2048, 7168, 1024, 4, 1)
+    assert launch["params"] == (d, layout, 7168 * 2048, 2048, 7168, 1024, 4, 1, 1)
     assert launch["maps"] == [a, b, sfa, sfb]
     assert [e[:2] for e in driver.encoded] == [(U8, a), (U8, b), (F32, sfa), (F32, sfb)]
     entry(*args)  # memoised: nothing encoded again
@@ -118,11 +117,10 @@ def test_a_cubin_launch_as_the_nvcc_entry_makes_it(fake_kernel) -> None:
 def test_normal_launch_passes_no_layout(fake_kernel) -> None:
     kernel, driver = fake_kernel
     entry = ce.CubinEntry(kernel, ce.Variant(WgradType.NORMAL, _config(64), 1001))
-    entry(1 << 12, 256, 2 << 12, 4, 3 << 12, 256, 4 << 12, 1004, None, 5 << 12, 0x99, 3, 256, 1, 0, 0, 0, 1001,
-          132, 0)
+    entry(1 << 12, 256, 2 << 12, 4, 3 << 12, 256, 4 << 12, 1004, 0, 5 << 12, 0x99, 3, 256, 1, 0, 1001, 132, 0)
     (launch,) = driver.launches
-    # One m-block x 16 n-blocks of 64; no c, no layout; odd N: single-column stores.
-    assert launch["grid"] == (16, 1, 1) and launch["params"] == (None, 5 << 12, None, 0, 0, 0, 1001, 3, 256, 1, 0)
+    # One m-block x 16 n-blocks of 64; no accumulation, no layout; odd N: single-column stores.
+    assert launch["grid"] == (16, 1, 1) and launch["params"] == (5 << 12, None, 0, 1001, 3, 256, 1, 0, 0)
 
 
 # ---- the launcher's arguments, on CPU tensors (the entry is a recorder) ----------------------------------------
@@ -165,7 +163,7 @@ def test_k_major_keeps_k_major_views_and_transposes_row_major_operands() -> None
 def test_k_grouped_arguments(recorded) -> None:
     sum_k, m, n, groups = 512, 96, 40, 3
     a, b = (_fp8(sum_k, m), torch.rand(sum_k // 128, m)), (_fp8(n, sum_k).mT, torch.rand(sum_k // 128, n))
-    d, c = torch.empty(groups, m, n), torch.empty(groups, m, n)
+    d, c = torch.zeros(groups, m, n), torch.randn(groups, m, n)
     layout = torch.tensor([128, 0, 384], dtype=torch.int32)
     launcher.k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, [128, 0, 384], layout, c, RECIPE_1D1D, "mn", False)
     assert recorded.keys == [(WgradType.K_GROUPED, m, n, sum_k // groups, groups, 132)]
@@ -175,8 +173,9 @@ def test_k_grouped_arguments(recorded) -> None:
     assert args[0] != a[0].data_ptr() and args[1] == sum_k
     assert args[4] == b[0].data_ptr() and args[5] == sum_k
     assert (args[2], args[3], args[6], args[7]) == (a[1].data_ptr(), m, b[1].data_ptr(), n)
-    assert args[8:] == (c.data_ptr(), d.data_ptr(), layout.data_ptr(), m, sum_k, groups, m * n, n, m * n, n, 132,
-                        0x5EED)
+    # A separate c is copied into d, which the kernel then accumulates into.
+    assert args[8:] == (1, d.data_ptr(), layout.data_ptr(), m, sum_k, groups, m * n, n, 132, 0x5EED)
+    assert torch.equal(d, c)
 
 
 def test_k_grouped_psum_in_place_with_unaligned_scales(recorded) -> None:
@@ -189,7 +188,7 @@ def test_k_grouped_psum_in_place_with_unaligned_scales(recorded) -> None:
     (args,) = recorded.calls
     # 30 and 7 rows of scales per K block are not 16-byte multiples: copied with columns padded to 32 and 8.
     assert args[2] != a[1].data_ptr() and (args[3], args[7]) == (32, 8)
-    assert args[8] == args[9] == d.data_ptr()  # c is d: in place
+    assert (args[8], args[9]) == (1, d.data_ptr())  # c is d: in place
 
 
 def test_dense_wgrad_arguments(recorded) -> None:
@@ -201,4 +200,4 @@ def test_dense_wgrad_arguments(recorded) -> None:
     (args,) = recorded.calls
     assert (args[0], args[1], args[4], args[5]) == (a[0].data_ptr(), k, b[0].data_ptr(), k)
     assert (args[3], args[7]) == (72, 48)  # row-major scales converted MN-major, columns of align(M, 4)
-    assert args[8:] == (None, d.data_ptr(), None, m, k, 1, 0, 0, 0, n, 132, 0x5EED)
+    assert args[8:] == (0, d.data_ptr(), None, m, k, 1, 0, n, 132, 0x5EED)

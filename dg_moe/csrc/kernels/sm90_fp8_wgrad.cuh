@@ -16,12 +16,17 @@
 //   scales form an outer product, so every accumulator has its own factor (one FMUL and one FFMA
 //   each, where the (1, 128, 128) kernel needs one FFMA). While one warpgroup promotes, the other's
 //   wgmmas keep the tensor cores busy.
-// - epilogue: each math thread adds C and stores its FP32 sums straight to global memory in 8-byte
-//   column pairs (full 32-byte sectors per quad of lanes); rows past M and columns past N are never
-//   written. A tile of an empty group (K = 0) runs no K block and writes C (or zeros).
+// - epilogue: each math thread sends its FP32 sums straight to global memory in 8-byte column pairs
+//   (full 32-byte sectors per quad of lanes): plain stores, or when accumulating reductions (red.add)
+//   into d, which already holds C (the launcher copies a separate c into d first). A thread that loaded
+//   C itself from an address that may alias D had to keep every load behind its previous store: 32
+//   serialised memory round trips per tile, about half the tile's time at K = 4096. Rows past M and
+//   columns past N are never written. A tile of an empty group (K = 0) runs no K block: it writes zeros,
+//   or nothing when accumulating.
 #include <cstdint>
 
 #include "common/elect.cuh"
+#include "common/global_reduce.cuh"
 #include "common/mbarrier.cuh"
 #include "common/registers.cuh"
 #include "common/tma.cuh"
@@ -57,17 +62,15 @@ constexpr uint32_t kMathRegisters = 232;
 constexpr uint32_t kWgradRegisterBudget = 192;
 
 struct Params {
-    const float* c;   // null: nothing to accumulate (D = A @ B^T)
-    float* d;         // element (g, r, col) at d + g * d_group_stride + r * d_row_stride + col
+    float* d;           // element (g, r, col) at d + g * d_group_stride + r * d_row_stride + col
     const int* layout;  // K-grouped: K of each group or their running sums; null for Normal
-    uint64_t c_group_stride;
     uint64_t d_group_stride;
-    uint32_t c_row_stride;
     uint32_t d_row_stride;
     uint32_t m;
     uint32_t k;  // Normal: K; K-grouped: unused (each group's K comes from layout)
     uint32_t num_groups;
-    uint32_t pairs;  // 1: every row of d and c starts 8-byte aligned, so columns go out in float2 pairs
+    uint32_t pairs;       // 1: every row of d starts 8-byte aligned, so columns go out in float2 pairs
+    uint32_t accumulate;  // 1: D += A @ B^T (d holds C); 0: D = A @ B^T
 };
 
 template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
@@ -304,37 +307,42 @@ struct MathWarpgroup {
         ++iter;
     }
 
-    // D = C + sums for this thread's rows below M and columns below N.
+    // D = sums, or D += sums when accumulating, for this thread's rows below M and columns below N.
     __device__ __forceinline__ void write_out(const Tile& tile) const {
         const uint32_t row0 = tile.m_block * V::BLOCK_M + row_in_tile;
         float* d = params.d + tile.group * params.d_group_stride;
-        const float* c = params.c == nullptr ? nullptr : params.c + tile.group * params.c_group_stride;
+        const bool accumulate = params.accumulate != 0;
         DG_MOE_UNROLL
         for (uint32_t half = 0; half < 2; ++half) {
             const uint32_t row = row0 + 8 * half;
             if (row >= params.m)
                 continue;
             float* d_row = d + static_cast<uint64_t>(row) * params.d_row_stride;
-            const float* c_row = c == nullptr ? nullptr : c + static_cast<uint64_t>(row) * params.c_row_stride;
             DG_MOE_UNROLL
             for (uint32_t j = 0; j < V::kNumColPairs; ++j) {
                 const uint32_t col = tile.n_block * V::BLOCK_N + 8 * j + col_in_chunk;
-                float lo = result[4 * j + 2 * half], hi = result[4 * j + 2 * half + 1];
+                const float lo = result[4 * j + 2 * half], hi = result[4 * j + 2 * half + 1];
                 // An even N puts col + 1 below N whenever col is; an odd one needs both tested.
                 if (V::SHAPE_N % 2 == 0 && params.pairs != 0) {
                     if (col < V::SHAPE_N) {
-                        if (c_row != nullptr) {
-                            const float2 add = *reinterpret_cast<const float2*>(c_row + col);
-                            lo += add.x;
-                            hi += add.y;
-                        }
-                        *reinterpret_cast<float2*>(d_row + col) = float2{lo, hi};
+                        if (accumulate)
+                            red_add_v2_f32(d_row + col, lo, hi);
+                        else
+                            *reinterpret_cast<float2*>(d_row + col) = float2{lo, hi};
                     }
                 } else {
-                    if (col < V::SHAPE_N)
-                        d_row[col] = c_row == nullptr ? lo : c_row[col] + lo;
-                    if (col + 1 < V::SHAPE_N)
-                        d_row[col + 1] = c_row == nullptr ? hi : c_row[col + 1] + hi;
+                    if (col < V::SHAPE_N) {
+                        if (accumulate)
+                            red_add_f32(d_row + col, lo);
+                        else
+                            d_row[col] = lo;
+                    }
+                    if (col + 1 < V::SHAPE_N) {
+                        if (accumulate)
+                            red_add_f32(d_row + col + 1, hi);
+                        else
+                            d_row[col + 1] = hi;
+                    }
                 }
             }
         }
@@ -350,7 +358,10 @@ struct MathWarpgroup {
             DG_MOE_NO_UNROLL
             for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb)
                 k_block(acc);
-            write_out(tile);
+            // An empty group adds nothing to C, which d already holds (adding zeros would still flush a
+            // subnormal C and turn -0 into +0).
+            if (tile.num_k_blocks > 0 || params.accumulate == 0)
+                write_out(tile);
         }
     }
 };

@@ -39,15 +39,14 @@ bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0;
 // a: e4m3, K-major: row r (r < m) of K bytes at a + r * a_row_bytes, groups back to back along K (sum_k
 // columns in all); b: the same for N rows. sfa: float32 MN-major, K block j's m scales at sfa + j *
 // sfa_stride; sfb the same for N. d: float32, element (g, r, col) at d + g * d_group_stride + r *
-// d_row_stride + col; c the same with its strides, or null. layout: the groups' K (KGrouped) or running
-// sums (KGroupedPsum) on the device, null for Normal. Launches on `stream`, which must belong to the
-// current device; never synchronises.
+// d_row_stride + col; accumulate 1: D += A @ B^T (the caller has put C into d), 0: D = A @ B^T. layout:
+// the groups' K (KGrouped) or running sums (KGroupedPsum) on the device, null for Normal. Launches on
+// `stream`, which must belong to the current device; never synchronises.
 DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, const void* sfa, uint32_t sfa_stride,
                                         const void* b, uint64_t b_row_bytes, const void* sfb, uint32_t sfb_stride,
-                                        const float* c, float* d, const int* layout, uint32_t m, uint32_t sum_k,
-                                        uint32_t num_groups, uint64_t c_group_stride, uint32_t c_row_stride,
-                                        uint64_t d_group_stride, uint32_t d_row_stride, uint32_t num_sms,
-                                        void* stream) {
+                                        uint32_t accumulate, float* d, const int* layout, uint32_t m,
+                                        uint32_t sum_k, uint32_t num_groups, uint64_t d_group_stride,
+                                        uint32_t d_row_stride, uint32_t num_sms, void* stream) {
     if (m == 0 || sum_k == 0 || sum_k % kBlockK != 0 || num_groups == 0 || num_sms == 0)
         return dg_moe::kStatusInvalidArgument;
     if (kType != WgradType::Normal && layout == nullptr)
@@ -68,11 +67,10 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
     // Persistent grid: one CTA per SM, no more than there are tiles.
     const uint64_t tiles = uint64_t(ceil_div(m, kBlockM)) * ceil_div(kShapeN, kBlockN) * num_groups;
     const uint32_t grid = tiles < num_sms ? static_cast<uint32_t>(tiles) : num_sms;
-    // Column pairs go out as 8-byte stores where every row of d (and c) starts 8-byte aligned.
-    const bool pairs = aligned8(d) && d_row_stride % 2 == 0 && d_group_stride % 2 == 0 &&
-                       (c == nullptr || (aligned8(c) && c_row_stride % 2 == 0 && c_group_stride % 2 == 0));
-    const Params params{c,           d, kType == WgradType::Normal ? nullptr : layout, c_group_stride, d_group_stride,
-                        c_row_stride, d_row_stride, m, sum_k, num_groups, pairs ? 1u : 0u};
+    // Column pairs go out as 8-byte stores (or reductions) where every row of d starts 8-byte aligned.
+    const bool pairs = aligned8(d) && d_row_stride % 2 == 0 && d_group_stride % 2 == 0;
+    const Params params{d,          kType == WgradType::Normal ? nullptr : layout, d_group_stride, d_row_stride, m, sum_k,
+                        num_groups, pairs ? 1u : 0u, accumulate != 0 ? 1u : 0u};
 
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(grid);

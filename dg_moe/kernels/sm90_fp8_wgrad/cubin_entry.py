@@ -35,17 +35,15 @@ class Params(ctypes.Structure):
     """The kernel's ``Params`` argument (PARAMS_BYTES, static_asserted by every compile)."""
 
     _fields_ = [
-        ("c", ctypes.c_void_p),
         ("d", ctypes.c_void_p),
         ("layout", ctypes.c_void_p),
-        ("c_group_stride", ctypes.c_uint64),
         ("d_group_stride", ctypes.c_uint64),
-        ("c_row_stride", ctypes.c_uint32),
         ("d_row_stride", ctypes.c_uint32),
         ("m", ctypes.c_uint32),
         ("k", ctypes.c_uint32),
         ("num_groups", ctypes.c_uint32),
         ("pairs", ctypes.c_uint32),
+        ("accumulate", ctypes.c_uint32),
     ]
 
 
@@ -82,22 +80,17 @@ def grid_size(v: Variant, m: int, num_groups: int, num_sms: int) -> int:
     return min(tiles, num_sms)
 
 
-def column_pairs(c: int | None, d: int, c_group_stride: int, c_row_stride: int, d_group_stride: int,
-                 d_row_stride: int) -> bool:
-    """Whether every row of d (and c) starts 8-byte aligned, so the epilogue stores float2 pairs."""
-    def aligned(address: int, group_stride: int, row_stride: int) -> bool:
-        return address % 8 == 0 and group_stride % 2 == 0 and row_stride % 2 == 0
-
-    return aligned(d, d_group_stride, d_row_stride) and (
-        c is None or aligned(c, c_group_stride, c_row_stride))
+def column_pairs(d: int, d_group_stride: int, d_row_stride: int) -> bool:
+    """Whether every row of d starts 8-byte aligned, so the epilogue writes float2 pairs."""
+    return d % 8 == 0 and d_group_stride % 2 == 0 and d_row_stride % 2 == 0
 
 
 class CubinEntry(MemoisedLaunches):
     """One variant's launch on its CubinKernel, called as the nvcc entry is: ``(a, a_row_bytes, sfa,
-    sfa_stride, b, b_row_bytes, sfb, sfb_stride, c, d, layout, m, sum_k, num_groups, c_group_stride,
-    c_row_stride, d_group_stride, d_row_stride, num_sms, stream)`` with device addresses (``c`` and
-    ``layout`` may be None) and the cudaStream_t as an int. A call whose arguments were seen before is one
-    cuLaunchKernelEx on memoised arguments."""
+    sfa_stride, b, b_row_bytes, sfb, sfb_stride, accumulate, d, layout, m, sum_k, num_groups,
+    d_group_stride, d_row_stride, num_sms, stream)`` with device addresses (``layout`` may be None),
+    ``accumulate`` 1 when d already holds C, and the cudaStream_t as an int. A call whose arguments were
+    seen before is one cuLaunchKernelEx on memoised arguments."""
 
     def __init__(self, kernel: CubinKernel, variant: Variant):
         super().__init__(kernel)
@@ -108,16 +101,16 @@ class CubinEntry(MemoisedLaunches):
 
     def _prepare(self, args: tuple) -> PreparedLaunch:
         """The launch of ``__call__``'s arguments."""
-        (a, a_row_bytes, sfa, sfa_stride, b, b_row_bytes, sfb, sfb_stride, c, d, layout, m, sum_k, num_groups,
-         c_group_stride, c_row_stride, d_group_stride, d_row_stride, num_sms, stream) = args
+        (a, a_row_bytes, sfa, sfa_stride, b, b_row_bytes, sfb, sfb_stride, accumulate, d, layout, m, sum_k,
+         num_groups, d_group_stride, d_row_stride, num_sms, stream) = args
         v = self.variant
         if m == 0 or sum_k == 0 or sum_k % BLOCK_K != 0 or num_groups == 0 or num_sms == 0:
             raise invalid_argument(ENTRY, f"m={m}, sum_k={sum_k}, num_groups={num_groups}, num_sms={num_sms}")
         if v.wgrad_type != WgradType.NORMAL and layout is None:
             raise invalid_argument(ENTRY, "a K-grouped launch without its layout")
-        pairs = column_pairs(c, d, c_group_stride, c_row_stride, d_group_stride, d_row_stride)
-        params = Params(c, d, None if v.wgrad_type == WgradType.NORMAL else layout, c_group_stride, d_group_stride,
-                        c_row_stride, d_row_stride, m, sum_k, num_groups, int(pairs))
+        pairs = column_pairs(d, d_group_stride, d_row_stride)
+        params = Params(d, None if v.wgrad_type == WgradType.NORMAL else layout, d_group_stride, d_row_stride, m,
+                        sum_k, num_groups, int(pairs), int(accumulate != 0))
         return prepare_launch(
             self.kernel, tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride),
             (a, b, sfa, sfb), d,

@@ -12,8 +12,8 @@ from .heuristic import WgradConfig, smem_bytes
 
 BLOCK_THREADS = 384
 """kBlockThreads: two math warpgroups and the producer warpgroup."""
-PARAMS_BYTES = 64
-"""sizeof(Params): three pointers, two uint64 and six uint32 (cubin_entry.Params mirrors it)."""
+PARAMS_BYTES = 48
+"""sizeof(Params): two pointers, one uint64 and six uint32 (cubin_entry.Params mirrors it)."""
 
 
 def template_args(config: WgradConfig) -> dict[str, int]:

@@ -37,10 +37,7 @@ from .variants import FAMILY, WgradType, template_args
 
 _ENTRY = "dg_moe_sm90_fp8_wgrad"
 _U64, _U32, _PTR = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
-_ARGTYPES = (
-    _PTR, _U64, _PTR, _U32, _PTR, _U64, _PTR, _U32, _PTR, _PTR, _PTR, _U32, _U32, _U32, _U64, _U32, _U64, _U32,
-    _U32, _PTR,
-)
+_ARGTYPES = (_PTR, _U64, _PTR, _U32, _PTR, _U64, _PTR, _U32, _U32, _PTR, _PTR, _U32, _U32, _U32, _U64, _U32, _U32, _PTR)
 _TMA_ALIGNMENT = 16
 
 # (type, M, N, K per group, groups, SMs) -> bound host entry; a warm call is one look-up here.
@@ -91,20 +88,20 @@ def _per_row_scales(sf: torch.Tensor, k_blocks: int) -> tuple[torch.Tensor, int]
 
 def _launch(wgrad_type: WgradType, a: tuple, b: tuple, d: torch.Tensor, c: torch.Tensor | None,
             layout: torch.Tensor | None, m: int, sum_k: int, num_groups: int) -> None:
-    """a = (storage, row bytes, sfa, sfa stride), b likewise; d/c float32 ``[G, M, N]`` or ``[M, N]``."""
+    """a = (storage, row bytes, sfa, sfa stride), b likewise; d/c float32 ``[G, M, N]`` or ``[M, N]``.
+
+    The kernel adds its products into d (reductions, no load of C: docs/sm90-fp8-wgrad.md), so a ``c``
+    that is not ``d`` itself is copied into ``d`` first, on the same stream."""
     device = d.device
     num_sms = _device.num_sms_for(device)
     n = d.shape[-1]
     entry = _entry(wgrad_type, m, n, sum_k // num_groups, num_groups, num_sms)
-
-    def strides(t: torch.Tensor) -> tuple[int, int]:
-        return (t.stride(0), t.stride(1)) if t.dim() == 3 else (0, t.stride(0))
-
-    c_group, c_row = strides(c) if c is not None else (0, 0)
-    d_group, d_row = strides(d)
+    if c is not None and c.data_ptr() != d.data_ptr():
+        d.copy_(c)
+    d_group, d_row = (d.stride(0), d.stride(1)) if d.dim() == 3 else (0, d.stride(0))
     args = (a[0].data_ptr(), a[1], a[2].data_ptr(), a[3], b[0].data_ptr(), b[1], b[2].data_ptr(), b[3],
-            None if c is None else c.data_ptr(), d.data_ptr(), None if layout is None else layout.data_ptr(),
-            m, sum_k, num_groups, c_group, c_row, d_group, d_row, num_sms, _device.stream_handle(device))
+            int(c is not None), d.data_ptr(), None if layout is None else layout.data_ptr(),
+            m, sum_k, num_groups, d_group, d_row, num_sms, _device.stream_handle(device))
     # A launch goes to the current device with that device's stream.
     if device.index is not None and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
