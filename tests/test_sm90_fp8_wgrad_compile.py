@@ -25,18 +25,20 @@ def _config(block_n: int) -> WgradConfig:
     return WgradConfig(128, block_n, stages, smem_bytes(128, block_n, stages), 0.0)
 
 
-# Both widths the heuristic picks, every layout, and an odd N (the epilogue's single-column stores).
+# Both widths the heuristic picks, every layout, an odd N (the epilogue's single-column stores) and the widest
+# forced tile (the most registers).
 VARIANTS = [
     template_args(WgradType.NORMAL, choose_config(7168, 2112, 4096, 1, 132), 2112),
     template_args(WgradType.K_GROUPED, choose_config(4096, 7168, 1024, 8, 132), 7168),
     template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001),
     template_args(WgradType.NORMAL, _config(64), 4096),
+    template_args(WgradType.K_GROUPED_PSUM, _config(152), 7168),
 ]
 
 
 @pytest.mark.nvcc
 def test_variants_compile_for_sm90a_without_local_memory(module_cache_dir):
-    assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128}
+    assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128, 152}
     libraries = compile_many(FAMILY, VARIANTS, jobs=max(2, os.cpu_count() or 2))
     assert len(set(libraries)) == len(VARIANTS)
     cuobjdump = shutil.which("cuobjdump")

@@ -12,6 +12,7 @@ import torch
 
 import dg_moe
 from dg_moe import layout, reference
+from dg_moe.kernels.sm90_fp8_wgrad.heuristic import BUILT_BLOCK_NS
 from dg_moe.reference.common import RECIPE_1D1D
 
 from .gpu_inputs import assert_matches
@@ -190,9 +191,10 @@ def test_k_grouped_cuda_graph_replays_with_new_group_sizes(cuda_gen):
         assert_matches(d, ref)
 
 
-@pytest.mark.parametrize("block_n", [64, 128])
+@pytest.mark.parametrize("block_n", BUILT_BLOCK_NS)
 def test_forced_tile_widths(monkeypatch, block_n, cuda_gen):
-    """Both tile widths on both ops, whatever the cost model would pick, with partial tiles in M and N."""
+    """Every tile width the kernel builds on both ops, whatever the cost model would pick, with partial tiles
+    in M and N (N = 600: no width divides it)."""
     from dg_moe.kernels.sm90_fp8_wgrad import launcher
     from dg_moe.kernels.sm90_fp8_wgrad.heuristic import max_stages, smem_bytes
 
@@ -205,7 +207,7 @@ def test_forced_tile_widths(monkeypatch, block_n, cuda_gen):
 
     monkeypatch.setattr(launcher, "config_for", forced)
     monkeypatch.setattr(launcher, "_entries", {})
-    m, n, k = 520, 576, 1152
+    m, n, k = 520, 600, 1152
     a, b = _per_row(m, k, cuda_gen), _per_row(n, k, cuda_gen)
     d = _poisoned(m, n)
     dg_moe.fp8_gemm_nt(a, b, d, recipe=RECIPE_1D1D)

@@ -149,6 +149,18 @@ def test_list_needs_no_gpu(tool, capsys, monkeypatch):
     assert tool.main([]) == 1  # without a GPU it says so instead of failing in CUDA
 
 
+def test_forced_width_reaches_every_case(tool, capsys, monkeypatch):
+    from dg_moe.kernels.sm90_fp8_wgrad import launcher
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launcher, "config_for", launcher.config_for)  # undone after the test
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--block-n", "160"])  # not a width the kernel builds
+    assert tool.main(["--list", "--block-n", "144"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(tool.cases()) and all(" 128x144 s6" in line for line in lines)
+
+
 def test_script_help_runs_standalone():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, env=env,

@@ -2,7 +2,7 @@
 
 Recipe (1, 1, 128), FP32 d accumulated in place, each library on its SM90 kernel for the same products.
 
-    python3 tools/bench_wgrad.py [--no-deepgemm] [--only dense|k_grouped] [--list | --compile-only]
+    python3 tools/bench_wgrad.py [--no-deepgemm] [--only dense|k_grouped] [--block-n N] [--list | --compile-only]
 
 - dense: ``fp8_gemm_nt((a, sfa), (b, sfb), d, c=d, recipe=(1, 1, 128))``, K = tokens; DeepGEMM's
   ``fp8_gemm_nt`` with the same arguments (its SM90 1D1D kernel).
@@ -26,6 +26,7 @@ configurations at each shape's first call; dg_moe's choice is the table's last c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import random
 import time
@@ -40,8 +41,8 @@ from dg_moe import layout, reference
 from dg_moe.bench.peer_deepgemm import load_deep_gemm
 from dg_moe.bench.timing import describe_error, gpu_times_us
 from dg_moe.jit import compile_many
-from dg_moe.kernels.sm90_fp8_wgrad import FAMILY, WgradConfig, WgradType, template_args
-from dg_moe.kernels.sm90_fp8_wgrad.launcher import config_for
+from dg_moe.kernels.sm90_fp8_wgrad import FAMILY, WgradConfig, WgradType, launcher, template_args
+from dg_moe.kernels.sm90_fp8_wgrad.heuristic import BLOCK_M, BUILT_BLOCK_NS, max_stages, smem_bytes
 from dg_moe.kernels.sm90_fp8_wgrad.variants import DEEPSEEK_V3_DENSE_MN
 from dg_moe.reference.common import MK_ALIGNMENT, RECIPE_1D1D
 
@@ -119,7 +120,20 @@ def cases(only: str | None = None) -> list[Case]:
 def our_config(case: Case, num_sms: int) -> WgradConfig:
     """The variant dg_moe's launch picks for ``case``: the launcher's key is (type, M, N, sum_K // groups,
     groups, SMs), the mean K per group standing for every group."""
-    return config_for(case.wgrad_type, case.m, case.n, case.sum_k // case.groups, case.groups, num_sms)
+    return launcher.config_for(case.wgrad_type, case.m, case.n, case.sum_k // case.groups, case.groups, num_sms)
+
+
+def force_block_n(block_n: int) -> None:
+    """Every dg_moe launch of this process (and this tool's listing) runs tiles ``block_n`` wide with the most
+    stages that fit, whatever the cost model would pick: the launcher's seam for forced variants."""
+    chosen = launcher.config_for
+    stages = max_stages(BLOCK_M, block_n)
+
+    def forced(*key):
+        return dataclasses.replace(chosen(*key), block_n=block_n, num_stages=stages,
+                                   smem_bytes=smem_bytes(BLOCK_M, block_n, stages))
+
+    launcher.config_for = forced
 
 
 def describe_config(config: WgradConfig) -> str:
@@ -381,6 +395,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-deepgemm", action="store_true", help="do not import DeepGEMM")
     parser.add_argument("--only", choices=("dense", "k_grouped"), help="run one kind of case only")
+    parser.add_argument("--block-n", type=int, choices=BUILT_BLOCK_NS,
+                        help="force dg_moe's tile width on every case (default: the cost model's choice)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true",
                       help=f"print the cases and dg_moe's configuration for each, then exit (no GPU needed: "
@@ -393,6 +409,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     selected = cases(args.only)
+    if args.block_n is not None:
+        force_block_n(args.block_n)
     if args.list:
         _list(selected, torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available()
               else DEFAULT_NUM_SMS)

@@ -36,11 +36,15 @@ __device__ __forceinline__ void fence_operand(float& reg) { asm volatile("" : "+
 #define DG_MOE_WGMMA_D8(b)                                                                                \
     "+f"(d[b]), "+f"(d[b + 1]), "+f"(d[b + 2]), "+f"(d[b + 3]), "+f"(d[b + 4]), "+f"(d[b + 5]), "+f"(d[b + 6]), \
         "+f"(d[b + 7])
+#define DG_MOE_WGMMA_D4(b) "+f"(d[b]), "+f"(d[b + 1]), "+f"(d[b + 2]), "+f"(d[b + 3])
 #define DG_MOE_WGMMA_ACCUM_8 DG_MOE_WGMMA_D8(0)
 #define DG_MOE_WGMMA_ACCUM_16 DG_MOE_WGMMA_ACCUM_8, DG_MOE_WGMMA_D8(8)
 #define DG_MOE_WGMMA_ACCUM_32 DG_MOE_WGMMA_ACCUM_16, DG_MOE_WGMMA_D8(16), DG_MOE_WGMMA_D8(24)
 #define DG_MOE_WGMMA_ACCUM_64 \
     DG_MOE_WGMMA_ACCUM_32, DG_MOE_WGMMA_D8(32), DG_MOE_WGMMA_D8(40), DG_MOE_WGMMA_D8(48), DG_MOE_WGMMA_D8(56)
+#define DG_MOE_WGMMA_ACCUM_68 DG_MOE_WGMMA_ACCUM_64, DG_MOE_WGMMA_D4(64)
+#define DG_MOE_WGMMA_ACCUM_72 DG_MOE_WGMMA_ACCUM_64, DG_MOE_WGMMA_D8(64)
+#define DG_MOE_WGMMA_ACCUM_76 DG_MOE_WGMMA_ACCUM_72, DG_MOE_WGMMA_D4(72)
 #define DG_MOE_WGMMA_ACCUM_96 \
     DG_MOE_WGMMA_ACCUM_64, DG_MOE_WGMMA_D8(64), DG_MOE_WGMMA_D8(72), DG_MOE_WGMMA_D8(80), DG_MOE_WGMMA_D8(88)
 #define DG_MOE_WGMMA_ACCUM_128 \
@@ -52,6 +56,9 @@ __device__ __forceinline__ void fence_operand(float& reg) { asm volatile("" : "+
 #define DG_MOE_WGMMA_NAMES_64                                                                                 \
     DG_MOE_WGMMA_NAMES_32 ", " "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
     ", " "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define DG_MOE_WGMMA_NAMES_68 DG_MOE_WGMMA_NAMES_64 ", " "%64, %65, %66, %67"
+#define DG_MOE_WGMMA_NAMES_72 DG_MOE_WGMMA_NAMES_68 ", " "%68, %69, %70, %71"
+#define DG_MOE_WGMMA_NAMES_76 DG_MOE_WGMMA_NAMES_72 ", " "%72, %73, %74, %75"
 #define DG_MOE_WGMMA_NAMES_96                                                                                 \
     DG_MOE_WGMMA_NAMES_64 ", " "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79" \
     ", " "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
@@ -84,6 +91,10 @@ DG_MOE_WGMMA_SHAPE(FP8MMA, 16, 8, 8, 9, 10, "k32.f32.e4m3.e4m3", "")
 DG_MOE_WGMMA_SHAPE(FP8MMA, 32, 16, 16, 17, 18, "k32.f32.e4m3.e4m3", "")
 DG_MOE_WGMMA_SHAPE(FP8MMA, 64, 32, 32, 33, 34, "k32.f32.e4m3.e4m3", "")
 DG_MOE_WGMMA_SHAPE(FP8MMA, 128, 64, 64, 65, 66, "k32.f32.e4m3.e4m3", "")
+// 136 / 144 / 152: the weight-gradient kernel's wider tiles (DeepGEMM's choices for its shapes).
+DG_MOE_WGMMA_SHAPE(FP8MMA, 136, 68, 68, 69, 70, "k32.f32.e4m3.e4m3", "")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 144, 72, 72, 73, 74, "k32.f32.e4m3.e4m3", "")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 152, 76, 76, 77, 78, "k32.f32.e4m3.e4m3", "")
 DG_MOE_WGMMA_SHAPE(FP8MMA, 192, 96, 96, 97, 98, "k32.f32.e4m3.e4m3", "")
 
 // m64nNk16 on BF16 operands (both K-major: transpose immediates 0), FP32 accumulators; each thread

@@ -170,7 +170,9 @@ struct Variant {
     static constexpr WgradType kType = kType_;
 
     static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows each");
-    static_assert(BLOCK_N == 64 || BLOCK_N == 128, "BLOCK_N must be 64 or 128");
+    // heuristic.BUILT_BLOCK_NS: each width needs its wgmma shape in common/wgmma.cuh.
+    static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 136 || BLOCK_N == 144 || BLOCK_N == 152,
+                  "BLOCK_N must be 64, 128, 136, 144 or 152");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
     static_assert(SHAPE_N > 0, "N must be positive");
 

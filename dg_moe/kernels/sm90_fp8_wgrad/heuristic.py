@@ -31,6 +31,10 @@ from ..sm90_fp8_gemm.heuristic import (
 
 BLOCK_M = 128
 BLOCK_NS = (128, 64)
+BUILT_BLOCK_NS = (64, 128, 136, 144, 152)
+"""Every tile width the kernel compiles. The cost model chooses among BLOCK_NS; the wider ones (DeepGEMM's
+widths on these shapes, 152 the most whose accumulators, sums and SFB values fit the register budget) run
+when forced (tools/bench_wgrad.py --block-n) until measurements price them."""
 MAX_STAGES = 8
 _WAVE_OVERHEAD_S = 0.5e-6
 
