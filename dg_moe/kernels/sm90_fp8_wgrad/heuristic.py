@@ -1,8 +1,9 @@
 """Deterministic cost model choosing the SM90 FP8 weight-gradient GEMM's configuration from the shape.
 
-The tile is 128 rows (two math warpgroups) by BLOCK_N 128 or 64 columns; wider tiles do not fit the
-registers (a math thread holds one K block's accumulators, the promoted sums and the block's SFB values:
-BLOCK_N / 2 + BLOCK_N / 2 + BLOCK_N / 4 floats). Each candidate is priced, as the (1, 128, 128) family's
+The tile is 128 rows (two math warpgroups) by BLOCK_N 128 or 64 columns (BLOCK_NS); 136, 144 and 152 are
+built for forced runs (BUILT_BLOCK_NS) and not priced yet. Nothing wider fits the registers (a math thread
+holds one K block's accumulators, the promoted sums and the block's SFB values: BLOCK_N / 2 + BLOCK_N / 2
++ BLOCK_N / 4 floats, 190 of a 192 budget at 152). Each candidate is priced, as the (1, 128, 128) family's
 model does (dg_moe/kernels/sm90_fp8_gemm/heuristic.py, whose hardware rates this one shares), as the
 largest of
 - tensor-core time: whole waves of tiles times one tile's MMA work at the per-SM FP8 rate, derated for a
