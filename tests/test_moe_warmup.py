@@ -139,7 +139,12 @@ def test_bf16_and_wgrad_together_compile_all_three_families(compiled, capsys):
                         "--wgrad", "--json"]) == 0
     forward = len(layer_variants(shape, batches, 132))
     bf16 = len(layer_variants(shape, batches, 132, bf16=True))
-    backward = len(warmup.layer_wgrad_variants(shape, batches, 132))
+    # With --bf16, the BF16 experts' K-grouped weight gradients too (no shared expert's: BF16 dense family).
+    bf16_wgrad = warmup.layer_wgrad_variants(shape, batches, 132, bf16=True)
+    assert {v["OPERANDS"].rsplit("::", 1)[1] for v in bf16_wgrad} == {"Bf16"}
+    assert {v["WGRAD_TYPE"].rsplit("::", 1)[1] for v in bf16_wgrad} == {"KGrouped", "KGroupedPsum"}
+    assert warmup.describe_variant(bf16_wgrad[0]) == "wgrad BF16 KGrouped N=256 128x128, 7 stages"
+    backward = len(warmup.layer_wgrad_variants(shape, batches, 132)) + len(bf16_wgrad)
     assert compiled == [(warmup.FAMILY, forward), (sm90_bf16_gemm.FAMILY, bf16), (WGRAD_FAMILY, backward)]
     captured = capsys.readouterr()
     total = forward + bf16 + backward

@@ -1,7 +1,7 @@
-"""SM90 FP8 weight-gradient kernels (recipe (1, 1, 128), FP32 out) against the float64 reference: dense
-``fp8_gemm_nt`` and K-grouped ``k_grouped_fp8_gemm_tn_contiguous``, with and without ``c`` (separate or in
-place), NaN-poisoned outputs, empty and one-block groups, both operand layouts, a CUDA graph replayed with
-new group sizes, and bitwise determinism."""
+"""SM90 weight-gradient kernels (FP32 out) against the float64 reference: dense ``fp8_gemm_nt`` (recipe
+(1, 1, 128)), K-grouped ``k_grouped_fp8_gemm_tn_contiguous`` and ``k_grouped_bf16_gemm_tn_contiguous``,
+with and without ``c`` (separate or in place), NaN-poisoned outputs, empty and one-block groups, both
+operand layouts, a CUDA graph replayed with new group sizes, and bitwise determinism."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dg_moe import layout, reference
 from dg_moe.kernels.sm90_fp8_wgrad.heuristic import BUILT_BLOCK_NS
 from dg_moe.reference.common import RECIPE_1D1D
 
-from .gpu_inputs import assert_matches
+from .gpu_inputs import BF16_SIMILARITY_LIMIT, assert_matches
 
 pytestmark = pytest.mark.gpu
 
@@ -218,3 +218,39 @@ def test_forced_tile_widths(monkeypatch, block_n, cuda_gen):
     d = _poisoned(len(ks), m, 37)
     dg_moe.k_grouped_fp8_gemm_tn_contiguous(a, b, d, ks, _layout(ks, True), use_psum_layout=True)
     assert_matches(d, reference.ref_k_grouped_fp8_gemm_tn_contiguous(a, b, ks))
+
+
+
+# The BF16 op's shapes: the experts' gate/up and down gradients, many small groups, and M and N of no
+# multiple (an odd N: single-column stores).
+BF16_K_GROUPED_SHAPES = [(4096, 7168, 4, 4096), (7168, 2048, 16, 4096), (100, 37, 5, 1280), (300, 576, 3, 256)]
+
+
+@pytest.mark.parametrize("m,n,groups,sum_k", BF16_K_GROUPED_SHAPES)
+def test_bf16_k_grouped(m, n, groups, sum_k, cuda_gen):
+    ks = _ks(sum_k // 128, groups, cuda_gen)
+    a, b = _values(sum_k, m, cuda_gen), _values(sum_k, n, cuda_gen)  # row-major [sum_K, M], [sum_K, N]
+    ref = reference.ref_k_grouped_bf16_gemm_tn_contiguous(a, b, ks)
+    outs = []
+    for psum in (False, True):
+        d = _poisoned(groups, m, n)
+        dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, d, ks, _layout(ks, psum), use_psum_layout=psum)
+        assert_matches(d, ref, BF16_SIMILARITY_LIMIT)
+        assert not bool(d[0].any()), "an empty group without c must come out zero"
+        outs.append(d)
+    _assert_bitwise(outs[0], outs[1], "the sizes and running-sum layouts differ")
+
+    # K-major operands (.mT views of [M, sum_K] and [N, sum_K] buffers) go in without a copy: same bits.
+    d = _poisoned(groups, m, n)
+    dg_moe.k_grouped_bf16_gemm_tn_contiguous(a.mT.contiguous().mT, b.mT.contiguous().mT, d, ks, _layout(ks, False))
+    _assert_bitwise(d, outs[0], "K-major operands differ from row-major ones")
+
+    c = torch.randn(groups, m, n, device="cuda", generator=cuda_gen)
+    with_c = _poisoned(groups, m, n)
+    dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, with_c, ks, _layout(ks, True), c=c, use_psum_layout=True)
+    assert_matches(with_c, ref + c.double(), BF16_SIMILARITY_LIMIT)
+    _assert_bitwise(with_c[0], c[0], "an empty group must come out as c")
+    in_place = c.clone()
+    dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, in_place, ks, _layout(ks, False), c=in_place)
+    _assert_bitwise(in_place, with_c, "accumulating in place differs from into a separate d")
+

@@ -62,6 +62,7 @@ def test_template_arguments() -> None:
     args = template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001)
     assert args == {"SHAPE_N": 1001, "BLOCK_M": 128, "BLOCK_N": 64, "NUM_STAGES": 8,
                     "WGRAD_TYPE": "dg_moe::sm90_fp8_wgrad::WgradType::KGroupedPsum",
+                    "OPERANDS": "dg_moe::sm90_fp8_wgrad::Operands::Fp8",
                     "SMEM_BYTES": smem_bytes(128, 64, 8), "BLOCK_THREADS": 384, "PARAMS_BYTES": 48}
     variants = deepseek_v3_variants()
     assert len({tuple(sorted(v.items())) for v in variants}) == len(variants)
@@ -166,7 +167,7 @@ def test_k_grouped_arguments(recorded) -> None:
     d, c = torch.zeros(groups, m, n), torch.randn(groups, m, n)
     layout = torch.tensor([128, 0, 384], dtype=torch.int32)
     launcher.k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, [128, 0, 384], layout, c, RECIPE_1D1D, "mn", False)
-    assert recorded.keys == [(WgradType.K_GROUPED, m, n, sum_k // groups, groups, 132)]
+    assert recorded.keys == [(WgradType.K_GROUPED, m, n, sum_k // groups, groups, 132, False)]
     (args,) = recorded.calls
     # a row-major: a transposed copy, K-major; b a .mT view of a K-major buffer: used in place. Both scale
     # tensors [sum_K/128, MN] with MN a multiple of 4 are MN-major and aligned already: used in place.
@@ -196,8 +197,59 @@ def test_dense_wgrad_arguments(recorded) -> None:
     a, b = (_fp8(m, k), torch.rand(m, k // 128)), (_fp8(n, k), torch.rand(n, k // 128))
     d = torch.empty(m, n)
     launcher.fp8_gemm_nt_kernel(a, b, d, None, RECIPE_1D1D, "nk", False)
-    assert recorded.keys == [(WgradType.NORMAL, m, n, k, 1, 132)]
+    assert recorded.keys == [(WgradType.NORMAL, m, n, k, 1, 132, False)]
     (args,) = recorded.calls
     assert (args[0], args[1], args[4], args[5]) == (a[0].data_ptr(), k, b[0].data_ptr(), k)
     assert (args[3], args[7]) == (72, 48)  # row-major scales converted MN-major, columns of align(M, 4)
     assert args[8:] == (0, d.data_ptr(), None, m, k, 1, 0, n, 132, 0x5EED)
+
+
+# ---- BF16 operands ----------------------------------------------------------------------------------------------
+
+
+def test_bf16_variants_have_no_scales_and_k_blocks_of_64() -> None:
+    config = choose_config(4096, 7168, 4096, 8, 132, bf16=True)
+    assert config.bf16 and config.block_n in (64, 128)
+    # 128 x 128: A and B rows only, 32 KB a stage: 7 stages fit where FP8's scales leave room for 6.
+    assert smem_bytes(128, 128, 7, bf16=True) == 7 * 32768 + 112 + 1024
+    assert (max_stages(128, 128, bf16=True), max_stages(128, 128)) == (7, 6)
+    args = template_args(WgradType.K_GROUPED, config, 7168)
+    assert args["OPERANDS"] == "dg_moe::sm90_fp8_wgrad::Operands::Bf16"
+    assert args["SMEM_BYTES"] == smem_bytes(128, config.block_n, config.num_stages, bf16=True)
+    # Half the FP8 rate: a BF16 call is predicted slower than the FP8 one of the same shape.
+    assert config.predicted_us > choose_config(4096, 7168, 4096, 8, 132).predicted_us
+
+
+def test_bf16_cubin_launch_passes_the_operand_maps_twice(fake_kernel) -> None:
+    kernel, driver = fake_kernel
+    config = WgradConfig(128, 128, 6, smem_bytes(128, 128, 6, bf16=True), 0.0, bf16=True)
+    entry = ce.CubinEntry(kernel, ce.Variant(WgradType.K_GROUPED, config, 2048))
+    a, b, d, layout = 0x10000, 0x30000, 0x60000, 0x70000
+    args = (a, 2048, None, 0, b, 2048, None, 0, 0, d, layout, 7168, 1024, 4, 7168 * 2048, 2048, 132, 0)
+    entry(*args)
+    (launch,) = driver.launches
+    assert launch["maps"] == [a, b, a, b] and launch["shared"] == smem_bytes(128, 128, 6, bf16=True)
+    # bfloat16 maps: 64 values (128 bytes) per box row.
+    assert [e[:2] for e in driver.encoded] == [(cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, a),
+                                               (cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, b)]  # each encoded once
+    specs = ce.tensor_map_specs(entry.variant, 7168, 1024, 2048, 0, 2048, 0)
+    assert specs[0] == TensorMap2D(cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 1024, 7168, 2048, 64, 128,
+                                   cu.CU_TENSOR_MAP_SWIZZLE_128B)
+    with pytest.raises(CudaError, match="scales given to a BF16 variant"):
+        entry(a, 2048, 0x20000, 7168, *args[4:])
+
+
+def test_bf16_k_grouped_arguments(recorded) -> None:
+    sum_k, m, n, groups = 384, 96, 40, 2
+    a = torch.randn(sum_k, m).to(torch.bfloat16)  # row-major: transposed into a K-major copy
+    b = torch.randn(n, sum_k).to(torch.bfloat16).mT  # a .mT view of a K-major buffer: used in place
+    d = torch.zeros(groups, m, n)
+    layout = torch.tensor([128, 256], dtype=torch.int32)
+    launcher.k_grouped_bf16_gemm_tn_contiguous_kernel(a, b, d, [128, 256], layout, d, "mn", False)
+    assert recorded.keys == [(WgradType.K_GROUPED, m, n, sum_k // groups, groups, 132, True)]
+    (args,) = recorded.calls
+    assert args[0] != a.data_ptr() and args[1] == sum_k * 2  # row pitch in bytes
+    assert args[4] == b.data_ptr() and args[5] == sum_k * 2
+    assert (args[2], args[3], args[6], args[7]) == (None, 0, None, 0)
+    assert args[8:] == (1, d.data_ptr(), layout.data_ptr(), m, sum_k, groups, m * n, n, 132, 0x5EED)
+

@@ -11,7 +11,8 @@ them. The layout ops' Triton kernels compile on the GPU at first use and are not
 for layers that run their experts in BF16 through the BF16 grouped ops. ``--wgrad`` adds the
 weight-gradient kernels a training step's backward asks for (the experts' K-grouped GEMMs in both
 layout forms, the shared expert's dense ones: dg_moe/kernels/sm90_fp8_wgrad/). The two combine: the
-forward's FP8 variants compile first, then the BF16 ones, then the weight-gradient ones.
+forward's FP8 variants compile first, then the BF16 ones, then the weight-gradient ones, the BF16
+experts' K-grouped ones among them.
 
 It needs nvcc (the JIT's toolchain), not a GPU: without one it plans for an H100 SXM's 132 SMs unless
 ``--num-sms`` says otherwise. Progress goes to stderr, one line per variant done; the summary to stdout
@@ -66,16 +67,18 @@ def layer_variants(shape: MoEShape, batches: Iterable[int], num_sms: int, bf16: 
     return found.variants()
 
 
-def layer_wgrad_variants(shape: MoEShape, batches: Iterable[int], num_sms: int) -> list[dict[str, int | str]]:
+def layer_wgrad_variants(shape: MoEShape, batches: Iterable[int], num_sms: int,
+                         bf16: bool = False) -> list[dict[str, int | str]]:
     """Template arguments of the weight-gradient variants the layer's backward asks for at these batch sizes:
     dW13[e] [2I, H] and dW2[e] [H, I] K-grouped over the experts (K: the routed tokens, 128-aligned per
     expert), in both layout forms, and the shared expert's dense dW [2Is, H] and [H, Is] (K: the tokens).
-    In first-requested order, without duplicates."""
+    ``bf16``: the BF16 experts' K-grouped ones (``k_grouped_bf16_gemm_tn_contiguous``) instead; the shared
+    expert's then run on the BF16 dense family. In first-requested order, without duplicates."""
     h, inter, e = shape.hidden, shape.intermediate, shape.experts
     found: dict[tuple, dict[str, int | str]] = {}
 
     def add(wgrad_type: WgradType, m: int, n: int, k: int, groups: int) -> None:
-        args = wgrad_template_args(wgrad_type, choose_config(m, n, k, groups, num_sms), n)
+        args = wgrad_template_args(wgrad_type, choose_config(m, n, k, groups, num_sms, bf16), n)
         found.setdefault(tuple(sorted(args.items())), args)
 
     for tokens in batches:
@@ -83,7 +86,7 @@ def layer_wgrad_variants(shape: MoEShape, batches: Iterable[int], num_sms: int) 
         for wgrad_type in (WgradType.K_GROUPED, WgradType.K_GROUPED_PSUM):
             add(wgrad_type, 2 * inter, h, k_per_expert, e)
             add(wgrad_type, h, inter, k_per_expert, e)
-        if shape.shared_intermediate is not None:
+        if shape.shared_intermediate is not None and not bf16:
             add(WgradType.NORMAL, 2 * shape.shared_intermediate, h, align(tokens, 128), 1)
             add(WgradType.NORMAL, h, shape.shared_intermediate, align(tokens, 128), 1)
     return list(found.values())
@@ -127,9 +130,10 @@ def unique_variants(shapes: Iterable[MoEShape], batches: Iterable[int], num_sms:
 
 def describe_variant(variant: Mapping[str, object]) -> str:
     """A short label for progress lines, e.g. "MGroupedMasked N=4096 K=7168 64x128, 8 stages" (weight-gradient
-    variants, whose K is run-time: "wgrad KGrouped N=7168 128x128, 6 stages")."""
+    variants, whose K is run-time: "wgrad KGrouped N=7168 128x128, 6 stages", "wgrad BF16 KGrouped ...")."""
     if "WGRAD_TYPE" in variant:
-        kind, k = "wgrad " + str(variant["WGRAD_TYPE"]).rsplit("::", 1)[-1], ""
+        bf16 = " BF16" if str(variant["OPERANDS"]).endswith("Bf16") else ""
+        kind, k = f"wgrad{bf16} " + str(variant["WGRAD_TYPE"]).rsplit("::", 1)[-1], ""
     else:
         kind, k = str(variant["GEMM_TYPE"]).rsplit("::", 1)[-1], f" K={variant['SHAPE_K']}"
     return (f"{kind} N={variant['SHAPE_N']}{k} {variant['BLOCK_M']}x{variant['BLOCK_N']}, "
@@ -178,7 +182,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--bf16", action="store_true",
                         help="also compile the BF16 grouped GEMMs (sm90_bf16_gemm) at the same shapes")
     parser.add_argument("--wgrad", action="store_true",
-                        help="also the weight-gradient GEMMs of the layer's backward (training)")
+                        help="also the weight-gradient GEMMs of the layer's backward (training; with --bf16 the BF16 "
+                             "experts' as well)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON on stdout (variants, compiled, cached, failed, seconds)")
     return parser
@@ -194,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bf16_variants = unique_variants(shapes, args.batches, num_sms, bf16=True) if args.bf16 else []
     wgrad: list[dict[str, int | str]] = []
     if args.wgrad:
-        listed = [v for shape in shapes for v in layer_wgrad_variants(shape, args.batches, num_sms)]
+        listed = [v for shape in shapes for bf16 in (False, True)[:1 + args.bf16]
+                  for v in layer_wgrad_variants(shape, args.batches, num_sms, bf16)]
         wgrad = list({tuple(sorted(v.items())): v for v in listed}.values())
     jobs = args.jobs or os.cpu_count() or 1
     total = len(variants) + len(bf16_variants) + len(wgrad)

@@ -10,10 +10,10 @@
 - d: float32 ``[G, M, N]``; c: optional float32 ``[G, M, N]`` accumulated (d may alias c); a group
   with K = 0 gets ``c[g]`` (or zeros).
 
-On CUDA (the FP8 op; docs/sm90-fp8-wgrad.md) the kernel reads the group sizes from ``grouped_layout`` on the
-device: no host sync, so the call can be captured in a CUDA graph and replayed with new sizes. It reads a
-and b K-major: pass them as ``.mT`` views of ``[M, sum_K]`` and ``[N, sum_K]`` buffers to avoid a transposed
-copy of each.
+On CUDA (both ops, one kernel family; docs/sm90-fp8-wgrad.md) the kernel reads the group sizes from
+``grouped_layout`` on the device: no host sync, so the call can be captured in a CUDA graph and replayed
+with new sizes. It reads a and b K-major: pass them as ``.mT`` views of ``[M, sum_K]`` and ``[N, sum_K]``
+buffers to avoid a transposed copy of each.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 #pragma once
-// SM90 FP8 weight-gradient GEMM, recipe (1, 1, 128): D[fp32] = C + A[e4m3] @ B[e4m3]^T, where A and B
-// each carry one FP32 scale per row for every 128-wide K block. One problem (Normal), or groups
-// concatenated along K (K-grouped, the MoE weight gradient): group g multiplies its own K rows into
-// D[g], the K range read from a device array, so the launch needs no host copy of the group sizes.
+// SM90 weight-gradient GEMM, D[fp32] = C + A @ B^T, on FP8 operands with recipe (1, 1, 128) (A and B
+// each carry one FP32 scale per row for every 128-wide K block) or on BF16 operands (Operands::Bf16: no
+// scales, K blocks 64 wide). One problem (Normal), or groups concatenated along K (K-grouped, the MoE
+// weight gradient): group g multiplies its own K rows into D[g], the K range read from a device array,
+// so the launch needs no host copy of the group sizes.
 //
 // A and B are K-major (row r of A is K contiguous bytes), as FP8 wgmma needs both operands in shared
 // memory; the scales are MN-major (one contiguous vector of M or N floats per K block), so the TMA
@@ -10,12 +11,14 @@
 //
 // Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence, TileWalker):
 // - producer warpgroup (the last 128 threads, 40 registers after setmaxnreg): one elected lane issues
-//   the TMA loads of A, B, SFA and SFB into a kNumStages-deep ring, one stage per 128-wide K block;
+//   the TMA loads of A, B, SFA and SFB (FP8) into a kNumStages-deep ring, one stage per K block (one
+//   128-byte swizzled row of each operand row: 128 FP8 or 64 BF16 values);
 // - two math warpgroups (232 registers), 64 rows of the 128-row tile each: per K block, wgmma into
 //   FP32 accumulators, then promotion on the CUDA cores, sums += acc * (sfa[row] * sfb[col]); the two
 //   scales form an outer product, so every accumulator has its own factor (one FMUL and one FFMA
 //   each, where the (1, 128, 128) kernel needs one FFMA). While one warpgroup promotes, the other's
-//   wgmmas keep the tensor cores busy.
+//   wgmmas keep the tensor cores busy. BF16 products are exact in FP32 and unscaled: their wgmmas
+//   accumulate straight into the sums across the tile's K blocks, with nothing to promote.
 // - epilogue: each math thread sends its FP32 sums straight to global memory in 8-byte column pairs
 //   (full 32-byte sectors per quad of lanes): plain stores, or when accumulating reductions (red.add)
 //   into d, which already holds C (the launcher copies a separate c into d first). A thread that loaded
@@ -24,6 +27,7 @@
 //   columns past N are never written. A tile of an empty group (K = 0) runs no K block: it writes zeros,
 //   or nothing when accumulating.
 #include <cstdint>
+#include <type_traits>
 
 #include "common/elect.cuh"
 #include "common/global_reduce.cuh"
@@ -41,8 +45,17 @@
 
 namespace dg_moe::sm90_fp8_wgrad {
 
-using sm90_fp8_gemm::kBlockK;
 using sm90_fp8_gemm::kMaxSharedBytes;
+
+enum class Operands : uint32_t {
+    Fp8 = 0,   // e4m3 with per-row scales per 128-wide K block (recipe (1, 1, 128))
+    Bf16 = 1,  // bfloat16, no scales
+};
+
+// Every stage row of A and B is one 128-byte swizzle span: kBlockKOf values of the operand type.
+constexpr uint32_t kRowBytes = 128;
+template <Operands kOperands>
+constexpr uint32_t kBlockKOf = kOperands == Operands::Fp8 ? 128 : 64;
 
 enum class WgradType : uint32_t {
     Normal = 0,        // one [M, K] x [N, K] problem
@@ -73,12 +86,12 @@ struct Params {
     uint32_t accumulate;  // 1: D += A @ B^T (d holds C); 0: D = A @ B^T
 };
 
-template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages>
+template <uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, bool kScaled>
 struct SharedLayout {
-    static constexpr uint32_t kBytesA = BLOCK_M * kBlockK;
-    static constexpr uint32_t kBytesB = BLOCK_N * kBlockK;
-    static constexpr uint32_t kBytesSFA = BLOCK_M * sizeof(float);
-    static constexpr uint32_t kBytesSFB = BLOCK_N * sizeof(float);
+    static constexpr uint32_t kBytesA = BLOCK_M * kRowBytes;
+    static constexpr uint32_t kBytesB = BLOCK_N * kRowBytes;
+    static constexpr uint32_t kBytesSFA = kScaled ? BLOCK_M * sizeof(float) : 0;
+    static constexpr uint32_t kBytesSFB = kScaled ? BLOCK_N * sizeof(float) : 0;
     // A and B start on 1024-byte boundaries (128B swizzle); the scale boxes on 128-byte ones.
     static constexpr uint32_t kStageBytes = (kBytesA + kBytesB + kBytesSFA + kBytesSFB + 1023) / 1024 * 1024;
     static constexpr uint32_t kOffsetBarriers = kNumStages * kStageBytes;
@@ -97,7 +110,7 @@ struct Tile {
     uint32_t group;
     uint32_t m_block;
     uint32_t n_block;
-    uint32_t k_block_begin;  // first 128-row K block of the tile's group, in A's and B's K dimension
+    uint32_t k_block_begin;  // first K block (kBlockK rows) of the tile's group, in A's and B's K dimension
     uint32_t num_k_blocks;   // 0 for an empty group
 };
 
@@ -105,7 +118,8 @@ struct Tile {
 // n-blocks, group by group (so a CTA's group index only grows, and K-grouped sizes are summed once per
 // CTA from a running cursor), inside a group in bands of kBandWidth column blocks with columns fastest:
 // one wave of CTAs then streams a few A row blocks and kBandWidth B row blocks, which stay in L2.
-template <WgradType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kBandWidth = 16>
+template <WgradType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kBlockK,
+          uint32_t kBandWidth = 16>
 struct TileWalker {
     static constexpr uint32_t kNumNBlocks = ceil_div(SHAPE_N, BLOCK_N);
 
@@ -156,6 +170,7 @@ struct TileWalker {
             begin = cursor_k;
             end = begin + layout_at(tile.group);
         }
+        // Group sizes are multiples of 128, so of either kBlockK.
         tile.k_block_begin = begin / kBlockK;
         tile.num_k_blocks = end > begin ? (end - begin) / kBlockK : 0u;
         return true;
@@ -163,26 +178,34 @@ struct TileWalker {
 };
 
 // Compile-time facts of one variant, shared by every role.
-template <uint32_t SHAPE_N_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_, WgradType kType_>
+template <uint32_t SHAPE_N_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_, WgradType kType_,
+          Operands kOperands_>
 struct Variant {
     static constexpr uint32_t SHAPE_N = SHAPE_N_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
     static constexpr uint32_t kNumStages = kNumStages_;
     static constexpr WgradType kType = kType_;
+    static constexpr Operands kOperands = kOperands_;
+    static constexpr bool kScaled = kOperands == Operands::Fp8;
+    static constexpr uint32_t kBlockK = kBlockKOf<kOperands>;
 
     static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows each");
-    // heuristic.BUILT_BLOCK_NS: each width needs its wgmma shape in common/wgmma.cuh.
-    static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 136 || BLOCK_N == 144 || BLOCK_N == 152,
-                  "BLOCK_N must be 64, 128, 136, 144 or 152");
+    // heuristic.BUILT_BLOCK_NS / BF16_BLOCK_NS: each width needs its wgmma shape in common/wgmma.cuh.
+    static_assert(kScaled ? (BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 136 || BLOCK_N == 144 || BLOCK_N == 152)
+                          : (BLOCK_N == 64 || BLOCK_N == 128),
+                  "BLOCK_N must be 64, 128, 136, 144 or 152 (FP8) or 64 or 128 (BF16)");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
     static_assert(SHAPE_N > 0, "N must be positive");
 
-    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages>;
-    using MMA = wgmma::FP8MMA<BLOCK_N>;
-    using Walker = TileWalker<kType, BLOCK_M, BLOCK_N, SHAPE_N>;
+    using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, kScaled>;
+    using MMA = std::conditional_t<kScaled, wgmma::FP8MMA<BLOCK_N>, wgmma::BF16MMA<BLOCK_N>>;
+    // One k32 (FP8) or k16 (BF16) step is 32 bytes of a stage row either way: 4 steps per K block.
+    static constexpr uint32_t kMmaSteps = kRowBytes / 32;
+    using Walker = TileWalker<kType, BLOCK_M, BLOCK_N, SHAPE_N, kBlockK>;
     static constexpr uint32_t kNumAccum = MMA::kNumAccum;
     // Each thread's columns of a tile: two adjacent ones in every 8-column chunk.
     static constexpr uint32_t kNumColPairs = BLOCK_N / 8;
-    static_assert(2 * kNumAccum + 2 * kNumColPairs <= kWgradRegisterBudget,
+    // FP8: one K block's accumulators, the promoted sums and the block's SFB values; BF16: the sums alone.
+    static_assert((kScaled ? 2 * kNumAccum + 2 * kNumColPairs : kNumAccum) <= kWgradRegisterBudget,
                   "accumulators, sums and the K block's SFB values exceed the register budget");
     static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages exceed 227 KB of shared memory");
 };
@@ -207,7 +230,7 @@ struct SharedState {
     __device__ __forceinline__ uint64_t* empty() const { return full() + V::kNumStages; }
 };
 
-// Producer thread: every TMA load of A, B, SFA and SFB, one stage per K block of every tile.
+// Producer thread: every TMA load of A, B, SFA and SFB (FP8), one stage per K block of every tile.
 template <typename V>
 __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typename V::Walker& walker,
                                               const CUtensorMap* tmap_a, const CUtensorMap* tmap_b,
@@ -225,10 +248,12 @@ __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typena
             mbarrier_wait(empty + s, phase ^ 1);
             mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
             // Rows past M or N come in as zeros (and count towards the transaction bytes).
-            tma_load_2d(tmap_a, smem.stage_a(s), full + s, k_block * kBlockK, m0);
-            tma_load_2d(tmap_b, smem.stage_b(s), full + s, k_block * kBlockK, n0);
-            tma_load_2d(tmap_sfa, smem.stage_sfa(s), full + s, m0, k_block);
-            tma_load_2d(tmap_sfb, smem.stage_sfb(s), full + s, n0, k_block);
+            tma_load_2d(tmap_a, smem.stage_a(s), full + s, k_block * V::kBlockK, m0);
+            tma_load_2d(tmap_b, smem.stage_b(s), full + s, k_block * V::kBlockK, n0);
+            if constexpr (V::kScaled) {
+                tma_load_2d(tmap_sfa, smem.stage_sfa(s), full + s, m0, k_block);
+                tma_load_2d(tmap_sfb, smem.stage_sfb(s), full + s, n0, k_block);
+            }
         }
     }
 }
@@ -260,19 +285,23 @@ struct MathWarpgroup {
                                              typename V::Walker& walker_, uint32_t warp_, uint32_t lane_)
         : smem(smem_), params(params_), walker(walker_), warp(warp_), lane(lane_) {}
 
-    // The K block in stage s into acc: one commit group of four k32 wgmmas.
-    __device__ __forceinline__ void issue(uint32_t s, float (&acc)[kNumAccum]) {
+    // The K block in stage s into acc (added to what acc holds when `onto`, else from zero): one commit
+    // group of four wgmmas (k32 FP8 or k16 BF16, 32 bytes of each stage row apiece).
+    __device__ __forceinline__ void issue(uint32_t s, float (&acc)[kNumAccum], bool onto) {
         const uint32_t stage = smem_addr + s * Layout::kStageBytes;
-        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage + math_wg * 64 * kBlockK);
+        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage + math_wg * 64 * kRowBytes);
         const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage + Layout::kBytesA);
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kNumAccum; ++i)
             wgmma::fence_operand(acc[i]);
         wgmma::fence();
         DG_MOE_UNROLL
-        for (uint32_t kk = 0; kk < kBlockK / 32; ++kk)
-            MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, kk > 0);  // +32 bytes along K
+        for (uint32_t kk = 0; kk < V::kMmaSteps; ++kk)
+            MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, onto || kk > 0);  // +32 bytes along K
         wgmma::commit_group();
+        DG_MOE_UNROLL
+        for (uint32_t i = 0; i < kNumAccum; ++i)
+            wgmma::fence_operand(acc[i]);
     }
 
     // This warp is done with stage s (its wgmmas completed and the promotion consumed the stage's
@@ -283,10 +312,11 @@ struct MathWarpgroup {
             mbarrier_arrive(smem.empty() + s);
     }
 
+    // FP8: one K block into acc, then promoted into the sums with the stage's scales.
     __device__ __forceinline__ void k_block(float (&acc)[kNumAccum]) {
         const uint32_t s = iter % V::kNumStages;
         mbarrier_wait(smem.full() + s, (iter / V::kNumStages) & 1);
-        issue(s, acc);
+        issue(s, acc, false);
         // The scales are read while the tensor cores work: this thread's two rows of SFA, and its two
         // columns of every 8-column chunk of SFB (8-byte aligned: the column is even).
         const float* sfa = smem.stage_sfa(s);
@@ -307,6 +337,26 @@ struct MathWarpgroup {
         }
         release(s);
         ++iter;
+    }
+
+    // BF16: the tile's K blocks straight into the sums (the first from zero). One commit group stays in
+    // flight: once the previous block's group has completed, its stage goes back to the producer.
+    __device__ __forceinline__ void bf16_k_loop(uint32_t num_k_blocks) {
+        mbarrier_wait(smem.full() + iter % V::kNumStages, (iter / V::kNumStages) & 1);
+        issue(iter % V::kNumStages, result, false);
+        ++iter;
+        DG_MOE_NO_UNROLL
+        for (uint32_t kb = 1; kb < num_k_blocks; ++kb, ++iter) {
+            mbarrier_wait(smem.full() + iter % V::kNumStages, (iter / V::kNumStages) & 1);
+            issue(iter % V::kNumStages, result, true);
+            wgmma::wait_group<1>();
+            release((iter - 1) % V::kNumStages);
+        }
+        wgmma::wait_group<0>();
+        DG_MOE_UNROLL
+        for (uint32_t i = 0; i < kNumAccum; ++i)
+            wgmma::fence_operand(result[i]);
+        release((iter - 1) % V::kNumStages);
     }
 
     // D = sums, or D += sums when accumulating, for this thread's rows below M and columns below N.
@@ -357,9 +407,13 @@ struct MathWarpgroup {
             DG_MOE_UNROLL
             for (uint32_t i = 0; i < kNumAccum; ++i)
                 result[i] = 0.0f;
-            DG_MOE_NO_UNROLL
-            for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb)
-                k_block(acc);
+            if constexpr (V::kScaled) {
+                DG_MOE_NO_UNROLL
+                for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb)
+                    k_block(acc);
+            } else if (tile.num_k_blocks > 0) {
+                bf16_k_loop(tile.num_k_blocks);
+            }
             // An empty group adds nothing to C, which d already holds (adding zeros would still flush a
             // subnormal C and turn -0 into +0).
             if (tile.num_k_blocks > 0 || params.accumulate == 0)
@@ -368,12 +422,14 @@ struct MathWarpgroup {
     }
 };
 
-template <uint32_t SHAPE_N, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, WgradType kType>
+// tmap_sfa and tmap_sfb are read for FP8 operands only (a BF16 launch passes any valid maps there).
+template <uint32_t SHAPE_N, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, WgradType kType,
+          Operands kOperands>
 __global__ void __launch_bounds__(kBlockThreads, 1)
-    fp8_wgrad_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
-                     const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
-                     const __grid_constant__ CUtensorMap tmap_sfb) {
-    using V = Variant<SHAPE_N, BLOCK_M, BLOCK_N, kNumStages, kType>;
+    wgrad_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
+                 const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
+                 const __grid_constant__ CUtensorMap tmap_sfb) {
+    using V = Variant<SHAPE_N, BLOCK_M, BLOCK_N, kNumStages, kType, kOperands>;
 
     extern __shared__ uint8_t smem_raw[];
     // Offset the array itself rather than round an integer address: derived from smem_raw, every
@@ -384,8 +440,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if (threadIdx.x == kNumMathThreads) {
         tma_prefetch_tensor_map(&tmap_a);
         tma_prefetch_tensor_map(&tmap_b);
-        tma_prefetch_tensor_map(&tmap_sfa);
-        tma_prefetch_tensor_map(&tmap_sfb);
+        if constexpr (V::kScaled) {
+            tma_prefetch_tensor_map(&tmap_sfa);
+            tma_prefetch_tensor_map(&tmap_sfb);
+        }
         for (uint32_t s = 0; s < kNumStages; ++s) {
             mbarrier_init(smem.full() + s, 1);
             mbarrier_init(smem.empty() + s, kNumMathWarps);

@@ -1,7 +1,7 @@
-// Host entry of the SM90 FP8 weight-gradient GEMM family. The JIT defines the template arguments before
-// including this file (dg_moe/kernels/sm90_fp8_wgrad/variants.py, template_args): DG_MOE_SHAPE_N,
-// DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_WGRAD_TYPE (a
-// dg_moe::sm90_fp8_wgrad::WgradType enumerator), then the host constants Python computes for the NVRTC
+// Host entry of the SM90 weight-gradient GEMM family (FP8 or BF16 operands). The JIT defines the template
+// arguments before including this file (dg_moe/kernels/sm90_fp8_wgrad/variants.py, template_args):
+// DG_MOE_SHAPE_N, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_WGRAD_TYPE (a
+// dg_moe::sm90_fp8_wgrad::WgradType enumerator), DG_MOE_OPERANDS (an Operands enumerator), then the host constants Python computes for the NVRTC
 // launcher (dg_moe/kernels/sm90_fp8_wgrad/host_constants.py), each static_asserted below against the C++
 // it mirrors: DG_MOE_SMEM_BYTES, DG_MOE_BLOCK_THREADS and DG_MOE_PARAMS_BYTES.
 #include "kernels/sm90_fp8_wgrad.cuh"
@@ -13,8 +13,9 @@ using namespace dg_moe::launch;
 using namespace dg_moe::sm90_fp8_wgrad;
 
 constexpr WgradType kType = DG_MOE_WGRAD_TYPE;
+constexpr Operands kOperands = DG_MOE_OPERANDS;
 
-using V = Variant<kShapeN, kBlockM, kBlockN, kNumStages, kType>;
+using V = Variant<kShapeN, kBlockM, kBlockN, kNumStages, kType, kOperands>;
 using Layout = V::Layout;
 #define DG_MOE_HOST_MISMATCH(what) \
     what " in dg_moe/kernels/sm90_fp8_wgrad/host_constants.py disagrees with the kernel: mend the two together"
@@ -22,7 +23,7 @@ static_assert(Layout::kTotalBytes == DG_MOE_SMEM_BYTES, DG_MOE_HOST_MISMATCH("sm
 static_assert(kBlockThreads == DG_MOE_BLOCK_THREADS, DG_MOE_HOST_MISMATCH("BLOCK_THREADS"));
 static_assert(sizeof(Params) == DG_MOE_PARAMS_BYTES, DG_MOE_HOST_MISMATCH("PARAMS_BYTES"));
 #undef DG_MOE_HOST_MISMATCH
-constexpr auto kKernel = fp8_wgrad_kernel<kShapeN, kBlockM, kBlockN, kNumStages, kType>;
+constexpr auto kKernel = wgrad_kernel<kShapeN, kBlockM, kBlockN, kNumStages, kType, kOperands>;
 
 }  // namespace
 
@@ -36,9 +37,9 @@ bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0;
 
 }  // namespace
 
-// a: e4m3, K-major: row r (r < m) of K bytes at a + r * a_row_bytes, groups back to back along K (sum_k
-// columns in all); b: the same for N rows. sfa: float32 MN-major, K block j's m scales at sfa + j *
-// sfa_stride; sfb the same for N. d: float32, element (g, r, col) at d + g * d_group_stride + r *
+// a: e4m3 (or bfloat16 for Operands::Bf16), K-major: row r (r < m) of K values at a + r * a_row_bytes,
+// groups back to back along K (sum_k columns in all); b: the same for N rows. FP8 only (null for BF16):
+// sfa float32 MN-major, K block j's m scales at sfa + j * sfa_stride; sfb the same for N. d: float32, element (g, r, col) at d + g * d_group_stride + r *
 // d_row_stride + col; accumulate 1: D += A @ B^T (the caller has put C into d), 0: D = A @ B^T. layout:
 // the groups' K (KGrouped) or running sums (KGroupedPsum) on the device, null for Normal. Launches on
 // `stream`, which must belong to the current device; never synchronises.
@@ -47,21 +48,30 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
                                         uint32_t accumulate, float* d, const int* layout, uint32_t m,
                                         uint32_t sum_k, uint32_t num_groups, uint64_t d_group_stride,
                                         uint32_t d_row_stride, uint32_t num_sms, void* stream) {
-    if (m == 0 || sum_k == 0 || sum_k % kBlockK != 0 || num_groups == 0 || num_sms == 0)
+    // Group sizes are multiples of 128 (the op's rule), so every K block lies inside one group.
+    if (m == 0 || sum_k == 0 || sum_k % 128 != 0 || num_groups == 0 || num_sms == 0)
         return dg_moe::kStatusInvalidArgument;
     if (kType != WgradType::Normal && layout == nullptr)
         return dg_moe::kStatusInvalidArgument;
-    const uint64_t k_blocks = sum_k / kBlockK;
+    if (V::kScaled ? (sfa == nullptr || sfb == nullptr) : (sfa != nullptr || sfb != nullptr))
+        return dg_moe::kStatusInvalidArgument;
+    const uint64_t k_blocks = sum_k / V::kBlockK;
+    const auto dtype = V::kScaled ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
 
     CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_sfb;
-    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, a, sum_k, m, a_row_bytes,
-                                                      kBlockK, kBlockM, CU_TENSOR_MAP_SWIZZLE_128B));
-    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, b, sum_k, kShapeN,
-                                                      b_row_bytes, kBlockK, kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
-    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, k_blocks,
-                                                      uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
-    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfb, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfb, kShapeN,
-                                                      k_blocks, uint64_t(sfb_stride) * sizeof(float), kBlockN, 1));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, dtype, a, sum_k, m, a_row_bytes, V::kBlockK, kBlockM,
+                                                      CU_TENSOR_MAP_SWIZZLE_128B));
+    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, dtype, b, sum_k, kShapeN, b_row_bytes, V::kBlockK,
+                                                      kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
+    if (V::kScaled) {
+        DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, k_blocks,
+                                                          uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
+        DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfb, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfb, kShapeN,
+                                                          k_blocks, uint64_t(sfb_stride) * sizeof(float), kBlockN, 1));
+    } else {  // not read by a BF16 kernel
+        tmap_sfa = tmap_a;
+        tmap_sfb = tmap_b;
+    }
     DG_MOE_RETURN_IF_ERROR(allow_shared_memory<kKernel>(Layout::kTotalBytes));
 
     // Persistent grid: one CTA per SM, no more than there are tiles.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ...jit.cubin import CubinKernel, PreparedLaunch
 from ...jit.cubin_entry import MemoisedLaunches, invalid_argument, prepare_launch
 from ...jit.cuda_driver import (
+    CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
     CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
     CU_TENSOR_MAP_DATA_TYPE_UINT8,
     CU_TENSOR_MAP_SWIZZLE_128B,
@@ -58,17 +59,23 @@ class Variant:
     @property
     def layout_bytes(self) -> int:
         """Layout::kTotalBytes: the dynamic shared memory of one CTA."""
-        return smem_bytes(self.config.block_m, self.config.block_n, self.config.num_stages)
+        return smem_bytes(self.config.block_m, self.config.block_n, self.config.num_stages, self.config.bf16)
 
 
 def tensor_map_specs(v: Variant, m: int, sum_k: int, a_row_bytes: int, sfa_stride: int, b_row_bytes: int,
                      sfb_stride: int) -> tuple[TensorMap2D, TensorMap2D, TensorMap2D, TensorMap2D]:
-    """The maps of A, B, SFA and SFB, as the nvcc entry encodes them."""
-    block_m, block_n, k_blocks = v.config.block_m, v.config.block_n, sum_k // BLOCK_K
-    u8, f32 = CU_TENSOR_MAP_DATA_TYPE_UINT8, CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+    """The maps of A, B, SFA and SFB, as the nvcc entry encodes them (BF16: A's and B's again in the scales'
+    places, which its kernel does not read)."""
+    block_m, block_n, bf16 = v.config.block_m, v.config.block_n, v.config.bf16
+    block_k = BLOCK_K // 2 if bf16 else BLOCK_K
+    dtype = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if bf16 else CU_TENSOR_MAP_DATA_TYPE_UINT8
+    a = TensorMap2D(dtype, sum_k, m, a_row_bytes, block_k, block_m, CU_TENSOR_MAP_SWIZZLE_128B)
+    b = TensorMap2D(dtype, sum_k, v.shape_n, b_row_bytes, block_k, block_n, CU_TENSOR_MAP_SWIZZLE_128B)
+    if bf16:
+        return a, b, a, b
+    f32, k_blocks = CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sum_k // BLOCK_K
     return (
-        TensorMap2D(u8, sum_k, m, a_row_bytes, BLOCK_K, block_m, CU_TENSOR_MAP_SWIZZLE_128B),
-        TensorMap2D(u8, sum_k, v.shape_n, b_row_bytes, BLOCK_K, block_n, CU_TENSOR_MAP_SWIZZLE_128B),
+        a, b,
         TensorMap2D(f32, m, k_blocks, sfa_stride * 4, block_m, 1, CU_TENSOR_MAP_SWIZZLE_NONE),
         TensorMap2D(f32, v.shape_n, k_blocks, sfb_stride * 4, block_n, 1, CU_TENSOR_MAP_SWIZZLE_NONE),
     )
@@ -108,12 +115,14 @@ class CubinEntry(MemoisedLaunches):
             raise invalid_argument(ENTRY, f"m={m}, sum_k={sum_k}, num_groups={num_groups}, num_sms={num_sms}")
         if v.wgrad_type != WgradType.NORMAL and layout is None:
             raise invalid_argument(ENTRY, "a K-grouped launch without its layout")
+        if (sfa is not None, sfb is not None) != (not v.config.bf16,) * 2:
+            raise invalid_argument(ENTRY, "scales given to a BF16 variant, or missing for an FP8 one")
         pairs = column_pairs(d, d_group_stride, d_row_stride)
         params = Params(d, None if v.wgrad_type == WgradType.NORMAL else layout, d_group_stride, d_row_stride, m,
                         sum_k, num_groups, int(pairs), int(accumulate != 0))
         return prepare_launch(
             self.kernel, tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride),
-            (a, b, sfa, sfb), d,
+            (a, b, a, b) if v.config.bf16 else (a, b, sfa, sfb), d,
             max_dynamic_shared=v.layout_bytes, block=BLOCK_THREADS, cluster=1, occupancy_shared=v.layout_bytes,
             grid=lambda _resident: grid_size(v, m, num_groups, num_sms), shared_bytes=v.layout_bytes,
             stream=stream, params=params,

@@ -32,11 +32,15 @@ from ..sm90_fp8_gemm.heuristic import (
 
 BLOCK_M = 128
 BLOCK_NS = (128, 64)
+BF16_BLOCK_NS = (128, 64)
+"""Tile widths of the BF16 operands' variants (compiled and priced); FP8 ones build BUILT_BLOCK_NS."""
 BUILT_BLOCK_NS = (64, 128, 136, 144, 152)
 """Every tile width the kernel compiles. The cost model chooses among BLOCK_NS; the wider ones (DeepGEMM's
 widths on these shapes, 152 the most whose accumulators, sums and SFB values fit the register budget) run
 when forced (tools/bench_wgrad.py --block-n) until measurements price them."""
 MAX_STAGES = 8
+ROW_BYTES = 128
+"""Bytes of one operand row of a stage: one 128B swizzle span, BLOCK_K FP8 or BLOCK_K / 2 BF16 values."""
 _WAVE_OVERHEAD_S = 0.5e-6
 
 
@@ -49,50 +53,57 @@ class WgradConfig:
     num_stages: int
     smem_bytes: int
     predicted_us: float
+    bf16: bool = False
+    """BF16 operands (no scales, K blocks of 64) instead of FP8 with recipe (1, 1, 128)."""
 
 
-def stage_bytes(block_m: int, block_n: int) -> int:
-    """One pipeline stage: A and B tiles of one 128-wide K block, then their scale vectors, padded to
-    1024 bytes (the next stage's tiles keep the 128B swizzle's alignment)."""
-    return align(block_m * BLOCK_K + block_n * BLOCK_K + block_m * 4 + block_n * 4, 1024)
+def stage_bytes(block_m: int, block_n: int, bf16: bool = False) -> int:
+    """One pipeline stage: A and B tiles of one K block (a 128-byte row each), then (FP8) their scale
+    vectors, padded to 1024 bytes (the next stage's tiles keep the 128B swizzle's alignment)."""
+    scales = 0 if bf16 else block_m * 4 + block_n * 4
+    return align((block_m + block_n) * ROW_BYTES + scales, 1024)
 
 
-def smem_bytes(block_m: int, block_n: int, num_stages: int) -> int:
+def smem_bytes(block_m: int, block_n: int, num_stages: int, bf16: bool = False) -> int:
     """Shared memory of one CTA; the kernel's SharedLayout must agree (every compile static_asserts it)."""
-    return num_stages * stage_bytes(block_m, block_n) + 2 * num_stages * 8 + 1024
+    return num_stages * stage_bytes(block_m, block_n, bf16) + 2 * num_stages * 8 + 1024
 
 
-def max_stages(block_m: int, block_n: int) -> int:
+def max_stages(block_m: int, block_n: int, bf16: bool = False) -> int:
     """Most pipeline stages (up to MAX_STAGES) that fit in one SM's shared memory."""
     stages = MAX_STAGES
-    while stages > 2 and smem_bytes(block_m, block_n, stages) > SMEM_BYTES_PER_BLOCK:
+    while stages > 2 and smem_bytes(block_m, block_n, stages, bf16) > SMEM_BYTES_PER_BLOCK:
         stages -= 1
     return stages
 
 
-def predict_us(block_n: int, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int) -> float:
+def predict_us(block_n: int, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
+               bf16: bool = False) -> float:
     """Predicted time in microseconds of ``num_groups`` [m, n] outputs over ``k_per_group`` K rows each."""
     tiles = num_groups * ceil_div(m, BLOCK_M) * ceil_div(n, block_n)
     waves = ceil_div(tiles, num_sms)
-    k_blocks = ceil_div(max(k_per_group, 1), BLOCK_K)
-    tile_flops = 2.0 * BLOCK_M * block_n * BLOCK_K * k_blocks
-    compute_s = waves * tile_flops / (PEAK_FP8_FLOPS_PER_SM * 0.85 * block_n / (block_n + 16))
+    element_bytes = 2 if bf16 else 1
+    k_padded = ceil_div(max(k_per_group, 1), BLOCK_K) * BLOCK_K
+    tile_flops = 2.0 * BLOCK_M * block_n * k_padded
+    # BF16 wgmma runs at half the FP8 rate.
+    peak = PEAK_FP8_FLOPS_PER_SM / element_bytes
+    compute_s = waves * tile_flops / (peak * 0.85 * block_n / (block_n + 16))
     sm_l2_rate = min(L2_TO_SM_BYTES_PER_S / min(tiles, num_sms), L2_BYTES_PER_S_PER_SM)
-    l2_s = waves * (BLOCK_M + block_n) * BLOCK_K * k_blocks / sm_l2_rate
+    l2_s = waves * (BLOCK_M + block_n) * k_padded * element_bytes / sm_l2_rate
     # D written and C read (a weight gradient usually accumulates): the same for every tile shape.
     out_bytes = num_groups * m * n * 4 * 2
-    memory_s = (num_groups * k_per_group * (m + n) + out_bytes) / HBM_BYTES_PER_S
+    memory_s = (num_groups * k_per_group * (m + n) * element_bytes + out_bytes) / HBM_BYTES_PER_S
     return (max(compute_s, l2_s, memory_s) + waves * _WAVE_OVERHEAD_S) * 1e6
 
 
-def choose_config(m: int, n: int, k_per_group: int, num_groups: int, num_sms: int) -> WgradConfig:
-    """Cheapest configuration for ``num_groups`` problems [m, n] of ``k_per_group`` (mean) K rows;
-    deterministic in its arguments."""
+def choose_config(m: int, n: int, k_per_group: int, num_groups: int, num_sms: int, bf16: bool = False) -> WgradConfig:
+    """Cheapest configuration for ``num_groups`` problems [m, n] of ``k_per_group`` (mean) K rows, FP8 or
+    (``bf16``) BF16 operands; deterministic in its arguments."""
     candidates = []
-    for block_n in BLOCK_NS:
-        stages = max_stages(BLOCK_M, block_n)
-        candidates.append(WgradConfig(BLOCK_M, block_n, stages, smem_bytes(BLOCK_M, block_n, stages),
-                                      predict_us(block_n, m, n, k_per_group, num_groups, num_sms)))
+    for block_n in BF16_BLOCK_NS if bf16 else BLOCK_NS:
+        stages = max_stages(BLOCK_M, block_n, bf16)
+        candidates.append(WgradConfig(BLOCK_M, block_n, stages, smem_bytes(BLOCK_M, block_n, stages, bf16),
+                                      predict_us(block_n, m, n, k_per_group, num_groups, num_sms, bf16), bf16))
     # Within 0.1 %: the wider tile (fewer CTAs read each row of A).
     return min(candidates, key=lambda c: (round(c.predicted_us * 1000) / 1000, -c.block_n))
 

@@ -19,7 +19,7 @@ PARAMS_BYTES = 48
 def template_args(config: WgradConfig) -> dict[str, int]:
     """The host constants of a variant as template arguments, each static_asserted by the launch file."""
     return {
-        "SMEM_BYTES": smem_bytes(config.block_m, config.block_n, config.num_stages),
+        "SMEM_BYTES": smem_bytes(config.block_m, config.block_n, config.num_stages, config.bf16),
         "BLOCK_THREADS": BLOCK_THREADS,
         "PARAMS_BYTES": PARAMS_BYTES,
     }

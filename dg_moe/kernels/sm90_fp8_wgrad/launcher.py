@@ -1,7 +1,8 @@
 """Launch of the weight-gradient GEMM behind the public ops: operand and scale layouts, config, JIT build, call.
 
-Serves ``fp8_gemm_nt`` with recipe (1, 1, 128) (FP32 ``d``, optional ``c``) and
-``k_grouped_fp8_gemm_tn_contiguous``. :func:`register` claims ``fp8_gemm_nt`` for that recipe alone
+Serves ``fp8_gemm_nt`` with recipe (1, 1, 128) (FP32 ``d``, optional ``c``),
+``k_grouped_fp8_gemm_tn_contiguous`` and ``k_grouped_bf16_gemm_tn_contiguous`` (the same kernel on BF16
+operands). :func:`register` claims ``fp8_gemm_nt`` for that recipe alone
 (dg_moe.ops.dispatch routes by recipe), so the op's other recipes stay with whichever family registered
 the op's default, and the order families register in does not matter.
 
@@ -40,14 +41,14 @@ _U64, _U32, _PTR = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
 _ARGTYPES = (_PTR, _U64, _PTR, _U32, _PTR, _U64, _PTR, _U32, _U32, _PTR, _PTR, _U32, _U32, _U32, _U64, _U32, _U32, _PTR)
 _TMA_ALIGNMENT = 16
 
-# (type, M, N, K per group, groups, SMs) -> bound host entry; a warm call is one look-up here.
-_entries: dict[tuple[WgradType, int, int, int, int, int], Entry] = {}
+# (type, M, N, K per group, groups, SMs, BF16 operands) -> bound host entry; a warm call is one look-up here.
+_entries: dict[tuple[WgradType, int, int, int, int, int, bool], Entry] = {}
 
 
-def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int,
-               num_sms: int) -> WgradConfig:
+def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
+               bf16: bool = False) -> WgradConfig:
     """The variant one call shape runs (the cost model's choice; a seam for tests that force one)."""
-    return choose_config(m, n, k_per_group, num_groups, num_sms)
+    return choose_config(m, n, k_per_group, num_groups, num_sms, bf16)
 
 
 def bind(wgrad_type: WgradType, config: WgradConfig, n: int) -> Entry:
@@ -57,26 +58,30 @@ def bind(wgrad_type: WgradType, config: WgradConfig, n: int) -> Entry:
                            lambda cubin: CubinEntry(cubin, Variant(wgrad_type, config, n)))
 
 
-def _entry(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int) -> Entry:
-    return cached_entry(_entries, (wgrad_type, m, n, k_per_group, num_groups, num_sms), _bind_shape)
+def _entry(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
+           bf16: bool) -> Entry:
+    return cached_entry(_entries, (wgrad_type, m, n, k_per_group, num_groups, num_sms, bf16), _bind_shape)
 
 
-def _bind_shape(key: tuple[WgradType, int, int, int, int, int]) -> Entry:
-    wgrad_type, m, n, k_per_group, num_groups, _num_sms = key
+def _bind_shape(key: tuple[WgradType, int, int, int, int, int, bool]) -> Entry:
+    wgrad_type, m, n, k_per_group, num_groups, _num_sms, bf16 = key
     config = config_for(*key)
-    print_config_if_asked(FAMILY, f"{wgrad_type.name} M={m} N={n} K/group={k_per_group} G={num_groups}", config)
+    operands = "BF16" if bf16 else "FP8"
+    print_config_if_asked(FAMILY, f"{operands} {wgrad_type.name} M={m} N={n} K/group={k_per_group} G={num_groups}",
+                          config)
     return bind(wgrad_type, config, n)
 
 
 def k_major(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``x`` e4m3 ``[K, MN]`` as (a tensor holding MN rows of K contiguous bytes, the row pitch in bytes):
-    ``x`` itself when its rows are K-major with a 16-byte aligned base and pitch, else a transposed copy."""
-    pitch = x.stride(1)
-    if x.stride(0) == 1 and pitch >= x.shape[0] and pitch % _TMA_ALIGNMENT == 0 \
+    """``x`` e4m3 or bfloat16 ``[K, MN]`` as (a tensor holding MN rows of K contiguous values, the row pitch
+    in bytes): ``x`` itself when its rows are K-major with a 16-byte aligned base and pitch, else a
+    transposed copy."""
+    pitch_bytes = x.stride(1) * x.element_size()
+    if x.stride(0) == 1 and x.stride(1) >= x.shape[0] and pitch_bytes % _TMA_ALIGNMENT == 0 \
             and x.data_ptr() % _TMA_ALIGNMENT == 0:
-        return x, pitch
+        return x, pitch_bytes
     copy = x.mT.contiguous()
-    return copy, copy.stride(0)
+    return copy, copy.stride(0) * copy.element_size()
 
 
 def _per_row_scales(sf: torch.Tensor, k_blocks: int) -> tuple[torch.Tensor, int]:
@@ -88,18 +93,21 @@ def _per_row_scales(sf: torch.Tensor, k_blocks: int) -> tuple[torch.Tensor, int]
 
 def _launch(wgrad_type: WgradType, a: tuple, b: tuple, d: torch.Tensor, c: torch.Tensor | None,
             layout: torch.Tensor | None, m: int, sum_k: int, num_groups: int) -> None:
-    """a = (storage, row bytes, sfa, sfa stride), b likewise; d/c float32 ``[G, M, N]`` or ``[M, N]``.
+    """a = (storage, row bytes, sfa, sfa stride), b likewise (BF16 storage: sfa and sfb None, strides 0);
+    d/c float32 ``[G, M, N]`` or ``[M, N]``.
 
     The kernel adds its products into d (reductions, no load of C: docs/sm90-fp8-wgrad.md), so a ``c``
     that is not ``d`` itself is copied into ``d`` first, on the same stream."""
     device = d.device
     num_sms = _device.num_sms_for(device)
     n = d.shape[-1]
-    entry = _entry(wgrad_type, m, n, sum_k // num_groups, num_groups, num_sms)
+    bf16 = a[0].dtype == torch.bfloat16
+    entry = _entry(wgrad_type, m, n, sum_k // num_groups, num_groups, num_sms, bf16)
     if c is not None and c.data_ptr() != d.data_ptr():
         d.copy_(c)
     d_group, d_row = (d.stride(0), d.stride(1)) if d.dim() == 3 else (0, d.stride(0))
-    args = (a[0].data_ptr(), a[1], a[2].data_ptr(), a[3], b[0].data_ptr(), b[1], b[2].data_ptr(), b[3],
+    args = (a[0].data_ptr(), a[1], None if bf16 else a[2].data_ptr(), a[3], b[0].data_ptr(), b[1],
+            None if bf16 else b[2].data_ptr(), b[3],
             int(c is not None), d.data_ptr(), None if layout is None else layout.data_ptr(),
             m, sum_k, num_groups, d_group, d_row, num_sms, _device.stream_handle(device))
     # A launch goes to the current device with that device's stream.
@@ -139,9 +147,24 @@ def k_grouped_fp8_gemm_tn_contiguous_kernel(a, b, d, ks_cpu, grouped_layout, c, 
             grouped_layout, m, sum_k, num_groups)
 
 
+def k_grouped_bf16_gemm_tn_contiguous_kernel(a, b, d, ks_cpu, grouped_layout, c, compiled_dims,
+                                             use_psum_layout) -> None:
+    """K-grouped BF16 weight gradient on SM90: d[g] float32 [M, N] = c[g] + a_g^T b_g over group g's K rows of
+    a (bf16 [sum_K, M]) and b (bf16 [sum_K, N]); group sizes from ``grouped_layout`` on the device, as the
+    FP8 op's. Row-major a and b (M or N contiguous) are transposed into K-major copies first."""
+    sum_k, m = a.shape
+    num_groups = d.shape[0]
+    a_data, a_pitch = k_major(a)
+    b_data, b_pitch = k_major(b)
+    wgrad_type = WgradType.K_GROUPED_PSUM if use_psum_layout else WgradType.K_GROUPED
+    _launch(wgrad_type, (a_data, a_pitch, None, 0), (b_data, b_pitch, None, 0), d, c, grouped_layout, m, sum_k,
+            num_groups)
+
+
 def register() -> None:
-    """Route the weight-gradient calls to this kernel: ``fp8_gemm_nt`` with recipe (1, 1, 128), and
-    ``k_grouped_fp8_gemm_tn_contiguous`` (whose only recipe that is). No launch planner yet, so every call
-    takes the full path (docs/sm90-fp8-wgrad.md, "Not done yet")."""
+    """Route the weight-gradient calls to this kernel: ``fp8_gemm_nt`` with recipe (1, 1, 128),
+    ``k_grouped_fp8_gemm_tn_contiguous`` (whose only recipe that is) and ``k_grouped_bf16_gemm_tn_contiguous``.
+    No launch planner yet, so every call takes the full path (docs/sm90-fp8-wgrad.md, "Not done yet")."""
     register_kernel("fp8_gemm_nt", fp8_gemm_nt_kernel, recipe=RECIPE_1D1D)
     register_kernel("k_grouped_fp8_gemm_tn_contiguous", k_grouped_fp8_gemm_tn_contiguous_kernel)
+    register_kernel("k_grouped_bf16_gemm_tn_contiguous", k_grouped_bf16_gemm_tn_contiguous_kernel)

@@ -26,12 +26,14 @@ class WgradType(enum.Enum):
 
 
 def template_args(wgrad_type: WgradType, config: WgradConfig, n: int) -> dict[str, int | str]:
-    """The JIT template arguments of one variant: N, the tiling and layout, then the host constants
-    (:mod:`.host_constants`) that the launch file static_asserts. M and K are run-time: in a weight
-    gradient K is the token count, which changes with every batch."""
+    """The JIT template arguments of one variant: N, the tiling, layout and operand type (``config.bf16``),
+    then the host constants (:mod:`.host_constants`) that the launch file static_asserts. M and K are
+    run-time: in a weight gradient K is the token count, which changes with every batch."""
+    operands = "Bf16" if config.bf16 else "Fp8"
     return {
         "SHAPE_N": n, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "NUM_STAGES": config.num_stages,
-        "WGRAD_TYPE": wgrad_type.cpp, **host_template_args(config),
+        "WGRAD_TYPE": wgrad_type.cpp, "OPERANDS": f"dg_moe::sm90_fp8_wgrad::Operands::{operands}",
+        **host_template_args(config),
     }
 
 
