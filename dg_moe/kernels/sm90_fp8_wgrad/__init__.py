@@ -1,5 +1,5 @@
-"""SM90 FP8 weight-gradient GEMM, recipe (1, 1, 128), FP32 output accumulated into ``c``: the host side of
-one kernel family.
+"""SM90 weight-gradient GEMM, FP32 output accumulated into ``c``, on FP8 operands (recipe (1, 1, 128)) or
+BF16 ones (the K-grouped BF16 op): the host side of one kernel family.
 
 - kernel: ``dg_moe/csrc/kernels/sm90_fp8_wgrad.cuh``; host entry (tensor maps, launch):
   ``dg_moe/csrc/launch/sm90_fp8_wgrad.cu``

@@ -1,4 +1,5 @@
-"""Deterministic cost model choosing the SM90 FP8 weight-gradient GEMM's configuration from the shape.
+"""Deterministic cost model choosing the SM90 weight-gradient GEMM's configuration from the shape (FP8
+operands; BF16 ones priced alike at half the tensor rate and twice the bytes, tiles BF16_BLOCK_NS).
 
 The tile is 128 rows (two math warpgroups) by BLOCK_N 128 or 64 columns (BLOCK_NS); 136, 144 and 152 are
 built for forced runs (BUILT_BLOCK_NS) and not priced yet. Nothing wider fits the registers (a math thread
