@@ -4,6 +4,7 @@ SASS and nothing in local memory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,7 +28,7 @@ def _config(block_n: int) -> WgradConfig:
 
 
 # Both widths the heuristic picks, every layout, an odd N (the epilogue's single-column stores), the widest
-# forced tile (the most registers) and BF16 operands (both widths).
+# forced tile (the most registers), BF16 operands (both widths) and a B-sharing pair.
 VARIANTS = [
     template_args(WgradType.NORMAL, choose_config(7168, 2112, 4096, 1, 132), 2112),
     template_args(WgradType.K_GROUPED, choose_config(4096, 7168, 1024, 8, 132), 7168),
@@ -36,6 +37,7 @@ VARIANTS = [
     template_args(WgradType.K_GROUPED_PSUM, _config(152), 7168),
     template_args(WgradType.K_GROUPED, choose_config(4096, 7168, 4096, 8, 132, bf16=True), 7168),
     template_args(WgradType.K_GROUPED_PSUM, choose_config(100, 37, 256, 5, 132, bf16=True), 37),
+    template_args(WgradType.NORMAL, dataclasses.replace(_config(128), share_b=True), 7168),
 ]
 
 
@@ -43,6 +45,7 @@ VARIANTS = [
 def test_variants_compile_for_sm90a_without_local_memory(module_cache_dir):
     assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128, 152}
     assert {v["OPERANDS"].rsplit("::", 1)[1] for v in VARIANTS} == {"Fp8", "Bf16"}
+    assert {v["SHARE_B"] for v in VARIANTS} == {0, 1}
     libraries = compile_many(FAMILY, VARIANTS, jobs=max(2, os.cpu_count() or 2))
     assert len(set(libraries)) == len(VARIANTS)
     cuobjdump = shutil.which("cuobjdump")

@@ -254,3 +254,40 @@ def test_bf16_k_grouped(m, n, groups, sum_k, cuda_gen):
     dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, in_place, ks, _layout(ks, False), c=in_place)
     _assert_bitwise(in_place, with_c, "accumulating in place differs from into a separate d")
 
+
+@pytest.mark.parametrize("block_n", [64, 128, 144])
+def test_forced_b_sharing_pairs(monkeypatch, block_n, cuda_gen):
+    """2-CTA clusters sharing B on all three ops, partial tiles in M (1000 rows: 8 m-blocks, 4 pairs) and N
+    (600 columns: the second CTA's half of the last B box lies past N), c accumulated in place."""
+    from dg_moe.kernels.sm90_fp8_wgrad import launcher
+    from dg_moe.kernels.sm90_fp8_wgrad.heuristic import max_stages, smem_bytes
+
+    chosen = launcher.config_for
+
+    def forced(*args):
+        config = chosen(*args)
+        stages = max_stages(128, block_n, config.bf16)
+        return dataclasses.replace(config, block_n=block_n, num_stages=stages,
+                                   smem_bytes=smem_bytes(128, block_n, stages, config.bf16), share_b=True)
+
+    monkeypatch.setattr(launcher, "config_for", forced)
+    monkeypatch.setattr(launcher, "_entries", {})
+    m, n, k = 1000, 600, 1152
+    a, b = _per_row(m, k, cuda_gen), _per_row(n, k, cuda_gen)
+    c = torch.randn(m, n, device="cuda", generator=cuda_gen)
+    d = c.clone()
+    dg_moe.fp8_gemm_nt(a, b, d, c=d, recipe=RECIPE_1D1D)
+    assert_matches(d, reference.ref_fp8_gemm_nt(a, b, None, RECIPE_1D1D) + c.double())
+
+    ks = [384, 0, 128, 640]
+    a, b = _per_channel(k, m, cuda_gen), _per_channel(k, n, cuda_gen)
+    d = _poisoned(len(ks), m, n)
+    dg_moe.k_grouped_fp8_gemm_tn_contiguous(a, b, d, ks, _layout(ks, True), use_psum_layout=True)
+    assert_matches(d, reference.ref_k_grouped_fp8_gemm_tn_contiguous(a, b, ks))
+
+    if block_n <= 128:  # the BF16 variants' widths
+        a, b = _values(k, m, cuda_gen), _values(k, n, cuda_gen)
+        d = _poisoned(len(ks), m, n)
+        dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, d, ks, _layout(ks, False))
+        assert_matches(d, reference.ref_k_grouped_bf16_gemm_tn_contiguous(a, b, ks), BF16_SIMILARITY_LIMIT)
+

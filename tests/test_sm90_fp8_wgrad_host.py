@@ -5,6 +5,7 @@ arguments (operand and scale layouts, strides) for CPU tensors standing in for C
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def test_template_arguments() -> None:
     args = template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001)
     assert args == {"SHAPE_N": 1001, "BLOCK_M": 128, "BLOCK_N": 64, "NUM_STAGES": 8,
                     "WGRAD_TYPE": "dg_moe::sm90_fp8_wgrad::WgradType::KGroupedPsum",
-                    "OPERANDS": "dg_moe::sm90_fp8_wgrad::Operands::Fp8",
+                    "OPERANDS": "dg_moe::sm90_fp8_wgrad::Operands::Fp8", "SHARE_B": 0,
                     "SMEM_BYTES": smem_bytes(128, 64, 8), "BLOCK_THREADS": 384, "PARAMS_BYTES": 48}
     variants = deepseek_v3_variants()
     assert len({tuple(sorted(v.items())) for v in variants}) == len(variants)
@@ -252,4 +253,27 @@ def test_bf16_k_grouped_arguments(recorded) -> None:
     assert args[4] == b.data_ptr() and args[5] == sum_k * 2
     assert (args[2], args[3], args[6], args[7]) == (None, 0, None, 0)
     assert args[8:] == (1, d.data_ptr(), layout.data_ptr(), m, sum_k, groups, m * n, n, 132, 0x5EED)
+
+
+# ---- B-sharing pairs ------------------------------------------------------------------------------------------
+
+
+def test_b_sharing_pairs_launch_as_clusters_with_half_b_boxes(fake_kernel) -> None:
+    kernel, driver = fake_kernel
+    config = dataclasses.replace(_config(128), share_b=True)
+    assert template_args(WgradType.NORMAL, config, 7168)["SHARE_B"] == 1
+    v = ce.Variant(WgradType.NORMAL, config, 7168)
+    # 7168 x 7168: 28 pairs of m-blocks x 56 n-blocks, 66 clusters of 2 on 132 SMs (131 SMs: 65).
+    assert ce.grid_size(v, 7168, 1, 132) == 132 and ce.grid_size(v, 7168, 1, 131) == 130
+    assert ce.grid_size(v, 256, 1, 132) == 112  # one pair x 56 n-blocks
+    _, b, _, _ = ce.tensor_map_specs(v, 7168, 4096, 4096, 7168, 4096, 7168)
+    assert (b.box_inner, b.box_outer) == (128, 64)  # half of B's 128 rows per CTA
+    entry = ce.CubinEntry(kernel, v)
+    args = (0x10000, 4096, 0x20000, 7168, 0x30000, 4096, 0x40000, 7168, 1, 0x60000, None, 7168, 4096, 1, 0,
+            7168, 132, 0)
+    entry(*args)
+    (launch,) = driver.launches
+    assert launch["grid"] == (132, 1, 1) and launch["attribute"][1:] == (2, 1, 1)
+    with pytest.raises(CudaError, match="even number of m-blocks"):
+        entry(*args[:11], 7168 - 128, *args[12:])  # 55 m-blocks
 

@@ -161,6 +161,19 @@ def test_forced_width_reaches_every_case(tool, capsys, monkeypatch):
     assert len(lines) == len(tool.cases()) and all(" 128x144 s6" in line for line in lines)
 
 
+def test_forced_b_sharing_only_where_m_blocks_pair_up(tool, capsys, monkeypatch):
+    from dg_moe.kernels.sm90_fp8_wgrad import launcher
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launcher, "config_for", launcher.config_for)  # undone after the test
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--share-b", "--block-n", "152"])  # 76 rows a CTA: not whole swizzle atoms
+    assert tool.main(["--list", "--share-b"]) == 0
+    for case, line in zip(tool.cases(), capsys.readouterr().out.splitlines(), strict=True):
+        # 2112 and 576 rows: 17 and 5 m-blocks, which cannot pair up; every other case shares B.
+        assert ("x2B s" in line) == (math.ceil(case.m / 128) % 2 == 0), line
+
+
 def test_script_help_runs_standalone():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, env=env,

@@ -2,7 +2,8 @@
 
 Recipe (1, 1, 128), FP32 d accumulated in place, each library on its SM90 kernel for the same products.
 
-    python3 tools/bench_wgrad.py [--no-deepgemm] [--only dense|k_grouped] [--block-n N] [--list | --compile-only]
+    python3 tools/bench_wgrad.py [--no-deepgemm] [--only dense|k_grouped] [--block-n N] [--share-b]
+                                 [--list | --compile-only]
 
 - dense: ``fp8_gemm_nt((a, sfa), (b, sfb), d, c=d, recipe=(1, 1, 128))``, K = tokens; DeepGEMM's
   ``fp8_gemm_nt`` with the same arguments (its SM90 1D1D kernel).
@@ -44,6 +45,7 @@ from dg_moe.jit import compile_many
 from dg_moe.kernels.sm90_fp8_wgrad import FAMILY, WgradConfig, WgradType, launcher, template_args
 from dg_moe.kernels.sm90_fp8_wgrad.heuristic import BLOCK_M, BUILT_BLOCK_NS, max_stages, smem_bytes
 from dg_moe.kernels.sm90_fp8_wgrad.variants import DEEPSEEK_V3_DENSE_MN
+from dg_moe.layout import ceil_div
 from dg_moe.reference.common import MK_ALIGNMENT, RECIPE_1D1D
 
 TOKENS = 4096
@@ -123,21 +125,25 @@ def our_config(case: Case, num_sms: int) -> WgradConfig:
     return launcher.config_for(case.wgrad_type, case.m, case.n, case.sum_k // case.groups, case.groups, num_sms)
 
 
-def force_block_n(block_n: int) -> None:
-    """Every dg_moe launch of this process (and this tool's listing) runs tiles ``block_n`` wide with the most
-    stages that fit, whatever the cost model would pick: the launcher's seam for forced variants."""
+def force_variant(block_n: int | None, share_b: bool) -> None:
+    """Every dg_moe launch of this process (and this tool's listing) runs tiles ``block_n`` wide (None: the cost
+    model's width) with the most stages that fit and, with ``share_b``, in 2-CTA clusters sharing B wherever
+    the m-block count is even: the launcher's seam for forced variants."""
     chosen = launcher.config_for
-    stages = max_stages(BLOCK_M, block_n)
 
-    def forced(*key):
-        return dataclasses.replace(chosen(*key), block_n=block_n, num_stages=stages,
-                                   smem_bytes=smem_bytes(BLOCK_M, block_n, stages))
+    def forced(wgrad_type, m, *rest):
+        config = chosen(wgrad_type, m, *rest)
+        width = block_n or config.block_n
+        stages = max_stages(BLOCK_M, width, config.bf16)
+        return dataclasses.replace(config, block_n=width, num_stages=stages,
+                                   smem_bytes=smem_bytes(BLOCK_M, width, stages, config.bf16),
+                                   share_b=share_b and ceil_div(m, BLOCK_M) % 2 == 0)
 
     launcher.config_for = forced
 
 
 def describe_config(config: WgradConfig) -> str:
-    return f"{config.block_m}x{config.block_n} s{config.num_stages}"
+    return f"{config.block_m}x{config.block_n}{'x2B' if config.share_b else ''} s{config.num_stages}"
 
 
 def variants(selected: Sequence[Case], num_sms: int) -> list[dict[str, int | str]]:
@@ -397,20 +403,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=("dense", "k_grouped"), help="run one kind of case only")
     parser.add_argument("--block-n", type=int, choices=BUILT_BLOCK_NS,
                         help="force dg_moe's tile width on every case (default: the cost model's choice)")
+    parser.add_argument("--share-b", action="store_true",
+                        help="force 2-CTA clusters sharing B wherever ceil(M / 128) is even (widths 64, 128, 144)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true",
                       help=f"print the cases and dg_moe's configuration for each, then exit (no GPU needed: "
                            f"{DEFAULT_NUM_SMS} SMs assumed without one)")
     mode.add_argument("--compile-only", action="store_true",
                       help="compile dg_moe's variants for the cases, then exit (e.g. beside DeepGEMM's build)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.share_b and args.block_n is not None and (args.block_n // 2) % 8 != 0:
+        parser.error(f"--share-b needs a width whose half is a multiple of 8 rows, not {args.block_n}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     selected = cases(args.only)
-    if args.block_n is not None:
-        force_block_n(args.block_n)
+    if args.block_n is not None or args.share_b:
+        force_variant(args.block_n, args.share_b)
     if args.list:
         _list(selected, torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available()
               else DEFAULT_NUM_SMS)

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/cluster.cuh"
 #include "common/elect.cuh"
 #include "common/global_reduce.cuh"
 #include "common/mbarrier.cuh"
@@ -114,31 +115,34 @@ struct Tile {
     uint32_t num_k_blocks;   // 0 for an empty group
 };
 
-// The tile order every role walks: CTA b takes tiles b, b + gridDim.x, ... of G groups x m-blocks x
+// The tile order every role walks: cluster c takes units c, c + clusters, ... of G groups x m-units x
 // n-blocks, group by group (so a CTA's group index only grows, and K-grouped sizes are summed once per
 // CTA from a running cursor), inside a group in bands of kBandWidth column blocks with columns fastest:
-// one wave of CTAs then streams a few A row blocks and kBandWidth B row blocks, which stay in L2.
+// one wave of CTAs then streams a few A row blocks and kBandWidth B row blocks, which stay in L2. A unit
+// is one m-block, or with kMulticast = 2 the m-blocks 2u and 2u + 1 of one n-block, CTA rank r taking
+// 2u + r: the pair shares B (the launch guarantees an even m-block count then).
 template <WgradType kType, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t SHAPE_N, uint32_t kBlockK,
-          uint32_t kBandWidth = 16>
+          uint32_t kMulticast, uint32_t kBandWidth = 16>
 struct TileWalker {
     static constexpr uint32_t kNumNBlocks = ceil_div(SHAPE_N, BLOCK_N);
 
     const int* layout;
     uint32_t k;
-    uint32_t m_blocks;
+    uint32_t m_units;
     uint32_t tiles_per_group;
     uint32_t num_tiles;
     uint32_t next_index;
+    const uint32_t cta_rank = blockIdx.x % kMulticast;
     // Sizes layout: the first K row of group `cursor_group`.
     uint32_t cursor_group = 0, cursor_k = 0;
 
     __device__ __forceinline__ TileWalker(const Params& params)
         : layout(params.layout),
           k(params.k),
-          m_blocks(ceil_div(params.m, BLOCK_M)),
-          tiles_per_group(ceil_div(params.m, BLOCK_M) * kNumNBlocks),
-          num_tiles(ceil_div(params.m, BLOCK_M) * kNumNBlocks * params.num_groups),
-          next_index(blockIdx.x) {}
+          m_units(ceil_div(params.m, BLOCK_M) / kMulticast),
+          tiles_per_group(ceil_div(params.m, BLOCK_M) / kMulticast * kNumNBlocks),
+          num_tiles(ceil_div(params.m, BLOCK_M) / kMulticast * kNumNBlocks * params.num_groups),
+          next_index(blockIdx.x / kMulticast) {}
 
     // A negative size (never valid: the op checks the layout on CPU tensors) counts as 0.
     __device__ __forceinline__ uint32_t layout_at(uint32_t g) const {
@@ -150,14 +154,14 @@ struct TileWalker {
         if (next_index >= num_tiles)
             return false;
         const uint32_t index = next_index;
-        next_index += gridDim.x;
+        next_index += gridDim.x / kMulticast;
         tile.group = index / tiles_per_group;
         const uint32_t in_group = index - tile.group * tiles_per_group;
-        const uint32_t band = in_group / (m_blocks * kBandWidth);
-        const uint32_t in_band = in_group - band * m_blocks * kBandWidth;
+        const uint32_t band = in_group / (m_units * kBandWidth);
+        const uint32_t in_band = in_group - band * m_units * kBandWidth;
         const uint32_t n_first = band * kBandWidth;
         const uint32_t width = kNumNBlocks - n_first < kBandWidth ? kNumNBlocks - n_first : kBandWidth;
-        tile.m_block = in_band / width;
+        tile.m_block = in_band / width * kMulticast + cta_rank;
         tile.n_block = n_first + in_band % width;
 
         uint32_t begin = 0, end = k;
@@ -179,7 +183,7 @@ struct TileWalker {
 
 // Compile-time facts of one variant, shared by every role.
 template <uint32_t SHAPE_N_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_, WgradType kType_,
-          Operands kOperands_>
+          Operands kOperands_, bool kShareB_>
 struct Variant {
     static constexpr uint32_t SHAPE_N = SHAPE_N_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
     static constexpr uint32_t kNumStages = kNumStages_;
@@ -187,6 +191,12 @@ struct Variant {
     static constexpr Operands kOperands = kOperands_;
     static constexpr bool kScaled = kOperands == Operands::Fp8;
     static constexpr uint32_t kBlockK = kBlockKOf<kOperands>;
+    // kShareB: a 2-CTA cluster on m-blocks 2u and 2u + 1 of one n-block; each CTA loads half of B's rows
+    // and multicasts them to both, so B is read from L2 once per pair.
+    static constexpr bool kShareB = kShareB_;
+    static constexpr uint32_t kMulticast = kShareB ? 2 : 1;
+    static_assert(!kShareB || (BLOCK_N / 2) % 8 == 0,
+                  "each CTA of a B-sharing pair loads BLOCK_N / 2 rows of B, a whole number of 8-row swizzle atoms");
 
     static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows each");
     // heuristic.BUILT_BLOCK_NS / BF16_BLOCK_NS: each width needs its wgmma shape in common/wgmma.cuh.
@@ -200,7 +210,7 @@ struct Variant {
     using MMA = std::conditional_t<kScaled, wgmma::FP8MMA<BLOCK_N>, wgmma::BF16MMA<BLOCK_N>>;
     // One k32 (FP8) or k16 (BF16) step is 32 bytes of a stage row either way: 4 steps per K block.
     static constexpr uint32_t kMmaSteps = kRowBytes / 32;
-    using Walker = TileWalker<kType, BLOCK_M, BLOCK_N, SHAPE_N, kBlockK>;
+    using Walker = TileWalker<kType, BLOCK_M, BLOCK_N, SHAPE_N, kBlockK, kMulticast>;
     static constexpr uint32_t kNumAccum = MMA::kNumAccum;
     // Each thread's columns of a tile: two adjacent ones in every 8-column chunk.
     static constexpr uint32_t kNumColPairs = BLOCK_N / 8;
@@ -249,7 +259,15 @@ __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typena
             mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
             // Rows past M or N come in as zeros (and count towards the transaction bytes).
             tma_load_2d(tmap_a, smem.stage_a(s), full + s, k_block * V::kBlockK, m0);
-            tma_load_2d(tmap_b, smem.stage_b(s), full + s, k_block * V::kBlockK, n0);
+            if constexpr (V::kShareB) {
+                // This CTA's half of B's rows, into the same offsets of both CTAs (each one's full
+                // barrier counts both halves).
+                constexpr uint32_t kHalf = V::BLOCK_N / 2;
+                tma_load_2d_multicast(tmap_b, smem.stage_b(s) + walker.cta_rank * kHalf * kRowBytes, full + s,
+                                      k_block * V::kBlockK, n0 + walker.cta_rank * kHalf, 0b11);
+            } else {
+                tma_load_2d(tmap_b, smem.stage_b(s), full + s, k_block * V::kBlockK, n0);
+            }
             if constexpr (V::kScaled) {
                 tma_load_2d(tmap_sfa, smem.stage_sfa(s), full + s, m0, k_block);
                 tma_load_2d(tmap_sfb, smem.stage_sfb(s), full + s, n0, k_block);
@@ -305,11 +323,15 @@ struct MathWarpgroup {
     }
 
     // This warp is done with stage s (its wgmmas completed and the promotion consumed the stage's
-    // scales): one arrival per warp on the stage's empty barrier.
+    // scales): one arrival per warp on the stage's empty barrier, and with kShareB on the peer CTA's too
+    // (its producer writes half of B into this CTA's stage).
     __device__ __forceinline__ void release(uint32_t s) const {
         __syncwarp();
-        if (lane == 0)
+        if (lane == 0) {
             mbarrier_arrive(smem.empty() + s);
+            if constexpr (V::kShareB)
+                mbarrier_arrive_cluster(smem.empty() + s, walker.cta_rank ^ 1);
+        }
     }
 
     // FP8: one K block into acc, then promoted into the sums with the stage's scales.
@@ -424,12 +446,12 @@ struct MathWarpgroup {
 
 // tmap_sfa and tmap_sfb are read for FP8 operands only (a BF16 launch passes any valid maps there).
 template <uint32_t SHAPE_N, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, WgradType kType,
-          Operands kOperands>
+          Operands kOperands, bool kShareB>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     wgrad_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                  const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_sfa,
                  const __grid_constant__ CUtensorMap tmap_sfb) {
-    using V = Variant<SHAPE_N, BLOCK_M, BLOCK_N, kNumStages, kType, kOperands>;
+    using V = Variant<SHAPE_N, BLOCK_M, BLOCK_N, kNumStages, kType, kOperands, kShareB>;
 
     extern __shared__ uint8_t smem_raw[];
     // Offset the array itself rather than round an integer address: derived from smem_raw, every
@@ -446,11 +468,16 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         }
         for (uint32_t s = 0; s < kNumStages; ++s) {
             mbarrier_init(smem.full() + s, 1);
-            mbarrier_init(smem.empty() + s, kNumMathWarps);
+            // A stage is refilled once the math warps of every CTA its B is multicast into released it.
+            mbarrier_init(smem.empty() + s, kNumMathWarps * V::kMulticast);
         }
         mbarrier_init_fence();
     }
-    __syncthreads();
+    // The peer CTA arrives on these barriers and receives multicast copies: both must be set up.
+    if constexpr (kShareB)
+        cluster_sync();
+    else
+        __syncthreads();
 
     typename V::Walker walker(params);
     if (threadIdx.x >= kNumMathThreads) {
@@ -462,6 +489,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         MathWarpgroup<V> math{smem, params, walker, warp, lane};
         math.run();
     }
+    // No CTA may leave while its peer can still multicast into it or arrive on its barriers.
+    if constexpr (kShareB)
+        cluster_sync();
 }
 
 }  // namespace dg_moe::sm90_fp8_wgrad

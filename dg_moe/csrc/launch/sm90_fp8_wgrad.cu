@@ -1,7 +1,8 @@
 // Host entry of the SM90 weight-gradient GEMM family (FP8 or BF16 operands). The JIT defines the template
 // arguments before including this file (dg_moe/kernels/sm90_fp8_wgrad/variants.py, template_args):
 // DG_MOE_SHAPE_N, DG_MOE_BLOCK_M, DG_MOE_BLOCK_N, DG_MOE_NUM_STAGES, DG_MOE_WGRAD_TYPE (a
-// dg_moe::sm90_fp8_wgrad::WgradType enumerator), DG_MOE_OPERANDS (an Operands enumerator), then the host constants Python computes for the NVRTC
+// dg_moe::sm90_fp8_wgrad::WgradType enumerator), DG_MOE_OPERANDS (an Operands enumerator), DG_MOE_SHARE_B
+// (0 or 1: 2-CTA clusters sharing B), then the host constants Python computes for the NVRTC
 // launcher (dg_moe/kernels/sm90_fp8_wgrad/host_constants.py), each static_asserted below against the C++
 // it mirrors: DG_MOE_SMEM_BYTES, DG_MOE_BLOCK_THREADS and DG_MOE_PARAMS_BYTES.
 #include "kernels/sm90_fp8_wgrad.cuh"
@@ -14,8 +15,9 @@ using namespace dg_moe::sm90_fp8_wgrad;
 
 constexpr WgradType kType = DG_MOE_WGRAD_TYPE;
 constexpr Operands kOperands = DG_MOE_OPERANDS;
+constexpr bool kShareB = DG_MOE_SHARE_B != 0;
 
-using V = Variant<kShapeN, kBlockM, kBlockN, kNumStages, kType, kOperands>;
+using V = Variant<kShapeN, kBlockM, kBlockN, kNumStages, kType, kOperands, kShareB>;
 using Layout = V::Layout;
 #define DG_MOE_HOST_MISMATCH(what) \
     what " in dg_moe/kernels/sm90_fp8_wgrad/host_constants.py disagrees with the kernel: mend the two together"
@@ -23,7 +25,7 @@ static_assert(Layout::kTotalBytes == DG_MOE_SMEM_BYTES, DG_MOE_HOST_MISMATCH("sm
 static_assert(kBlockThreads == DG_MOE_BLOCK_THREADS, DG_MOE_HOST_MISMATCH("BLOCK_THREADS"));
 static_assert(sizeof(Params) == DG_MOE_PARAMS_BYTES, DG_MOE_HOST_MISMATCH("PARAMS_BYTES"));
 #undef DG_MOE_HOST_MISMATCH
-constexpr auto kKernel = wgrad_kernel<kShapeN, kBlockM, kBlockN, kNumStages, kType, kOperands>;
+constexpr auto kKernel = wgrad_kernel<kShapeN, kBlockM, kBlockN, kNumStages, kType, kOperands, kShareB>;
 
 }  // namespace
 
@@ -55,6 +57,10 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
         return dg_moe::kStatusInvalidArgument;
     if (V::kScaled ? (sfa == nullptr || sfb == nullptr) : (sfa != nullptr || sfb != nullptr))
         return dg_moe::kStatusInvalidArgument;
+    // B-sharing pairs are m-blocks 2u and 2u + 1: the caller picks such a variant for an even count only.
+    const uint32_t m_blocks = ceil_div(m, kBlockM);
+    if (m_blocks % V::kMulticast != 0 || num_sms < V::kMulticast)
+        return dg_moe::kStatusInvalidArgument;
     const uint64_t k_blocks = sum_k / V::kBlockK;
     const auto dtype = V::kScaled ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
 
@@ -62,7 +68,7 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
     DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, dtype, a, sum_k, m, a_row_bytes, V::kBlockK, kBlockM,
                                                       CU_TENSOR_MAP_SWIZZLE_128B));
     DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, dtype, b, sum_k, kShapeN, b_row_bytes, V::kBlockK,
-                                                      kBlockN, CU_TENSOR_MAP_SWIZZLE_128B));
+                                                      kBlockN / V::kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
     if (V::kScaled) {
         DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, k_blocks,
                                                           uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));
@@ -74,9 +80,10 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
     }
     DG_MOE_RETURN_IF_ERROR(allow_shared_memory<kKernel>(Layout::kTotalBytes));
 
-    // Persistent grid: one CTA per SM, no more than there are tiles.
-    const uint64_t tiles = uint64_t(ceil_div(m, kBlockM)) * ceil_div(kShapeN, kBlockN) * num_groups;
-    const uint32_t grid = tiles < num_sms ? static_cast<uint32_t>(tiles) : num_sms;
+    // Persistent grid: one CTA per SM, no more than there are tiles; whole clusters of kMulticast CTAs.
+    const uint64_t units = uint64_t(m_blocks / V::kMulticast) * ceil_div(kShapeN, kBlockN) * num_groups;
+    const uint32_t max_clusters = num_sms / V::kMulticast;
+    const uint32_t grid = (units < max_clusters ? static_cast<uint32_t>(units) : max_clusters) * V::kMulticast;
     // Column pairs go out as 8-byte stores (or reductions) where every row of d starts 8-byte aligned.
     const bool pairs = aligned8(d) && d_row_stride % 2 == 0 && d_group_stride % 2 == 0;
     const Params params{d,          kType == WgradType::Normal ? nullptr : layout, d_group_stride, d_row_stride, m, sum_k,
@@ -87,6 +94,13 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
     config.blockDim = dim3(kBlockThreads);
     config.dynamicSmemBytes = Layout::kTotalBytes;
     config.stream = static_cast<cudaStream_t>(stream);
+    cudaLaunchAttribute cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = V::kMulticast;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
     return static_cast<int>(cudaLaunchKernelEx(&config, kKernel, params, tmap_a, tmap_b, tmap_sfa, tmap_sfb));
 }
 

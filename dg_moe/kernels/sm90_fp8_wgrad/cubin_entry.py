@@ -57,6 +57,11 @@ class Variant:
     shape_n: int
 
     @property
+    def multicast(self) -> int:
+        """CTAs per cluster: 2 where they share B."""
+        return 2 if self.config.share_b else 1
+
+    @property
     def layout_bytes(self) -> int:
         """Layout::kTotalBytes: the dynamic shared memory of one CTA."""
         return smem_bytes(self.config.block_m, self.config.block_n, self.config.num_stages, self.config.bf16)
@@ -70,7 +75,9 @@ def tensor_map_specs(v: Variant, m: int, sum_k: int, a_row_bytes: int, sfa_strid
     block_k = BLOCK_K // 2 if bf16 else BLOCK_K
     dtype = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if bf16 else CU_TENSOR_MAP_DATA_TYPE_UINT8
     a = TensorMap2D(dtype, sum_k, m, a_row_bytes, block_k, block_m, CU_TENSOR_MAP_SWIZZLE_128B)
-    b = TensorMap2D(dtype, sum_k, v.shape_n, b_row_bytes, block_k, block_n, CU_TENSOR_MAP_SWIZZLE_128B)
+    # A B-sharing pair loads half of B's rows per CTA.
+    b = TensorMap2D(dtype, sum_k, v.shape_n, b_row_bytes, block_k, block_n // v.multicast,
+                    CU_TENSOR_MAP_SWIZZLE_128B)
     if bf16:
         return a, b, a, b
     f32, k_blocks = CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sum_k // BLOCK_K
@@ -82,9 +89,9 @@ def tensor_map_specs(v: Variant, m: int, sum_k: int, a_row_bytes: int, sfa_strid
 
 
 def grid_size(v: Variant, m: int, num_groups: int, num_sms: int) -> int:
-    """CTAs of the persistent grid: one per SM, no more than there are tiles."""
-    tiles = num_groups * ceil_div(m, v.config.block_m) * ceil_div(v.shape_n, v.config.block_n)
-    return min(tiles, num_sms)
+    """CTAs of the persistent grid: one per SM, no more than there are tiles, in whole clusters."""
+    units = num_groups * (ceil_div(m, v.config.block_m) // v.multicast) * ceil_div(v.shape_n, v.config.block_n)
+    return min(units, num_sms // v.multicast) * v.multicast
 
 
 def column_pairs(d: int, d_group_stride: int, d_row_stride: int) -> bool:
@@ -117,13 +124,16 @@ class CubinEntry(MemoisedLaunches):
             raise invalid_argument(ENTRY, "a K-grouped launch without its layout")
         if (sfa is not None, sfb is not None) != (not v.config.bf16,) * 2:
             raise invalid_argument(ENTRY, "scales given to a BF16 variant, or missing for an FP8 one")
+        if ceil_div(m, v.config.block_m) % v.multicast != 0 or num_sms < v.multicast:
+            raise invalid_argument(ENTRY, f"m={m}: a B-sharing variant needs an even number of m-blocks")
         pairs = column_pairs(d, d_group_stride, d_row_stride)
         params = Params(d, None if v.wgrad_type == WgradType.NORMAL else layout, d_group_stride, d_row_stride, m,
                         sum_k, num_groups, int(pairs), int(accumulate != 0))
         return prepare_launch(
             self.kernel, tensor_map_specs(v, m, sum_k, a_row_bytes, sfa_stride, b_row_bytes, sfb_stride),
             (a, b, a, b) if v.config.bf16 else (a, b, sfa, sfb), d,
-            max_dynamic_shared=v.layout_bytes, block=BLOCK_THREADS, cluster=1, occupancy_shared=v.layout_bytes,
+            max_dynamic_shared=v.layout_bytes, block=BLOCK_THREADS, cluster=v.multicast,
+            occupancy_shared=v.layout_bytes,
             grid=lambda _resident: grid_size(v, m, num_groups, num_sms), shared_bytes=v.layout_bytes,
             stream=stream, params=params,
         )

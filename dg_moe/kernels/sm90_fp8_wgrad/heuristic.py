@@ -56,6 +56,9 @@ class WgradConfig:
     predicted_us: float
     bf16: bool = False
     """BF16 operands (no scales, K blocks of 64) instead of FP8 with recipe (1, 1, 128)."""
+    share_b: bool = False
+    """2-CTA clusters on m-blocks 2u and 2u + 1 sharing B (each loads half and multicasts it); forced only
+    (tools/bench_wgrad.py --share-b) until measured, and only where ceil(M / 128) is even."""
 
 
 def stage_bytes(block_m: int, block_n: int, bf16: bool = False) -> int:

@@ -33,6 +33,7 @@ def template_args(wgrad_type: WgradType, config: WgradConfig, n: int) -> dict[st
     return {
         "SHAPE_N": n, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "NUM_STAGES": config.num_stages,
         "WGRAD_TYPE": wgrad_type.cpp, "OPERANDS": f"dg_moe::sm90_fp8_wgrad::Operands::{operands}",
+        "SHARE_B": int(config.share_b),
         **host_template_args(config),
     }
 
