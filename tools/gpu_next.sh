@@ -2,7 +2,8 @@
 # The GPU run that decides the ninth session's branches (docs/perf-log.md v20), from a checkout of
 # wip/next-gpu (the weight-gradient reductions, wider tiles, B-sharing pairs and BF16 operands, the TMA L2
 # hint, the BF16 B-sharing rule), two device calls on one machine. Logs under $OUT; a short table prints last.
-#   here, once: mkdir -p .ab_base/main && git archive main dg_moe/csrc | tar -x -C .ab_base/main
+#   here, once (main's kernel sources, the A/B base): mkdir -p .ab_base/main &&
+#     git archive main dg_moe/csrc | tar -x -C .ab_base/main --strip-components=2
 #   call 1 (fresh machine; carry .whl .peer .ab_base):  PHASE=1 bash tools/gpu_next.sh
 #       DeepGEMM's build beside the whole GPU suite of this tree (every kernel change ends with it).
 #   call 2 (same machine, warm; carry nothing new):     PHASE=2 bash tools/gpu_next.sh
