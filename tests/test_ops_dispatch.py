@@ -59,9 +59,9 @@ def test_sm90_without_kernel_raises_kernel_not_available(gpu_arch):
     gpu_arch(9, 0, "NVIDIA H100 80GB HBM3")
     reference = Recorder()
     with pytest.raises(KernelNotAvailableError) as info:
-        dispatch.run_op("bf16_gemm_nn", CUDA0, reference, 1)
+        dispatch.run_op("fp8_gemm_tt", CUDA0, reference, 1)
     assert str(info.value) == (
-        "bf16_gemm_nn: the SM90 kernel is not available yet in this version of dg_moe; "
+        "fp8_gemm_tt: the SM90 kernel is not available yet in this version of dg_moe; "
         "run on CPU tensors for the reference implementation"
     )
     assert isinstance(info.value, NotImplementedError)

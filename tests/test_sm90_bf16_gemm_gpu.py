@@ -92,8 +92,10 @@ def test_dense_row_slices_of_wider_buffers(cuda_gen):
 
 def test_uncovered_variants_raise_kernel_not_available(cuda_gen):
     a, b = _bf16(64, 256, generator=cuda_gen), _bf16(128, 256, generator=cuda_gen)
+    gapped = _bf16(2, 136, 256, generator=cuda_gen)[:, :128]  # groups 136 rows apart, not back to back
     with pytest.raises(KernelNotAvailableError, match="contiguous"):
-        dg_moe.bf16_gemm_nt(a.T.contiguous().T, b, _poisoned(64, 128))
+        dg_moe.m_grouped_bf16_gemm_nt_contiguous(_bf16(128, 256, generator=cuda_gen), gapped, _poisoned(128, 128),
+                                                 torch.zeros(128, dtype=torch.int32, device="cuda"))
     with pytest.raises(KernelNotAvailableError, match="multiple of 8"):
         dg_moe.bf16_gemm_nt(a, b[:124], _poisoned(64, 124))
     with pytest.raises(KernelNotAvailableError, match=r"d \(torch.float32\) rows of 126.*multiple of 4"):

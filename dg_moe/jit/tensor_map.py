@@ -1,4 +1,4 @@
-"""2-D TMA tensor maps for cubin launches: what a map describes (pure data), and its encoding by the driver
+"""2-D and 3-D TMA tensor maps for cubin launches: what a map describes (pure data), and its encoding by the driver
 into a 64-byte aligned buffer that a launch passes by value as a ``__grid_constant__ CUtensorMap``."""
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ class TensorMap2D:
     l2_promotion: int = CU_TENSOR_MAP_L2_PROMOTION_L2_256B
 
 
+@dataclass(frozen=True)
+class TensorMap3D(TensorMap2D):
+    """A stack of ``depth`` such matrices, ``depth_stride_bytes`` apart, read in boxes one matrix deep: a
+    box reaching past a matrix's last row reads zeros rather than the next matrix's first rows."""
+
+    depth: int = 1
+    depth_stride_bytes: int = 0
+
+
 class EncodedTensorMap:
     """One encoded CUtensorMap; ``address`` is 64-byte aligned and stays valid while this object lives."""
 
@@ -51,19 +60,23 @@ class EncodedTensorMap:
 def encode(driver: Driver, spec: TensorMap2D, global_address: int) -> EncodedTensorMap:
     """cuTensorMapEncodeTiled of ``spec`` over the device memory at ``global_address``; raises CudaError."""
     out = EncodedTensorMap()
-    dims = (ctypes.c_uint64 * 2)(spec.inner, spec.outer)
-    strides = (ctypes.c_uint64 * 1)(spec.row_stride_bytes)
-    box = (ctypes.c_uint32 * 2)(spec.box_inner, spec.box_outer)
-    element_strides = (ctypes.c_uint32 * 2)(1, 1)
+    dims = [spec.inner, spec.outer]
+    strides = [spec.row_stride_bytes]
+    box = [spec.box_inner, spec.box_outer]
+    if isinstance(spec, TensorMap3D):
+        dims.append(spec.depth)
+        strides.append(spec.depth_stride_bytes)
+        box.append(1)
+    rank = len(dims)
     status = driver.cuTensorMapEncodeTiled(
         out.address,
         spec.dtype,
-        2,
+        rank,
         global_address,
-        dims,
-        strides,
-        box,
-        element_strides,
+        (ctypes.c_uint64 * rank)(*dims),
+        (ctypes.c_uint64 * (rank - 1))(*strides),
+        (ctypes.c_uint32 * rank)(*box),
+        (ctypes.c_uint32 * rank)(*([1] * rank)),
         CU_TENSOR_MAP_INTERLEAVE_NONE,
         spec.swizzle,
         spec.l2_promotion,

@@ -106,6 +106,18 @@ inline int make_tensor_map_2d(CUtensorMap* map, CUtensorMapDataType dtype, const
     return make_tensor_map(map, dtype, 2, base, dims, strides, box, swizzle, l2_promotion);
 }
 
+// 3-D map over `depth` matrices, each `outer` rows of `inner` contiguous elements, rows
+// `row_stride_bytes` and matrices `depth_stride_bytes` apart (multiples of 16); boxes are one matrix deep.
+inline int make_tensor_map_3d(CUtensorMap* map, CUtensorMapDataType dtype, const void* base, uint64_t inner,
+                              uint64_t outer, uint64_t depth, uint64_t row_stride_bytes, uint64_t depth_stride_bytes,
+                              uint32_t box_inner, uint32_t box_outer, CUtensorMapSwizzle swizzle,
+                              CUtensorMapL2promotion l2_promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
+    const uint64_t dims[3] = {inner, outer, depth};
+    const uint64_t strides[2] = {row_stride_bytes, depth_stride_bytes};
+    const uint32_t box[3] = {box_inner, box_outer, 1};
+    return make_tensor_map(map, dtype, 3, base, dims, strides, box, swizzle, l2_promotion);
+}
+
 #endif  // __CUDACC_RTC__
 
 // ---------------------------------------------------------------------------------------------
@@ -143,6 +155,27 @@ __device__ __forceinline__ void tma_load_2d_multicast(const CUtensorMap* map, vo
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
         ".L2::cache_hint [%0], [%1, {%4, %5}], [%2], %3, %6;" ::"r"(smem_u32(smem_dst)),
         "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1), "l"(kL2EvictNormal)
+        : "memory");
+}
+
+// 3-D loads: box of a stack of matrices (dimension 2, the group, is one matrix deep in the operand boxes
+// here), so that clipping applies per matrix: a box reaching past a matrix's last row reads zeros, not the
+// next matrix's first rows.
+__device__ __forceinline__ void tma_load_3d(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
+                                            int32_t c1, int32_t c2) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+        "[%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "l"(kL2EvictNormal)
+        : "memory");
+}
+
+__device__ __forceinline__ void tma_load_3d_multicast(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
+                                                      int32_t c1, int32_t c2, uint16_t cta_mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+        ".L2::cache_hint [%0], [%1, {%4, %5, %6}], [%2], %3, %7;" ::"r"(smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1), "r"(c2), "l"(kL2EvictNormal)
         : "memory");
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// Warpgroup MMA (wgmma) wrappers for SM90: FP8 e4m3 x e4m3 -> FP32, both operands K-major in
-// shared memory with the 128-byte swizzle. Build for sm_90a: wgmma does not exist on plain sm_90.
+// Warpgroup MMA (wgmma) wrappers for SM90: FP8 e4m3 x e4m3 -> FP32 with both operands K-major, and
+// BF16 x BF16 -> FP32 with either operand K-major or MN-major, in shared memory with the 128-byte
+// swizzle. Build for sm_90a: wgmma does not exist on plain sm_90.
 #include <cstdint>
 
 namespace dg_moe::wgmma {
@@ -20,6 +21,19 @@ __device__ __forceinline__ uint64_t smem_desc_k_major_sw128(uint32_t addr) {
 
 __device__ __forceinline__ uint64_t smem_desc_k_major_sw128(const void* tile) {
     return smem_desc_k_major_sw128(static_cast<uint32_t>(__cvta_generic_to_shared(tile)));
+}
+
+// Descriptor of an MN-major tile (16-bit elements only: wgmma transposes no 8-bit operand) as TMA writes
+// boxes of 64 MN elements x kBlockK K rows with the 128-byte swizzle: each K index is one 128-byte row of 64
+// MN elements, groups of 8 such rows are 1024 bytes apart (the stride byte offset, along K), and the
+// 64-wide MN chunks of a wider tile are `chunk_bytes` apart (the leading byte offset, along MN). A k16
+// step is 16 rows further: +2048 bytes, +128 in the start-address field.
+__device__ __forceinline__ uint64_t smem_desc_mn_major_sw128(uint32_t addr, uint32_t chunk_bytes) {
+    uint64_t desc = (addr & 0x3FFFFu) >> 4;
+    desc |= uint64_t((chunk_bytes >> 4) & 0x3FFFu) << 16;
+    desc |= uint64_t(1024 >> 4) << 32;
+    desc |= uint64_t(1) << 62;
+    return desc;
 }
 
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -70,7 +84,7 @@ __device__ __forceinline__ void fence_operand(float& reg) { asm volatile("" : "+
 // Kind<N>: wgmma m64nN<shape_types> into N / 2 FP32 accumulators per thread. The descriptors and the
 // scale-d flag are the operands after the accumulators, numbered da, db and pred (the preprocessor cannot
 // add: accum, accum + 1 and accum + 2 are written out).
-#define DG_MOE_WGMMA_SHAPE(Kind, N, accum, da, db, pred, shape_types, immediates)                                 \
+#define DG_MOE_WGMMA_SHAPE(Kind, N, accum, da, db, pred, shape_types)                                             \
     template <>                                                                                                   \
     struct Kind<N> {                                                                                              \
         static constexpr int kNumAccum = accum;                                                                   \
@@ -78,7 +92,7 @@ __device__ __forceinline__ void fence_operand(float& reg) { asm volatile("" : "+
         __device__ __forceinline__ static void mma(uint64_t desc_a, uint64_t desc_b, float* d, bool accumulate) { \
             asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #pred ", 0;\n"                                      \
                          "wgmma.mma_async.sync.aligned.m64n" #N shape_types " {" DG_MOE_WGMMA_NAMES_##accum       \
-                         "}, %" #da ", %" #db ", p, 1, 1" immediates ";\n}\n"                                     \
+                         "}, %" #da ", %" #db ", p, 1, 1;\n}\n"                                                \
                          : DG_MOE_WGMMA_ACCUM_##accum                                                             \
                          : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));                                       \
         }                                                                                                         \
@@ -87,26 +101,41 @@ __device__ __forceinline__ void fence_operand(float& reg) { asm volatile("" : "+
 // m64nNk32: a warpgroup multiplies a 64x32 A tile by a 32xN B tile; each thread owns N/2 floats.
 template <int N>
 struct FP8MMA;
-DG_MOE_WGMMA_SHAPE(FP8MMA, 16, 8, 8, 9, 10, "k32.f32.e4m3.e4m3", "")
-DG_MOE_WGMMA_SHAPE(FP8MMA, 32, 16, 16, 17, 18, "k32.f32.e4m3.e4m3", "")
-DG_MOE_WGMMA_SHAPE(FP8MMA, 64, 32, 32, 33, 34, "k32.f32.e4m3.e4m3", "")
-DG_MOE_WGMMA_SHAPE(FP8MMA, 128, 64, 64, 65, 66, "k32.f32.e4m3.e4m3", "")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 16, 8, 8, 9, 10, "k32.f32.e4m3.e4m3")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 32, 16, 16, 17, 18, "k32.f32.e4m3.e4m3")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 64, 32, 32, 33, 34, "k32.f32.e4m3.e4m3")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 128, 64, 64, 65, 66, "k32.f32.e4m3.e4m3")
 // 136 / 144 / 152: the weight-gradient kernel's wider tiles (DeepGEMM's choices for its shapes).
-DG_MOE_WGMMA_SHAPE(FP8MMA, 136, 68, 68, 69, 70, "k32.f32.e4m3.e4m3", "")
-DG_MOE_WGMMA_SHAPE(FP8MMA, 144, 72, 72, 73, 74, "k32.f32.e4m3.e4m3", "")
-DG_MOE_WGMMA_SHAPE(FP8MMA, 152, 76, 76, 77, 78, "k32.f32.e4m3.e4m3", "")
-DG_MOE_WGMMA_SHAPE(FP8MMA, 192, 96, 96, 97, 98, "k32.f32.e4m3.e4m3", "")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 136, 68, 68, 69, 70, "k32.f32.e4m3.e4m3")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 144, 72, 72, 73, 74, "k32.f32.e4m3.e4m3")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 152, 76, 76, 77, 78, "k32.f32.e4m3.e4m3")
+DG_MOE_WGMMA_SHAPE(FP8MMA, 192, 96, 96, 97, 98, "k32.f32.e4m3.e4m3")
 
-// m64nNk16 on BF16 operands (both K-major: transpose immediates 0), FP32 accumulators; each thread
-// owns N/2 floats in the same fragment layout as FP8MMA's. A 128-byte swizzled row holds 64 BF16
-// elements, so one such row is four k16 steps, each 32 bytes (+2 in the descriptor's address field).
-template <int N>
+// m64nNk16 on BF16 operands, FP32 accumulators; each thread owns N/2 floats in the same fragment layout
+// as FP8MMA's. kTransA / kTransB: the operand is MN-major (wgmma's transpose immediates), else K-major.
+// A K-major 128-byte swizzled row holds 64 BF16 elements, so one such row is four k16 steps, each 32
+// bytes (+2 in the descriptor's address field); MN-major steps are smem_desc_mn_major_sw128's.
+template <int N, bool kTransA = false, bool kTransB = false>
 struct BF16MMA;
-DG_MOE_WGMMA_SHAPE(BF16MMA, 16, 8, 8, 9, 10, "k16.f32.bf16.bf16", ", 0, 0")
-DG_MOE_WGMMA_SHAPE(BF16MMA, 32, 16, 16, 17, 18, "k16.f32.bf16.bf16", ", 0, 0")
-DG_MOE_WGMMA_SHAPE(BF16MMA, 64, 32, 32, 33, 34, "k16.f32.bf16.bf16", ", 0, 0")
-DG_MOE_WGMMA_SHAPE(BF16MMA, 128, 64, 64, 65, 66, "k16.f32.bf16.bf16", ", 0, 0")
-DG_MOE_WGMMA_SHAPE(BF16MMA, 192, 96, 96, 97, 98, "k16.f32.bf16.bf16", ", 0, 0")
-DG_MOE_WGMMA_SHAPE(BF16MMA, 256, 128, 128, 129, 130, "k16.f32.bf16.bf16", ", 0, 0")
+#define DG_MOE_WGMMA_BF16_SHAPE(N, accum, da, db, pred, ta, tb)                                                  \
+    template <bool kTransA, bool kTransB>                                                                         \
+    struct BF16MMA<N, kTransA, kTransB> {                                                                         \
+        static constexpr int kNumAccum = accum;                                                                   \
+        static_assert(kNumAccum * 2 == N, "a thread owns N / 2 accumulators");                                    \
+        __device__ __forceinline__ static void mma(uint64_t desc_a, uint64_t desc_b, float* d, bool accumulate) { \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #pred ", 0;\n"                                      \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" DG_MOE_WGMMA_NAMES_##accum  \
+                         "}, %" #da ", %" #db ", p, 1, 1, %" #ta ", %" #tb ";\n}\n"                             \
+                         : DG_MOE_WGMMA_ACCUM_##accum                                                             \
+                         : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB))); \
+        }                                                                                                         \
+    };
+DG_MOE_WGMMA_BF16_SHAPE(16, 8, 8, 9, 10, 11, 12)
+DG_MOE_WGMMA_BF16_SHAPE(32, 16, 16, 17, 18, 19, 20)
+DG_MOE_WGMMA_BF16_SHAPE(64, 32, 32, 33, 34, 35, 36)
+DG_MOE_WGMMA_BF16_SHAPE(128, 64, 64, 65, 66, 67, 68)
+DG_MOE_WGMMA_BF16_SHAPE(192, 96, 96, 97, 98, 99, 100)
+DG_MOE_WGMMA_BF16_SHAPE(256, 128, 128, 129, 130, 131, 132)
+#undef DG_MOE_WGMMA_BF16_SHAPE
 
 }  // namespace dg_moe::wgmma

@@ -6,8 +6,11 @@
 // Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence through its own
 // copy of the scheduler, so they agree on every tile without communicating):
 // - producer warpgroup (the last 128 threads; 40 registers each after setmaxnreg): one elected lane of
-//   its first warp issues the TMA loads of A and B (K-major, 128B-swizzled: 64 BF16 per row) into a
-//   kNumStages-deep ring of shared-memory stages, one stage per 64-wide K block;
+//   its first warp issues the TMA loads of A and B into a kNumStages-deep ring of shared-memory stages,
+//   one stage per 64-wide K block. Each operand is K-major (a row of 64 K values per M or N index) or
+//   MN-major (a row of 64 M or N values per K index, in 64-wide chunks of 64 rows; the transposed ops
+//   bf16_gemm_nn/tn/tt and m_grouped_bf16_gemm_nn_contiguous); either way 128B-swizzled 128-byte rows,
+//   and the 64-row chunk of M or N index r starts at byte r * 128 of the operand's stage in both;
 // - one or two math warpgroups (232 registers each): wgmma m64nNk16 on each K block, accumulating in
 //   the wgmma registers across the whole K extent (BF16 products are exact in FP32, so there is no
 //   scale to apply and nothing to promote), then the epilogue.
@@ -52,6 +55,23 @@ constexpr uint32_t kMathRegisters = 232;
 // Bytes of one K block's row of A or B in shared memory (and the 128B swizzle span).
 constexpr uint32_t kRowBytes = kBlockK * sizeof(__nv_bfloat16);
 static_assert(kRowBytes == 128, "a stage row must be exactly one 128-byte swizzle span");
+// An MN-major operand's K block: chunks of 64 M or N indices (one 128-byte row per K index), each one TMA
+// box of kBlockK rows, kChunkBytes apart.
+constexpr uint32_t kChunkIndices = kRowBytes / sizeof(__nv_bfloat16);
+constexpr uint32_t kChunkBytes = kBlockK * kRowBytes;
+
+// An operand's smem descriptor at byte `addr` of a stage, and its advance per k16 step in the descriptor's
+// 16-byte address units: 32 bytes along a K-major row, 16 rows down an MN-major chunk.
+template <bool kMnMajor>
+struct OperandDesc {
+    static constexpr uint32_t kStep = (kMnMajor ? 16 * kRowBytes : 16 * sizeof(__nv_bfloat16)) >> 4;
+    __device__ __forceinline__ static uint64_t at(uint32_t addr) {
+        if constexpr (kMnMajor)
+            return wgmma::smem_desc_mn_major_sw128(addr, kChunkBytes);
+        else
+            return wgmma::smem_desc_k_major_sw128(addr);
+    }
+};
 
 template <uint32_t BLOCK_M>
 struct MathShape {
@@ -119,7 +139,8 @@ struct DTile {
 
 // Compile-time facts of one variant, shared by every role.
 template <uint32_t SHAPE_N_, uint32_t SHAPE_K_, uint32_t BLOCK_M_, uint32_t BLOCK_N_, uint32_t kNumStages_,
-          GemmType kType_, uint32_t kMulticast_, bool kMulticastB_, typename OutT_, bool kAccumulate_>
+          GemmType kType_, uint32_t kMulticast_, bool kMulticastB_, typename OutT_, bool kAccumulate_,
+          bool kMnMajorA_, bool kMnMajorB_>
 struct Variant {
     static constexpr uint32_t SHAPE_N = SHAPE_N_, SHAPE_K = SHAPE_K_, BLOCK_M = BLOCK_M_, BLOCK_N = BLOCK_N_;
     static constexpr uint32_t kNumStages = kNumStages_, kMulticast = kMulticast_;
@@ -134,6 +155,19 @@ struct Variant {
     static_assert(kFloatD || std::is_same_v<OutT, __nv_bfloat16>, "D holds bfloat16 or float");
     // Grouped callers have no C: the predicated epilogue of partial tiles would need its own C path.
     static_assert(!kAccumulate || kType == GemmType::Normal, "accumulating C is for Normal GEMMs only");
+    // Operand majors: an MN-major A is [K, M] (bf16_gemm_tn/tt), an MN-major B [K, N] or [G, K, N]
+    // (bf16_gemm_nn/tn, m_grouped_bf16_gemm_nn_contiguous); grouped A and masked B are K-major only, as
+    // the ops that read them.
+    static constexpr bool kMnMajorA = kMnMajorA_, kMnMajorB = kMnMajorB_;
+    static_assert(!kMnMajorA || kType == GemmType::Normal, "an MN-major A is for Normal GEMMs only");
+    static_assert(!kMnMajorB || kType != GemmType::MGroupedMasked, "masked GEMMs read a K-major B only");
+    // An MN-major operand arrives as 64-wide chunks (one 128-byte swizzle row each), so its tile, and the
+    // half of it each CTA of a sharing pair loads, must be whole chunks.
+    static_assert(!kMnMajorB || BLOCK_N % 64 == 0, "an MN-major B needs BLOCK_N a multiple of 64");
+    static_assert(!kMnMajorB || !kMulticastB_ || BLOCK_N % 128 == 0,
+                  "a B-sharing pair splits an MN-major B tile into whole 64-wide chunks: BLOCK_N 128 or 256");
+    static_assert(!kMnMajorA || kMulticast_ == 1 || kMulticastB_ || BLOCK_M % 128 == 0,
+                  "an A-sharing pair splits an MN-major A tile into whole 64-wide chunks: BLOCK_M 128 or 256");
 
     static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
                   "BLOCK_M must be 64 (one math warpgroup), 128 (two) or 256 (two, 128 rows each)");
@@ -145,7 +179,8 @@ struct Variant {
                   "BLOCK_N must be 16, 32, 64, 128, 192 or 256 (the BF16MMA shapes)");
     // K need not be a multiple of kBlockK: TMA fills the last block's columns past K with zeros in
     // both operands, which add nothing to the sums.
-    static_assert(SHAPE_K > 0 && SHAPE_K % 8 == 0, "K must be a positive multiple of 8 (16-byte TMA rows)");
+    static_assert(SHAPE_K > 0 && (SHAPE_K % 8 == 0 || (kMnMajorA && kMnMajorB)),
+                  "K must be a positive multiple of 8 where an operand is K-major (16-byte TMA rows)");
     static_assert(SHAPE_N * sizeof(OutT) % 16 == 0,
                   "N must make D rows a multiple of 16 bytes (8 BF16 or 4 FP32 values): TMA's row rule");
     static_assert(kNumStages >= 2, "the pipeline needs at least two stages");
@@ -160,7 +195,7 @@ struct Variant {
     static constexpr uint32_t kNumKBlocks = sched::ceil_div(SHAPE_K, kBlockK);
 
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, sizeof(OutT), kAccumulate ? Math::kWarpgroups : 0>;
-    using MMA = wgmma::BF16MMA<BLOCK_N>;
+    using MMA = wgmma::BF16MMA<BLOCK_N, kMnMajorA, kMnMajorB>;
     using D = DTile<BLOCK_M, BLOCK_N, sizeof(OutT)>;
     using Scheduler = sched::Scheduler<kType, BLOCK_M, BLOCK_N, SHAPE_N, kMulticast, kMulticastB>;
     static_assert(MMA::kNumAccum * Math::kMmaRows <= kAccumRegisterBudget,
@@ -203,17 +238,53 @@ __device__ __forceinline__ void init_barriers(const SharedState<V>& smem) {
     mbarrier_init_fence();
 }
 
+// One operand's M or N indices [mn0, mn0 + kRows) of the K block at k0 into `dst`, delivered to both CTAs
+// of the pair when `multicast`. K-major: one box of kRows rows of 64 K values (a grouped B's rows are
+// group * N + n of one 2-D map). MN-major: kRows / 64 boxes of 64 indices x kBlockK K rows, one per chunk;
+// kStacked: the map is 3-D, a stack of per-group [K, N] matrices (so a K block past K reads zeros rather
+// than the next group's rows), and `group` picks the matrix.
+template <bool kMnMajor, bool kStacked, uint32_t kRows>
+__device__ __forceinline__ void load_rows(const CUtensorMap* map, uint8_t* dst, uint64_t* bar, int32_t k0, uint32_t mn0,
+                                          uint32_t group, bool multicast) {
+    static_assert(kMnMajor || !kStacked, "K-major operands fold groups into the rows of a 2-D map");
+    if constexpr (!kMnMajor) {
+        if (multicast)
+            tma_load_2d_multicast(map, dst, bar, k0, mn0, 0b11);
+        else
+            tma_load_2d(map, dst, bar, k0, mn0);
+    } else {
+        static_assert(kRows % kChunkIndices == 0, "an MN-major load is whole 64-wide chunks");
+        DG_MOE_UNROLL
+        for (uint32_t c = 0; c < kRows / kChunkIndices; ++c) {
+            const int32_t mn = static_cast<int32_t>(mn0 + c * kChunkIndices);
+            uint8_t* chunk = dst + c * kChunkBytes;
+            if constexpr (kStacked) {
+                if (multicast)
+                    tma_load_3d_multicast(map, chunk, bar, mn, k0, static_cast<int32_t>(group), 0b11);
+                else
+                    tma_load_3d(map, chunk, bar, mn, k0, static_cast<int32_t>(group));
+            } else {
+                if (multicast)
+                    tma_load_2d_multicast(map, chunk, bar, mn, k0, 0b11);
+                else
+                    tma_load_2d(map, chunk, bar, mn, k0);
+            }
+        }
+    }
+}
+
 // Producer thread: every TMA load of A and B, one stage per K block of every tile.
 template <typename V>
 __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typename V::Scheduler& scheduler,
                                               const CUtensorMap* tmap_a, const CUtensorMap* tmap_b,
                                               uint32_t cta_rank) {
+    constexpr bool kMnA = V::kMnMajorA, kMnB = V::kMnMajorB;
     sched::Tile tile;
     uint64_t* full = smem.full();
     uint64_t* empty = smem.empty();
     uint32_t iter = 0;
     while (scheduler.next(tile)) {
-        const uint32_t b_row = tile.group * V::SHAPE_N + tile.n_block * V::BLOCK_N;
+        const uint32_t b_row = (kMnB ? 0 : tile.group * V::SHAPE_N) + tile.n_block * V::BLOCK_N;
         // Not unrolled: the producer runs on 40 registers.
         DG_MOE_NO_UNROLL
         for (uint32_t k = 0; k < V::kNumKBlocks; ++k, ++iter) {
@@ -222,25 +293,26 @@ __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typena
             mbarrier_wait(empty + s, phase ^ 1);
             mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
             if constexpr (V::kMulticast == 1 || V::kMulticastB) {
-                tma_load_2d(tmap_a, smem.stage_a(s), full + s, k0, tile.row);
+                load_rows<kMnA, false, V::BLOCK_M>(tmap_a, smem.stage_a(s), full + s, k0, tile.row, 0, false);
             } else {
                 // Each CTA fetches its half of A's rows into both CTAs (same offsets).
                 constexpr uint32_t kHalf = V::BLOCK_M / 2;
-                tma_load_2d_multicast(tmap_a, smem.stage_a(s) + cta_rank * kHalf * kRowBytes, full + s, k0,
-                                      tile.row + cta_rank * kHalf, 0b11);
+                load_rows<kMnA, false, kHalf>(tmap_a, smem.stage_a(s) + cta_rank * kHalf * kRowBytes, full + s, k0,
+                                              tile.row + cta_rank * kHalf, 0, true);
             }
             if constexpr (!V::kMulticastB) {
-                tma_load_2d(tmap_b, smem.stage_b(s), full + s, k0, b_row);
+                load_rows<kMnB, kMnB, V::BLOCK_N>(tmap_b, smem.stage_b(s), full + s, k0, b_row, tile.group, false);
             } else {
-                // B's map loads half a tile: each CTA fetches its half into both CTAs, or, where the
-                // pair's tiles read different B rows, both halves into its own stage.
+                // A K-major B's map loads half a tile: each CTA fetches its half into both CTAs, or, where
+                // the pair's tiles read different B rows, both halves into its own stage.
                 constexpr uint32_t kHalf = V::BLOCK_N / 2;
                 if (tile.multicast_b) {
-                    tma_load_2d_multicast(tmap_b, smem.stage_b(s) + cta_rank * kHalf * kRowBytes, full + s, k0,
-                                          b_row + cta_rank * kHalf, 0b11);
+                    load_rows<kMnB, kMnB, kHalf>(tmap_b, smem.stage_b(s) + cta_rank * kHalf * kRowBytes, full + s,
+                                                 k0, b_row + cta_rank * kHalf, tile.group, true);
                 } else {
-                    tma_load_2d(tmap_b, smem.stage_b(s), full + s, k0, b_row);
-                    tma_load_2d(tmap_b, smem.stage_b(s) + kHalf * kRowBytes, full + s, k0, b_row + kHalf);
+                    load_rows<kMnB, kMnB, kHalf>(tmap_b, smem.stage_b(s), full + s, k0, b_row, tile.group, false);
+                    load_rows<kMnB, kMnB, kHalf>(tmap_b, smem.stage_b(s) + kHalf * kRowBytes, full + s, k0,
+                                                 b_row + kHalf, tile.group, false);
                 }
             }
         }
@@ -302,17 +374,18 @@ struct MathWarpgroup {
     // The K block in stage s, as one commit group; `first`: the tile's first block, whose first k16
     // step overwrites the accumulators instead of adding to them.
     __device__ __forceinline__ void issue(uint32_t s, bool first) {
+        using DescA = OperandDesc<V::kMnMajorA>;
+        using DescB = OperandDesc<V::kMnMajorB>;
         const uint32_t stage = smem_addr + s * Layout::kStageBytes;
-        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage + Layout::kBytesA);
+        const uint64_t desc_b = DescB::at(stage + Layout::kBytesA);
         fence_accumulators();
         wgmma::fence();
         DG_MOE_UNROLL
         for (uint32_t kk = 0; kk < kBlockK / 16; ++kk) {
             DG_MOE_UNROLL
             for (uint32_t r = 0; r < kMmaRows; ++r) {
-                const uint64_t desc_a =
-                    wgmma::smem_desc_k_major_sw128(stage + (math_wg * kWarpgroupRows + r * 64) * kRowBytes);
-                MMA::mma(desc_a + kk * 2, desc_b + kk * 2, accum[r], !first || kk > 0);  // +32 bytes along K
+                const uint64_t desc_a = DescA::at(stage + (math_wg * kWarpgroupRows + r * 64) * kRowBytes);
+                MMA::mma(desc_a + kk * DescA::kStep, desc_b + kk * DescB::kStep, accum[r], !first || kk > 0);
             }
         }
         wgmma::commit_group();
@@ -510,13 +583,13 @@ struct MathWarpgroup {
 
 // tmap_c: C's map with kAccumulate (D's boxes and swizzle over C); otherwise unused (the host passes D's).
 template <uint32_t SHAPE_N, uint32_t SHAPE_K, uint32_t BLOCK_M, uint32_t BLOCK_N, uint32_t kNumStages, GemmType kType,
-          uint32_t kMulticast, bool kMulticastB, typename OutT, bool kAccumulate>
+          uint32_t kMulticast, bool kMulticastB, typename OutT, bool kAccumulate, bool kMnMajorA, bool kMnMajorB>
 __global__ void __launch_bounds__(MathShape<BLOCK_M>::kBlockThreads, 1)
     bf16_gemm_kernel(const Params params, const __grid_constant__ CUtensorMap tmap_a,
                      const __grid_constant__ CUtensorMap tmap_b, const __grid_constant__ CUtensorMap tmap_d,
                      const __grid_constant__ CUtensorMap tmap_c) {
-    using V =
-        Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB, OutT, kAccumulate>;
+    using V = Variant<SHAPE_N, SHAPE_K, BLOCK_M, BLOCK_N, kNumStages, kType, kMulticast, kMulticastB, OutT,
+                      kAccumulate, kMnMajorA, kMnMajorB>;
     using Scheduler = typename V::Scheduler;
     run_gemm_roles<V, SharedState, kProducerRegisters, kMathRegisters>(
         params,

@@ -48,4 +48,21 @@ class Epilogue:
 BF16_D = Epilogue()
 """The first epilogue the family had: a bfloat16 D and no C."""
 
-__all__ = ["ACCUM_REGISTER_BUDGET", "BF16_D", "BLOCK_K", "SMEM_BYTES_PER_BLOCK", "Epilogue", "GemmType"]
+
+@dataclass(frozen=True)
+class Majors:
+    """Which operands a variant reads MN-major (template arguments MN_MAJOR_A and MN_MAJOR_B): A stored
+    ``[K, M]`` (``bf16_gemm_tn``/``tt``), B stored ``[K, N]`` or ``[G, K, N]`` (``bf16_gemm_nn``/``tn``,
+    ``m_grouped_bf16_gemm_nn_contiguous``); the others K-major (``[M, K]``, ``[N, K]``, ``[G, N, K]``).
+    wgmma transposes 16-bit operands in hardware, so either major runs the same kernel at the same rate."""
+
+    a_mn: bool = False
+    b_mn: bool = False
+
+
+K_MAJOR = Majors()
+"""Both operands K-major: the ``nt`` ops on row-major operands."""
+
+__all__ = [
+    "ACCUM_REGISTER_BUDGET", "BF16_D", "BLOCK_K", "K_MAJOR", "SMEM_BYTES_PER_BLOCK", "Epilogue", "GemmType", "Majors",
+]

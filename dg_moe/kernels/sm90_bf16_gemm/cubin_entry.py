@@ -19,13 +19,15 @@ from ...jit.cuda_driver import (
     CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
     CU_TENSOR_MAP_SWIZZLE_128B,
 )
-from ...jit.tensor_map import TensorMap2D
+from ...jit.tensor_map import TensorMap2D, TensorMap3D
 from ..sm90_fp8_gemm.cubin_entry import D_SWIZZLE, prepare_gemm_launch
 from ..sm90_fp8_gemm.host_constants import HostConstants
-from .constants import BF16_D, BLOCK_K, Epilogue, GemmType
+from .constants import BF16_D, BLOCK_K, K_MAJOR, Epilogue, GemmType, Majors
 from .host_constants import D_BOX_ROWS
 
 ENTRY = "dg_moe_sm90_bf16_gemm"
+CHUNK_INDICES = 64
+"""M or N indices of one MN-major operand box (kChunkIndices: one 128-byte swizzle row of bfloat16)."""
 """The nvcc host entry's name, which this entry's argument errors carry as theirs do."""
 
 
@@ -52,23 +54,27 @@ def output_map(c: HostConstants, epilogue: Epilogue, rows: int, stride: int) -> 
 
 def tensor_map_specs(
     c: HostConstants, m: int, num_groups: int, a_stride: int, b_stride: int, d_stride: int,
-    epilogue: Epilogue = BF16_D, c_stride: int = 0,
+    epilogue: Epilogue = BF16_D, c_stride: int = 0, majors: Majors = K_MAJOR,
 ) -> tuple[TensorMap2D, TensorMap2D, TensorMap2D, TensorMap2D]:
     """The maps of A, B, D and C for ``m`` rows (max_m when masked) and row strides in elements, as the
     nvcc entry encodes them; without accumulation C's map is D's (the kernel takes four maps and reads
-    the fourth only when it accumulates)."""
+    the fourth only when it accumulates). An MN-major A is one [K, M] matrix, an MN-major B a stack of
+    [K, N] matrices K * b_stride elements apart, each read in boxes of 64 indices x BLOCK_K rows."""
     rows = num_groups * m if c.gemm_type == GemmType.MASKED else m
-    b_rows = (1 if c.gemm_type == GemmType.NORMAL else num_groups) * c.shape_n
+    groups_b = 1 if c.gemm_type == GemmType.NORMAL else num_groups
     k = c.shape_k
+    bf16, swizzle = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, CU_TENSOR_MAP_SWIZZLE_128B
+    if majors.a_mn:
+        a_map = TensorMap2D(bf16, rows, k, a_stride * 2, CHUNK_INDICES, BLOCK_K, swizzle)
+    else:
+        a_map = TensorMap2D(bf16, k, rows, a_stride * 2, BLOCK_K, c.box_rows_a, swizzle)
+    if majors.b_mn:
+        b_map: TensorMap2D = TensorMap3D(bf16, c.shape_n, k, b_stride * 2, CHUNK_INDICES, BLOCK_K, swizzle,
+                                         depth=groups_b, depth_stride_bytes=k * b_stride * 2)
+    else:
+        b_map = TensorMap2D(bf16, k, groups_b * c.shape_n, b_stride * 2, BLOCK_K, c.box_rows_b, swizzle)
     d_map = output_map(c, epilogue, rows, d_stride)
-    return (
-        TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, rows, a_stride * 2, BLOCK_K, c.box_rows_a,
-                    CU_TENSOR_MAP_SWIZZLE_128B),
-        TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, k, b_rows, b_stride * 2, BLOCK_K, c.box_rows_b,
-                    CU_TENSOR_MAP_SWIZZLE_128B),
-        d_map,
-        output_map(c, epilogue, rows, c_stride) if epilogue.accumulate else d_map,
-    )
+    return a_map, b_map, d_map, output_map(c, epilogue, rows, c_stride) if epilogue.accumulate else d_map
 
 
 class CubinEntry(MemoisedLaunches):
@@ -79,10 +85,12 @@ class CubinEntry(MemoisedLaunches):
     cuLaunchKernelEx on memoised arguments; a new one encodes the tensor maps it has not seen and, once
     per device, sets the shared-memory limit and asks for the resident clusters."""
 
-    def __init__(self, kernel: CubinKernel, constants: HostConstants, epilogue: Epilogue = BF16_D):
+    def __init__(self, kernel: CubinKernel, constants: HostConstants, epilogue: Epilogue = BF16_D,
+                 majors: Majors = K_MAJOR):
         super().__init__(kernel)
         self.constants = constants
         self.epilogue = epilogue
+        self.majors = majors
 
     def __call__(
         self,
@@ -108,7 +116,7 @@ class CubinEntry(MemoisedLaunches):
         c, epilogue = self.constants, self.epilogue
         if epilogue.accumulate and c_address is None:
             raise invalid_argument(ENTRY, "c=None for a variant that accumulates c")
-        specs = tensor_map_specs(c, m, num_groups, a_stride, b_stride, d_stride, epilogue, c_stride)
+        specs = tensor_map_specs(c, m, num_groups, a_stride, b_stride, d_stride, epilogue, c_stride, self.majors)
         return prepare_gemm_launch(
             self.kernel, c, ENTRY, specs, (a, b, d, c_address if epilogue.accumulate else d), d,
             m, num_groups, num_sms, stream,

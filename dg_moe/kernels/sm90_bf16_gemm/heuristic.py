@@ -17,7 +17,9 @@ contiguous layouts take tiles of at most 128 rows (groups start on 128-row bound
 a few expected rows and dense calls of at most 64 rows take 64-row tiles (decode streams weights, and
 a 128-row tile would spend half of each stage on rows that do not exist); 256-row tiles only over more
 than 128 rows and at least 128 columns; prefix-sum contiguous groups of many rows share B
-across a 2-CTA cluster (each weight tile read from L2 once for two m-blocks of one group).
+across a 2-CTA cluster (each weight tile read from L2 once for two m-blocks of one group). An MN-major B
+arrives in 64-wide chunks: its tiles are 64, 128, 192 or 256 columns wide, and a B-sharing pair (each CTA
+loading half the tile) needs 128 or 256.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 
 from ...layout.math import ceil_div
 from ..sm90_fp8_gemm.heuristic import GemmConfig, candidate_tiles, rank_config
-from .constants import ACCUM_REGISTER_BUDGET, BF16_D, BLOCK_K, SMEM_BYTES_PER_BLOCK, Epilogue, GemmType
+from .constants import ACCUM_REGISTER_BUDGET, BF16_D, BLOCK_K, K_MAJOR, SMEM_BYTES_PER_BLOCK, Epilogue, GemmType, Majors
 
 PEAK_BF16_FLOPS_PER_SM = 989e12 / 132
 HBM_BYTES_PER_S = 3.0e12
@@ -45,6 +47,8 @@ BLOCK_MS = (64, 128, 256)
 # (H100, 4096 x 2112 x 7168: 185.7 us against 254.7, bitwise equal; the model picks it there and nowhere
 # else on tools/bench_bf16.py's cases, where the measured best was already the model's choice).
 BLOCK_NS = (16, 32, 64, 128, 192, 256)
+MN_MAJOR_BLOCK_NS = tuple(n for n in BLOCK_NS if n % 64 == 0)
+"""Tile widths an MN-major B can fill: whole 64-wide chunks (one TMA box and swizzle row each)."""
 
 SHORT_ROWS = 32
 """Masked groups of at most this many expected rows run 64-row tiles (decode: weight streaming)."""
@@ -125,16 +129,18 @@ def _fits(epilogue: Epilogue) -> Callable[[int, int], bool]:
 
 
 def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms: int,
-                  max_block_m: int = 256, epilogue: Epilogue = BF16_D) -> GemmConfig:
+                  max_block_m: int = 256, epilogue: Epilogue = BF16_D,
+                  block_ns: tuple[int, ...] = BLOCK_NS) -> GemmConfig:
     """Cheapest single-CTA configuration for the problem; deterministic in its arguments.
 
     rows_per_group: M for a dense GEMM, the mean rows per expert for contiguous layouts, or ``expected_m``
     for masked ones. max_block_m: 128 for contiguous layouts, 64 for short (decode) calls. ``epilogue``:
-    D's dtype and C, which size the D tile (and so the stages) and the output bytes.
+    D's dtype and C, which size the D tile (and so the stages) and the output bytes. ``block_ns``: the
+    tile widths to price.
     """
     rows = max(rows_per_group, 1)
     candidates = []
-    for block_m, block_n in candidate_tiles(BLOCK_MS, BLOCK_NS, max_block_m, rows, _fits(epilogue)):
+    for block_m, block_n in candidate_tiles(BLOCK_MS, block_ns, max_block_m, rows, _fits(epilogue)):
         stages = max_stages(block_m, block_n, epilogue)
         candidates.append(GemmConfig(block_m, block_n, stages, 1, smem_bytes(block_m, block_n, stages, epilogue),
                                      predict_us(block_m, block_n, rows, n, k, num_groups, num_sms, epilogue)))
@@ -143,17 +149,19 @@ def choose_config(rows_per_group: int, n: int, k: int, num_groups: int, num_sms:
 
 
 def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: int, num_sms: int,
-               epilogue: Epilogue = BF16_D) -> GemmConfig:
-    """The variant one call shape of one layout runs, for a D and C as ``epilogue`` says: the cost
-    model's choice under the layout rules of the module docstring."""
+               epilogue: Epilogue = BF16_D, majors: Majors = K_MAJOR) -> GemmConfig:
+    """The variant one call shape of one layout runs, for a D and C as ``epilogue`` says and operands of
+    ``majors``: the cost model's choice under the layout rules of the module docstring."""
     rows = max(rows_hint, 1)
     contiguous = gemm_type in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM)
     short = (gemm_type == GemmType.MASKED and rows <= SHORT_ROWS) or \
         (gemm_type == GemmType.NORMAL and rows <= DENSE_SHORT_ROWS)
     max_block_m = 64 if short else 128 if contiguous else 256
-    chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m, epilogue=epilogue)
+    block_ns = MN_MAJOR_BLOCK_NS if majors.b_mn else BLOCK_NS
+    chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m, epilogue=epilogue,
+                           block_ns=block_ns)
     if gemm_type == GemmType.CONTIGUOUS_PSUM and rows >= SHARED_B_MIN_ROWS and chosen.block_m == 128 \
-            and num_sms % 2 == 0:
+            and num_sms % 2 == 0 and not (majors.b_mn and chosen.block_n % 128 != 0):
         return GemmConfig(chosen.block_m, chosen.block_n, chosen.num_stages, 2, chosen.smem_bytes,
                           chosen.predicted_us, multicast_b=True)
     return chosen

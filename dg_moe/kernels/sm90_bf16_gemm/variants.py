@@ -4,7 +4,7 @@ can need (for `dg-moe warmup --bf16` and the CI compile check)."""
 from __future__ import annotations
 
 from ..sm90_fp8_gemm.heuristic import GemmConfig
-from .constants import BF16_D, Epilogue, GemmType
+from .constants import BF16_D, K_MAJOR, Epilogue, GemmType, Majors
 from .heuristic import config_for
 from .host_constants import host_constants
 from .host_constants import template_args as host_template_args
@@ -14,17 +14,22 @@ FAMILY = "sm90_bf16_gemm"
 
 
 def template_args(gemm_type: GemmType, config: GemmConfig, n: int, k: int,
-                  epilogue: Epilogue = BF16_D) -> dict[str, int | str | bool]:
-    """The JIT template arguments of one kernel variant: its shape, tiling and epilogue (D_TYPE, the C++
-    type of D's elements; ACCUMULATE, whether it adds C), then the host constants the Python side
-    computes (:mod:`.host_constants`), which the launch file static_asserts against the kernel's C++
-    under both backends."""
+                  epilogue: Epilogue = BF16_D, majors: Majors = K_MAJOR) -> dict[str, int | str | bool]:
+    """The JIT template arguments of one kernel variant: its shape, tiling, epilogue (D_TYPE, the C++
+    type of D's elements; ACCUMULATE, whether it adds C) and operand majors (MN_MAJOR_A, MN_MAJOR_B), then
+    the host constants the Python side computes (:mod:`.host_constants`), which the launch file
+    static_asserts against the kernel's C++ under both backends."""
     if epilogue.accumulate and gemm_type != GemmType.NORMAL:
         raise ValueError(f"{gemm_type.name}: only Normal GEMMs accumulate C")
+    if majors.a_mn and gemm_type != GemmType.NORMAL:
+        raise ValueError(f"{gemm_type.name}: only Normal GEMMs read an MN-major A")
+    if majors.b_mn and gemm_type == GemmType.MASKED:
+        raise ValueError("MASKED: masked GEMMs read a K-major B only")
     return {
         "SHAPE_N": n, "SHAPE_K": k, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
         "NUM_STAGES": config.num_stages, "GEMM_TYPE": gemm_type.cpp, "MULTICAST": config.multicast,
         "MULTICAST_B": config.multicast_b, "D_TYPE": epilogue.d_type, "ACCUMULATE": epilogue.accumulate,
+        "MN_MAJOR_A": majors.a_mn, "MN_MAJOR_B": majors.b_mn,
         **host_template_args(host_constants(gemm_type, config, n, k, epilogue)),
     }
 
@@ -37,10 +42,11 @@ class VariantSet:
         self._seen: dict[tuple[tuple[str, int | str | bool], ...], dict[str, int | str | bool]] = {}
 
     def add(self, gemm_type: GemmType, rows_hint: int, n: int, k: int, groups: int,
-            epilogue: Epilogue = BF16_D) -> None:
-        """The variant one call of ``gemm_type`` with this rows hint, N, K, group count and epilogue runs."""
-        config = config_for(gemm_type, rows_hint, n, k, groups, self.num_sms, epilogue)
-        args = template_args(gemm_type, config, n, k, epilogue)
+            epilogue: Epilogue = BF16_D, majors: Majors = K_MAJOR) -> None:
+        """The variant one call of ``gemm_type`` with this rows hint, N, K, group count, epilogue and
+        operand majors runs."""
+        config = config_for(gemm_type, rows_hint, n, k, groups, self.num_sms, epilogue, majors)
+        args = template_args(gemm_type, config, n, k, epilogue, majors)
         self._seen.setdefault(tuple(sorted(args.items())), args)
 
     def variants(self) -> list[dict[str, int | str | bool]]:
@@ -76,10 +82,20 @@ CI_EPILOGUE_SHAPES = (
 )
 
 
+# (type, rows hint, N, K, groups, epilogue, majors): the transposed ops, bf16_gemm_nn (B MN-major), _tn
+# (both), _tt (A) and m_grouped_bf16_gemm_nn_contiguous, the last on a B-sharing prefix-sum cluster.
+CI_MAJOR_SHAPES = (
+    (GemmType.NORMAL, 4096, 4096, 7168, 1, BF16_D, Majors(b_mn=True)),
+    (GemmType.NORMAL, 4096, 4096, 7168, 1, FP32_D, Majors(a_mn=True, b_mn=True)),
+    (GemmType.NORMAL, 16, 2112, 7168, 1, BF16_D, Majors(a_mn=True)),
+    (GemmType.CONTIGUOUS_PSUM, 4096, 4096, 7168, 8, BF16_D, Majors(b_mn=True)),
+)
+
+
 def ci_variants(num_sms: int = 132) -> list[dict[str, int | str | bool]]:
-    """Template arguments of the variants the heuristic picks for CI_SHAPES and CI_EPILOGUE_SHAPES on
-    ``num_sms`` SMs."""
+    """Template arguments of the variants the heuristic picks for CI_SHAPES, CI_EPILOGUE_SHAPES and
+    CI_MAJOR_SHAPES on ``num_sms`` SMs."""
     found = VariantSet(num_sms)
-    for shape in CI_SHAPES + CI_EPILOGUE_SHAPES:
+    for shape in CI_SHAPES + CI_EPILOGUE_SHAPES + CI_MAJOR_SHAPES:
         found.add(*shape)
     return found.variants()
