@@ -1,5 +1,6 @@
 """dg_moe's SM90 BF16 GEMMs beside cuBLAS (torch.matmul), torch._grouped_mm, torch.bmm and, when
-importable, DeepGEMM's BF16 ops, on DeepSeek-V3 shapes (GPU only).
+importable, DeepGEMM's BF16 ops, on DeepSeek-V3 shapes (GPU only); the ``dense-nn/tn/tt`` and
+``contiguous-nn`` cases run the transposed ops (MN-major operands).
 
     python3 tools/bench_bf16.py [--no-deepgemm] [--tile SPEC]... [--match TEXT]... [--compile-only]
 
@@ -25,7 +26,7 @@ from dg_moe.bench.tile_spec import TileSpec, parse_tile
 from dg_moe.bench.timing import describe_error, gpu_times_us
 from dg_moe.jit import compile_many
 from dg_moe.kernels.sm90_bf16_gemm import FAMILY
-from dg_moe.kernels.sm90_bf16_gemm.constants import GemmType
+from dg_moe.kernels.sm90_bf16_gemm.constants import K_MAJOR, GemmType, Majors
 from dg_moe.kernels.sm90_bf16_gemm.heuristic import config_for, fits_registers, max_stages, predict_us, smem_bytes
 from dg_moe.kernels.sm90_bf16_gemm.launcher import bind, bound_launch
 from dg_moe.kernels.sm90_bf16_gemm.variants import template_args
@@ -36,6 +37,8 @@ CASES = [
     ("dense", 4096, 4096, 7168, 1), ("dense", 4096, 2112, 7168, 1), ("dense", 128, 7168, 2048, 1),
     ("dense", 4096, 24576, 1536, 1), ("contiguous", 512, 4096, 7168, 8), ("contiguous", 256, 7168, 2048, 32),
     ("masked", 64, 4096, 7168, 16), ("masked", 4, 7168, 2048, 64),
+    ("dense-nn", 4096, 4096, 7168, 1), ("dense-tn", 4096, 4096, 7168, 1), ("dense-tt", 4096, 4096, 7168, 1),
+    ("dense-nn", 128, 7168, 2048, 1), ("contiguous-nn", 512, 4096, 7168, 8),
 ]
 
 
@@ -43,10 +46,29 @@ def _bf16(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, device="cuda").to(torch.bfloat16)
 
 
+def _transposed_case(op: str, rows: int, n: int, k: int, deep_gemm):
+    """``_case`` of dense-<op>: bf16_gemm_<op> on a [M, K] or [K, M] and b [K, N] or [N, K] as stored."""
+    a = _bf16(rows, k) if op[0] == "n" else _bf16(k, rows)
+    b = _bf16(k, n) if op[1] == "n" else _bf16(n, k)
+    a_mk = a if op[0] == "n" else a.T
+    b_kn = b if op[1] == "n" else b.T
+    out = {label: torch.empty(rows, n, device="cuda", dtype=torch.bfloat16) for label in ("dg_moe", "cublas",
+                                                                                         "deepgemm")}
+    calls = {"dg_moe": lambda: getattr(dg_moe, f"bf16_gemm_{op}")(a, b, out["dg_moe"]),
+             "cublas": lambda: torch.matmul(a_mk, b_kn, out=out["cublas"])}
+    if deep_gemm is not None:
+        calls["deepgemm"] = lambda: getattr(deep_gemm, f"bf16_gemm_{op}")(a, b, out["deepgemm"])
+    ref = getattr(reference, f"ref_bf16_gemm_{op}")(a, b)
+    return calls, out, 2.0 * rows * n * k, ref, None
+
+
 def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
     """(calls by label, outputs by label, FLOPs, float64 reference, dg_moe's kernel operands (a, b, d, layout
-    tensor or None)); each call writes its own output."""
-    b = _bf16(groups, n, k)
+    tensor or None), None for the transposed ops); each call writes its own output."""
+    if kind.startswith("dense-"):
+        return _transposed_case(kind.removeprefix("dense-"), rows, n, k, deep_gemm)
+    nn = kind == "contiguous-nn"
+    b = _bf16(groups, k, n) if nn else _bf16(groups, n, k)
     if kind == "dense":
         a = _bf16(rows, k)
         out = {label: torch.empty(rows, n, device="cuda", dtype=torch.bfloat16) for label in ("dg_moe", "cublas",
@@ -62,14 +84,14 @@ def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
         per_row = torch.arange(groups, device="cuda", dtype=torch.int32).repeat_interleave(m_sum // groups)
         ends = torch.arange(1, groups + 1, device="cuda", dtype=torch.int32) * (m_sum // groups)
         out = {label: torch.empty(m_sum, n, device="cuda", dtype=torch.bfloat16) for label in ("dg_moe", "deepgemm")}
-        calls = {"dg_moe": lambda: dg_moe.m_grouped_bf16_gemm_nt_contiguous(a, b, out["dg_moe"], ends,
-                                                                           use_psum_layout=True),
+        op = "m_grouped_bf16_gemm_nn_contiguous" if nn else "m_grouped_bf16_gemm_nt_contiguous"
+        calls = {"dg_moe": lambda: getattr(dg_moe, op)(a, b, out["dg_moe"], ends, use_psum_layout=True),
                  # torch allocates its output: the peer's time includes no copy.
-                 "grouped_mm": lambda: torch._grouped_mm(a, b.transpose(1, 2), offs=ends)}
+                 "grouped_mm": lambda: torch._grouped_mm(a, b if nn else b.transpose(1, 2), offs=ends)}
         if deep_gemm is not None:
-            calls["deepgemm"] = lambda: deep_gemm.m_grouped_bf16_gemm_nt_contiguous(a, b, out["deepgemm"], per_row)
-        ref = reference.ref_m_grouped_bf16_gemm_nt_contiguous(a, b, per_row)
-        return calls, out, 2.0 * m_sum * n * k, ref, (a, b, out["dg_moe"], ends)
+            calls["deepgemm"] = lambda: getattr(deep_gemm, op)(a, b, out["deepgemm"], per_row)
+        ref = getattr(reference, f"ref_{op}")(a, b, per_row)
+        return calls, out, 2.0 * m_sum * n * k, ref, None if nn else (a, b, out["dg_moe"], ends)
     a = _bf16(groups, rows, k)
     masked_m = torch.full((groups,), rows, device="cuda", dtype=torch.int32)
     out = {label: torch.empty(groups, rows, n, device="cuda", dtype=torch.bfloat16) for label in ("dg_moe", "bmm",
@@ -83,10 +105,17 @@ def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
 
 
 TYPES = {"dense": GemmType.NORMAL, "contiguous": GemmType.CONTIGUOUS_PSUM, "masked": GemmType.MASKED}
+# The transposed cases' layout and operand majors; forced tiles run on the K-major cases only.
+MAJORS = {"nn": Majors(b_mn=True), "tn": Majors(a_mn=True, b_mn=True), "tt": Majors(a_mn=True)}
+
+
+def _layout_of(kind: str) -> tuple[GemmType, Majors]:
+    base, _, op = kind.partition("-")
+    return TYPES[base], MAJORS[op] if op else K_MAJOR
 
 
 def _rows_hint(kind: str, rows: int) -> int:
-    return layout.align(rows, 128) if kind == "contiguous" else rows
+    return layout.align(rows, 128) if kind.startswith("contiguous") else rows
 
 
 def variants(kind: str, rows: int, n: int, k: int, groups: int, tiles: list[TileSpec],
@@ -95,6 +124,8 @@ def variants(kind: str, rows: int, n: int, k: int, groups: int, tiles: list[Tile
     ``dg_moe`` column): contiguous tiles at most 128 rows, sharing B only on the prefix-sum layout."""
     hint = _rows_hint(kind, rows)
     out = []
+    if "-" in kind:
+        return out
     for t in tiles:
         if (kind == "contiguous" and t.block_m > 128) or not fits_registers(t.block_m, t.block_n) or \
                 (t.multicast == 2 and kind == "dense" and t.shares_b):
@@ -110,10 +141,11 @@ def _compile_first(tiles: list[TileSpec], num_sms: int, cases: list[tuple]) -> N
     """Every dg_moe variant the cases run (the heuristic's and the forced ones), compiled in parallel."""
     found: dict[tuple, dict] = {}
     for kind, rows, n, k, groups in cases:
-        configs = [config_for(TYPES[kind], _rows_hint(kind, rows), n, k, groups, num_sms)]
+        gemm_type, majors = _layout_of(kind)
+        configs = [config_for(gemm_type, _rows_hint(kind, rows), n, k, groups, num_sms, majors=majors)]
         configs += [config for _, config in variants(kind, rows, n, k, groups, tiles, num_sms)]
         for config in configs:
-            args = template_args(TYPES[kind], config, n, k)
+            args = template_args(gemm_type, config, n, k, majors=majors)
             found.setdefault(tuple(sorted(args.items())), args)
     paths = compile_many(FAMILY, list(found.values()))
     print(f"compiled {len(paths)} variants", flush=True)
@@ -177,7 +209,8 @@ def main() -> None:
         times = dict(zip(ran, gpu_times_us(list(ran.values())), strict=True))
         cells = [f"{name} {flops / t / 1e6:7.1f} ({t:7.1f})" if isinstance(t, float) else f"{name} {t}"
                  for name, t in times.items()]
-        config = config_for(TYPES[kind], _rows_hint(kind, rows), n, k, groups, num_sms)
+        gemm_type, majors = _layout_of(kind)
+        config = config_for(gemm_type, _rows_hint(kind, rows), n, k, groups, num_sms, majors=majors)
         print(f"{label:<34} {diff:8.1e} {same:>4} | " + "  ".join(cells) +
               f"  [dg_moe: {config.block_m}x{config.block_n}x{config.multicast}{'B' if config.multicast_b else ''}"
               f"s{config.num_stages}]", flush=True)
