@@ -15,11 +15,19 @@ import dg_moe
 from dg_moe import jit, reference
 from dg_moe.errors import CompileError, CudaError, KernelNotAvailableError
 from dg_moe.jit import cuda_driver as cu
-from dg_moe.jit.tensor_map import TensorMap2D
+from dg_moe.jit.tensor_map import TensorMap2D, TensorMap3D
 from dg_moe.kernels.sm90_bf16_gemm import cubin_entry as ce
 from dg_moe.kernels.sm90_bf16_gemm import host_constants as hc
 from dg_moe.kernels.sm90_bf16_gemm import launcher
-from dg_moe.kernels.sm90_bf16_gemm.constants import BF16_D, BLOCK_K, SMEM_BYTES_PER_BLOCK, Epilogue, GemmType
+from dg_moe.kernels.sm90_bf16_gemm.constants import (
+    BF16_D,
+    BLOCK_K,
+    K_MAJOR,
+    SMEM_BYTES_PER_BLOCK,
+    Epilogue,
+    GemmType,
+    Majors,
+)
 from dg_moe.kernels.sm90_bf16_gemm.heuristic import (
     DENSE_SHORT_ROWS,
     MAX_STAGES,
@@ -30,7 +38,14 @@ from dg_moe.kernels.sm90_bf16_gemm.heuristic import (
     max_stages,
     smem_bytes,
 )
-from dg_moe.kernels.sm90_bf16_gemm.variants import CI_EPILOGUE_SHAPES, CI_SHAPES, FAMILY, template_args
+from dg_moe.kernels.sm90_bf16_gemm.variants import (
+    CI_EPILOGUE_SHAPES,
+    CI_MAJOR_SHAPES,
+    CI_SHAPES,
+    FAMILY,
+    ci_variants,
+    template_args,
+)
 from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
 
 from .cubin_fakes import FakeDriver, fake_kernel
@@ -203,6 +218,44 @@ def test_ci_epilogue_shapes_cover_every_layout_and_c() -> None:
     assert {shape[5] for shape in CI_EPILOGUE_SHAPES if shape[5].accumulate} == {BF16_C, FP32_C}
 
 
+MN_A, MN_B, MN_AB = Majors(a_mn=True), Majors(b_mn=True), Majors(a_mn=True, b_mn=True)
+
+
+def test_majors_template_args_and_rules() -> None:
+    config = _config(128, 128)
+    plain = template_args(GemmType.NORMAL, config, 2112, 7168)
+    assert (plain["MN_MAJOR_A"], plain["MN_MAJOR_B"]) == (False, False)
+    tn = template_args(GemmType.NORMAL, config, 2112, 7168, majors=MN_AB)
+    assert (tn["MN_MAJOR_A"], tn["MN_MAJOR_B"]) == (True, True)
+    # The majors change neither the shared layout nor the boxes' row counts: same host constants.
+    assert {k: v for k, v in tn.items() if not k.startswith("MN_MAJOR")} == \
+        {k: v for k, v in plain.items() if not k.startswith("MN_MAJOR")}
+    with pytest.raises(ValueError, match="only Normal GEMMs read an MN-major A"):
+        template_args(GemmType.CONTIGUOUS, config, 2112, 7168, majors=MN_A)
+    with pytest.raises(ValueError, match="masked GEMMs read a K-major B only"):
+        template_args(GemmType.MASKED, _config(64, 64), 2112, 7168, majors=MN_B)
+
+
+@pytest.mark.parametrize("n,k", NK)
+@pytest.mark.parametrize("rows", [1, 64, 300, 4096])
+def test_mn_major_b_gets_whole_chunk_tiles(n, k, rows) -> None:
+    """An MN-major B's tile is whole 64-wide chunks, and a B-sharing pair's half of it too."""
+    for gemm_type in (GemmType.NORMAL, GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM):
+        config = config_for(gemm_type, rows, n, k, 8, 132, majors=MN_B)
+        assert config.block_n % 64 == 0
+        assert not config.multicast_b or config.block_n % 128 == 0
+    # A K-major B keeps every width, an MN-major A changes nothing.
+    assert config_for(GemmType.NORMAL, 16, 2112, 7168, 1, 132, majors=MN_A) == \
+        config_for(GemmType.NORMAL, 16, 2112, 7168, 1, 132)
+
+
+def test_ci_major_shapes_cover_every_major_op() -> None:
+    majors = {(shape[0], shape[6]) for shape in CI_MAJOR_SHAPES}
+    assert {(GemmType.NORMAL, MN_A), (GemmType.NORMAL, MN_B), (GemmType.NORMAL, MN_AB)} <= majors
+    assert any(t in (GemmType.CONTIGUOUS, GemmType.CONTIGUOUS_PSUM) and m == MN_B for t, m in majors)
+    assert sum(args["MN_MAJOR_A"] or args["MN_MAJOR_B"] for args in ci_variants()) == len(CI_MAJOR_SHAPES)
+
+
 def test_params_struct_is_the_kernels() -> None:
     assert ctypes.sizeof(ce.Params) == hc.PARAMS_BYTES == 32
     assert [ce.Params.m.offset, ce.Params.d_stride.offset, ce.Params.group_table.offset] == [16, 24, 28]
@@ -247,6 +300,32 @@ def test_tensor_maps_of_fp32_d_and_c() -> None:
     assert (c.d_span_bytes, c.d_span_cols) == (64, 16)
     _, _, d, c_map = ce.tensor_map_specs(c, 48, 4, 2048, 2048, 7168, FP32_D)
     assert d == c_map == TensorMap2D(FP32, 7168, 192, 7168 * 4, 16, 64, SW64)
+
+
+def test_tensor_maps_of_mn_major_operands() -> None:
+    # make_tensor_map_2d(map, dtype, base, inner, outer, ...): an MN-major A is [K, M], M inner, in boxes of
+    # 64 indices x 64 K rows; make_tensor_map_3d: an MN-major B is G matrices [K, N], K * b_stride apart.
+    c = hc.host_constants(GemmType.NORMAL, _config(128, 256), 4096, 7168)
+    a, b, d, _ = ce.tensor_map_specs(c, 1000, 1, 1008, 4096, 4096, majors=MN_AB)
+    assert a == TensorMap2D(BF16, 1000, 7168, 2016, 64, 64, SW128)
+    assert b == TensorMap3D(BF16, 4096, 7168, 8192, 64, 64, SW128, depth=1, depth_stride_bytes=7168 * 8192)
+    assert d == TensorMap2D(BF16, 4096, 1000, 8192, 64, 64, SW128)
+    # Grouped: B is a stack of 8; A stays K-major.
+    c = hc.host_constants(GemmType.CONTIGUOUS_PSUM, _config(128, 256, 2, True), 4096, 2120)
+    a, b, _, _ = ce.tensor_map_specs(c, 1024, 8, 2120, 4096, 4096, majors=MN_B)
+    assert a == TensorMap2D(BF16, 2120, 1024, 4240, 64, 128, SW128)
+    assert b == TensorMap3D(BF16, 4096, 2120, 8192, 64, 64, SW128, depth=8, depth_stride_bytes=2120 * 8192)
+
+
+def test_a_mn_major_launch_encodes_a_3d_map(tmp_path: Path) -> None:
+    driver = FakeDriver(ce.Params, 4, 132)
+    kernel = fake_kernel(tmp_path, FAMILY, driver)
+    c = hc.host_constants(GemmType.CONTIGUOUS, _config(128, 128), 4096, 7168)
+    entry = ce.CubinEntry(kernel, c, majors=MN_B)
+    entry(0x10000, 0x20000, 0x30000, None, 0x40000, 1024, 8, 7168, 4096, 4096, 0, 132, 0)
+    # (dtype, base, dims, strides, box, swizzle) of A, B, D.
+    assert driver.encoded[1] == (BF16, 0x20000, (4096, 7168, 8), (8192, 7168 * 8192), (64, 64, 1), SW128)
+    assert driver.encoded[0][2:5] == ((7168, 1024), (14336,), (64, 128))
 
 
 def test_a_launch_as_the_nvcc_entry_makes_it(tmp_path: Path) -> None:
@@ -326,6 +405,56 @@ def test_kernel_rows_of_fp32_d_and_c() -> None:
         launcher.kernel_rows("bf16_gemm_nt", "c", torch.empty(4, 16)[:, 2:14])
     with pytest.raises(KernelNotAvailableError, match=r"bf16_gemm_nt: .*c with strides \(1, 4\).*c.contiguous"):
         launcher.kernel_rows("bf16_gemm_nt", "c", torch.empty(8, 4).T)
+
+
+def test_operand_rows_reads_either_major() -> None:
+    op = "bf16_gemm_nt"
+    a = torch.empty(100, 72, dtype=torch.bfloat16)
+    assert launcher.operand_rows(op, "a", a, "M") == (False, 72)
+    # [K, M] storage (rows padded to 104) seen as [M, K]: MN-major, rows of M 104 apart.
+    stored = torch.empty(72, 104, dtype=torch.bfloat16)[:, :100]
+    assert launcher.operand_rows(op, "a", stored.T, "M") == (True, 104)
+    # [G, K, N] seen as [G, N, K]: MN-major when the groups are back to back.
+    b = torch.empty(3, 200, 256, dtype=torch.bfloat16)
+    assert launcher.operand_rows(op, "b", b.transpose(1, 2), "N") == (True, 256)
+    # One row reads K-major (either stride is 1); MN-major rows must be 16 bytes apart, named along M.
+    assert launcher.operand_rows(op, "a", torch.empty(1, 64, dtype=torch.bfloat16), "M") == (False, 64)
+    with pytest.raises(KernelNotAvailableError, match="the stride a multiple of 8.*pad M"):
+        launcher.operand_rows(op, "a", torch.empty(64, 100, dtype=torch.bfloat16).T, "M")
+    with pytest.raises(KernelNotAvailableError, match=r"strides \(2, 256\).*contiguous"):
+        launcher.operand_rows(op, "a", torch.empty_strided((64, 128), (2, 256), dtype=torch.bfloat16), "M")
+
+
+def test_transposed_ops_run_the_nt_kernel_on_views(monkeypatch) -> None:
+    """Each transposed op launches the nt form with the majors its stored operands give."""
+    seen = []
+    monkeypatch.setattr(launcher, "_entry", lambda *key: seen.append(key[-1]) or (lambda *args: None))
+    monkeypatch.setattr(launcher._device, "num_sms_for", lambda device: 132)
+    monkeypatch.setattr(launcher._device, "stream_handle", lambda device: 0)
+    m, n, k = 64, 128, 256
+    stored = {"nt": ((m, k), (n, k)), "nn": ((m, k), (k, n)), "tn": ((k, m), (k, n)), "tt": ((k, m), (n, k))}
+    for op, (a_shape, b_shape) in stored.items():
+        a, b = torch.empty(a_shape, dtype=torch.bfloat16), torch.empty(b_shape, dtype=torch.bfloat16)
+        getattr(launcher, f"bf16_gemm_{op}_kernel")(a, b, torch.empty(m, n, dtype=torch.bfloat16), None, "nk")
+    assert seen == [K_MAJOR, MN_B, MN_AB, MN_A]
+    b = torch.empty(4, k, n, dtype=torch.bfloat16)
+    launcher.m_grouped_bf16_gemm_nn_contiguous_kernel(torch.empty(512, k, dtype=torch.bfloat16), b,
+                                                      torch.empty(512, n, dtype=torch.bfloat16),
+                                                      torch.zeros(512, dtype=torch.int32), "nk", False)
+    assert seen[-1] == MN_B
+
+
+def test_k_major_only_operands_name_the_rule() -> None:
+    a = torch.empty(256, 128, dtype=torch.bfloat16).T  # [M, K] stored [K, M]
+    b = torch.empty(2, 64, 128, dtype=torch.bfloat16)
+    with pytest.raises(KernelNotAvailableError, match=r"a stored \[K, M\].*grouped.*a.contiguous"):
+        launcher.m_grouped_bf16_gemm_nt_contiguous_kernel(a, b, torch.empty(128, 64, dtype=torch.bfloat16),
+                                                          torch.zeros(128, dtype=torch.int32), "nk", False)
+    x = torch.empty(2, 32, 128, dtype=torch.bfloat16)
+    with pytest.raises(KernelNotAvailableError, match=r"b stored \[G, K, N\].*masked.*b.contiguous"):
+        launcher.m_grouped_bf16_gemm_nt_masked_kernel(x, b.transpose(1, 2).contiguous().transpose(1, 2),
+                                                      torch.empty(2, 32, 64, dtype=torch.bfloat16),
+                                                      torch.zeros(2, dtype=torch.int32), 16, "nk")
 
 
 def test_epilogue_for() -> None:

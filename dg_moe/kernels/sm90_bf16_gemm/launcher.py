@@ -93,20 +93,22 @@ def row_stride(t: torch.Tensor) -> int | None:
     return stride
 
 
-def kernel_rows(op: str, name: str, t: torch.Tensor, dim: str | None = None) -> int:
+def kernel_rows(op: str, name: str, t: torch.Tensor, mn_rows: str | None = None) -> int:
     """``t``'s row stride in elements (:func:`row_stride`), or KernelNotAvailableError naming the rule:
     rows and their stride a whole number of 16 bytes (8 bfloat16 or 4 float32 elements), base 16-byte
-    aligned. ``dim``: what the rows run along, for the message (K for a and b, N for d and c unless given)."""
+    aligned. ``mn_rows``: ``t`` is a stored MN-major operand whose rows run along this dim (M or N); its
+    extent is then free (TMA clips it; K-major rows and D's must be whole 16-byte units)."""
     stride = row_stride(t)
     if stride is None:
         raise _unavailable(op, f"{name} with strides {tuple(t.stride())} for shape {tuple(t.shape)}: it reads "
                                f"rows with stride 1 along the last dim, back to back across groups (pass "
                                f"{name}.contiguous())")
     align = _ALIGN_BYTES // t.element_size()
-    if stride % align != 0 or t.shape[-1] % align != 0:
-        dim = dim or ("K" if name in ("a", "b") else "N")
+    if stride % align != 0 or (mn_rows is None and t.shape[-1] % align != 0):
+        dim = mn_rows or ("K" if name in ("a", "b") else "N")
         raise _unavailable(op, f"{name} ({t.dtype}) rows of {t.shape[-1]} elements {stride} apart: TMA needs "
-                               f"both a multiple of {align} (16 bytes); pad {dim} to a multiple of {align}")
+                               f"{'the stride' if mn_rows else 'both'} a multiple of {align} (16 bytes); pad "
+                               f"{dim} to a multiple of {align}")
     if t.data_ptr() % _ALIGN_BYTES != 0:
         raise _unavailable(op, f"{name} at an address not 16-byte aligned (a view starting mid-row); pass a copy")
     return stride
