@@ -21,11 +21,14 @@ PEER=$PWD/.peer/deepgemm
 if [[ ${PHASE:-1} == 1 ]]; then
   bash "$PEER/build.sh" >"$OUT/peer_build.log" 2>&1 &
   building=$!
-  step tests "$(left 420 60)" python3 -m pytest -q -m gpu -n 6 -p no:cacheprovider --timeout 240 \
+  # -v: one line per finished test, so a suite cut off by the time limit still says what passed.
+  step tests "$(left 480 40)" python3 -m pytest -v -m gpu -n 6 -p no:cacheprovider --timeout 240 \
     --timeout-method thread -rf tests
   wait "$building"
   tail -n 2 "$OUT/peer_build.log"
-  grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 12
+  echo "PASSED $(grep -c ' PASSED' "$OUT/tests.log") FAILED $(grep -c ' FAILED' "$OUT/tests.log")" \
+    "ERROR $(grep -c ' ERROR' "$OUT/tests.log") SKIPPED $(grep -c ' SKIPPED' "$OUT/tests.log")"
+  grep -E "^(FAILED|ERROR) |passed|failed" "$OUT/tests.log" | tail -n 25
   printf '%s\n' "${summary[@]}"
   exit 0
 fi
