@@ -240,7 +240,9 @@ def test_bf16_k_grouped(m, n, groups, sum_k, cuda_gen):
         outs.append(d)
     _assert_bitwise(outs[0], outs[1], "the sizes and running-sum layouts differ")
 
-    # K-major operands (.mT views of [M, sum_K] and [N, sum_K] buffers) go in without a copy: same bits.
+    # K-major operands (.mT views of [M, sum_K] and [N, sum_K] buffers) are copied into the row-major layout
+    # the kernel reads: same bits. (Rows of M = 100 or N = 37 values are not 16-byte multiples: the row-major
+    # ones above went through a padded copy too.)
     d = _poisoned(groups, m, n)
     dg_moe.k_grouped_bf16_gemm_tn_contiguous(a.mT.contiguous().mT, b.mT.contiguous().mT, d, ks, _layout(ks, False))
     _assert_bitwise(d, outs[0], "K-major operands differ from row-major ones")
@@ -285,7 +287,7 @@ def test_forced_b_sharing_pairs(monkeypatch, block_n, cuda_gen):
     dg_moe.k_grouped_fp8_gemm_tn_contiguous(a, b, d, ks, _layout(ks, True), use_psum_layout=True)
     assert_matches(d, reference.ref_k_grouped_fp8_gemm_tn_contiguous(a, b, ks))
 
-    if block_n <= 128:  # the BF16 variants' widths
+    if block_n == 128:  # the BF16 widths (64, 128) whose half is whole 64-wide MN-major chunks
         a, b = _values(k, m, cuda_gen), _values(k, n, cuda_gen)
         d = _poisoned(len(ks), m, n)
         dg_moe.k_grouped_bf16_gemm_tn_contiguous(a, b, d, ks, _layout(ks, False))

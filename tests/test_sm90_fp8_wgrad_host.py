@@ -162,6 +162,19 @@ def test_k_major_keeps_k_major_views_and_transposes_row_major_operands() -> None
     assert torch.equal(copy.view(torch.uint8), row_major.mT.contiguous().view(torch.uint8))
 
 
+def test_mn_major_keeps_row_major_operands_and_pads_the_rest() -> None:
+    x = torch.randn(256, 96).to(torch.bfloat16)  # [K, MN], MN contiguous, rows 192 bytes apart
+    same, pitch = launcher.mn_major(x)
+    assert same.data_ptr() == x.data_ptr() and pitch == 192
+    # K-major views are copied row-major; rows of 37 values (74 bytes) are padded to 80 bytes.
+    for source, width in ((torch.randn(96, 256).to(torch.bfloat16).mT, 96),
+                          (torch.randn(256, 37).to(torch.bfloat16), 37)):
+        copy, pitch = launcher.mn_major(source)
+        assert copy.data_ptr() != source.data_ptr() and copy.stride(1) == 1
+        assert pitch == -(-width // 8) * 16 and copy.stride(0) * 2 == pitch
+        assert torch.equal(copy, source)
+
+
 def test_k_grouped_arguments(recorded) -> None:
     sum_k, m, n, groups = 512, 96, 40, 3
     a, b = (_fp8(sum_k, m), torch.rand(sum_k // 128, m)), (_fp8(n, sum_k).mT, torch.rand(sum_k // 128, n))
@@ -233,24 +246,27 @@ def test_bf16_cubin_launch_passes_the_operand_maps_twice(fake_kernel) -> None:
     # bfloat16 maps: 64 values (128 bytes) per box row.
     assert [e[:2] for e in driver.encoded] == [(cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, a),
                                                (cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, b)]  # each encoded once
-    specs = ce.tensor_map_specs(entry.variant, 7168, 1024, 2048, 0, 2048, 0)
-    assert specs[0] == TensorMap2D(cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 1024, 7168, 2048, 64, 128,
-                                   cu.CU_TENSOR_MAP_SWIZZLE_128B)
+    # MN-major: A [sum_K, M] with M inner, B [sum_K, N]; boxes of 64 indices x 64 K rows.
+    specs = ce.tensor_map_specs(entry.variant, 7168, 1024, 14336, 0, 4096, 0)
+    assert specs[:2] == (TensorMap2D(cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 7168, 1024, 14336, 64, 64,
+                                     cu.CU_TENSOR_MAP_SWIZZLE_128B),
+                         TensorMap2D(cu.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2048, 1024, 4096, 64, 64,
+                                     cu.CU_TENSOR_MAP_SWIZZLE_128B))
     with pytest.raises(CudaError, match="scales given to a BF16 variant"):
         entry(a, 2048, 0x20000, 7168, *args[4:])
 
 
 def test_bf16_k_grouped_arguments(recorded) -> None:
     sum_k, m, n, groups = 384, 96, 40, 2
-    a = torch.randn(sum_k, m).to(torch.bfloat16)  # row-major: transposed into a K-major copy
-    b = torch.randn(n, sum_k).to(torch.bfloat16).mT  # a .mT view of a K-major buffer: used in place
+    a = torch.randn(sum_k, m).to(torch.bfloat16)  # row-major, the layout the kernel reads: used in place
+    b = torch.randn(n, sum_k).to(torch.bfloat16).mT  # a .mT view of a K-major buffer: copied row-major
     d = torch.zeros(groups, m, n)
     layout = torch.tensor([128, 256], dtype=torch.int32)
     launcher.k_grouped_bf16_gemm_tn_contiguous_kernel(a, b, d, [128, 256], layout, d, "mn", False)
     assert recorded.keys == [(WgradType.K_GROUPED, m, n, sum_k // groups, groups, 132, True)]
     (args,) = recorded.calls
-    assert args[0] != a.data_ptr() and args[1] == sum_k * 2  # row pitch in bytes
-    assert args[4] == b.data_ptr() and args[5] == sum_k * 2
+    assert args[0] == a.data_ptr() and args[1] == m * 2  # row pitch in bytes
+    assert args[4] != b.data_ptr() and args[5] == n * 2
     assert (args[2], args[3], args[6], args[7]) == (None, 0, None, 0)
     assert args[8:] == (1, d.data_ptr(), layout.data_ptr(), m, sum_k, groups, m * n, n, 132, 0x5EED)
 

@@ -25,6 +25,7 @@ typedef struct CUtensorMap_st {
 
 #include "common/abi.cuh"
 #include "common/mbarrier.cuh"
+#include "common/unroll.cuh"
 
 namespace dg_moe {
 
@@ -177,6 +178,21 @@ __device__ __forceinline__ void tma_load_3d_multicast(const CUtensorMap* map, vo
         ".L2::cache_hint [%0], [%1, {%4, %5, %6}], [%2], %3, %7;" ::"r"(smem_u32(smem_dst)),
         "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1), "r"(c2), "l"(kL2EvictNormal)
         : "memory");
+}
+
+// kChunks boxes of an MN-major 16-bit operand from a 2-D map over its stored [K, MN] matrix, each box 64
+// MN indices x the map's K rows (one 128-byte swizzled row per K index): chunk c from index mn0 + 64 c into
+// dst + c * kChunkBytes, delivered to both CTAs of the pair when `multicast`.
+template <uint32_t kChunks, uint32_t kChunkBytes>
+__device__ __forceinline__ void tma_load_mn_chunks(const CUtensorMap* map, uint8_t* dst, uint64_t* bar, int32_t mn0,
+                                                   int32_t k0, bool multicast) {
+    DG_MOE_UNROLL
+    for (uint32_t c = 0; c < kChunks; ++c) {
+        if (multicast)
+            tma_load_2d_multicast(map, dst + c * kChunkBytes, bar, mn0 + static_cast<int32_t>(64 * c), k0, 0b11);
+        else
+            tma_load_2d(map, dst + c * kChunkBytes, bar, mn0 + static_cast<int32_t>(64 * c), k0);
+    }
 }
 
 // Shared -> global; elements outside the tensor are not written (partial tiles are clipped).

@@ -252,23 +252,18 @@ __device__ __forceinline__ void load_rows(const CUtensorMap* map, uint8_t* dst, 
             tma_load_2d_multicast(map, dst, bar, k0, mn0, 0b11);
         else
             tma_load_2d(map, dst, bar, k0, mn0);
+    } else if constexpr (!kStacked) {
+        static_assert(kRows % kChunkIndices == 0, "an MN-major load is whole 64-wide chunks");
+        tma_load_mn_chunks<kRows / kChunkIndices, kChunkBytes>(map, dst, bar, static_cast<int32_t>(mn0), k0, multicast);
     } else {
         static_assert(kRows % kChunkIndices == 0, "an MN-major load is whole 64-wide chunks");
         DG_MOE_UNROLL
         for (uint32_t c = 0; c < kRows / kChunkIndices; ++c) {
             const int32_t mn = static_cast<int32_t>(mn0 + c * kChunkIndices);
-            uint8_t* chunk = dst + c * kChunkBytes;
-            if constexpr (kStacked) {
-                if (multicast)
-                    tma_load_3d_multicast(map, chunk, bar, mn, k0, static_cast<int32_t>(group), 0b11);
-                else
-                    tma_load_3d(map, chunk, bar, mn, k0, static_cast<int32_t>(group));
-            } else {
-                if (multicast)
-                    tma_load_2d_multicast(map, chunk, bar, mn, k0, 0b11);
-                else
-                    tma_load_2d(map, chunk, bar, mn, k0);
-            }
+            if (multicast)
+                tma_load_3d_multicast(map, dst + c * kChunkBytes, bar, mn, k0, static_cast<int32_t>(group), 0b11);
+            else
+                tma_load_3d(map, dst + c * kChunkBytes, bar, mn, k0, static_cast<int32_t>(group));
         }
     }
 }

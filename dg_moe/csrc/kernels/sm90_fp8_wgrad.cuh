@@ -5,14 +5,17 @@
 // weight gradient): group g multiplies its own K rows into D[g], the K range read from a device array,
 // so the launch needs no host copy of the group sizes.
 //
-// A and B are K-major (row r of A is K contiguous bytes), as FP8 wgmma needs both operands in shared
+// FP8 A and B are K-major (row r of A is K contiguous bytes), as FP8 wgmma needs both operands in shared
 // memory; the scales are MN-major (one contiguous vector of M or N floats per K block), so the TMA
-// loads each stage's scales as one box beside the operands.
+// loads each stage's scales as one box beside the operands. BF16 A and B are read MN-major, as the
+// K-grouped op stores them ([sum_K, M], [sum_K, N]: wgmma transposes 16-bit operands), in boxes of 64
+// M or N indices x 64 K rows, so no transposed copy is made of either.
 //
 // Roles (a persistent grid, one CTA per SM; every role walks the same tile sequence, TileWalker):
 // - producer warpgroup (the last 128 threads, 40 registers after setmaxnreg): one elected lane issues
-//   the TMA loads of A, B, SFA and SFB (FP8) into a kNumStages-deep ring, one stage per K block (one
-//   128-byte swizzled row of each operand row: 128 FP8 or 64 BF16 values);
+//   the TMA loads of A, B, SFA and SFB (FP8) into a kNumStages-deep ring, one stage per K block (FP8: one
+//   128-byte swizzled row of 128 K values per M or N index; BF16: 64-wide chunks of M or N indices, one
+//   128-byte row per K index, the chunk of index r at byte r * 128 as well);
 // - two math warpgroups (232 registers), 64 rows of the 128-row tile each: per K block, wgmma into
 //   FP32 accumulators, then promotion on the CUDA cores, sums += acc * (sfa[row] * sfb[col]); the two
 //   scales form an outer product, so every accumulator has its own factor (one FMUL and one FFMA
@@ -197,6 +200,8 @@ struct Variant {
     static constexpr uint32_t kMulticast = kShareB ? 2 : 1;
     static_assert(!kShareB || (BLOCK_N / 2) % 8 == 0,
                   "each CTA of a B-sharing pair loads BLOCK_N / 2 rows of B, a whole number of 8-row swizzle atoms");
+    static_assert(!kShareB || kOperands == Operands::Fp8 || BLOCK_N % 128 == 0,
+                  "a BF16 B-sharing pair splits B's tile into whole 64-wide chunks: BLOCK_N 128");
 
     static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows each");
     // heuristic.BUILT_BLOCK_NS / BF16_BLOCK_NS: each width needs its wgmma shape in common/wgmma.cuh.
@@ -207,9 +212,21 @@ struct Variant {
     static_assert(SHAPE_N > 0, "N must be positive");
 
     using Layout = SharedLayout<BLOCK_M, BLOCK_N, kNumStages, kScaled>;
-    using MMA = std::conditional_t<kScaled, wgmma::FP8MMA<BLOCK_N>, wgmma::BF16MMA<BLOCK_N>>;
-    // One k32 (FP8) or k16 (BF16) step is 32 bytes of a stage row either way: 4 steps per K block.
-    static constexpr uint32_t kMmaSteps = kRowBytes / 32;
+    using MMA = std::conditional_t<kScaled, wgmma::FP8MMA<BLOCK_N>, wgmma::BF16MMA<BLOCK_N, true, true>>;
+    // 4 k32 (FP8) or k16 (BF16) steps per K block: 32 bytes along a K-major row, or 16 rows (2048 bytes)
+    // down an MN-major chunk, in the descriptors' 16-byte address units.
+    static constexpr uint32_t kMmaSteps = 4;
+    static constexpr uint32_t kDescStep = kScaled ? 32 >> 4 : (16 * kRowBytes) >> 4;
+    // BF16: bytes of one MN-major chunk (64 indices x kBlockK K rows), the descriptors' leading byte offset.
+    static constexpr uint32_t kChunkBytes = kBlockK * kRowBytes;
+
+    // An operand's smem descriptor at byte `addr` of a stage.
+    __device__ __forceinline__ static uint64_t desc(uint32_t addr) {
+        if constexpr (kScaled)
+            return wgmma::smem_desc_k_major_sw128(addr);
+        else
+            return wgmma::smem_desc_mn_major_sw128(addr, kChunkBytes);
+    }
     using Walker = TileWalker<kType, BLOCK_M, BLOCK_N, SHAPE_N, kBlockK, kMulticast>;
     static constexpr uint32_t kNumAccum = MMA::kNumAccum;
     // Each thread's columns of a tile: two adjacent ones in every 8-column chunk.
@@ -258,15 +275,21 @@ __device__ __forceinline__ void load_operands(const SharedState<V>& smem, typena
             mbarrier_wait(empty + s, phase ^ 1);
             mbarrier_arrive_expect_tx(full + s, V::Layout::kTxBytes);
             // Rows past M or N come in as zeros (and count towards the transaction bytes).
-            tma_load_2d(tmap_a, smem.stage_a(s), full + s, k_block * V::kBlockK, m0);
-            if constexpr (V::kShareB) {
-                // This CTA's half of B's rows, into the same offsets of both CTAs (each one's full
-                // barrier counts both halves).
-                constexpr uint32_t kHalf = V::BLOCK_N / 2;
-                tma_load_2d_multicast(tmap_b, smem.stage_b(s) + walker.cta_rank * kHalf * kRowBytes, full + s,
-                                      k_block * V::kBlockK, n0 + walker.cta_rank * kHalf, 0b11);
+            const int32_t k0 = static_cast<int32_t>(k_block * V::kBlockK);
+            // This CTA's half of B's rows with kShareB, into the same offsets of both CTAs (each one's
+            // full barrier counts both halves).
+            constexpr uint32_t kRowsB = V::kShareB ? V::BLOCK_N / 2 : V::BLOCK_N;
+            uint8_t* dst_b = smem.stage_b(s) + (V::kShareB ? walker.cta_rank * kRowsB * kRowBytes : 0u);
+            const uint32_t b0 = n0 + (V::kShareB ? walker.cta_rank * kRowsB : 0u);
+            if constexpr (V::kScaled) {
+                tma_load_2d(tmap_a, smem.stage_a(s), full + s, k0, m0);
+                if constexpr (V::kShareB)
+                    tma_load_2d_multicast(tmap_b, dst_b, full + s, k0, b0, 0b11);
+                else
+                    tma_load_2d(tmap_b, dst_b, full + s, k0, b0);
             } else {
-                tma_load_2d(tmap_b, smem.stage_b(s), full + s, k_block * V::kBlockK, n0);
+                tma_load_mn_chunks<V::BLOCK_M / 64, V::kChunkBytes>(tmap_a, smem.stage_a(s), full + s, m0, k0, false);
+                tma_load_mn_chunks<kRowsB / 64, V::kChunkBytes>(tmap_b, dst_b, full + s, b0, k0, V::kShareB);
             }
             if constexpr (V::kScaled) {
                 tma_load_2d(tmap_sfa, smem.stage_sfa(s), full + s, m0, k_block);
@@ -307,15 +330,15 @@ struct MathWarpgroup {
     // group of four wgmmas (k32 FP8 or k16 BF16, 32 bytes of each stage row apiece).
     __device__ __forceinline__ void issue(uint32_t s, float (&acc)[kNumAccum], bool onto) {
         const uint32_t stage = smem_addr + s * Layout::kStageBytes;
-        const uint64_t desc_a = wgmma::smem_desc_k_major_sw128(stage + math_wg * 64 * kRowBytes);
-        const uint64_t desc_b = wgmma::smem_desc_k_major_sw128(stage + Layout::kBytesA);
+        const uint64_t desc_a = V::desc(stage + math_wg * 64 * kRowBytes);
+        const uint64_t desc_b = V::desc(stage + Layout::kBytesA);
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kNumAccum; ++i)
             wgmma::fence_operand(acc[i]);
         wgmma::fence();
         DG_MOE_UNROLL
         for (uint32_t kk = 0; kk < V::kMmaSteps; ++kk)
-            MMA::mma(desc_a + kk * 2, desc_b + kk * 2, acc, onto || kk > 0);  // +32 bytes along K
+            MMA::mma(desc_a + kk * V::kDescStep, desc_b + kk * V::kDescStep, acc, onto || kk > 0);
         wgmma::commit_group();
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kNumAccum; ++i)

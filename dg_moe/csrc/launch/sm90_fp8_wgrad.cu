@@ -39,8 +39,9 @@ bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0;
 
 }  // namespace
 
-// a: e4m3 (or bfloat16 for Operands::Bf16), K-major: row r (r < m) of K values at a + r * a_row_bytes,
-// groups back to back along K (sum_k columns in all); b: the same for N rows. FP8 only (null for BF16):
+// a: e4m3, K-major: row r (r < m) of K values at a + r * a_row_bytes, groups back to back along K (sum_k
+// columns in all); b: the same for N rows. Operands::Bf16: a bfloat16 [sum_k, m], row k (m values) at
+// a + k * a_row_bytes, and b [sum_k, N] likewise (MN-major). FP8 only (null for BF16):
 // sfa float32 MN-major, K block j's m scales at sfa + j * sfa_stride; sfb the same for N. d: float32, element (g, r, col) at d + g * d_group_stride + r *
 // d_row_stride + col; accumulate 1: D += A @ B^T (the caller has put C into d), 0: D = A @ B^T. layout:
 // the groups' K (KGrouped) or running sums (KGroupedPsum) on the device, null for Normal. Launches on
@@ -65,10 +66,17 @@ DG_MOE_EXPORT int dg_moe_sm90_fp8_wgrad(const void* a, uint64_t a_row_bytes, con
     const auto dtype = V::kScaled ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
 
     CUtensorMap tmap_a, tmap_b, tmap_sfa, tmap_sfb;
-    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, dtype, a, sum_k, m, a_row_bytes, V::kBlockK, kBlockM,
-                                                      CU_TENSOR_MAP_SWIZZLE_128B));
-    DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, dtype, b, sum_k, kShapeN, b_row_bytes, V::kBlockK,
-                                                      kBlockN / V::kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
+    if (V::kScaled) {
+        DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, dtype, a, sum_k, m, a_row_bytes, V::kBlockK,
+                                                          kBlockM, CU_TENSOR_MAP_SWIZZLE_128B));
+        DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, dtype, b, sum_k, kShapeN, b_row_bytes, V::kBlockK,
+                                                          kBlockN / V::kMulticast, CU_TENSOR_MAP_SWIZZLE_128B));
+    } else {  // MN-major: boxes of one 64-wide chunk x kBlockK rows of K
+        DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_a, dtype, a, m, sum_k, a_row_bytes, 64, V::kBlockK,
+                                                          CU_TENSOR_MAP_SWIZZLE_128B));
+        DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_b, dtype, b, kShapeN, sum_k, b_row_bytes, 64,
+                                                          V::kBlockK, CU_TENSOR_MAP_SWIZZLE_128B));
+    }
     if (V::kScaled) {
         DG_MOE_RETURN_IF_ERROR(dg_moe::make_tensor_map_2d(&tmap_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sfa, m, k_blocks,
                                                           uint64_t(sfa_stride) * sizeof(float), kBlockM, 1));

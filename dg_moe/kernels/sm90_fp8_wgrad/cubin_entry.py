@@ -67,19 +67,26 @@ class Variant:
         return smem_bytes(self.config.block_m, self.config.block_n, self.config.num_stages, self.config.bf16)
 
 
+MN_CHUNK = 64
+"""M or N indices of one BF16 operand box: one 128-byte swizzle row of bfloat16 (MN-major operands)."""
+
+
 def tensor_map_specs(v: Variant, m: int, sum_k: int, a_row_bytes: int, sfa_stride: int, b_row_bytes: int,
                      sfb_stride: int) -> tuple[TensorMap2D, TensorMap2D, TensorMap2D, TensorMap2D]:
-    """The maps of A, B, SFA and SFB, as the nvcc entry encodes them (BF16: A's and B's again in the scales'
-    places, which its kernel does not read)."""
+    """The maps of A, B, SFA and SFB, as the nvcc entry encodes them. BF16: A [sum_K, M] and B [sum_K, N]
+    MN-major in boxes of 64 indices x 64 K rows, and A's and B's maps again in the scales' places, which
+    its kernel does not read."""
     block_m, block_n, bf16 = v.config.block_m, v.config.block_n, v.config.bf16
-    block_k = BLOCK_K // 2 if bf16 else BLOCK_K
-    dtype = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if bf16 else CU_TENSOR_MAP_DATA_TYPE_UINT8
-    a = TensorMap2D(dtype, sum_k, m, a_row_bytes, block_k, block_m, CU_TENSOR_MAP_SWIZZLE_128B)
-    # A B-sharing pair loads half of B's rows per CTA.
-    b = TensorMap2D(dtype, sum_k, v.shape_n, b_row_bytes, block_k, block_n // v.multicast,
-                    CU_TENSOR_MAP_SWIZZLE_128B)
+    swizzle = CU_TENSOR_MAP_SWIZZLE_128B
     if bf16:
+        bf16_k = BLOCK_K // 2
+        a = TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, m, sum_k, a_row_bytes, MN_CHUNK, bf16_k, swizzle)
+        b = TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, v.shape_n, sum_k, b_row_bytes, MN_CHUNK, bf16_k, swizzle)
         return a, b, a, b
+    a = TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_UINT8, sum_k, m, a_row_bytes, BLOCK_K, block_m, swizzle)
+    # A B-sharing pair loads half of B's rows per CTA.
+    b = TensorMap2D(CU_TENSOR_MAP_DATA_TYPE_UINT8, sum_k, v.shape_n, b_row_bytes, BLOCK_K, block_n // v.multicast,
+                    swizzle)
     f32, k_blocks = CU_TENSOR_MAP_DATA_TYPE_FLOAT32, sum_k // BLOCK_K
     return (
         a, b,

@@ -6,16 +6,18 @@ operands). :func:`register` claims ``fp8_gemm_nt`` for that recipe alone
 (dg_moe.ops.dispatch routes by recipe), so the op's other recipes stay with whichever family registered
 the op's default, and the order families register in does not matter.
 
-The kernel reads A and B K-major (FP8 wgmma takes no other layout) and the scales MN-major. The K-grouped
-op's operands ``[sum_K, M]`` and ``[sum_K, N]`` are K-major when given as ``.mT`` views of ``[M, sum_K]``
-and ``[N, sum_K]`` buffers, which go in as they are; row-major ones (M or N contiguous, the natural layout
-of activations and gradients) are transposed into a new buffer first, a copy that costs one read and one
-write of each operand. Scales that are not MN-major and 16-byte aligned are converted likewise.
+The kernel reads FP8 A and B K-major (FP8 wgmma takes no other layout) and their scales MN-major. The
+K-grouped FP8 op's operands ``[sum_K, M]`` and ``[sum_K, N]`` are K-major when given as ``.mT`` views of
+``[M, sum_K]`` and ``[N, sum_K]`` buffers, which go in as they are; row-major ones (M or N contiguous, the
+natural layout of activations and gradients) are transposed into a new buffer first, a copy that costs
+one read and one write of each operand. Scales that are not MN-major and 16-byte aligned are converted
+likewise. BF16 operands are read MN-major (wgmma transposes 16-bit operands), so the natural row-major
+ones go in as they are, and only other layouts are copied into that one.
 
 No call reads a device value on the host: the K-grouped layout's sizes stay on the device (the kernel
 reads them), and the configuration depends on tensor shapes alone, so a K-grouped call can be captured
-in a CUDA graph and replayed with new group sizes (given operands already K-major; a transpose allocates,
-which capture also allows through torch's graph pool).
+in a CUDA graph and replayed with new group sizes (given operands in the layout the kernel reads; a copy
+allocates, which capture also allows through torch's graph pool).
 
 Arguments arrive validated by their op: nothing is checked again here.
 """
@@ -82,6 +84,21 @@ def k_major(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return x, pitch_bytes
     copy = x.mT.contiguous()
     return copy, copy.stride(0) * copy.element_size()
+
+
+def mn_major(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` bfloat16 ``[K, MN]`` as (a tensor holding K rows of MN contiguous values, the row pitch in
+    bytes): ``x`` itself when its rows have stride 1 with a 16-byte aligned base and pitch, else a copy
+    whose rows are padded to 16 bytes."""
+    pitch_bytes = x.stride(0) * x.element_size()
+    if (x.stride(1) == 1 or x.shape[1] == 1) and x.stride(0) >= x.shape[1] and pitch_bytes % _TMA_ALIGNMENT == 0 \
+            and x.data_ptr() % _TMA_ALIGNMENT == 0:
+        return x, pitch_bytes
+    per_row = _TMA_ALIGNMENT // x.element_size()
+    padded = -(-x.shape[1] // per_row) * per_row
+    copy = x.new_empty(x.shape[0], padded)[:, :x.shape[1]]
+    copy.copy_(x)
+    return copy, padded * x.element_size()
 
 
 def _per_row_scales(sf: torch.Tensor, k_blocks: int) -> tuple[torch.Tensor, int]:
@@ -151,11 +168,11 @@ def k_grouped_bf16_gemm_tn_contiguous_kernel(a, b, d, ks_cpu, grouped_layout, c,
                                              use_psum_layout) -> None:
     """K-grouped BF16 weight gradient on SM90: d[g] float32 [M, N] = c[g] + a_g^T b_g over group g's K rows of
     a (bf16 [sum_K, M]) and b (bf16 [sum_K, N]); group sizes from ``grouped_layout`` on the device, as the
-    FP8 op's. Row-major a and b (M or N contiguous) are transposed into K-major copies first."""
+    FP8 op's. Row-major a and b (M or N contiguous, rows 16-byte aligned) are read as they are."""
     sum_k, m = a.shape
     num_groups = d.shape[0]
-    a_data, a_pitch = k_major(a)
-    b_data, b_pitch = k_major(b)
+    a_data, a_pitch = mn_major(a)
+    b_data, b_pitch = mn_major(b)
     wgrad_type = WgradType.K_GROUPED_PSUM if use_psum_layout else WgradType.K_GROUPED
     _launch(wgrad_type, (a_data, a_pitch, None, 0), (b_data, b_pitch, None, 0), d, c, grouped_layout, m, sum_k,
             num_groups)
