@@ -1,8 +1,7 @@
-#!/usr/bin/env bash
-# The GPU run that decides the branches of docs/perf-log.md v20 and v21, from a checkout of wip/bf16-wgrad-mn
-# (the weight-gradient reductions, wider tiles, B-sharing pairs and BF16 operands, the TMA L2 hint, the BF16
-# B-sharing rule, MN-major BF16 operands in the GEMM and the weight gradient), two device calls on one machine. Logs under $OUT; a short table
-# prints last.
+# /usr/bin/env bash The GPU run that decides the branches of docs/perf-log.md v20 and v21, from a checkout of
+# wip/bf16-wgrad-mn (the weight-gradient reductions, wider tiles, B-sharing pairs and BF16 operands, the TMA L2
+# hint, the BF16 B-sharing rule, MN-major BF16 operands in the GEMM and the weight gradient), two device calls
+# on one machine. Logs under $OUT; a short table prints last.
 #   here, once (main's kernel sources, the A/B base): mkdir -p .ab_base/main &&
 #     git archive main dg_moe/csrc | tar -x -C .ab_base/main --strip-components=2
 #   call 1 (fresh machine; carry .whl .peer .ab_base):  PHASE=1 bash tools/gpu_next.sh
