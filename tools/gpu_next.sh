@@ -1,4 +1,5 @@
-# /usr/bin/env bash The GPU run that decides the branches of docs/perf-log.md v20 and v21, from a checkout of
+#!/usr/bin/env bash
+# The GPU run that decides the branches of docs/perf-log.md v20 and v21, from a checkout of
 # wip/bf16-wgrad-mn (the weight-gradient reductions, wider tiles, B-sharing pairs and BF16 operands, the TMA L2
 # hint, the BF16 B-sharing rule, MN-major BF16 operands in the GEMM and the weight gradient), two device calls
 # on one machine. Logs under $OUT; a short table prints last.
