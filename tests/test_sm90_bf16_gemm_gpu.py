@@ -105,6 +105,25 @@ def test_uncovered_variants_raise_kernel_not_available(cuda_gen):
         dg_moe.bf16_gemm_nt(a, b, _poisoned(64, 128, dtype=torch.float32), c=c)
 
 
+def force_tiles(monkeypatch, block_m: int, block_n: int, multicast: int | str) -> None:
+    """Every BF16 GEMM launch of the test runs block_m x block_n tiles, with the most stages that fit beside
+    its D tile; ``multicast`` 1, 2 (a pair sharing A) or "2B" (sharing B). Bound entries are forgotten."""
+    from dg_moe.kernels.sm90_bf16_gemm import launcher
+    from dg_moe.kernels.sm90_bf16_gemm.heuristic import max_stages, smem_bytes
+
+    chosen = launcher.config_for
+
+    def forced(*args):
+        epilogue = args[6]  # config_for(type, rows, n, k, groups, sms, epilogue, majors)
+        stages = max_stages(block_m, block_n, epilogue)
+        return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=int(str(multicast)[0]),
+                                   multicast_b=str(multicast).endswith("B"), num_stages=stages,
+                                   smem_bytes=smem_bytes(block_m, block_n, stages, epilogue))
+
+    monkeypatch.setattr(launcher, "config_for", forced)
+    monkeypatch.setattr(launcher, "_entries", {})
+
+
 def _random_counts(groups: int, total_hint: int, cuda_gen: torch.Generator) -> list[int]:
     counts = torch.randint(0, max(2, 2 * total_hint // groups), (groups,), device="cuda", generator=cuda_gen).tolist()
     counts[0] = 0  # an empty expert
@@ -207,19 +226,7 @@ def test_forced_variants_every_layout(monkeypatch, block_m, block_n, multicast, 
     wgmmas per warpgroup, 16-wide tiles with a 32-byte D span) on every layout they serve, with N giving
     partial and odd n-block counts (a padding tile in each A-sharing pair), odd m-block counts (a copy tile
     in a B-sharing pair, pairs straddling two groups) and K not a multiple of 64."""
-    from dg_moe.kernels.sm90_bf16_gemm import launcher
-    from dg_moe.kernels.sm90_bf16_gemm.heuristic import max_stages, smem_bytes
-
-    chosen = launcher.config_for
-    stages = max_stages(block_m, block_n)
-
-    def forced(*args):
-        return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=int(str(multicast)[0]),
-                                   multicast_b=str(multicast).endswith("B"), num_stages=stages,
-                                   smem_bytes=smem_bytes(block_m, block_n, stages))
-
-    monkeypatch.setattr(launcher, "config_for", forced)
-    monkeypatch.setattr(launcher, "_entries", {})
+    force_tiles(monkeypatch, block_m, block_n, multicast)
     n, k = 7232, 2120  # partial, odd n-block counts for 256 and 128; 33 full K blocks and a partial one
 
     b1 = _bf16(n, k, generator=cuda_gen)
@@ -358,20 +365,7 @@ def test_forced_epilogue_variants(monkeypatch, block_m, block_n, multicast, cuda
     """The FP32 D on every layout and c accumulation (BF16 and FP32, in place) on tile shapes the heuristic
     rarely picks or never does for FP32 (128 x 256 and 256 x 128 fit two stages beside an FP32 D tile):
     a 64-byte FP32 D slab (16 columns), two m64 wgmmas per warpgroup, clusters sharing A or B."""
-    from dg_moe.kernels.sm90_bf16_gemm import launcher
-    from dg_moe.kernels.sm90_bf16_gemm.heuristic import max_stages, smem_bytes
-
-    chosen = launcher.config_for
-
-    def forced(*args):
-        epilogue = args[6]
-        stages = max_stages(block_m, block_n, epilogue)
-        return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=int(str(multicast)[0]),
-                                   multicast_b=str(multicast).endswith("B"), num_stages=stages,
-                                   smem_bytes=smem_bytes(block_m, block_n, stages, epilogue))
-
-    monkeypatch.setattr(launcher, "config_for", forced)
-    monkeypatch.setattr(launcher, "_entries", {})
+    force_tiles(monkeypatch, block_m, block_n, multicast)
     n, k = 7236, 2120  # partial, odd n-block counts; an FP32 row of 7236 is 16-byte aligned, a BF16 one not
 
     b1 = _bf16(n, k, generator=cuda_gen)

@@ -7,8 +7,6 @@ M, N and K run too (rows 16-byte apart are TMA's rule; the extents are free)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -17,7 +15,14 @@ from dg_moe import reference
 from dg_moe.errors import KernelNotAvailableError
 
 from .gpu_inputs import BF16_SIMILARITY_LIMIT, assert_matches
-from .test_sm90_bf16_gemm_gpu import _assert_nvrtc_gives, _bitwise, _contiguous_inputs, _poisoned, _random_counts
+from .test_sm90_bf16_gemm_gpu import (
+    _assert_nvrtc_gives,
+    _bitwise,
+    _contiguous_inputs,
+    _poisoned,
+    _random_counts,
+    force_tiles,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -125,19 +130,7 @@ def test_forced_mn_major_tilings(monkeypatch, block_m, block_n, multicast, cuda_
     """Every MN-major chunk count (1 to 4 per tile), pairs sharing an MN-major A (two chunks each) or B,
     256-row tiles (two m64 wgmmas per warpgroup, each its own A chunk) on bf16_gemm_tn (both operands
     MN-major) and the grouped nn op, with partial tiles and K off the 64-wide block grid."""
-    from dg_moe.kernels.sm90_bf16_gemm import launcher
-    from dg_moe.kernels.sm90_bf16_gemm.heuristic import max_stages, smem_bytes
-
-    chosen = launcher.config_for
-    stages = max_stages(block_m, block_n)
-
-    def forced(*args):
-        return dataclasses.replace(chosen(*args), block_m=block_m, block_n=block_n, multicast=int(str(multicast)[0]),
-                                   multicast_b=str(multicast).endswith("B"), num_stages=stages,
-                                   smem_bytes=smem_bytes(block_m, block_n, stages))
-
-    monkeypatch.setattr(launcher, "config_for", forced)
-    monkeypatch.setattr(launcher, "_entries", {})
+    force_tiles(monkeypatch, block_m, block_n, multicast)
     n, k = 7232, 2120
     for m in (200, 600):
         a, b = _operands("tn", m, n, k, cuda_gen)
