@@ -116,7 +116,7 @@ def test_wgrad_adds_the_backward_weight_gradient_variants(compiled, capsys):
     wgrad = warmup.layer_wgrad_variants(MODEL_SHAPES["deepseek-v3"], [2**i for i in range(14)], 132)
     kinds = {(v["WGRAD_TYPE"].rsplit("::", 1)[1], v["SHAPE_N"]) for v in wgrad}
     assert kinds == {(t, n) for t in ("KGrouped", "KGroupedPsum", "Normal") for n in (7168, 2048)}
-    assert warmup.describe_variant(wgrad[0]) == "wgrad KGrouped N=7168 128x128, 6 stages"
+    assert warmup.describe_variant(wgrad[0]) == "wgrad KGrouped N=7168 128x144x2B, 6 stages"
 
     assert warmup_main(["--shape", "256,128,8,2,128", "--batches", "1,4096", "--num-sms", "132", "--wgrad",
                         "--json"]) == 0

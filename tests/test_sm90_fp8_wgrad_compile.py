@@ -27,11 +27,12 @@ def _config(block_n: int) -> WgradConfig:
     return WgradConfig(128, block_n, stages, smem_bytes(128, block_n, stages), 0.0)
 
 
-# Both widths the heuristic picks, every layout, an odd N (the epilogue's single-column stores), the widest
-# forced tile (the most registers), BF16 operands (both widths) and a B-sharing pair.
+# The heuristic's dense width and its K-grouped 144-wide B-sharing pair, every layout, an odd N (the
+# epilogue's single-column stores), the widest forced tile (the most registers), BF16 operands (both widths)
+# and a dense B-sharing pair.
 VARIANTS = [
     template_args(WgradType.NORMAL, choose_config(7168, 2112, 4096, 1, 132), 2112),
-    template_args(WgradType.K_GROUPED, choose_config(4096, 7168, 1024, 8, 132), 7168),
+    template_args(WgradType.K_GROUPED, choose_config(4096, 7168, 1024, 8, 132, k_grouped=True), 7168),
     template_args(WgradType.K_GROUPED_PSUM, _config(64), 1001),
     template_args(WgradType.NORMAL, _config(64), 4096),
     template_args(WgradType.K_GROUPED_PSUM, _config(152), 7168),
@@ -43,7 +44,7 @@ VARIANTS = [
 
 @pytest.mark.nvcc
 def test_variants_compile_for_sm90a_without_local_memory(module_cache_dir):
-    assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128, 152}
+    assert {v["BLOCK_N"] for v in VARIANTS} == {64, 128, 144, 152}
     assert {v["OPERANDS"].rsplit("::", 1)[1] for v in VARIANTS} == {"Fp8", "Bf16"}
     assert {v["SHARE_B"] for v in VARIANTS} == {0, 1}
     libraries = compile_many(FAMILY, VARIANTS, jobs=max(2, os.cpu_count() or 2))

@@ -19,7 +19,13 @@ from dg_moe.jit.tensor_map import TensorMap2D
 from dg_moe.kernels.sm90_fp8_gemm.constants import SMEM_BYTES_PER_BLOCK
 from dg_moe.kernels.sm90_fp8_wgrad import cubin_entry as ce
 from dg_moe.kernels.sm90_fp8_wgrad import launcher
-from dg_moe.kernels.sm90_fp8_wgrad.heuristic import WgradConfig, choose_config, max_stages, smem_bytes
+from dg_moe.kernels.sm90_fp8_wgrad.heuristic import (
+    SHARED_B_BLOCK_N,
+    WgradConfig,
+    choose_config,
+    max_stages,
+    smem_bytes,
+)
 from dg_moe.kernels.sm90_fp8_wgrad.host_constants import PARAMS_BYTES
 from dg_moe.kernels.sm90_fp8_wgrad.variants import WgradType, deepseek_v3_variants, template_args
 from dg_moe.reference.common import RECIPE_1D1D
@@ -160,6 +166,21 @@ def test_k_major_keeps_k_major_views_and_transposes_row_major_operands() -> None
     copy, pitch = launcher.k_major(row_major)
     assert copy.shape == (96, 512) and copy.is_contiguous() and pitch == 512
     assert torch.equal(copy.view(torch.uint8), row_major.mT.contiguous().view(torch.uint8))
+
+
+def test_k_grouped_fp8_calls_share_b_on_144_wide_tiles() -> None:
+    """v21's measured rule: K-grouped FP8 calls with an even m-block count run 128 x 144 pairs sharing B;
+    dense calls, odd m-block counts, BF16 operands and an odd SM count keep the cost model's tile."""
+    shared = choose_config(4096, 7168, 4096, 8, 132, k_grouped=True)
+    assert (shared.block_n, shared.share_b) == (SHARED_B_BLOCK_N, True) == (144, True)
+    assert shared.num_stages == max_stages(128, 144) and shared.smem_bytes == smem_bytes(128, 144, shared.num_stages)
+    for config in (choose_config(4096, 7168, 4096, 1, 132),
+                   choose_config(4000 + 128, 7168, 4096, 8, 132, k_grouped=True),
+                   choose_config(4096, 7168, 4096, 8, 132, bf16=True, k_grouped=True),
+                   choose_config(4096, 7168, 4096, 8, 131, k_grouped=True)):
+        assert not config.share_b and config.block_n in (64, 128)
+    assert launcher.config_for(WgradType.K_GROUPED_PSUM, 7168, 2048, 4096, 8, 132).share_b
+    assert not launcher.config_for(WgradType.NORMAL, 7168, 2048, 4096, 1, 132).share_b
 
 
 def test_mn_major_keeps_row_major_operands_and_pads_the_rest() -> None:

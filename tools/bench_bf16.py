@@ -78,7 +78,7 @@ def _case(kind: str, rows: int, n: int, k: int, groups: int, deep_gemm):
         if deep_gemm is not None:
             calls["deepgemm"] = lambda: deep_gemm.bf16_gemm_nt(a, b[0], out["deepgemm"])
         return calls, out, 2.0 * rows * n * k, reference.ref_bf16_gemm_nt(a, b[0]), (a, b[0], out["dg_moe"], None)
-    if kind == "contiguous":
+    if kind.startswith("contiguous"):
         m_sum = groups * layout.align(rows, 128)
         a = _bf16(m_sum, k)
         per_row = torch.arange(groups, device="cuda", dtype=torch.int32).repeat_interleave(m_sum // groups)

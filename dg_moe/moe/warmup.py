@@ -78,7 +78,8 @@ def layer_wgrad_variants(shape: MoEShape, batches: Iterable[int], num_sms: int,
     found: dict[tuple, dict[str, int | str]] = {}
 
     def add(wgrad_type: WgradType, m: int, n: int, k: int, groups: int) -> None:
-        args = wgrad_template_args(wgrad_type, choose_config(m, n, k, groups, num_sms, bf16), n)
+        config = choose_config(m, n, k, groups, num_sms, bf16, k_grouped=wgrad_type != WgradType.NORMAL)
+        args = wgrad_template_args(wgrad_type, config, n)
         found.setdefault(tuple(sorted(args.items())), args)
 
     for tokens in batches:
@@ -130,13 +131,16 @@ def unique_variants(shapes: Iterable[MoEShape], batches: Iterable[int], num_sms:
 
 def describe_variant(variant: Mapping[str, object]) -> str:
     """A short label for progress lines, e.g. "MGroupedMasked N=4096 K=7168 64x128, 8 stages" (weight-gradient
-    variants, whose K is run-time: "wgrad KGrouped N=7168 128x128, 6 stages", "wgrad BF16 KGrouped ...")."""
+    variants, whose K is run-time: "wgrad KGrouped N=7168 128x144x2B, 6 stages" for a pair sharing B, "wgrad
+    BF16 KGrouped ...")."""
+    pair = ""
     if "WGRAD_TYPE" in variant:
         bf16 = " BF16" if str(variant["OPERANDS"]).endswith("Bf16") else ""
         kind, k = f"wgrad{bf16} " + str(variant["WGRAD_TYPE"]).rsplit("::", 1)[-1], ""
+        pair = "x2B" if variant.get("SHARE_B") else ""
     else:
         kind, k = str(variant["GEMM_TYPE"]).rsplit("::", 1)[-1], f" K={variant['SHAPE_K']}"
-    return (f"{kind} N={variant['SHAPE_N']}{k} {variant['BLOCK_M']}x{variant['BLOCK_N']}, "
+    return (f"{kind} N={variant['SHAPE_N']}{k} {variant['BLOCK_M']}x{variant['BLOCK_N']}{pair}, "
             f"{variant['NUM_STAGES']} stages")
 
 

@@ -2,7 +2,8 @@
 operands; BF16 ones priced alike at half the tensor rate and twice the bytes, tiles BF16_BLOCK_NS).
 
 The tile is 128 rows (two math warpgroups) by BLOCK_N 128 or 64 columns (BLOCK_NS); 136, 144 and 152 are
-built for forced runs (BUILT_BLOCK_NS) and not priced yet. Nothing wider fits the registers (a math thread
+built for forced runs (BUILT_BLOCK_NS) and not priced yet, except that K-grouped FP8 calls take 128 x 144
+tiles in clusters sharing B by a measured rule (SHARED_B_BLOCK_N). Nothing wider fits the registers (a math thread
 holds one K block's accumulators, the promoted sums and the block's SFB values: BLOCK_N / 2 + BLOCK_N / 2
 + BLOCK_N / 4 floats, 190 of a 192 budget at 152). Each candidate is priced, as the (1, 128, 128) family's
 model does (dg_moe/kernels/sm90_fp8_gemm/heuristic.py, whose hardware rates this one shares), as the
@@ -39,6 +40,12 @@ BUILT_BLOCK_NS = (64, 128, 136, 144, 152)
 """Every tile width the kernel compiles. The cost model chooses among BLOCK_NS; the wider ones (DeepGEMM's
 widths on these shapes, 152 the most whose accumulators, sums and SFB values fit the register budget) run
 when forced (tools/bench_wgrad.py --block-n) until measurements price them."""
+SHARED_B_BLOCK_N = 144
+"""K-grouped FP8 calls whose m-block count is even run 128 x 144 tiles in 2-CTA clusters sharing B (each CTA
+loads half of B's rows and multicasts them). H100 (docs/perf-log.md v21, tools/bench_wgrad.py): 3-16 %
+faster than the cost model's 128 x 128 on all six K-grouped DeepSeek-V3 cases (4-32 groups, M 4096 and
+7168); on the eleven dense cases it won five and lost four by more than the 3 % run-to-run spread, so dense
+calls keep the model's tile. BF16 operands keep theirs (a BF16 pair splits B into whole 64-wide chunks)."""
 MAX_STAGES = 8
 ROW_BYTES = 128
 """Bytes of one operand row of a stage: one 128B swizzle span, BLOCK_K FP8 or BLOCK_K / 2 BF16 values."""
@@ -57,8 +64,9 @@ class WgradConfig:
     bf16: bool = False
     """BF16 operands (no scales, K blocks of 64) instead of FP8 with recipe (1, 1, 128)."""
     share_b: bool = False
-    """2-CTA clusters on m-blocks 2u and 2u + 1 sharing B (each loads half and multicasts it); forced only
-    (tools/bench_wgrad.py --share-b) until measured, and only where ceil(M / 128) is even."""
+    """2-CTA clusters on m-blocks 2u and 2u + 1 sharing B (each loads half and multicasts it), only where
+    ceil(M / 128) is even: chosen for K-grouped FP8 calls (SHARED_B_BLOCK_N), else forced
+    (tools/bench_wgrad.py --share-b)."""
 
 
 def stage_bytes(block_m: int, block_n: int, bf16: bool = False) -> int:
@@ -100,9 +108,15 @@ def predict_us(block_n: int, m: int, n: int, k_per_group: int, num_groups: int, 
     return (max(compute_s, l2_s, memory_s) + waves * _WAVE_OVERHEAD_S) * 1e6
 
 
-def choose_config(m: int, n: int, k_per_group: int, num_groups: int, num_sms: int, bf16: bool = False) -> WgradConfig:
+def choose_config(m: int, n: int, k_per_group: int, num_groups: int, num_sms: int, bf16: bool = False,
+                  k_grouped: bool = False) -> WgradConfig:
     """Cheapest configuration for ``num_groups`` problems [m, n] of ``k_per_group`` (mean) K rows, FP8 or
-    (``bf16``) BF16 operands; deterministic in its arguments."""
+    (``bf16``) BF16 operands; ``k_grouped``: a K-grouped call (SHARED_B_BLOCK_N's rule). Deterministic in
+    its arguments."""
+    if k_grouped and not bf16 and ceil_div(m, BLOCK_M) % 2 == 0 and num_sms % 2 == 0:
+        stages = max_stages(BLOCK_M, SHARED_B_BLOCK_N)
+        return WgradConfig(BLOCK_M, SHARED_B_BLOCK_N, stages, smem_bytes(BLOCK_M, SHARED_B_BLOCK_N, stages),
+                           predict_us(SHARED_B_BLOCK_N, m, n, k_per_group, num_groups, num_sms), share_b=True)
     candidates = []
     for block_n in BF16_BLOCK_NS if bf16 else BLOCK_NS:
         stages = max_stages(BLOCK_M, block_n, bf16)

@@ -50,7 +50,7 @@ _entries: dict[tuple[WgradType, int, int, int, int, int, bool], Entry] = {}
 def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
                bf16: bool = False) -> WgradConfig:
     """The variant one call shape runs (the cost model's choice; a seam for tests that force one)."""
-    return choose_config(m, n, k_per_group, num_groups, num_sms, bf16)
+    return choose_config(m, n, k_per_group, num_groups, num_sms, bf16, k_grouped=wgrad_type != WgradType.NORMAL)
 
 
 def bind(wgrad_type: WgradType, config: WgradConfig, n: int) -> Entry:

@@ -53,7 +53,8 @@ def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int | str]]:
     found: dict[tuple, dict[str, int | str]] = {}
 
     def add(wgrad_type: WgradType, m: int, n: int, k: int, groups: int) -> None:
-        args = template_args(wgrad_type, choose_config(m, n, k, groups, num_sms), n)
+        config = choose_config(m, n, k, groups, num_sms, k_grouped=wgrad_type != WgradType.NORMAL)
+        args = template_args(wgrad_type, config, n)
         found.setdefault(tuple(sorted(args.items())), args)
 
     for m, n in DEEPSEEK_V3_DENSE_MN:
