@@ -135,8 +135,8 @@ __device__ __forceinline__ void tma_prefetch_tensor_map(const CUtensorMap* map) 
 // L2 cache policy of the operand loads: evict-normal, as a createpolicy would encode it (the value CUTLASS
 // names CacheHintSm90::EVICT_NORMAL), as DeepGEMM issues its loads. Tried because Nsight saw DeepGEMM reach
 // the L2 with 454 K read requests where our unhinted loads made 743 K for the same 119 MB (M = 128,
-// N = 4096, K = 7168; docs/perf-log.md v19). Measured on an H100 (v21): every dense and contiguous case
-// within 1.5 % of the unhinted kernel, bitwise equal; kept since it is what ran the GPU suite.
+// N = 4096, K = 7168; docs/perf-log.md v19). Measured on an H100 (v21) against the unhinted kernel: no
+// gain (24 dense and contiguous cases, geomean 0.3 % slower, M <= 128 up to 1.5 %), bitwise equal.
 constexpr uint64_t kL2EvictNormal = 0x1000000000000000ull;
 
 // Global -> shared; the copied bytes count towards `bar`'s expected transactions.
