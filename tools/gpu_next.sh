@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The GPU run that decides the branches of docs/perf-log.md v20 and v21, from a checkout of
-# wip/bf16-wgrad-mn (the weight-gradient reductions, wider tiles, B-sharing pairs and BF16 operands, the TMA L2
-# hint, the BF16 B-sharing rule, MN-major BF16 operands in the GEMM and the weight gradient), two device calls
-# on one machine. Logs under $OUT; a short table prints last.
-#   here, once (main's kernel sources, the A/B base): mkdir -p .ab_base/main &&
+# A GPU run of this tree in two device calls on one machine (or one, on a short budget): the whole GPU suite
+# beside DeepGEMM's build, then benchmarks beside DeepGEMM and an A/B against a base kernel tree.
+# Logs under $OUT; a short table prints last. docs/perf-log.md v21 came from it.
+#   here, once (a base tree's kernel sources, e.g. main's, for the A/B): mkdir -p .ab_base/main &&
 #     git archive main dg_moe/csrc | tar -x -C .ab_base/main --strip-components=2
 #   call 1 (fresh machine; carry .whl .peer .ab_base):  PHASE=1 bash tools/gpu_next.sh
 #       DeepGEMM's build beside the whole GPU suite of this tree (every kernel change ends with it).
-#   call 2 (same machine, warm; carry nothing new):     PHASE=2 bash tools/gpu_next.sh
-#       the L2-hint A/B against main's kernel tree on the dense and contiguous cases, weight gradients beside
+#   call 2 (same machine, warm; carry .whl again, or its install step fails): PHASE=2 bash tools/gpu_next.sh
+#       the A/B against the base tree on the dense and contiguous cases (step hint_ab), weight gradients beside
 #       DeepGEMM (the cost model's tiles), the BF16 benchmark's contiguous and transposed (MN-major) cases, then
 #       wgrad tiles 152 wide and 144 sharing B.
 set -uo pipefail
