@@ -121,14 +121,14 @@ def _rows_hint(kind: str, rows: int) -> int:
 def variants(kind: str, rows: int, n: int, k: int, groups: int, tiles: list[TileSpec],
              num_sms: int) -> list[tuple[str, GemmConfig]]:
     """(name, config) of every forced tile this case's layout can take (the heuristic's choice runs as the
-    ``dg_moe`` column): contiguous tiles at most 128 rows, sharing B only on the prefix-sum layout."""
+    ``dg_moe`` column): contiguous tiles at most 128 rows; pairs sharing A or B on every layout (DeepGEMM
+    shares B on dense shapes too, v19)."""
     hint = _rows_hint(kind, rows)
     out = []
     if "-" in kind:
         return out
     for t in tiles:
-        if (kind == "contiguous" and t.block_m > 128) or not fits_registers(t.block_m, t.block_n) or \
-                (t.multicast == 2 and kind == "dense" and t.shares_b):
+        if (kind == "contiguous" and t.block_m > 128) or not fits_registers(t.block_m, t.block_n):
             continue
         stages = t.stages or max_stages(t.block_m, t.block_n)
         config = GemmConfig(t.block_m, t.block_n, stages, t.multicast, smem_bytes(t.block_m, t.block_n, stages),
