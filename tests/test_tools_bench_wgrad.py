@@ -125,7 +125,10 @@ def test_variants_cover_every_case(tool):
     assert {v["SHAPE_N"] for v in variants} == {c.n for c in tool.cases()}
     for case in tool.cases():
         config = tool.our_config(case, 132)
-        assert tool.describe_config(config) == f"{config.block_m}x{config.block_n} s{config.num_stages}"
+        pair = "x2B" if config.share_b else ""
+        assert tool.describe_config(config) == f"{config.block_m}x{config.block_n}{pair} s{config.num_stages}"
+        # The K-grouped cases (even m-block counts) run the heuristic's 144-wide B-sharing pairs.
+        assert config.share_b == (case.wgrad_type != tool.WgradType.NORMAL)
 
 
 def test_parser(tool, capsys):
