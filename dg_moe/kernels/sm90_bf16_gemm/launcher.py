@@ -93,12 +93,15 @@ def row_stride(t: torch.Tensor) -> int | None:
     return stride
 
 
-def kernel_rows(op: str, name: str, t: torch.Tensor, mn_rows: str | None = None) -> int:
-    """``t``'s row stride in elements (:func:`row_stride`), or KernelNotAvailableError naming the rule:
-    rows and their stride a whole number of 16 bytes (8 bfloat16 or 4 float32 elements), base 16-byte
-    aligned. ``mn_rows``: ``t`` is a stored MN-major operand whose rows run along this dim (M or N); its
-    extent is then free (TMA clips it; K-major rows and D's must be whole 16-byte units)."""
-    stride = row_stride(t)
+def kernel_rows(op: str, name: str, t: torch.Tensor, mn_rows: str | None = None,
+                stride: int | None = None) -> int:
+    """``t``'s row stride in elements (:func:`row_stride`, or ``stride`` when the caller has it), or
+    KernelNotAvailableError naming the rule: rows and their stride a whole number of 16 bytes (8 bfloat16
+    or 4 float32 elements), base 16-byte aligned. ``mn_rows``: ``t`` is a stored MN-major operand whose
+    rows run along this dim (M or N); its extent is then free (TMA clips it; K-major rows and D's must be
+    whole 16-byte units)."""
+    if stride is None:
+        stride = row_stride(t)
     if stride is None:
         raise _unavailable(op, f"{name} with strides {tuple(t.stride())} for shape {tuple(t.shape)}: it reads "
                                f"rows with stride 1 along the last dim, back to back across groups (pass "
@@ -119,11 +122,13 @@ def operand_rows(op: str, name: str, t: torch.Tensor, mn: str) -> tuple[bool, in
     the rows: M or N): (MN-major, row stride of the stored matrix in elements). K-major where K has stride
     1 (:func:`kernel_rows` of ``t``), else MN-major where the rows have, the stored matrix being ``t``'s
     transpose ([K, rows] or [G, K, rows]); KernelNotAvailableError naming the rule where neither reads."""
-    if row_stride(t) is None:
+    stride = row_stride(t)
+    if stride is None:
         stored = t.transpose(-1, -2)
-        if row_stride(stored) is not None:
-            return True, kernel_rows(op, name, stored, mn)
-    return False, kernel_rows(op, name, t)
+        stored_stride = row_stride(stored)
+        if stored_stride is not None:
+            return True, kernel_rows(op, name, stored, mn, stored_stride)
+    return False, kernel_rows(op, name, t, stride=stride)
 
 
 def epilogue_for(d: torch.Tensor, c: torch.Tensor | None) -> Epilogue:

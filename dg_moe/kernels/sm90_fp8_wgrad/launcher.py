@@ -94,8 +94,7 @@ def mn_major(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     if (x.stride(1) == 1 or x.shape[1] == 1) and x.stride(0) >= x.shape[1] and pitch_bytes % _TMA_ALIGNMENT == 0 \
             and x.data_ptr() % _TMA_ALIGNMENT == 0:
         return x, pitch_bytes
-    per_row = _TMA_ALIGNMENT // x.element_size()
-    padded = -(-x.shape[1] // per_row) * per_row
+    padded = get_tma_aligned_size(x.shape[1], x.element_size())
     copy = x.new_empty(x.shape[0], padded)[:, :x.shape[1]]
     copy.copy_(x)
     return copy, padded * x.element_size()
