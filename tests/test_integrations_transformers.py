@@ -384,3 +384,20 @@ def test_forward_that_needs_a_gradient_is_refused():
     model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
     with pytest.raises(RuntimeError, match="no backward"):
         model(_tokens(BATCHES["masked"]))
+
+
+@pytest.mark.parametrize("trainable", ["experts", "router"])
+@pytest.mark.parametrize("implementation", [adapter.IMPLEMENTATION, adapter.IMPLEMENTATION_BF16])
+def test_forward_that_needs_a_gradient_behind_frozen_layers_is_refused(implementation: str, trainable: str):
+    # Layers before the experts frozen: hidden_states needs no gradient, but the experts' weights (or the router's,
+    # through top_k_weights) do. eager gives them one; fused_moe has no backward and once dropped it silently.
+    model = _build("qwen3_moe", experts_implementation=implementation)
+    experts = _experts_modules(model)[0]
+    hidden = torch.randn(16, HIDDEN).bfloat16()
+    top_k_index = torch.rand(16, EXPERTS).topk(2, dim=1).indices
+    top_k_weights = torch.rand(16, 2).softmax(dim=1)
+    if trainable == "router":
+        experts.requires_grad_(False)
+        top_k_weights.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="no backward"):
+        experts(hidden, top_k_index, top_k_weights)

@@ -162,8 +162,9 @@ def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn
          hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
     """``fused_moe`` (``fused_moe_bf16`` for BF16 weights) on the weights ``build`` derives from ``sources``
     (cached), for transformers' arguments."""
-    if torch.is_grad_enabled() and hidden_states.requires_grad:
-        # fused_moe has no backward: its result would silently cut the gradient of every earlier layer.
+    if torch.is_grad_enabled() and _needs_gradient(hidden_states, top_k_weights, *sources):
+        # fused_moe has no backward: its result would silently cut the gradient of every earlier layer, and of
+        # the router and the experts' weights, which need one even when the layers before them are frozen.
         raise RuntimeError(
             f"{type(self).__name__}: experts_implementation='dg_moe' is for inference and has no backward; "
             "run the model under torch.inference_mode() or torch.no_grad() (generate() already does), or "
@@ -187,6 +188,10 @@ def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn
     if out.dtype != hidden_states.dtype:
         out = out.to(hidden_states.dtype)
     return out if hidden_states.dim() == 2 else out.reshape(hidden_states.shape)
+
+
+def _needs_gradient(*tensors: torch.Tensor) -> bool:
+    return any(t.requires_grad for t in tensors)
 
 
 def _token_rows(t: torch.Tensor, num_tokens: int) -> torch.Tensor:
