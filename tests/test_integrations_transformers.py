@@ -60,6 +60,7 @@ from transformers.models.aria.modeling_aria import AriaExperts  # noqa: E402
 from transformers.quantizers.quantizer_finegrained_fp8 import FineGrainedFP8HfQuantizer  # noqa: E402
 
 import dg_moe.integrations.transformers as adapter  # noqa: E402
+from dg_moe.moe import quantize_expert_weights  # noqa: E402
 from dg_moe.reference.metrics import calc_diff  # noqa: E402
 
 FP8_LOGITS_BOUND = 1e-3  # the bound for FP8 experts
@@ -254,6 +255,23 @@ def test_bf16_quantised_copy_is_cached_and_follows_the_weights():
     assert torch.equal(adapter.cached_weights(experts).w2_scale, first.w2_scale)
     # The copy stays out of the checkpoint.
     assert not any("dg_moe" in key for key in model.state_dict())
+
+
+def test_quantised_copy_follows_weights_given_new_strides():
+    # `param.data = param.data.transpose(1, 2)` keeps the storage, the version counter and, for a square
+    # gate_up_proj (2I = H here), the shape: only the strides tell that every index now holds another value.
+    assert 2 * INTER == HIDDEN
+    model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
+    tokens = _tokens(BATCHES["masked"])
+    experts = _experts_modules(model)[0]
+    _forward(model, tokens)
+    first = adapter.cached_weights(experts)
+    experts.gate_up_proj.data = experts.gate_up_proj.data.transpose(1, 2)
+    _forward(model, tokens)
+    used = adapter.cached_weights(experts)
+    assert used is not first
+    w13, _ = quantize_expert_weights(experts.gate_up_proj.detach())
+    assert torch.equal(used.w13.view(torch.uint8), w13.view(torch.uint8))
 
 
 def test_switching_implementation_on_one_model_rebuilds_the_weights():

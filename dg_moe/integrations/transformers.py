@@ -217,7 +217,8 @@ class _Cache(NamedTuple):
 def _state(tensors: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
     # Storage pointer: `module.to(...)` and `param.data = ...` keep the Parameter and swap its data.
     # Version counter: in-place changes (load_state_dict copies, mul_, ...).
-    return tuple((t.data_ptr(), _version(t), t.device, t.dtype, tuple(t.shape)) for t in tensors)
+    # Strides: `param.data = param.data.transpose(1, 2)` keeps storage, version and (square) shape, not the values.
+    return tuple((t.data_ptr(), _version(t), t.device, t.dtype, tuple(t.shape), t.stride()) for t in tensors)
 
 
 def _version(t: torch.Tensor) -> int:
