@@ -46,7 +46,9 @@ def unpack_ue8m0_from_int(packed: torch.Tensor) -> torch.Tensor:
     """Expand int32 [..., k4] of packed UE8M0 bytes to float32 [..., 4 * k4], exactly."""
     if packed.dtype != torch.int32:
         raise TypeError(f"unpack_ue8m0_from_int: packed must be int32, got {packed.dtype}")
-    # Shifts, not a uint8 view: a view needs a unit last stride, which MN-major tensors lack.
-    shifts = torch.tensor([0, 8, 16, 24], dtype=torch.int32, device=packed.device)
+    # Shifts, not a uint8 view: a view needs a unit last stride, which MN-major tensors lack. Made on the
+    # device (arange), not from a host list: the kernels expand packed scales on every launch, and a host
+    # list's copy synchronises the stream, which also breaks CUDA-graph capture of the masked GEMM.
+    shifts = torch.arange(0, 32, 8, dtype=torch.int32, device=packed.device)
     exponents = (packed.unsqueeze(-1) >> shifts) & 0xFF
     return (exponents.flatten(-2) << 23).view(torch.float32)
