@@ -44,3 +44,17 @@ def test_kernel_operands_expand_packed_ue8m0_scales_on_the_device():
     assert sfa.dtype == sfb.dtype == torch.float32
     assert sfa.shape == (g, max_m, k // 128) and sfa.stride() == (k // 128 * max_m, 1, max_m)
     assert sfb.shape == (g, n // 128, k // 128) and sfb.is_contiguous()
+
+
+def test_kernel_operands_pass_kernel_layout_float32_scales_through():
+    """The masked GEMM allocates nothing when its scales are float32 in the kernel's layout (as the routing
+    ops and DeepEP's float32 dispatch give them): the launch reads them in place."""
+    g, max_m, n, k = 2, 6, 256, 1024
+    meta = torch.device("meta")
+    aligned = 8  # align(max_m, 4): 16-byte aligned scale columns
+    sfa = torch.empty(g, k // 128, aligned, device=meta).transpose(1, 2)[:, :max_m]
+    sfb = torch.empty(g, n // 128, k // 128, device=meta)
+    a = (torch.empty(g, max_m, k, dtype=torch.float8_e4m3fn, device=meta), sfa)
+    b = (torch.empty(g, n, k, dtype=torch.float8_e4m3fn, device=meta), sfb)
+    (_, sfa_used), (_, sfb_used) = launcher.kernel_operands(GemmType.MASKED, a, b)
+    assert sfa_used is sfa and sfb_used is sfb
