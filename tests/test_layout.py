@@ -6,6 +6,8 @@ import torch
 from dg_moe import layout
 from dg_moe.layout.math import ceil_div
 
+from .host_transfers import HostTransfers
+
 
 def _rand(*shape, seed, dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(seed)
@@ -81,6 +83,16 @@ def test_per_token_packed_ue8m0_roundtrips_to_fp32_scales():
     _, packed = layout.per_token_cast_to_fp8(x, use_ue8m0=True, use_packed_ue8m0=True)
     assert packed.dtype == torch.int32 and packed.shape == (9, 2)
     assert torch.equal(layout.unpack_ue8m0_from_int(packed)[:, :5], sf)
+
+
+def test_per_token_packed_ue8m0_reads_no_device_value():
+    """Quantising activations on a GPU every step must not wait on the host: the packer's powers-of-two
+    check is skipped for scales that are powers of two by construction. Meta tensors stand for CUDA ones."""
+    with HostTransfers() as seen:
+        x_fp8, packed = layout.per_token_cast_to_fp8(torch.empty(9, 640, dtype=torch.bfloat16, device="meta"),
+                                                     use_ue8m0=True, use_packed_ue8m0=True)
+    assert seen.calls == []
+    assert x_fp8.shape == (9, 640) and packed.dtype == torch.int32 and packed.shape == (9, 2)
 
 
 @pytest.mark.parametrize("mn", [1, 3, 4, 7, 65, 129, 4096])

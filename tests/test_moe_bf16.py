@@ -30,6 +30,7 @@ from dg_moe.layout.routing_masked import route_to_masked_unchecked
 from dg_moe.moe import AUTO_MASKED_MAX_TOKENS, FusedMoE, fused_moe_bf16, reference_moe
 from dg_moe.reference import calc_diff
 
+from .host_transfers import HostTransfers
 from .moe_loops import bf16_layer, hidden_states, masked_policy, routing
 
 H, INTER = 256, 128
@@ -162,9 +163,12 @@ def test_no_host_reads(mode):
     def empty(*shape, dtype=torch.bfloat16):
         return torch.empty(shape, dtype=dtype, device=meta)
 
-    out, overflow = fused_moe_bf16(empty(t, H), empty(e, 2 * INTER, H), empty(e, H, INTER),
-                                   empty(t, k, dtype=torch.int64), empty(t, k, dtype=torch.float32), mode=mode,
-                                   routed_scaling_factor=2.5, return_overflow=True)
+    # Nor does it build a tensor from host data on the device (a copy that syncs the stream), which meta allows.
+    with HostTransfers() as seen:
+        out, overflow = fused_moe_bf16(empty(t, H), empty(e, 2 * INTER, H), empty(e, H, INTER),
+                                       empty(t, k, dtype=torch.int64), empty(t, k, dtype=torch.float32), mode=mode,
+                                       routed_scaling_factor=2.5, return_overflow=True)
+    assert seen.calls == []
     assert out.device == meta and out.shape == (t, H) and out.dtype == torch.bfloat16
     assert overflow.shape == (e,) and overflow.dtype == torch.int32
 

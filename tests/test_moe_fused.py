@@ -20,6 +20,7 @@ from dg_moe.moe import (
 )
 from dg_moe.reference import calc_diff
 
+from .host_transfers import HostTransfers
 from .moe_loops import hidden_states, layer, loop_moe, masked_policy, routing
 
 H, INTER = 256, 128
@@ -206,11 +207,15 @@ def test_no_host_reads(mode):
 
     shared = SharedExpert(empty(2 * s, H, dtype=fp8), empty(2 * s // 128, H // 128), empty(H, s, dtype=fp8),
                           empty(H // 128, s // 128))
-    out, overflow = fused_moe(
-        empty(t, H, dtype=torch.bfloat16), empty(e, 2 * INTER, H, dtype=fp8), empty(e, 2 * INTER // 128, H // 128),
-        empty(e, H, INTER, dtype=fp8), empty(e, H // 128, INTER // 128), empty(t, k, dtype=torch.int64),
-        empty(t, k), mode=mode, routed_scaling_factor=2.5, shared_expert=shared, return_overflow=True,
-    )
+    # Nor does it build a tensor from host data on the device (a copy that syncs the stream), which meta allows.
+    with HostTransfers() as seen:
+        out, overflow = fused_moe(
+            empty(t, H, dtype=torch.bfloat16), empty(e, 2 * INTER, H, dtype=fp8),
+            empty(e, 2 * INTER // 128, H // 128), empty(e, H, INTER, dtype=fp8), empty(e, H // 128, INTER // 128),
+            empty(t, k, dtype=torch.int64), empty(t, k), mode=mode, routed_scaling_factor=2.5, shared_expert=shared,
+            return_overflow=True,
+        )
+    assert seen.calls == []
     assert out.device == meta and out.shape == (t, H) and out.dtype == torch.bfloat16
     assert overflow.shape == (e,) and overflow.dtype == torch.int32
 

@@ -95,7 +95,8 @@ def get_mn_major_tma_aligned_packed_ue8m0_tensor(sf: torch.Tensor) -> torch.Tens
 
     sf: float32 [MN, Kb] or [G, MN, Kb] whose values are exact powers of two (ceil_to_ue8m0) ->
     int32 [MN, ceil(Kb/4)] or [G, MN, ceil(Kb/4)] with the strides of get_mn_major_tma_aligned_tensor.
-    Missing K-blocks past Kb are padded with 1.0 (exponent byte 127).
+    Missing K-blocks past Kb are padded with 1.0 (exponent byte 127). The powers-of-two check reads the
+    values (:func:`pack_ue8m0_to_int`), so on a GPU it synchronises with the host: convert once, at load time.
     """
     batched, squeeze = _as_batched(sf, "get_mn_major_tma_aligned_packed_ue8m0_tensor")
     if batched.dtype != torch.float32:

@@ -11,8 +11,11 @@
 
 Rows at or past ``masked_m[g]`` are neither read nor written; a count above ``max_m`` is clamped to
 ``max_m`` and a negative one counts as 0. ``expected_m`` (int > 0) is a hint for the kernel
-heuristic only. The call allocates nothing and reads no device value, so it can be captured in a
-CUDA graph.
+heuristic only. The call reads no device value, so it can be captured in a CUDA graph. It allocates
+nothing when the FP8 scales are float32 in the kernel's layout (sfa MN-major and TMA-aligned, as the
+routing ops, the activation and DeepEP's float32 dispatch give it; sfb contiguous); other scales (packed
+UE8M0, e.g. DeepEP's ``use_ue8m0`` dispatch, or a row-major sfa) are converted into new buffers on every
+call, a copy that capture takes into the graph's memory pool.
 """
 
 from __future__ import annotations
