@@ -256,6 +256,25 @@ def test_bf16_quantised_copy_is_cached_and_follows_the_weights():
     assert not any("dg_moe" in key for key in model.state_dict())
 
 
+def test_switching_implementation_on_one_model_rebuilds_the_weights():
+    """"dg_moe" (FP8 copies) and "dg_moe_bf16" (the BF16 tensors as they are) on one model, switched back and
+    forth: each forward runs its own implementation's weights, with the outputs of a model that only ever
+    ran that one (the cache once matched on the source tensors alone, so the second name reused the first's)."""
+    tokens = _tokens(BATCHES["masked"])
+    alone = {}
+    for name in (adapter.IMPLEMENTATION, adapter.IMPLEMENTATION_BF16):
+        alone[name] = _forward(_build("qwen3_moe", experts_implementation=name), tokens)[0]
+    assert not torch.equal(alone[adapter.IMPLEMENTATION], alone[adapter.IMPLEMENTATION_BF16])
+    model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
+    experts = _experts_modules(model)[0]
+    for name in (adapter.IMPLEMENTATION, adapter.IMPLEMENTATION_BF16, adapter.IMPLEMENTATION):
+        model.set_experts_implementation(name)
+        logits = _forward(model, tokens)[0]
+        assert torch.equal(logits, alone[name]), name
+        kept = isinstance(adapter.cached_weights(experts), adapter.BF16ExpertWeights)
+        assert kept == (name == adapter.IMPLEMENTATION_BF16)
+
+
 def test_model_built_under_inference_mode_keeps_its_copy():
     # Weights created under inference_mode have no version counter; the cache key reads -1 for them
     # without raising (an exception per weight and forward cost about 10 us each).

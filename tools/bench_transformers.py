@@ -13,7 +13,8 @@ replayed from a CUDA graph, ``--graph``).
 
 Peers, per experts format:
 
-- BF16 experts: "grouped_mm" (the reference) and "dg_moe" on one model.
+- BF16 experts: "grouped_mm" (the reference), "dg_moe" (FP8 copies of the experts) and "dg_moe_bf16"
+  (the experts kept in BF16, ``fused_moe_bf16``) on one model.
 - FP8 experts (transformers' ``FP8Experts`` of a ``FineGrainedFP8Config``, 128x128 blocks, float32
   scales, filled by transformers' own ``Fp8Quantize``): "dg_moe" and transformers' FP8 "grouped_mm",
   which runs the hub's Triton finegrained-fp8 kernel (absent offline and on CPU: reported as n/a);
@@ -336,7 +337,8 @@ def model_peers(shape: str, experts: str, args: argparse.Namespace,
     config = qwen3_moe_config(shape, args.layers)
     base = build_model(config, device, args.seed)
     if experts == "bf16":
-        return config, [Peer("grouped_mm", base, "grouped_mm"), Peer("dg_moe", base, "dg_moe")]
+        return config, [Peer("grouped_mm", base, "grouped_mm"), Peer("dg_moe", base, "dg_moe"),
+                        Peer("dg_moe_bf16", base, "dg_moe_bf16")]
     fp8 = fp8_experts_model(base)
     # Its Triton kernel comes from the Hugging Face hub (the kernels package) and runs on CUDA only.
     no_kernel = "n/a (transformers' FP8 grouped_mm runs the hub's Triton finegrained-fp8 kernel: CUDA only)"
@@ -444,7 +446,11 @@ def format_row(row: dict[str, Any]) -> str:
     notes = [f"{name}: {entry['error']}" for name, entry in peers.items() if "error" in entry]
     if row["reference"] != "grouped_mm":
         notes.append(f"diffs vs {row['reference']} ({_number(peers[row['reference']], 'ms', '.3f')} ms)")
-    for name in ("grouped_mm", "dg_moe"):
+    bf16 = peers.get("dg_moe_bf16", {})
+    if "ms" in bf16:
+        ratio = f", gm/dg {gm['ms'] / bf16['ms']:.2f}" if "ms" in gm else ""
+        notes.append(f"dg_moe_bf16 {bf16['ms']:.3f} ms{ratio}, logits diff {_number(bf16, 'logits_diff', '.1e')}")
+    for name in ("grouped_mm", "dg_moe", "dg_moe_bf16"):
         entry = peers.get(name, {})
         if "graph_ms" in entry:
             notes.append(f"{name} graph {entry['graph_ms']:.3f} ms")

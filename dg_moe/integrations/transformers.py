@@ -194,15 +194,19 @@ def _token_rows(t: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 class _Cache(NamedTuple):
-    """A conversion and what it was built from: the source tensors themselves (weakly, so that a tensor
-    freed and replaced by another at the same address still counts as new) and their state."""
+    """A conversion and what it was built from: the conversion itself (one BF16 module can run under
+    "dg_moe", FP8 copies, or "dg_moe_bf16", its own tensors: switching must rebuild, not reuse the other's),
+    the source tensors (weakly, so that a tensor freed and replaced by another at the same address still
+    counts as new) and their state."""
 
+    build: Callable[[nn.Module], Weights]
     sources: tuple[weakref.ref, ...]
     state: tuple[object, ...]
     weights: Weights
 
-    def matches(self, sources: tuple[torch.Tensor, ...]) -> bool:
-        return all(ref() is t for ref, t in zip(self.sources, sources, strict=True)) and self.state == _state(sources)
+    def matches(self, build: Callable[[nn.Module], Weights], sources: tuple[torch.Tensor, ...]) -> bool:
+        return (self.build is build and all(ref() is t for ref, t in zip(self.sources, sources, strict=True))
+                and self.state == _state(sources))
 
 
 def _state(tensors: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
@@ -226,11 +230,11 @@ def _cached(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[
     it on the new device.
     """
     cached = self.__dict__.get(_CACHE_ATTR)
-    if cached is not None and cached.matches(sources):
+    if cached is not None and cached.matches(build, sources):
         return cached.weights
     with torch.no_grad():
         weights = build(self)
-    self.__dict__[_CACHE_ATTR] = _Cache(tuple(weakref.ref(t) for t in sources), _state(sources), weights)
+    self.__dict__[_CACHE_ATTR] = _Cache(build, tuple(weakref.ref(t) for t in sources), _state(sources), weights)
     return weights
 
 
