@@ -10,7 +10,8 @@
 #       the A/B against the base tree on the dense and contiguous cases (step hint_ab), weight gradients beside
 #       DeepGEMM (the cost model's tiles), the BF16 benchmark's contiguous and transposed (MN-major) cases, then
 #       wgrad tiles 152 wide and 144 sharing B; steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
-#       first), moe (`dg-moe bench moe`) and jit (NVRTC against nvcc run times) when named in STEPS.
+#       first), moe (`dg-moe bench moe`), jit (NVRTC against nvcc run times) and tf (transformers against grouped_mm)
+#       when named in STEPS.
 set -uo pipefail
 deadline=$((SECONDS + ${DEADLINE_S:-570}))
 left() { local s=$((deadline - SECONDS - $2)); ((s > $1)) && s=$1; ((s < 1)) && s=1; echo "$s"; }
@@ -58,6 +59,7 @@ for name in $steps; do
       python3 -m dg_moe.cli bench gemm --json '$OUT/bench_gemm.json'" ;;
     moe) step moe "$(left 240 20)" python3 -m dg_moe.cli bench moe --json "$OUT/bench_moe.json" ;;
     jit) step jit "$(left 120 20)" python3 tools/jit_backend_compare.py --run ;;
+    tf) step tf "$(left 300 20)" python3 tools/bench_transformers.py --graph --json "$OUT/bench_transformers.json" ;;
   esac
 done
 for log in $steps; do
