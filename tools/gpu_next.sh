@@ -52,7 +52,7 @@ for name in $steps; do
     hint_ab) step hint_ab "$(left 150 30)" python3 tools/ab_variants.py --family dense,contiguous \
       --base .ab_base/main --json "$OUT/hint_ab.json" ;;
     wgrad) step wgrad "$(left 150 30)" env DG_PRINT_CONFIGS=1 python3 tools/bench_wgrad.py ;;
-    bf16) step bf16 "$(left 160 30)" python3 tools/bench_bf16.py --tile 128x192x2B ;;
+    bf16) step bf16 "$(left 160 30)" python3 tools/bench_bf16.py --tile 128x192x2B --tile 256x128x2 ;;
     wgrad152) step wgrad152 "$(left 80 30)" python3 tools/bench_wgrad.py --block-n 152 ;;
     wgrad144b) step wgrad144b "$(left 70 1)" python3 tools/bench_wgrad.py --block-n 144 --share-b ;;
     gemm) step gemm "$(left 330 20)" sh -c "python3 -m dg_moe.cli bench gemm --warmup >'$OUT/gemm_warmup.log' 2>&1; \
