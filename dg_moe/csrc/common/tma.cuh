@@ -132,7 +132,9 @@ __device__ __forceinline__ void tma_prefetch_tensor_map(const CUtensorMap* map) 
     asm volatile("prefetch.tensormap [%0];" ::"l"(tensor_map_ptr(map)) : "memory");
 }
 
-// Global -> shared; the copied bytes count towards `bar`'s expected transactions.
+// Global -> shared; the copied bytes count towards `bar`'s expected transactions. No L2 cache hint: the
+// evict-normal hint DeepGEMM issues measured no gain here (H100, 24 dense and contiguous cases, geomean
+// 0.3 % slower with it; docs/perf-log.md v21).
 __device__ __forceinline__ void tma_load_2d(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
                                             int32_t c1) {
     asm volatile(
