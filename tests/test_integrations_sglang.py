@@ -258,6 +258,9 @@ def test_dg_moe_refuses_what_it_does_not_compute(runner_backend: None) -> None:
     per_tensor = Fp8MoEMethod(Fp8Config.from_config({"quant_method": "fp8", "activation_scheme": "dynamic"}))
     with pytest.raises(ValueError, match="128x128 block"):
         per_tensor.create_moe_runner(torch.nn.Module(), _runner_config())
+    up_first = type("UpFirstFp8MoEMethod", (Fp8MoEMethod,), {"load_up_proj_weight_first": True})
+    with pytest.raises(ValueError, match="load_up_proj_weight_first"):
+        up_first(Fp8Config.from_config(CHECKPOINT_CONFIG)).create_moe_runner(torch.nn.Module(), _runner_config())
     method = Fp8MoEMethod(Fp8Config.from_config(CHECKPOINT_CONFIG))
     config = _runner_config(swiglu_limit=7.0)
     with pytest.raises(ValueError, match="swiglu_limit"):

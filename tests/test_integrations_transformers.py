@@ -60,6 +60,7 @@ from transformers.models.aria.modeling_aria import AriaExperts  # noqa: E402
 from transformers.quantizers.quantizer_finegrained_fp8 import FineGrainedFP8HfQuantizer  # noqa: E402
 
 import dg_moe.integrations.transformers as adapter  # noqa: E402
+from dg_moe.moe import quantize_expert_weights  # noqa: E402
 from dg_moe.reference.metrics import calc_diff  # noqa: E402
 
 FP8_LOGITS_BOUND = 1e-3  # the issue's bound for FP8 experts
@@ -256,6 +257,23 @@ def test_bf16_quantised_copy_is_cached_and_follows_the_weights():
     assert not any("dg_moe" in key for key in model.state_dict())
 
 
+def test_quantised_copy_follows_weights_given_new_strides():
+    # `param.data = param.data.transpose(1, 2)` keeps the storage, the version counter and, for a square
+    # gate_up_proj (2I = H here), the shape: only the strides tell that every index now holds another value.
+    assert 2 * INTER == HIDDEN
+    model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
+    tokens = _tokens(BATCHES["masked"])
+    experts = _experts_modules(model)[0]
+    _forward(model, tokens)
+    first = adapter.cached_weights(experts)
+    experts.gate_up_proj.data = experts.gate_up_proj.data.transpose(1, 2)
+    _forward(model, tokens)
+    used = adapter.cached_weights(experts)
+    assert used is not first
+    w13, _ = quantize_expert_weights(experts.gate_up_proj.detach())
+    assert torch.equal(used.w13.view(torch.uint8), w13.view(torch.uint8))
+
+
 def test_switching_implementation_on_one_model_rebuilds_the_weights():
     """"dg_moe" (FP8 copies) and "dg_moe_bf16" (the BF16 tensors as they are) on one model, switched back and
     forth: each forward runs its own implementation's weights, with the outputs of a model that only ever
@@ -384,3 +402,20 @@ def test_forward_that_needs_a_gradient_is_refused():
     model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
     with pytest.raises(RuntimeError, match="no backward"):
         model(_tokens(BATCHES["masked"]))
+
+
+@pytest.mark.parametrize("trainable", ["experts", "router"])
+@pytest.mark.parametrize("implementation", [adapter.IMPLEMENTATION, adapter.IMPLEMENTATION_BF16])
+def test_forward_that_needs_a_gradient_behind_frozen_layers_is_refused(implementation: str, trainable: str):
+    # Layers before the experts frozen: hidden_states needs no gradient, but the experts' weights (or the router's,
+    # through top_k_weights) do. eager gives them one; fused_moe has no backward and once dropped it silently.
+    model = _build("qwen3_moe", experts_implementation=implementation)
+    experts = _experts_modules(model)[0]
+    hidden = torch.randn(16, HIDDEN).bfloat16()
+    top_k_index = torch.rand(16, EXPERTS).topk(2, dim=1).indices
+    top_k_weights = torch.rand(16, 2).softmax(dim=1)
+    if trainable == "router":
+        experts.requires_grad_(False)
+        top_k_weights.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="no backward"):
+        experts(hidden, top_k_index, top_k_weights)

@@ -133,6 +133,10 @@ def _create_moe_runner(original: Callable[..., Any], method: Any, layer: torch.n
         raise ValueError(f"--moe-runner-backend {BACKEND} needs FP8 experts quantised per {BLOCK}x{BLOCK} block "
                          f"(weight_block_size [{BLOCK}, {BLOCK}]), got weight_block_size={method.weight_block_size}, "
                          f"mxfp8={method.use_mxfp8}, fp4 experts={method.is_fp4_expert}; {_FALLBACK}")
+    if getattr(method, "load_up_proj_weight_first", False):
+        # Its weight loader would store w13 as [up | gate]: fused_moe would take up for gate, silently.
+        raise ValueError(f"--moe-runner-backend {BACKEND} reads w13 as [gate | up], but this quantisation method "
+                         f"loads it [up | gate] (load_up_proj_weight_first); {_FALLBACK}")
     method.moe_runner_config = moe_runner_config
     method.runner = MoeRunner(backend, moe_runner_config)
     # As SGLang's own branch records it: this method owns its runner (process_weights_after_loading reads it).

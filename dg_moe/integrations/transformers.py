@@ -162,8 +162,9 @@ def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn
          hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
     """``fused_moe`` (``fused_moe_bf16`` for BF16 weights) on the weights ``build`` derives from ``sources``
     (cached), for transformers' arguments."""
-    if torch.is_grad_enabled() and hidden_states.requires_grad:
-        # fused_moe has no backward: its result would silently cut the gradient of every earlier layer.
+    if torch.is_grad_enabled() and _needs_gradient(hidden_states, top_k_weights, *sources):
+        # fused_moe has no backward: its result would silently cut the gradient of every earlier layer, and of
+        # the router and the experts' weights, which need one even when the layers before them are frozen.
         raise RuntimeError(
             f"{type(self).__name__}: experts_implementation='dg_moe' is for inference and has no backward; "
             "run the model under torch.inference_mode() or torch.no_grad() (generate() already does), or "
@@ -189,6 +190,10 @@ def _run(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[[nn
     return out if hidden_states.dim() == 2 else out.reshape(hidden_states.shape)
 
 
+def _needs_gradient(*tensors: torch.Tensor) -> bool:
+    return any(t.requires_grad for t in tensors)
+
+
 def _token_rows(t: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return t if t.dim() == 2 and t.shape[0] == num_tokens else t.reshape(num_tokens, -1)
 
@@ -212,7 +217,8 @@ class _Cache(NamedTuple):
 def _state(tensors: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
     # Storage pointer: `module.to(...)` and `param.data = ...` keep the Parameter and swap its data.
     # Version counter: in-place changes (load_state_dict copies, mul_, ...).
-    return tuple((t.data_ptr(), _version(t), t.device, t.dtype, tuple(t.shape)) for t in tensors)
+    # Strides: `param.data = param.data.transpose(1, 2)` keeps storage, version and (square) shape, not the values.
+    return tuple((t.data_ptr(), _version(t), t.device, t.dtype, tuple(t.shape), t.stride()) for t in tensors)
 
 
 def _version(t: torch.Tensor) -> int:
