@@ -285,12 +285,16 @@ def test_switching_implementation_on_one_model_rebuilds_the_weights():
     assert not torch.equal(alone[adapter.IMPLEMENTATION], alone[adapter.IMPLEMENTATION_BF16])
     model = _build("qwen3_moe", experts_implementation=adapter.IMPLEMENTATION)
     experts = _experts_modules(model)[0]
-    for name in (adapter.IMPLEMENTATION, adapter.IMPLEMENTATION_BF16, adapter.IMPLEMENTATION):
+    used = {}
+    for name in (adapter.IMPLEMENTATION, adapter.IMPLEMENTATION_BF16, adapter.IMPLEMENTATION,
+                 adapter.IMPLEMENTATION_BF16):
         model.set_experts_implementation(name)
         logits = _forward(model, tokens)[0]
         assert torch.equal(logits, alone[name]), name
-        kept = isinstance(adapter.cached_weights(experts), adapter.BF16ExpertWeights)
-        assert kept == (name == adapter.IMPLEMENTATION_BF16)
+        weights = adapter.cached_weights(experts)
+        assert isinstance(weights, adapter.BF16ExpertWeights) == (name == adapter.IMPLEMENTATION_BF16)
+        # Switching back finds the name's own conversion still current: no second quantised copy.
+        assert used.setdefault(name, weights) is weights
 
 
 def test_model_built_under_inference_mode_keeps_its_copy():

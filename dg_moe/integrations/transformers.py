@@ -108,8 +108,8 @@ def cached_weights(module: nn.Module) -> ExpertWeights | BF16ExpertWeights | Non
     """The weights the last ``"dg_moe"``/``"dg_moe_bf16"`` forward of ``module`` ran with, None before its
     first one: the quantised copy of BF16 experts, FP8 experts' own tensors (UE8M0 scales expanded to
     float32), or under ``"dg_moe_bf16"`` the BF16 experts' own tensors (:class:`BF16ExpertWeights`)."""
-    cached = module.__dict__.get(_CACHE_ATTR)
-    return None if cached is None else cached.weights
+    entries = module.__dict__.get(_CACHE_ATTR)
+    return next(reversed(entries.values())).weights if entries else None
 
 
 def bf16_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -199,19 +199,15 @@ def _token_rows(t: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 class _Cache(NamedTuple):
-    """A conversion and what it was built from: the conversion itself (one BF16 module can run under
-    "dg_moe", FP8 copies, or "dg_moe_bf16", its own tensors: switching must rebuild, not reuse the other's),
-    the source tensors (weakly, so that a tensor freed and replaced by another at the same address still
-    counts as new) and their state."""
+    """A conversion's result and what it was built from: the source tensors themselves (weakly, so that a
+    tensor freed and replaced by another at the same address still counts as new) and their state."""
 
-    build: Callable[[nn.Module], Weights]
     sources: tuple[weakref.ref, ...]
     state: tuple[object, ...]
     weights: Weights
 
-    def matches(self, build: Callable[[nn.Module], Weights], sources: tuple[torch.Tensor, ...]) -> bool:
-        return (self.build is build and all(ref() is t for ref, t in zip(self.sources, sources, strict=True))
-                and self.state == _state(sources))
+    def matches(self, sources: tuple[torch.Tensor, ...]) -> bool:
+        return all(ref() is t for ref, t in zip(self.sources, sources, strict=True)) and self.state == _state(sources)
 
 
 def _state(tensors: tuple[torch.Tensor, ...]) -> tuple[object, ...]:
@@ -235,13 +231,16 @@ def _cached(self: nn.Module, sources: tuple[torch.Tensor, ...], build: Callable[
     ``state_dict`` and checkpoints, and ``module.to(...)`` changes the sources' state, which rebuilds
     it on the new device.
     """
-    cached = self.__dict__.get(_CACHE_ATTR)
-    if cached is not None and cached.matches(build, sources):
-        return cached.weights
-    with torch.no_grad():
-        weights = build(self)
-    self.__dict__[_CACHE_ATTR] = _Cache(build, tuple(weakref.ref(t) for t in sources), _state(sources), weights)
-    return weights
+    # One entry per conversion, the last used last: one BF16 module may run under "dg_moe" (FP8 copies) and
+    # "dg_moe_bf16" (its own tensors), and switching names must neither reuse the other's weights nor
+    # rebuild a copy that is still current (about 26 ms a layer at Qwen3-30B-A3B sizes on an H100).
+    entries: dict[Callable[[nn.Module], Weights], _Cache] = self.__dict__.setdefault(_CACHE_ATTR, {})
+    cached = entries.pop(build, None)
+    if cached is None or not cached.matches(sources):
+        with torch.no_grad():
+            cached = _Cache(tuple(weakref.ref(t) for t in sources), _state(sources), build(self))
+    entries[build] = cached
+    return cached.weights
 
 
 def _unsupported(self: nn.Module, reason: str) -> NotImplementedError:
