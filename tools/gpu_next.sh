@@ -9,7 +9,9 @@
 #   call 2 (same machine, warm; carry .whl again, or its install step fails): PHASE=2 bash tools/gpu_next.sh
 #       the A/B against the base tree on the dense and contiguous cases (step hint_ab), weight gradients beside
 #       DeepGEMM (the cost model's tiles), the BF16 benchmark's contiguous and transposed (MN-major) cases, then
-#       wgrad tiles 152 wide and 144 sharing B.
+#       wgrad tiles 152 wide and 144 sharing B; steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
+#       first), moe (`dg-moe bench moe`), jit (NVRTC against nvcc run times) and tf (transformers against grouped_mm)
+#       when named in STEPS.
 set -uo pipefail
 deadline=$((SECONDS + ${DEADLINE_S:-570}))
 left() { local s=$((deadline - SECONDS - $2)); ((s > $1)) && s=$1; ((s < 1)) && s=1; echo "$s"; }
@@ -50,9 +52,14 @@ for name in $steps; do
     hint_ab) step hint_ab "$(left 150 30)" python3 tools/ab_variants.py --family dense,contiguous \
       --base .ab_base/main --json "$OUT/hint_ab.json" ;;
     wgrad) step wgrad "$(left 150 30)" env DG_PRINT_CONFIGS=1 python3 tools/bench_wgrad.py ;;
-    bf16) step bf16 "$(left 100 30)" python3 tools/bench_bf16.py --match contiguous --match dense- ;;
+    bf16) step bf16 "$(left 160 30)" python3 tools/bench_bf16.py --tile 128x192x2B --tile 256x128x2 ;;
     wgrad152) step wgrad152 "$(left 80 30)" python3 tools/bench_wgrad.py --block-n 152 ;;
     wgrad144b) step wgrad144b "$(left 70 1)" python3 tools/bench_wgrad.py --block-n 144 --share-b ;;
+    gemm) step gemm "$(left 330 20)" sh -c "python3 -m dg_moe.cli bench gemm --warmup >'$OUT/gemm_warmup.log' 2>&1; \
+      python3 -m dg_moe.cli bench gemm --json '$OUT/bench_gemm.json'" ;;
+    moe) step moe "$(left 240 20)" python3 -m dg_moe.cli bench moe --json "$OUT/bench_moe.json" ;;
+    jit) step jit "$(left 120 20)" python3 tools/jit_backend_compare.py --run ;;
+    tf) step tf "$(left 300 20)" python3 tools/bench_transformers.py --graph --json "$OUT/bench_transformers.json" ;;
   esac
 done
 for log in $steps; do

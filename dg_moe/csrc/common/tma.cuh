@@ -132,20 +132,15 @@ __device__ __forceinline__ void tma_prefetch_tensor_map(const CUtensorMap* map) 
     asm volatile("prefetch.tensormap [%0];" ::"l"(tensor_map_ptr(map)) : "memory");
 }
 
-// L2 cache policy of the operand loads: evict-normal, as a createpolicy would encode it (the value CUTLASS
-// names CacheHintSm90::EVICT_NORMAL), as DeepGEMM issues its loads. Tried because Nsight saw DeepGEMM reach
-// the L2 with 454 K read requests where our unhinted loads made 743 K for the same 119 MB (M = 128,
-// N = 4096, K = 7168; docs/perf-log.md v19). Measured on an H100 (v21) against the unhinted kernel: no
-// gain (24 dense and contiguous cases, geomean 0.3 % slower, M <= 128 up to 1.5 %), bitwise equal.
-constexpr uint64_t kL2EvictNormal = 0x1000000000000000ull;
-
-// Global -> shared; the copied bytes count towards `bar`'s expected transactions.
+// Global -> shared; the copied bytes count towards `bar`'s expected transactions. No L2 cache hint: the
+// evict-normal hint DeepGEMM issues measured no gain here (H100, 24 dense and contiguous cases, geomean
+// 0.3 % slower with it; docs/perf-log.md v21).
 __device__ __forceinline__ void tma_load_2d(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
                                             int32_t c1) {
     asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
-        "[%0], [%1, {%3, %4}], [%2], %5;" ::"r"(smem_u32(smem_dst)),
-        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "l"(kL2EvictNormal)
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+            smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
         : "memory");
 }
 
@@ -154,9 +149,9 @@ __device__ __forceinline__ void tma_load_2d(const CUtensorMap* map, void* smem_d
 __device__ __forceinline__ void tma_load_2d_multicast(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
                                                       int32_t c1, uint16_t cta_mask) {
     asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        ".L2::cache_hint [%0], [%1, {%4, %5}], [%2], %3, %6;" ::"r"(smem_u32(smem_dst)),
-        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1), "l"(kL2EvictNormal)
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%4, %5}], [%2], %3;" ::"r"(smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1)
         : "memory");
 }
 
@@ -166,18 +161,18 @@ __device__ __forceinline__ void tma_load_2d_multicast(const CUtensorMap* map, vo
 __device__ __forceinline__ void tma_load_3d(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
                                             int32_t c1, int32_t c2) {
     asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
-        "[%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(smem_u32(smem_dst)),
-        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "l"(kL2EvictNormal)
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%3, %4, %5}], [%2];" ::"r"(smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
         : "memory");
 }
 
 __device__ __forceinline__ void tma_load_3d_multicast(const CUtensorMap* map, void* smem_dst, uint64_t* bar, int32_t c0,
                                                       int32_t c1, int32_t c2, uint16_t cta_mask) {
     asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        ".L2::cache_hint [%0], [%1, {%4, %5, %6}], [%2], %3, %7;" ::"r"(smem_u32(smem_dst)),
-        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1), "r"(c2), "l"(kL2EvictNormal)
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%4, %5, %6}], [%2], %3;" ::"r"(smem_u32(smem_dst)),
+        "l"(tensor_map_ptr(map)), "r"(smem_u32(bar)), "h"(cta_mask), "r"(c0), "r"(c1), "r"(c2)
         : "memory");
 }
 

@@ -2,8 +2,9 @@
 operands; BF16 ones priced alike at half the tensor rate and twice the bytes, tiles BF16_BLOCK_NS).
 
 The tile is 128 rows (two math warpgroups) by BLOCK_N 128 or 64 columns (BLOCK_NS); 136, 144 and 152 are
-built for forced runs (BUILT_BLOCK_NS) and not priced yet, except that K-grouped FP8 calls take 128 x 144
-tiles in clusters sharing B by a measured rule (SHARED_B_BLOCK_N). Nothing wider fits the registers (a math thread
+built for forced runs (BUILT_BLOCK_NS) and not priced, but two measured rules take them: K-grouped FP8 calls
+run 128 x 144 tiles in clusters sharing B (SHARED_B_BLOCK_N), and dense FP8 calls run 128 x 152 where that
+saves whole waves of column work (WIDE_BLOCK_N). Nothing wider fits the registers (a math thread
 holds one K block's accumulators, the promoted sums and the block's SFB values: BLOCK_N / 2 + BLOCK_N / 2
 + BLOCK_N / 4 floats, 190 of a 192 budget at 152). Each candidate is priced, as the (1, 128, 128) family's
 model does (dg_moe/kernels/sm90_fp8_gemm/heuristic.py, whose hardware rates this one shares), as the
@@ -46,6 +47,15 @@ loads half of B's rows and multicasts them). H100 (docs/perf-log.md v21, tools/b
 faster than the cost model's 128 x 128 on all six K-grouped DeepSeek-V3 cases (4-32 groups, M 4096 and
 7168); on the eleven dense cases it won five and lost four by more than the 3 % run-to-run spread, so dense
 calls keep the model's tile. BF16 operands keep theirs (a BF16 pair splits B into whole 64-wide chunks)."""
+WIDE_BLOCK_N = 152
+WIDE_MAX_COLUMN_WORK = 0.97
+"""Dense FP8 calls run 128 x WIDE_BLOCK_N tiles when their column work (whole waves of tiles times the tile
+width) is at most WIDE_MAX_COLUMN_WORK of the cost model's tile's. H100 (docs/perf-log.md v21, the eleven
+dense DeepSeek-V3 cases, 152 forced against 128): the two cases this picks gained 11 % (7168 x 2112, 8 -> 6
+waves) and 22 % (576 x 7168, 3 -> 2 waves), and none of the cases it leaves alone would have gained more than
+their 3 % spread except at N = 7168 with many m-blocks (4-9 %, against a predicted 1-2 % loss), which the wave
+count does not explain, so no rule takes those. Where the waves barely drop (7168 x 16384: 0.99 of the work)
+152 measured 4 % slower: a 152-wide tile is not quite 152/128 of a 128-wide one's speed, hence the margin."""
 MAX_STAGES = 8
 ROW_BYTES = 128
 """Bytes of one operand row of a stage: one 128B swizzle span, BLOCK_K FP8 or BLOCK_K / 2 BF16 values."""
@@ -123,7 +133,19 @@ def choose_config(m: int, n: int, k_per_group: int, num_groups: int, num_sms: in
         candidates.append(WgradConfig(BLOCK_M, block_n, stages, smem_bytes(BLOCK_M, block_n, stages, bf16),
                                       predict_us(block_n, m, n, k_per_group, num_groups, num_sms, bf16), bf16))
     # Within 0.1 %: the wider tile (fewer CTAs read each row of A).
-    return min(candidates, key=lambda c: (round(c.predicted_us * 1000) / 1000, -c.block_n))
+    best = min(candidates, key=lambda c: (round(c.predicted_us * 1000) / 1000, -c.block_n))
+    dense_fp8 = not bf16 and not k_grouped and num_groups == 1
+    if dense_fp8 and _column_work(WIDE_BLOCK_N, m, n, num_sms) <= WIDE_MAX_COLUMN_WORK * _column_work(
+            best.block_n, m, n, num_sms):
+        stages = max_stages(BLOCK_M, WIDE_BLOCK_N)
+        return WgradConfig(BLOCK_M, WIDE_BLOCK_N, stages, smem_bytes(BLOCK_M, WIDE_BLOCK_N, stages),
+                           predict_us(WIDE_BLOCK_N, m, n, k_per_group, 1, num_sms))
+    return best
+
+
+def _column_work(block_n: int, m: int, n: int, num_sms: int) -> int:
+    """Whole waves of one dense problem's tiles times the tile width: WIDE_BLOCK_N's rule."""
+    return ceil_div(ceil_div(m, BLOCK_M) * ceil_div(n, block_n), num_sms) * block_n
 
 
 def print_config_if_asked(name: str, shape: str, config: WgradConfig) -> None:
