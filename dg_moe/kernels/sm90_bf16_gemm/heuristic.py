@@ -59,6 +59,15 @@ SHARED_B_MIN_ROWS = 256
 pairs m-blocks within one group). H100, 32 groups x 256 rows, 7168 x 2048: 128 x 256 sharing B 452.8 us
 against 478.1 unshared, bitwise equal (perf-log v19); the K >= 4096 bound the FP8 family needs did not
 carry over."""
+SHARED_B_BLOCK_N = 192
+SHARED_B_MAX_K = 2048
+"""Dense and prefix-sum contiguous calls of at least SHARED_B_MIN_ROWS rows (per group) and a wave of such
+tiles run 128 x SHARED_B_BLOCK_N tiles sharing B where K <= SHARED_B_MAX_K, or where the cost model picks
+128 x 192 anyway (N = 2112). H100, tools/bench_bf16.py beside the model's tiles in one run (perf-log v22):
+4096 x 24576 x 1536 435.1 us against 457.0 (128 x 256), 32 x 256 rows at 7168 x 2048 422.3 against 459.5
+(128 x 256 sharing B), 4096 x 2112 x 7168 174.1 against 197.8 (128 x 192); at K = 7168 with a 256-wide
+choice it lost (4096 x 4096: 365.4 against 325.9; 8 x 512 rows: 384.0 against 365.4), so those keep the
+model's tile. An MN-major B keeps it too (a pair splits B into whole 128-wide chunks)."""
 
 
 def _round_up(x: int, y: int) -> int:
@@ -160,8 +169,18 @@ def config_for(gemm_type: GemmType, rows_hint: int, n: int, k: int, num_groups: 
     block_ns = MN_MAJOR_BLOCK_NS if majors.b_mn else BLOCK_NS
     chosen = choose_config(rows, n, k, num_groups, num_sms, max_block_m=max_block_m, epilogue=epilogue,
                            block_ns=block_ns)
-    if gemm_type == GemmType.CONTIGUOUS_PSUM and rows >= SHARED_B_MIN_ROWS and chosen.block_m == 128 \
-            and num_sms % 2 == 0 and not (majors.b_mn and chosen.block_n % 128 != 0):
+    pairs = rows >= SHARED_B_MIN_ROWS and num_sms % 2 == 0
+    # At least a wave of the shared tiles: fewer (M = 256 against N = 7168: 76) leave SMs the model's
+    # narrower choice would fill.
+    wave = num_groups * ceil_div(rows, 128) * ceil_div(n, SHARED_B_BLOCK_N) >= num_sms
+    if pairs and wave and gemm_type in (GemmType.NORMAL, GemmType.CONTIGUOUS_PSUM) and not majors.b_mn and (
+            k <= SHARED_B_MAX_K or (chosen.block_m, chosen.block_n) == (128, SHARED_B_BLOCK_N)):
+        stages = max_stages(128, SHARED_B_BLOCK_N, epilogue)
+        return GemmConfig(128, SHARED_B_BLOCK_N, stages, 2, smem_bytes(128, SHARED_B_BLOCK_N, stages, epilogue),
+                          predict_us(128, SHARED_B_BLOCK_N, rows, n, k, num_groups, num_sms, epilogue),
+                          multicast_b=True)
+    if gemm_type == GemmType.CONTIGUOUS_PSUM and pairs and chosen.block_m == 128 \
+            and not (majors.b_mn and chosen.block_n % 128 != 0):
         return GemmConfig(chosen.block_m, chosen.block_n, chosen.num_stages, 2, chosen.smem_bytes,
                           chosen.predicted_us, multicast_b=True)
     return chosen
