@@ -35,7 +35,8 @@ from dg_moe.kernels.sm90_fp8_gemm.heuristic import GemmConfig
 # (kind, M or rows per group, N, K, groups)
 CASES = [
     ("dense", 4096, 4096, 7168, 1), ("dense", 4096, 2112, 7168, 1), ("dense", 128, 7168, 2048, 1),
-    ("dense", 4096, 24576, 1536, 1), ("contiguous", 512, 4096, 7168, 8), ("contiguous", 256, 7168, 2048, 32),
+    ("dense", 4096, 24576, 1536, 1), ("dense", 4096, 32768, 512, 1), ("dense", 4096, 7168, 2048, 1),
+    ("contiguous", 512, 4096, 7168, 8), ("contiguous", 256, 7168, 2048, 32),
     ("masked", 64, 4096, 7168, 16), ("masked", 4, 7168, 2048, 64),
     ("dense-nn", 4096, 4096, 7168, 1), ("dense-tn", 4096, 4096, 7168, 1), ("dense-tt", 4096, 4096, 7168, 1),
     ("dense-nn", 128, 7168, 2048, 1), ("contiguous-nn", 512, 4096, 7168, 8),
