@@ -86,7 +86,7 @@ def per_token_cast_to_fp8_unchecked(x: torch.Tensor, use_ue8m0: bool = False, gr
 
     ``mn_major_scales``: the scales come in the MN-major, TMA-aligned layout the SM90 GEMMs read (strides
     ``(1, align(M, 4))``, as ``get_mn_major_tma_aligned_tensor``), same values: a GEMM on them then copies
-    nothing (fused_moe's shared expert; the conversion cost a copy kernel and ~15 us of host time a call)."""
+    nothing (fused_moe's shared expert: the conversion was a layout check, an allocation and a copy kernel a call)."""
     m, k = x.shape
     padded_k = align(k, gran_k)
     if padded_k == k and x.is_contiguous():
