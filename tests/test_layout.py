@@ -36,6 +36,56 @@ def test_per_token_cast_matches_blockwise_loop(m, k, use_ue8m0):
             assert torch.equal(x_fp8[i, j * 128:(j + 1) * 128].view(torch.uint8), q.view(torch.uint8))
 
 
+def _with_specials(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, float("-inf")])
+    x[-1, -3:] = torch.tensor([-0.0, 0.0, 1e-30])
+    return x
+
+
+@pytest.mark.parametrize("k", [128, 1024, 200, 1000])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("use_ue8m0", [False, True])
+def test_per_token_cast_skips_the_padded_copy_bit_for_bit(k, dtype, use_ue8m0):
+    """A contiguous x of whole 128-column blocks is quantised in place, without the zero-padded copy the other
+    inputs go through: both give the same bytes. K % 128 == 0: x against a column slice of a wider buffer
+    (not contiguous, so copied); K % 128 != 0: x (copied) against x zero-padded to whole blocks (in place)."""
+    x = _with_specials(_rand(33, k, seed=k + 7, dtype=dtype))
+    padded_k = ceil_div(k, 128) * 128
+    if k == padded_k:
+        other = torch.full((33, k + 128), 3.0, dtype=dtype)
+        other[:, :k] = x
+        other = other[:, :k]
+        assert not other.is_contiguous()
+    else:
+        other = torch.zeros(33, padded_k, dtype=dtype)
+        other[:, :k] = x
+    got, want = layout.per_token_cast_to_fp8(x, use_ue8m0=use_ue8m0), layout.per_token_cast_to_fp8(other, use_ue8m0)
+    assert got[0].is_contiguous() and want[0].is_contiguous() and got[1].is_contiguous()
+    assert torch.equal(got[0].view(torch.uint8), want[0][:, :k].view(torch.uint8))
+    assert torch.equal(got[1].view(torch.int32), want[1].view(torch.int32))
+
+
+@pytest.mark.parametrize("m,k", [(1, 256), (3, 1024), (4, 200), (65, 896)])
+@pytest.mark.parametrize("use_ue8m0", [False, True])
+def test_per_token_cast_mn_major_scales_are_the_same_bits_in_the_gemm_layout(m, k, use_ue8m0):
+    """mn_major_scales (fused_moe's shared-expert tokens): the same codes and scale bits as the row-major
+    default, in the layout get_mn_major_tma_aligned_tensor gives, so the GEMM's conversion is a no-op."""
+    from dg_moe.layout.quant import per_token_cast_to_fp8_unchecked
+    from dg_moe.layout.scale_factors import is_mn_major_tma_aligned, sf_in_kernel_layout
+
+    x = _with_specials(_rand(m, k, seed=m + k))
+    want_x, want_sf = per_token_cast_to_fp8_unchecked(x, use_ue8m0)
+    got_x, got_sf = per_token_cast_to_fp8_unchecked(x, use_ue8m0, mn_major_scales=True)
+    assert torch.equal(got_x.view(torch.uint8), want_x.view(torch.uint8))
+    assert torch.equal(got_sf.view(torch.int32), want_sf.view(torch.int32))
+    converted = layout.get_mn_major_tma_aligned_tensor(want_sf)
+    assert got_sf.stride() == converted.stride()
+    assert got_sf.untyped_storage().nbytes() == converted.untyped_storage().nbytes()
+    assert is_mn_major_tma_aligned(got_sf)
+    assert sf_in_kernel_layout(got_sf, True, got_sf.shape[1]) is got_sf
+
+
 @pytest.mark.parametrize("n,k", [(128, 128), (300, 700), (576, 7168)])
 @pytest.mark.parametrize("use_ue8m0", [False, True])
 def test_per_block_cast_matches_blockwise_loop(n, k, use_ue8m0):

@@ -482,3 +482,41 @@ def test_backend_env_selects_the_implementation(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         enabled(torch.device("cpu"))
+
+
+class _FakeCudaTensor:
+    """What _launch_device reads of a CUDA tensor on GPU ``index`` (a CPU build has none to make)."""
+
+    is_cuda = True
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def get_device(self) -> int:
+        return self.index
+
+
+@pytest.mark.parametrize("current,target", [(0, 0), (1, 1), (0, 1), (1, 0)])
+def test_launch_device_switches_only_when_the_device_differs(monkeypatch, current, target):
+    """A launch for a tensor on the current GPU enters no device context; one on another GPU makes that GPU
+    current for the launch and restores the previous one after it."""
+    selected = [current]
+    exchanges = []
+
+    def exchange(index: int) -> int:
+        exchanges.append(index)
+        previous, selected[0] = selected[0], index
+        return previous
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: selected[0])
+    monkeypatch.setattr(torch.cuda, "_exchange_device", exchange)
+    monkeypatch.setattr(torch.cuda, "_maybe_exchange_device", exchange)
+    with _kernels._launch_device(_FakeCudaTensor(target)):
+        assert selected[0] == target
+    assert selected[0] == current
+    assert exchanges == ([] if current == target else [target, current])
+
+
+def test_launch_device_asks_nothing_of_cuda_for_cpu_tensors(cuda_untouchable):
+    with _kernels._launch_device(torch.empty(1)):
+        pass

@@ -99,6 +99,35 @@ def test_layout_kernels_read_no_padding(monkeypatch, poisoned_empty):
     assert calc_diff(masked, loop_moe(hidden, lay, ids, weights, rsf)) < LIMIT
 
 
+@pytest.mark.parametrize("backend", [
+    "torch",
+    pytest.param("triton", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                                    reason="runs the layout kernels in the interpreter")),
+])
+def test_shared_expert_tokens_with_mn_major_scales_change_no_bit(monkeypatch, backend):
+    """fused_moe quantises the shared expert's tokens with MN-major scales (the GEMM's layout, so it copies
+    nothing); the routing reads them in any strides. Row-major scales, as before, give the same bits."""
+    from dg_moe.moe import fused as fused_module
+
+    monkeypatch.setenv(BACKEND_ENV, backend)
+    quantise = fused_module.per_token_cast_to_fp8_unchecked
+    strides = []
+
+    def row_major(x, *args, mn_major_scales=False):
+        tokens = quantise(x, *args, mn_major_scales=mn_major_scales)
+        strides.append(tokens[1].stride())
+        return quantise(x, *args) if row_major.on else tokens
+
+    monkeypatch.setattr(fused_module, "per_token_cast_to_fp8_unchecked", row_major)
+    lay, hidden, ids, weights, rsf = _case("batch96_top2_empty_experts_shared", seed=13)
+    for mode in ("contiguous", "masked"):
+        row_major.on = False
+        got = _run(lay, hidden, ids, weights, rsf, mode=mode)
+        row_major.on = True
+        assert torch.equal(got, _run(lay, hidden, ids, weights, rsf, mode=mode))
+    assert strides == [(1, 96)] * 4
+
+
 def test_weights_in_bf16_and_int32_ids():
     lay, hidden, ids, weights, rsf = _case("batch96_top2_empty_experts_shared", seed=7)
     out = _run(lay, hidden, ids.int(), weights.bfloat16(), rsf, mode="masked")

@@ -75,9 +75,18 @@ def _module() -> ModuleType:
     return _triton_kernels
 
 
+_NO_SWITCH = contextlib.nullcontext()  # stateless, so one instance serves every launch
+
+
 def _launch_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    # Triton launches on the current device; make the tensor's device current for the launch.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    # Triton launches on the current device; make the tensor's device current for the launch. Almost every
+    # launch finds it current already, and torch.cuda.device() then still costs a context object, an index
+    # parse and two device exchanges (~1.9 us a launch against ~0.6 us for this check, timed on CPU with
+    # fakes for the CUDA calls), so it is entered only when the device differs, as the GEMM launchers do.
+    if not t.is_cuda:
+        return _NO_SWITCH
+    index = t.get_device()
+    return _NO_SWITCH if index == torch.cuda.current_device() else torch.cuda.device(index)
 
 
 def mn_major_storage(groups: int, rows: int, num_blocks: int, device: torch.device, *, pad: bool = True,

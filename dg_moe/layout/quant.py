@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .math import align, ceil_to_ue8m0, pack_ue8m0_to_int_unchecked
+from .scale_factors import get_tma_aligned_size
 
 FP8_E4M3_MAX = 448.0
 _AMAX_FLOOR = 1e-4
@@ -32,15 +33,19 @@ def _check_gran_k(gran_k: object, fn: str) -> None:
         raise ValueError(f"{fn}: gran_k must be > 0 (128 for SM90's recipes), got {gran_k}")
 
 
-def _scale_from_amax(amax: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
+def _scale_from_amax(amax: torch.Tensor, use_ue8m0: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     # Divided by a tensor, not by the Python number: on CUDA, torch turns division by a CPU scalar into a
     # multiplication by its float32 reciprocal (aten's div_true_kernel_cuda), which differs from the IEEE
     # quotient in the last bit for about half of all amax values; the CPU divides. A device tensor divisor
     # takes the true division everywhere, so the scales (and the codes) are the same bits on any device,
     # and the same as the Triton kernels' div_rn (dg_moe/layout/_triton_kernels.py).
+    # ``out``: where the scales go (any strides), e.g. the MN-major layout the GEMMs read.
     amax = amax.clamp(min=_AMAX_FLOOR)
-    sf = amax / amax.new_full((), FP8_E4M3_MAX)
-    return ceil_to_ue8m0(sf) if use_ue8m0 else sf
+    divisor = amax.new_full((), FP8_E4M3_MAX)
+    if use_ue8m0:
+        sf = ceil_to_ue8m0(amax / divisor)
+        return sf if out is None else out.copy_(sf)
+    return torch.div(amax, divisor, out=out)  # the same division, written where out points
 
 
 def per_token_cast_to_fp8(
@@ -67,16 +72,33 @@ def per_token_cast_to_fp8(
     return x_fp8, pack_ue8m0_to_int_unchecked(sf_padded)
 
 
-def per_token_cast_to_fp8_unchecked(x: torch.Tensor, use_ue8m0: bool = False,
-                                    gran_k: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def _mn_major_scales(m: int, num_blocks: int, device: torch.device) -> torch.Tensor:
+    # float32 [M, Kb], strides (1, A), A = align(M, 4), over a [Kb, A] storage: get_mn_major_tma_aligned_tensor's
+    # layout, made with two views where that conversion takes four.
+    aligned = get_tma_aligned_size(m, 4)
+    return torch.empty((num_blocks, aligned), dtype=torch.float32, device=device).t()[:m]
+
+
+def per_token_cast_to_fp8_unchecked(x: torch.Tensor, use_ue8m0: bool = False, gran_k: int = 128, *,
+                                    mn_major_scales: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`per_token_cast_to_fp8` (float32 scales) on an ``x`` the caller has already validated as a
-    2-D bf16/fp16/fp32 tensor (``fused_moe`` and the layout ops do): no check runs."""
+    2-D bf16/fp16/fp32 tensor (``fused_moe`` and the layout ops do): no check runs.
+
+    ``mn_major_scales``: the scales come in the MN-major, TMA-aligned layout the SM90 GEMMs read (strides
+    ``(1, align(M, 4))``, as ``get_mn_major_tma_aligned_tensor``), same values: a GEMM on them then copies
+    nothing (fused_moe's shared expert: the conversion was a layout check, an allocation and a copy kernel a call)."""
     m, k = x.shape
     padded_k = align(k, gran_k)
-    padded = x.new_zeros((m, padded_k))
-    padded[:, :k] = x
+    if padded_k == k and x.is_contiguous():
+        # Already whole blocks (every SM90 caller: H and I are multiples of 128): the zero-filled copy would
+        # cost an allocation and two device kernels a call for the same values, bit for bit.
+        padded = x
+    else:
+        padded = x.new_zeros((m, padded_k))
+        padded[:, :k] = x
     blocks = padded.view(m, padded_k // gran_k, gran_k)
-    sf = _scale_from_amax(blocks.abs().float().amax(dim=2), use_ue8m0)
+    out = _mn_major_scales(m, padded_k // gran_k, x.device) if mn_major_scales else None
+    sf = _scale_from_amax(blocks.abs().float().amax(dim=2), use_ue8m0, out)
     x_fp8 = (blocks * (1.0 / sf.unsqueeze(2))).to(torch.float8_e4m3fn)
     return x_fp8.view(m, padded_k)[:, :k].contiguous(), sf
 

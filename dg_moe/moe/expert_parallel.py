@@ -200,7 +200,7 @@ def _unpack(rows: torch.Tensor, columns: list[tuple[torch.dtype, int]]) -> list[
     """The inverse of :func:`_pack`: (dtype, width) per column, each returned contiguous."""
     out, start = [], 0
     for dtype, width in columns:
-        nbytes = width * torch.empty((), dtype=dtype).element_size()
+        nbytes = width * dtype.itemsize  # not a throwaway CPU tensor's element_size(): ~1.6 us a column
         out.append(rows[:, start:start + nbytes].contiguous().view(dtype))
         start += nbytes
     return out

@@ -161,8 +161,9 @@ def fused_moe_layer(hidden: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Te
     dims = layer_checks.fused_moe_args(fn, hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights, mode, max_m,
                               routed_scaling_factor, shared_expert)
     # The routing kernels quantise each row where it lands; only the shared expert needs the FP8 copy of
-    # every token, and then that one copy feeds the routing too.
-    tokens = hidden if shared_expert is None else per_token_cast_to_fp8_unchecked(hidden)
+    # every token, and then that one copy feeds the routing too. Its scales come MN-major, the layout the
+    # shared expert's GEMM reads (the routing reads any strides), so no call converts them.
+    tokens = hidden if shared_expert is None else per_token_cast_to_fp8_unchecked(hidden, mn_major_scales=True)
     out, overflow = _routed_experts(fn, tokens, (w13, w13_scale), (w2, w2_scale), topk_ids, topk_weights,
                                     dims.num_tokens, mode, max_m, routed_scaling_factor, gemms)
     if shared_expert is not None:
