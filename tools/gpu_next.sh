@@ -7,11 +7,11 @@
 #   call 1 (fresh machine; carry .whl .peer .ab_base):  PHASE=1 bash tools/gpu_next.sh
 #       DeepGEMM's build beside the whole GPU suite of this tree (every kernel change ends with it).
 #   call 2 (same machine, warm; carry .whl again, or its install step fails): PHASE=2 bash tools/gpu_next.sh
-#       the A/B against the base tree on the dense and contiguous cases (step hint_ab), weight gradients beside
-#       DeepGEMM (the cost model's tiles), the BF16 benchmark's contiguous and transposed (MN-major) cases, then
-#       wgrad tiles 152 wide and 144 sharing B; steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
-#       first), moe (`dg-moe bench moe`), jit (NVRTC against nvcc run times) and tf (transformers against grouped_mm)
-#       when named in STEPS.
+#       by default the BF16 benchmark with its forced tiles (bf16), transformers against grouped_mm (tf) and
+#       NVRTC against nvcc run times (jit); STEPS may name others: the A/B against the base tree on the dense
+#       and contiguous cases (hint_ab), weight gradients beside DeepGEMM (wgrad), wgrad tiles 152 wide and 144
+#       sharing B (wgrad152, wgrad144b); steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
+#       first) and moe (`dg-moe bench moe`).
 set -uo pipefail
 deadline=$((SECONDS + ${DEADLINE_S:-570}))
 left() { local s=$((deadline - SECONDS - $2)); ((s > $1)) && s=$1; ((s < 1)) && s=1; echo "$s"; }
@@ -46,7 +46,13 @@ fi
 
 export PYTHONPATH=$PEER/src:$PYTHONPATH CUDA_HOME=/usr/local/cuda DG_JIT_CACHE_DIR=/tmp/dg_jit_cache
 export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
-steps=${STEPS:-hint_ab wgrad bf16 wgrad152 wgrad144b}
+# A call that carries .peer replaces the copy the first call built (v22 lost its DeepGEMM that way): build
+# it again where it does not import (about 60 s).
+if ! python3 -c "import deep_gemm" >/dev/null 2>&1; then
+  bash "$PEER/build.sh" >"$OUT/peer_build.log" 2>&1
+  tail -n 1 "$OUT/peer_build.log"
+fi
+steps=${STEPS:-bf16 tf jit}
 for name in $steps; do
   case $name in
     hint_ab) step hint_ab "$(left 150 30)" python3 tools/ab_variants.py --family dense,contiguous \
