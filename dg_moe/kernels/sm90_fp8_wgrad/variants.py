@@ -27,8 +27,12 @@ class WgradType(enum.Enum):
 
 def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
                bf16: bool = False) -> WgradConfig:
-    """The cost model's configuration for one call shape of ``wgrad_type`` (K-grouped layouts take the
-    K-grouped rule, heuristic.SHARED_B_BLOCK_N)."""
+    """The cost model's configuration for one call shape of ``wgrad_type``: [m, n] outputs, ``num_groups`` of
+    them over ``k_per_group`` (mean) K rows each, FP8 or (``bf16``) BF16 operands; K-grouped layouts take
+    the K-grouped rule (heuristic.SHARED_B_BLOCK_N)."""
+    if not isinstance(wgrad_type, WgradType):
+        raise TypeError(f"config_for: wgrad_type must be a WgradType ({', '.join(t.name for t in WgradType)}), "
+                        f"got {wgrad_type!r}")
     return choose_config(m, n, k_per_group, num_groups, num_sms, bf16, k_grouped=wgrad_type != WgradType.NORMAL)
 
 
