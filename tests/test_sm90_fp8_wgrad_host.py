@@ -29,7 +29,7 @@ from dg_moe.kernels.sm90_fp8_wgrad.heuristic import (
     smem_bytes,
 )
 from dg_moe.kernels.sm90_fp8_wgrad.host_constants import PARAMS_BYTES
-from dg_moe.kernels.sm90_fp8_wgrad.variants import WgradType, deepseek_v3_variants, template_args
+from dg_moe.kernels.sm90_fp8_wgrad.variants import WgradType, config_for, deepseek_v3_variants, template_args
 from dg_moe.layout.math import ceil_div
 from dg_moe.reference.common import RECIPE_1D1D
 
@@ -76,6 +76,16 @@ def test_dense_fp8_calls_take_152_wide_tiles_where_they_save_waves(m, n, waves_1
     assert choose_config(7168, 16384, 4096, 1, 132).block_n == 128
     assert choose_config(m, n, 4096, 1, 132, bf16=True).block_n in (64, 128)
     assert choose_config(m, n, 4096, 3, 132).block_n in (64, 128)
+
+
+def test_config_for_takes_the_k_grouped_rule_for_k_grouped_layouts_only() -> None:
+    assert config_for(WgradType.NORMAL, 4096, 7168, 4096, 1, 132) == choose_config(4096, 7168, 4096, 1, 132)
+    for wgrad_type in (WgradType.K_GROUPED, WgradType.K_GROUPED_PSUM):
+        config = config_for(wgrad_type, 4096, 7168, 4096, 8, 132)
+        assert config == choose_config(4096, 7168, 4096, 8, 132, k_grouped=True) and config.share_b
+    assert config_for(WgradType.K_GROUPED, 4096, 7168, 4096, 8, 132, bf16=True).bf16
+    with pytest.raises(TypeError, match="wgrad_type must be a WgradType"):
+        config_for("KGrouped", 4096, 7168, 4096, 8, 132)
 
 
 def test_a_problem_under_one_wave_takes_narrower_tiles() -> None:

@@ -36,7 +36,8 @@ from ..kernels import sm90_bf16_gemm
 from ..kernels.sm90_fp8_gemm import FAMILY, GemmType
 from ..kernels.sm90_fp8_gemm.variants import VariantSet
 from ..kernels.sm90_fp8_wgrad import FAMILY as WGRAD_FAMILY
-from ..kernels.sm90_fp8_wgrad import WgradType, choose_config
+from ..kernels.sm90_fp8_wgrad import WgradType
+from ..kernels.sm90_fp8_wgrad import config_for as wgrad_config_for
 from ..kernels.sm90_fp8_wgrad import template_args as wgrad_template_args
 from ..layout.math import align
 from .hints import expected_rows_per_expert, masked_rows_hint
@@ -78,8 +79,7 @@ def layer_wgrad_variants(shape: MoEShape, batches: Iterable[int], num_sms: int,
     found: dict[tuple, dict[str, int | str]] = {}
 
     def add(wgrad_type: WgradType, m: int, n: int, k: int, groups: int) -> None:
-        config = choose_config(m, n, k, groups, num_sms, bf16, k_grouped=wgrad_type != WgradType.NORMAL)
-        args = wgrad_template_args(wgrad_type, config, n)
+        args = wgrad_template_args(wgrad_type, wgrad_config_for(wgrad_type, m, n, k, groups, num_sms, bf16), n)
         found.setdefault(tuple(sorted(args.items())), args)
 
     for tokens in batches:

@@ -12,6 +12,6 @@ BF16 ones (the K-grouped BF16 op): the host side of one kernel family.
 
 from .heuristic import WgradConfig, choose_config
 from .launcher import register
-from .variants import FAMILY, WgradType, template_args
+from .variants import FAMILY, WgradType, config_for, template_args
 
-__all__ = ["FAMILY", "WgradConfig", "WgradType", "choose_config", "register", "template_args"]
+__all__ = ["FAMILY", "WgradConfig", "WgradType", "choose_config", "config_for", "register", "template_args"]

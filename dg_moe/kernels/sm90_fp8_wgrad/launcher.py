@@ -35,8 +35,9 @@ from ...reference.common import RECIPE_1D1D
 from ..bound_entries import Entry, bind_host_entry, cached_entry
 from ..sm90_fp8_gemm.constants import BLOCK_K
 from .cubin_entry import CubinEntry, Variant
-from .heuristic import WgradConfig, choose_config, print_config_if_asked
+from .heuristic import WgradConfig, print_config_if_asked
 from .variants import FAMILY, WgradType, template_args
+from .variants import config_for as variant_config
 
 _ENTRY = "dg_moe_sm90_fp8_wgrad"
 _U64, _U32, _PTR = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
@@ -50,7 +51,7 @@ _entries: dict[tuple[WgradType, int, int, int, int, int, bool], Entry] = {}
 def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
                bf16: bool = False) -> WgradConfig:
     """The variant one call shape runs (the cost model's choice; a seam for tests that force one)."""
-    return choose_config(m, n, k_per_group, num_groups, num_sms, bf16, k_grouped=wgrad_type != WgradType.NORMAL)
+    return variant_config(wgrad_type, m, n, k_per_group, num_groups, num_sms, bf16)
 
 
 def bind(wgrad_type: WgradType, config: WgradConfig, n: int) -> Entry:

@@ -25,6 +25,17 @@ class WgradType(enum.Enum):
         return f"dg_moe::sm90_fp8_wgrad::WgradType::{self.value}"
 
 
+def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
+               bf16: bool = False) -> WgradConfig:
+    """The cost model's configuration for one call shape of ``wgrad_type``: [m, n] outputs, ``num_groups`` of
+    them over ``k_per_group`` (mean) K rows each, FP8 or (``bf16``) BF16 operands; K-grouped layouts take
+    the K-grouped rule (heuristic.SHARED_B_BLOCK_N)."""
+    if not isinstance(wgrad_type, WgradType):
+        raise TypeError(f"config_for: wgrad_type must be a WgradType ({', '.join(t.name for t in WgradType)}), "
+                        f"got {wgrad_type!r}")
+    return choose_config(m, n, k_per_group, num_groups, num_sms, bf16, k_grouped=wgrad_type != WgradType.NORMAL)
+
+
 def template_args(wgrad_type: WgradType, config: WgradConfig, n: int) -> dict[str, int | str]:
     """The JIT template arguments of one variant: N, the tiling, layout and operand type (``config.bf16``),
     then the host constants (:mod:`.host_constants`) that the launch file static_asserts. M and K are
@@ -53,8 +64,7 @@ def deepseek_v3_variants(num_sms: int = 132) -> list[dict[str, int | str]]:
     found: dict[tuple, dict[str, int | str]] = {}
 
     def add(wgrad_type: WgradType, m: int, n: int, k: int, groups: int) -> None:
-        config = choose_config(m, n, k, groups, num_sms, k_grouped=wgrad_type != WgradType.NORMAL)
-        args = template_args(wgrad_type, config, n)
+        args = template_args(wgrad_type, config_for(wgrad_type, m, n, k, groups, num_sms), n)
         found.setdefault(tuple(sorted(args.items())), args)
 
     for m, n in DEEPSEEK_V3_DENSE_MN:
