@@ -11,7 +11,8 @@
 #       NVRTC against nvcc run times (jit); STEPS may name others: the A/B against the base tree on the dense
 #       and contiguous cases (hint_ab), weight gradients beside DeepGEMM (wgrad), wgrad tiles 152 wide and 144
 #       sharing B (wgrad152, wgrad144b); steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
-#       first) and moe (`dg-moe bench moe`).
+#       first) and moe (`dg-moe bench moe`); Nsight Compute on both libraries' kernels of issue 15's worst
+#       cases (ncu: summary metrics and stall reasons; ncusrc: per-instruction stall samples as CSV).
 set -uo pipefail
 deadline=$((SECONDS + ${DEADLINE_S:-570}))
 left() { local s=$((deadline - SECONDS - $2)); ((s > $1)) && s=$1; ((s < 1)) && s=1; echo "$s"; }
@@ -66,6 +67,10 @@ for name in $steps; do
     moe) step moe "$(left 240 20)" python3 -m dg_moe.cli bench moe --json "$OUT/bench_moe.json" ;;
     jit) step jit "$(left 120 20)" python3 tools/jit_backend_compare.py --run ;;
     tf) step tf "$(left 300 20)" python3 tools/bench_transformers.py --graph --json "$OUT/bench_transformers.json" ;;
+    ncu) step ncu "$(left 300 20)" sh -c 'for c in "M=4096 N=4096 K=7168" "M=4096 N=7168 K=16384" \
+      "G=32 rows/g=256 N=7168 K=2048" "M=128 N=4096 K=7168"; do echo "#### $c"; bash tools/ncu_case.sh "$c"; done' ;;
+    ncusrc) step ncusrc "$(left 200 20)" sh -c 'bash tools/ncu_source.sh src_dense4096 "M=4096 N=4096 K=7168"; \
+      bash tools/ncu_source.sh src_m128 "M=128 N=4096 K=7168"' ;;
   esac
 done
 for log in $steps; do
