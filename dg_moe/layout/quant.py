@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .math import align, ceil_to_ue8m0, pack_ue8m0_to_int_unchecked
-from .scale_factors import get_tma_aligned_size
+from .scale_factors import empty_mn_major
 
 FP8_E4M3_MAX = 448.0
 _AMAX_FLOOR = 1e-4
@@ -72,13 +72,6 @@ def per_token_cast_to_fp8(
     return x_fp8, pack_ue8m0_to_int_unchecked(sf_padded)
 
 
-def _mn_major_scales(m: int, num_blocks: int, device: torch.device) -> torch.Tensor:
-    # float32 [M, Kb], strides (1, A), A = align(M, 4), over a [Kb, A] storage: get_mn_major_tma_aligned_tensor's
-    # layout, made with two views where that conversion takes four.
-    aligned = get_tma_aligned_size(m, 4)
-    return torch.empty((num_blocks, aligned), dtype=torch.float32, device=device).t()[:m]
-
-
 def per_token_cast_to_fp8_unchecked(x: torch.Tensor, use_ue8m0: bool = False, gran_k: int = 128, *,
                                     mn_major_scales: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`per_token_cast_to_fp8` (float32 scales) on an ``x`` the caller has already validated as a
@@ -97,7 +90,7 @@ def per_token_cast_to_fp8_unchecked(x: torch.Tensor, use_ue8m0: bool = False, gr
         padded = x.new_zeros((m, padded_k))
         padded[:, :k] = x
     blocks = padded.view(m, padded_k // gran_k, gran_k)
-    out = _mn_major_scales(m, padded_k // gran_k, x.device) if mn_major_scales else None
+    out = empty_mn_major(1, m, padded_k // gran_k, x, torch.float32)[0] if mn_major_scales else None
     sf = _scale_from_amax(blocks.abs().float().amax(dim=2), use_ue8m0, out)
     x_fp8 = (blocks * (1.0 / sf.unsqueeze(2))).to(torch.float8_e4m3fn)
     return x_fp8.view(m, padded_k)[:, :k].contiguous(), sf

@@ -44,7 +44,9 @@ def _is_mn_major_aligned(sf: torch.Tensor) -> bool:
     )
 
 
-def _empty_mn_major(g: int, mn: int, k: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def empty_mn_major(g: int, mn: int, k: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised ``dtype`` [g, mn, k] on ``like``'s device in the MN-major, TMA-aligned layout the SM90
+    GEMMs read: strides ``(k * A, 1, A)``, A = mn aligned to 16 bytes."""
     # dtype.itemsize, not a throwaway CPU tensor's element_size(): that cost ~1.6 us a call (CPU timing).
     aligned_mn = get_tma_aligned_size(mn, dtype.itemsize)
     return torch.empty((g, k, aligned_mn), dtype=dtype, device=like.device).transpose(1, 2)[:, :mn, :]
@@ -72,7 +74,7 @@ def _mn_major(sf: torch.Tensor) -> torch.Tensor:
         return sf
     batched, squeeze = _as_batched(sf, "get_mn_major_tma_aligned_tensor")
     g, mn, k = batched.shape
-    out = _empty_mn_major(g, mn, k, batched, batched.dtype)
+    out = empty_mn_major(g, mn, k, batched, batched.dtype)
     out.copy_(batched)
     return out.squeeze(0) if squeeze else out
 
@@ -106,7 +108,7 @@ def get_mn_major_tma_aligned_packed_ue8m0_tensor(sf: torch.Tensor) -> torch.Tens
     padded = batched.new_ones((g, mn, align(k, 4)))
     padded[:, :, :k] = batched
     packed = pack_ue8m0_to_int(padded)
-    out = _empty_mn_major(g, mn, packed.size(2), batched, torch.int32)
+    out = empty_mn_major(g, mn, packed.size(2), batched, torch.int32)
     out.copy_(packed)
     return out.squeeze(0) if squeeze else out
 
