@@ -475,3 +475,35 @@ def test_compile_each_turns_a_rejected_variant_into_an_outcome(monkeypatch):
     assert parallel._compile_counted("f", 1, {"BAD": False, "NEW": 1}).compiled
     cached = parallel._compile_counted("f", 2, {"BAD": False, "NEW": 0})
     assert (cached.index, cached.path, cached.compiled, cached.error) == (2, Path("/cache/f/kernel.so"), False, None)
+
+
+def test_compile_many_passes_the_source_tree_to_each_worker(monkeypatch, tmp_path):
+    from dg_moe.jit import parallel
+
+    seen = []
+
+    def fake_compile_only(family, args, source_root=None):
+        seen.append((family, dict(args), source_root))
+        return tmp_path / f"{len(seen)}.so"
+
+    class InlinePool:
+        def __init__(self, max_workers):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, items):
+            return map(fn, items)
+
+    monkeypatch.setattr(parallel, "check_toolchain", lambda: None)
+    monkeypatch.setattr(parallel, "compile_only", fake_compile_only)
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", InlinePool)
+    variants = [{"BLOCK_N": 128}, {"BLOCK_N": 152}]
+    assert parallel.compile_many("fam", variants, source_root="/trees/main") == [tmp_path / "1.so", tmp_path / "2.so"]
+    assert parallel.compile_many("fam", variants[:1]) == [tmp_path / "3.so"]
+    assert seen == [("fam", {"BLOCK_N": 128}, "/trees/main"), ("fam", {"BLOCK_N": 152}, "/trees/main"),
+                    ("fam", {"BLOCK_N": 128}, None)]

@@ -283,7 +283,8 @@ def test_main_prints_header_groups_table_and_total(tool, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake H100")
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(tool.dg_moe.device, "num_sms_for", lambda device: 132)
-    monkeypatch.setattr(tool, "compile_many", lambda family, variants: compiled.append((family, variants)))
+    monkeypatch.setattr(tool, "compile_many",
+                        lambda family, variants, source_root=None: compiled.append((family, variants)))
 
     def row(case, device, deep_gemm, seed, num_sms):
         if seed == 1:
@@ -306,3 +307,21 @@ def test_main_prints_header_groups_table_and_total(tool, monkeypatch, capsys):
     assert tool.main(["--compile-only", "--only", "dense"]) == 0
     assert compiled == [(tool.FAMILY, tool.variants(tool.cases("dense"), 132))]
     assert capsys.readouterr().out.startswith(f"compiled dg_moe's {len(compiled[0][1])} variants")
+
+
+def test_kernel_tree_reaches_every_bind(tool, monkeypatch, tmp_path):
+    from dg_moe.kernels.sm90_fp8_wgrad import launcher
+
+    seen = []
+    monkeypatch.setattr(launcher, "bind", lambda t, c, n, source_root=None: seen.append((t, c, n, source_root)))
+    tool.use_kernel_tree(str(tmp_path))
+    launcher.bind("type", "config", 7168)
+    assert seen == [("type", "config", 7168, str(tmp_path))]
+    assert tool.parse_args(["--base", str(tmp_path)]).base == str(tmp_path)
+
+
+def test_ncu_case_names_an_unknown_case(monkeypatch):
+    ncu_case = load_tool("ncu_wgrad_case")
+    with pytest.raises(SystemExit) as exited:
+        ncu_case.main(["dense M=1 N=1 K=1"])
+    assert "no bench_wgrad case is labelled 'dense M=1 N=1 K=1'" in str(exited.value)

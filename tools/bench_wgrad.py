@@ -33,6 +33,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -140,6 +141,12 @@ def force_variant(block_n: int | None, share_b: bool) -> None:
                                    share_b=share_b and ceil_div(m, BLOCK_M) % 2 == 0)
 
     launcher.config_for = forced
+
+
+def use_kernel_tree(root: str) -> None:
+    """Every dg_moe launch of this process builds its kernel from the source tree ``root`` first."""
+    bind = launcher.bind
+    launcher.bind = lambda wgrad_type, config, n: bind(wgrad_type, config, n, source_root=root)
 
 
 def describe_config(config: WgradConfig) -> str:
@@ -358,9 +365,9 @@ def check(prob: Problem, device: torch.device, seed: int = 0) -> Checked:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def _compile_first(selected: Sequence[Case], num_sms: int) -> None:
+def _compile_first(selected: Sequence[Case], num_sms: int, source_root: str | None) -> None:
     """Every dg_moe variant the cases run, compiled in parallel before the first case."""
-    compile_many(FAMILY, variants(selected, num_sms))
+    compile_many(FAMILY, variants(selected, num_sms), source_root=source_root)
 
 
 def _flag(value: bool | None) -> str:
@@ -405,6 +412,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="force dg_moe's tile width on every case (default: the cost model's choice)")
     parser.add_argument("--share-b", action="store_true",
                         help="force 2-CTA clusters sharing B wherever ceil(M / 128) is even (widths 64, 128, 144)")
+    parser.add_argument("--base", metavar="DIR",
+                        help="build dg_moe's kernels from this kernel source tree, searched before dg_moe/csrc (e.g. "
+                             "a git archive of an earlier commit's dg_moe/csrc); two trees run in two processes "
+                             "compare through DeepGEMM's time in each")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true",
                       help=f"print the cases and dg_moe's configuration for each, then exit (no GPU needed: "
@@ -422,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = cases(args.only)
     if args.block_n is not None or args.share_b:
         force_variant(args.block_n, args.share_b)
+    base = str(Path(args.base).resolve()) if args.base is not None else None
+    if base is not None:
+        use_kernel_tree(base)
     if args.list:
         _list(selected, torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available()
               else DEFAULT_NUM_SMS)
@@ -433,14 +447,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_sms = dg_moe.device.num_sms_for(device)
     started = time.perf_counter()
     if args.compile_only:
-        _compile_first(selected, num_sms)
+        _compile_first(selected, num_sms, base)
         print(f"compiled dg_moe's {len(variants(selected, num_sms))} variants in {time.perf_counter() - started:.0f} s")
         return 0
     status = load_deep_gemm("--no-deepgemm" if args.no_deepgemm else None)
     peer = f"{status.version} from {status.path}" if status.module is not None else status.reason
     print(f"{torch.cuda.get_device_name()} ({num_sms} SMs); torch {torch.__version__}; dg_moe {dg_moe.__version__}; "
           f"DeepGEMM: {peer}", flush=True)
-    _compile_first(selected, num_sms)
+    _compile_first(selected, num_sms, base)
     for case in selected:
         if case.kind == "k_grouped":
             print(f"  {case.label}: ks={list(case.ks)}")

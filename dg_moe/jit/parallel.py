@@ -28,8 +28,8 @@ class CompileOutcome:
     error: str | None = None
 
 
-def _compile_one(family: str, args: Mapping[str, TemplateArg]) -> Path:
-    return compile_only(family, args)
+def _compile_one(family: str, source_root: str | None, args: Mapping[str, TemplateArg]) -> Path:
+    return compile_only(family, args, source_root=source_root)
 
 
 def _compile_counted(family: str, index: int, args: Mapping[str, TemplateArg]) -> CompileOutcome:
@@ -49,8 +49,10 @@ def _workers(count: int, jobs: int | None) -> int:
     return max(1, min(count, jobs or os.cpu_count() or 1))
 
 
-def compile_many(family: str, variants: Sequence[Mapping[str, TemplateArg]], jobs: int | None = None) -> list[Path]:
-    """Make sure the cache holds every variant of ``family``; returns their kernel.so paths in order.
+def compile_many(family: str, variants: Sequence[Mapping[str, TemplateArg]], jobs: int | None = None,
+                 source_root: str | None = None) -> list[Path]:
+    """Make sure the cache holds every variant of ``family`` (built from the kernel source tree ``source_root``
+    where given, searched before the package's); returns their kernel.so paths in order.
 
     The JIT serialises compiles inside one process, so the variants go to ``jobs`` worker processes
     (default: one per CPU). Variants already cached cost a look-up; concurrent processes compiling
@@ -60,7 +62,7 @@ def compile_many(family: str, variants: Sequence[Mapping[str, TemplateArg]], job
     if not variants:
         return []
     with ProcessPoolExecutor(max_workers=_workers(len(variants), jobs)) as pool:
-        return list(pool.map(partial(_compile_one, family), variants))
+        return list(pool.map(partial(_compile_one, family, source_root), variants))
 
 
 def compile_each(

@@ -54,11 +54,12 @@ def config_for(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_grou
     return variant_config(wgrad_type, m, n, k_per_group, num_groups, num_sms, bf16)
 
 
-def bind(wgrad_type: WgradType, config: WgradConfig, n: int) -> Entry:
+def bind(wgrad_type: WgradType, config: WgradConfig, n: int, source_root: str | None = None) -> Entry:
     """The host entry of one variant (built or loaded from the cache): the nvcc library's, or under
-    DG_MOE_JIT_BACKEND=nvrtc its Python twin on the cubin."""
+    DG_MOE_JIT_BACKEND=nvrtc its Python twin on the cubin. ``source_root``: a kernel source tree searched
+    before the package's (tools comparing kernel versions)."""
     return bind_host_entry(FAMILY, template_args(wgrad_type, config, n), _ENTRY, _ARGTYPES,
-                           lambda cubin: CubinEntry(cubin, Variant(wgrad_type, config, n)))
+                           lambda cubin: CubinEntry(cubin, Variant(wgrad_type, config, n)), source_root=source_root)
 
 
 def _entry(wgrad_type: WgradType, m: int, n: int, k_per_group: int, num_groups: int, num_sms: int,
