@@ -12,7 +12,10 @@
 #       and contiguous cases (hint_ab), weight gradients beside DeepGEMM (wgrad), wgrad tiles 152 wide and 144
 #       sharing B (wgrad152, wgrad144b); steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
 #       first) and moe (`dg-moe bench moe`); Nsight Compute on both libraries' kernels of issue 15's worst
-#       cases (ncu: summary metrics and stall reasons; ncusrc: per-instruction stall samples as CSV).
+#       cases (ncu: summary metrics and stall reasons; ncusrc: per-instruction stall samples as CSV); ab:
+#       tools/ab_variants.py with the arguments in AB_ARGS (e.g. several --base kernel trees beside DeepGEMM);
+#       ncuwgrad: Nsight Compute (details and per-instruction stall samples) of both libraries' weight-gradient
+#       kernels on dense 4096 x 7168 x 4096 (WGRAD_BASE: dg_moe's kernel from that source tree).
 set -uo pipefail
 deadline=$((SECONDS + ${DEADLINE_S:-570}))
 left() { local s=$((deadline - SECONDS - $2)); ((s > $1)) && s=$1; ((s < 1)) && s=1; echo "$s"; }
@@ -67,6 +70,12 @@ for name in $steps; do
     moe) step moe "$(left 240 20)" python3 -m dg_moe.cli bench moe --json "$OUT/bench_moe.json" ;;
     jit) step jit "$(left 120 20)" python3 tools/jit_backend_compare.py --run ;;
     tf) step tf "$(left 300 20)" python3 tools/bench_transformers.py --graph --json "$OUT/bench_transformers.json" ;;
+    ab) step ab "$(left 420 20)" sh -c "python3 tools/ab_variants.py $AB_ARGS --json '$OUT/ab.json'" ;;
+    ncuwgrad) step ncuwgrad "$(left 200 20)" sh -c '. tools/ncu_metrics.sh; "$ncu" --profile-from-start off \
+      --clock-control none -k "regex:wgrad_kernel|sm90_fp8_gemm_1d1d" --section SourceCounters --section WarpStateStats \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis -f -o "$OUT/wgrad" python3 tools/ncu_wgrad_case.py \
+      "dense M=4096 N=7168 K=4096" ${WGRAD_BASE:+--base "$WGRAD_BASE"}; "$ncu" --import "$OUT/wgrad.ncu-rep" --page source \
+      --csv --print-source sass >"$OUT/wgrad_source.csv"; "$ncu" --import "$OUT/wgrad.ncu-rep" --page details' ;;
     ncu) step ncu "$(left 300 20)" sh -c 'for c in "M=4096 N=4096 K=7168" "M=4096 N=7168 K=16384" \
       "G=32 rows/g=256 N=7168 K=2048" "M=128 N=4096 K=7168"; do echo "#### $c"; bash tools/ncu_case.sh "$c"; done' ;;
     ncusrc) step ncusrc "$(left 200 20)" sh -c 'bash tools/ncu_source.sh src_dense4096 "M=4096 N=4096 K=7168"; \
