@@ -325,3 +325,14 @@ def test_ncu_case_names_an_unknown_case(monkeypatch):
     with pytest.raises(SystemExit) as exited:
         ncu_case.main(["dense M=1 N=1 K=1"])
     assert "no bench_wgrad case is labelled 'dense M=1 N=1 K=1'" in str(exited.value)
+
+
+def test_profile_once_warms_then_profiles_each_call_once(monkeypatch):
+    ncu_case = load_tool("ncu_case")
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append("sync"))
+    profiler = SimpleNamespace(cudaProfilerStart=lambda: events.append("start"),
+                               cudaProfilerStop=lambda: events.append("stop"))
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: profiler)
+    ncu_case.profile_once([lambda: events.append("a"), lambda: events.append("b")])
+    assert events == ["a", "b", "sync", "start", "a", "b", "sync", "stop"]

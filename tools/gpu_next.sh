@@ -71,11 +71,8 @@ for name in $steps; do
     jit) step jit "$(left 120 20)" python3 tools/jit_backend_compare.py --run ;;
     tf) step tf "$(left 300 20)" python3 tools/bench_transformers.py --graph --json "$OUT/bench_transformers.json" ;;
     ab) step ab "$(left 420 20)" sh -c "python3 tools/ab_variants.py $AB_ARGS --json '$OUT/ab.json'" ;;
-    ncuwgrad) step ncuwgrad "$(left 200 20)" sh -c '. tools/ncu_metrics.sh; "$ncu" --profile-from-start off \
-      --clock-control none -k "regex:wgrad_kernel|sm90_fp8_gemm_1d1d" --section SourceCounters --section WarpStateStats \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis -f -o "$OUT/wgrad" python3 tools/ncu_wgrad_case.py \
-      "dense M=4096 N=7168 K=4096" ${WGRAD_BASE:+--base "$WGRAD_BASE"}; "$ncu" --import "$OUT/wgrad.ncu-rep" --page source \
-      --csv --print-source sass >"$OUT/wgrad_source.csv"; "$ncu" --import "$OUT/wgrad.ncu-rep" --page details' ;;
+    ncuwgrad) step ncuwgrad "$(left 200 20)" env WGRAD=1 bash tools/ncu_source.sh wgrad "dense M=4096 N=7168 K=4096" \
+      ${WGRAD_BASE:+--base "$WGRAD_BASE"} ;;
     ncu) step ncu "$(left 300 20)" sh -c 'for c in "M=4096 N=4096 K=7168" "M=4096 N=7168 K=16384" \
       "G=32 rows/g=256 N=7168 K=2048" "M=128 N=4096 K=7168"; do echo "#### $c"; bash tools/ncu_case.sh "$c"; done' ;;
     ncusrc) step ncusrc "$(left 200 20)" sh -c 'bash tools/ncu_source.sh src_dense4096 "M=4096 N=4096 K=7168"; \

@@ -9,6 +9,7 @@ LABELs are the case's call names (dg_moe_psum, deepgemm_psum, ...; default: ever
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,12 +24,18 @@ def main(case_label: str, *labels: str) -> None:
         raise SystemExit(f"no bench gemm case is labelled {case_label!r}")
     problem = build_problem(cases[0], load_deep_gemm().module)
     calls = [problem.calls[label] for label in labels] if labels else list(problem.calls.values())
+    profile_once([call.fn for call in calls])
+
+
+def profile_once(calls: Sequence[Callable[[], None]]) -> None:
+    """Each call once to warm it (compiles, first-touch), then each once more between cudaProfilerStart and
+    cudaProfilerStop, the range `ncu --profile-from-start off` profiles."""
     for call in calls:
-        call.fn()
+        call()
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()
     for call in calls:
-        call.fn()
+        call()
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
 

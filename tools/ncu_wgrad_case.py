@@ -1,8 +1,7 @@
 """Run one `tools/bench_wgrad.py` case's weight-gradient GEMM once in each library between
 cudaProfilerStart/Stop, for Nsight Compute (GPU only; a warm-up call of each stays outside the profiled range):
 
-    ncu --profile-from-start off -k 'regex:wgrad_kernel|sm90_fp8_gemm_1d1d' ... \\
-        python3 tools/ncu_wgrad_case.py "dense M=4096 N=7168 K=4096" [--base DIR]
+    WGRAD=1 bash tools/ncu_source.sh NAME "dense M=4096 N=7168 K=4096" [--base DIR]
 
 --base: dg_moe's kernel from that kernel source tree (as bench_wgrad's --base).
 """
@@ -24,9 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("label", help="a bench_wgrad case label, e.g. 'dense M=4096 N=7168 K=4096'")
     parser.add_argument("--base", metavar="DIR", help="dg_moe's kernel source tree (searched before dg_moe/csrc)")
     args = parser.parse_args(argv)
-    # The benchmark's cases and operands, from the script beside this one.
+    # The benchmark's cases and operands, and the profiled range, from the scripts beside this one.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     bench_wgrad = importlib.import_module("bench_wgrad")
+    ncu_case = importlib.import_module("ncu_case")
     found = [c for c in bench_wgrad.cases() if c.label == args.label]
     if not found:
         raise SystemExit(f"no bench_wgrad case is labelled {args.label!r}")
@@ -35,15 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda")
     prob = bench_wgrad.problem(found[0], device, load_deep_gemm().module)
     d = torch.zeros(prob.shape, dtype=torch.float32, device=device)
-    calls = [lambda: prob.ours(d, d)] + ([lambda: prob.peer(d)] if prob.peer is not None else [])
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    ncu_case.profile_once([lambda: prob.ours(d, d)] + ([lambda: prob.peer(d)] if prob.peer is not None else []))
 
 
 if __name__ == "__main__":
