@@ -314,6 +314,10 @@ def test_kernel_tree_reaches_every_bind(tool, monkeypatch, tmp_path):
 
     seen = []
     monkeypatch.setattr(launcher, "bind", lambda t, c, n, source_root=None: seen.append((t, c, n, source_root)))
+    with pytest.raises(SystemExit) as refused:
+        tool.use_kernel_tree(str(tmp_path))  # no kernels/ in it
+    assert "not a kernel source tree" in str(refused.value) and seen == []
+    (tmp_path / "kernels").mkdir()
     tool.use_kernel_tree(str(tmp_path))
     launcher.bind("type", "config", 7168)
     assert seen == [("type", "config", 7168, str(tmp_path))]

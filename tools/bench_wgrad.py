@@ -144,7 +144,11 @@ def force_variant(block_n: int | None, share_b: bool) -> None:
 
 
 def use_kernel_tree(root: str) -> None:
-    """Every dg_moe launch of this process builds its kernel from the source tree ``root`` first."""
+    """Every dg_moe launch of this process builds its kernel from the source tree ``root`` first. A folder
+    without kernels/ is refused: its includes would silently fall through to the package's own sources."""
+    if not (Path(root) / "kernels").is_dir():
+        raise SystemExit(f"--base {root}: not a kernel source tree (no kernels/ folder in it); make one with "
+                         f"mkdir -p DIR && git archive main dg_moe/csrc | tar -x -C DIR --strip-components=2")
     bind = launcher.bind
     launcher.bind = lambda wgrad_type, config, n: bind(wgrad_type, config, n, source_root=root)
 
