@@ -37,6 +37,7 @@
 #include "common/global_reduce.cuh"
 #include "common/mbarrier.cuh"
 #include "common/registers.cuh"
+#include "common/smem_load.cuh"
 #include "common/tma.cuh"
 #include "common/unroll.cuh"
 #include "common/wgmma.cuh"
@@ -242,6 +243,10 @@ template <typename V>
 struct SharedState {
     using Layout = typename V::Layout;
     uint8_t* base;  // 1024-byte aligned
+    // `base` as a shared-window address, derived from the window's own address of the dynamic shared
+    // memory: converted from the generic `base`, ptxas rebuilt it from the CTA's cluster id (S2UR) in
+    // every K block.
+    uint32_t addr;
 
     __device__ __forceinline__ uint8_t* stage_a(uint32_t s) const { return base + s * Layout::kStageBytes; }
     __device__ __forceinline__ uint8_t* stage_b(uint32_t s) const { return stage_a(s) + Layout::kBytesA; }
@@ -317,7 +322,7 @@ struct MathWarpgroup {
     // 8 * (i / 4) + 2 * (lane % 4) + i % 2.
     const uint32_t row_in_tile = math_wg * 64 + (warp % 4) * 16 + lane / 4;  // and row_in_tile + 8
     const uint32_t col_in_chunk = 2 * (lane % 4);
-    const uint32_t smem_addr = smem_u32(smem.base);
+    const uint32_t smem_addr = smem.addr;
 
     float result[kNumAccum];
     uint32_t iter = 0;
@@ -351,29 +356,30 @@ struct MathWarpgroup {
     __device__ __forceinline__ void release(uint32_t s) const {
         __syncwarp();
         if (lane == 0) {
-            mbarrier_arrive(smem.empty() + s);
+            const uint32_t empty = smem_addr + Layout::kOffsetBarriers + (V::kNumStages + s) * 8;
+            mbarrier_arrive(empty);
             if constexpr (V::kShareB)
-                mbarrier_arrive_cluster(smem.empty() + s, walker.cta_rank ^ 1);
+                mbarrier_arrive_cluster(empty, walker.cta_rank ^ 1);
         }
     }
 
-    // FP8: one K block into acc, then promoted into the sums with the stage's scales.
+    // FP8: one K block into acc, then promoted into the sums with the stage's scales, loaded before the
+    // wgmmas issue so that their latency is spent while the tensor cores work.
     __device__ __forceinline__ void k_block(float (&acc)[kNumAccum]) {
         const uint32_t s = iter % V::kNumStages;
-        mbarrier_wait(smem.full() + s, (iter / V::kNumStages) & 1);
-        issue(s, acc, false);
-        // The scales are read while the tensor cores work: this thread's two rows of SFA, and its two
-        // columns of every 8-column chunk of SFB (8-byte aligned: the column is even).
-        const float* sfa = smem.stage_sfa(s);
-        const float sfa_lo = sfa[row_in_tile], sfa_hi = sfa[row_in_tile + 8];
+        mbarrier_wait(smem_addr + Layout::kOffsetBarriers + s * 8, (iter / V::kNumStages) & 1);
+        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
+        // This thread's two rows of SFA, and its two columns of every 8-column chunk of SFB (8-byte
+        // aligned: the column is even).
+        const uint32_t sfa = stage + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
+        const uint32_t sfb_base = stage + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA + col_in_chunk * 4;
+        float sfa_lo = ld_shared_f32(sfa), sfa_hi = ld_shared_f32(sfa + 8 * 4);
         float2 sfb[V::kNumColPairs];
         DG_MOE_UNROLL
         for (uint32_t j = 0; j < V::kNumColPairs; ++j)
-            sfb[j] = *reinterpret_cast<const float2*>(smem.stage_sfb(s) + 8 * j + col_in_chunk);
+            sfb[j] = ld_shared_f32x2(sfb_base + 8 * j * 4);
+        issue(s, acc, false);
         wgmma::wait_group<0>();
-        DG_MOE_UNROLL
-        for (uint32_t i = 0; i < kNumAccum; ++i)
-            wgmma::fence_operand(acc[i]);
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kNumAccum; ++i) {
             const float scale_a = (i / 2) % 2 == 0 ? sfa_lo : sfa_hi;
@@ -479,7 +485,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     extern __shared__ uint8_t smem_raw[];
     // Offset the array itself rather than round an integer address: derived from smem_raw, every
     // pointer below stays known to be shared, so accesses compile to LDS/STS, not generic LD/ST.
-    const SharedState<V> smem{smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023)};
+    const uint32_t pad = (1024 - (smem_u32(smem_raw) & 1023)) & 1023;
+    const SharedState<V> smem{smem_raw + pad, smem_u32(smem_raw) + pad};
 
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (threadIdx.x == kNumMathThreads) {
