@@ -50,7 +50,7 @@ def _assert_bitwise(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
 
 
 DENSE_SHAPES = [(7168, 2112, 4096), (2112, 7168, 8192), (4096, 7168, 4096), (24576, 1536, 4096),
-                (1000, 576, 8192), (129, 2112, 384), (1, 576, 128)]
+                (1000, 576, 8192), (129, 2112, 384), (257, 576, 256), (1, 576, 128)]
 
 
 @pytest.mark.parametrize("m,n,k", DENSE_SHAPES)

@@ -19,9 +19,12 @@
 // - two math warpgroups (232 registers), 64 rows of the 128-row tile each: per K block, wgmma into
 //   FP32 accumulators, then promotion on the CUDA cores, sums += acc * (sfa[row] * sfb[col]); the two
 //   scales form an outer product, so every accumulator has its own factor (one FMUL and one FFMA
-//   each, where the (1, 128, 128) kernel needs one FFMA). While one warpgroup promotes, the other's
-//   wgmmas keep the tensor cores busy. BF16 products are exact in FP32 and unscaled: their wgmmas
-//   accumulate straight into the sums across the tile's K blocks, with nothing to promote.
+//   each, where the (1, 128, 128) kernel needs one FFMA). At 128 wide and narrower the K loop is
+//   software-pipelined over two accumulator sets: a warpgroup promotes one K block while its next one
+//   runs on the tensor cores (v25: 0.77-0.90 -> 0.84-1.03 of DeepGEMM's speed). Wider tiles have no
+//   registers for a second set; there, while one warpgroup promotes, only the other's wgmmas keep the
+//   tensor cores busy. BF16 products are exact in FP32 and unscaled: their wgmmas accumulate straight
+//   into the sums across the tile's K blocks, with nothing to promote.
 // - epilogue: each math thread sends its FP32 sums straight to global memory in 8-byte column pairs
 //   (full 32-byte sectors per quad of lanes): plain stores, or when accumulating reductions (red.add)
 //   into d, which already holds C (the launcher copies a separate c into d first). A thread that loaded
@@ -75,8 +78,8 @@ constexpr uint32_t kBlockThreads = kNumMathThreads + kNumProducerThreads;
 // 128 x 40 + 256 x 232 = 64512 of the SM's 65536 registers.
 constexpr uint32_t kProducerRegisters = 40;
 constexpr uint32_t kMathRegisters = 232;
-// Registers a math thread may spend on accumulators, promoted sums and one K block's SFB values, of
-// the 232 setmaxnreg gives it; the rest hold addresses, scales and loop state.
+// Registers a math thread may spend on accumulators and promoted sums (and, unpipelined, one K block's
+// SFB values), of the 232 setmaxnreg gives it; the rest hold addresses, scales and loop state.
 constexpr uint32_t kWgradRegisterBudget = 192;
 
 struct Params {
@@ -232,8 +235,11 @@ struct Variant {
     static constexpr uint32_t kNumAccum = MMA::kNumAccum;
     // Each thread's columns of a tile: two adjacent ones in every 8-column chunk.
     static constexpr uint32_t kNumColPairs = BLOCK_N / 8;
-    // FP8: one K block's accumulators, the promoted sums and the block's SFB values; BF16: the sums alone.
-    static_assert((kScaled ? 2 * kNumAccum + 2 * kNumColPairs : kNumAccum) <= kWgradRegisterBudget,
+    // FP8 pipelined (128 wide and narrower, MathWarpgroup::run): two K blocks' accumulators and the promoted
+    // sums; FP8 wider: one block's accumulators, the sums and the block's SFB values; BF16: the sums alone.
+    static constexpr bool kPipelined = kScaled && BLOCK_N <= 128;
+    static_assert((kPipelined ? 3 * kNumAccum : kScaled ? 2 * kNumAccum + 2 * kNumColPairs : kNumAccum)
+                      <= kWgradRegisterBudget,
                   "accumulators, sums and the K block's SFB values exceed the register budget");
     static_assert(Layout::kTotalBytes <= kMaxSharedBytes, "the stages exceed 227 KB of shared memory");
 };
@@ -363,27 +369,42 @@ struct MathWarpgroup {
         }
     }
 
+    // This thread's scales in stage s: two rows of SFA, and two columns of every 8-column chunk of SFB
+    // (8-byte aligned: the column is even).
+    struct Scales {
+        float a_lo, a_hi;
+        float2 b[V::kNumColPairs];
+    };
+
+    __device__ __forceinline__ Scales load_scales(uint32_t s) const {
+        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
+        const uint32_t sfa = stage + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
+        const uint32_t sfb = stage + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA + col_in_chunk * 4;
+        Scales scales;
+        scales.a_lo = ld_shared_f32(sfa);
+        scales.a_hi = ld_shared_f32(sfa + 8 * 4);
+        DG_MOE_UNROLL
+        for (uint32_t j = 0; j < V::kNumColPairs; ++j)
+            scales.b[j] = ld_shared_f32x2(sfb + 8 * j * 4);
+        return scales;
+    }
+
+    __device__ __forceinline__ void wait_full(uint32_t at) const {
+        mbarrier_wait(smem_addr + Layout::kOffsetBarriers + (at % V::kNumStages) * 8, (at / V::kNumStages) & 1);
+    }
+
     // FP8: one K block into acc, then promoted into the sums with the stage's scales, loaded before the
     // wgmmas issue so that their latency is spent while the tensor cores work.
     __device__ __forceinline__ void k_block(float (&acc)[kNumAccum]) {
         const uint32_t s = iter % V::kNumStages;
-        mbarrier_wait(smem_addr + Layout::kOffsetBarriers + s * 8, (iter / V::kNumStages) & 1);
-        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
-        // This thread's two rows of SFA, and its two columns of every 8-column chunk of SFB (8-byte
-        // aligned: the column is even).
-        const uint32_t sfa = stage + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
-        const uint32_t sfb_base = stage + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA + col_in_chunk * 4;
-        float sfa_lo = ld_shared_f32(sfa), sfa_hi = ld_shared_f32(sfa + 8 * 4);
-        float2 sfb[V::kNumColPairs];
-        DG_MOE_UNROLL
-        for (uint32_t j = 0; j < V::kNumColPairs; ++j)
-            sfb[j] = ld_shared_f32x2(sfb_base + 8 * j * 4);
+        wait_full(iter);
+        const Scales scales = load_scales(s);
         issue(s, acc, false);
         wgmma::wait_group<0>();
         DG_MOE_UNROLL
         for (uint32_t i = 0; i < kNumAccum; ++i) {
-            const float scale_a = (i / 2) % 2 == 0 ? sfa_lo : sfa_hi;
-            const float scale_b = i % 2 == 0 ? sfb[i / 4].x : sfb[i / 4].y;
+            const float scale_a = (i / 2) % 2 == 0 ? scales.a_lo : scales.a_hi;
+            const float scale_b = i % 2 == 0 ? scales.b[i / 4].x : scales.b[i / 4].y;
             result[i] = fmaf(acc[i], scale_a * scale_b, result[i]);
         }
         release(s);
@@ -451,24 +472,108 @@ struct MathWarpgroup {
         }
     }
 
-    __device__ __forceinline__ void run() {
-        float acc[kNumAccum];
+    // An empty group adds nothing to C, which d already holds (adding zeros would still flush a subnormal
+    // C and turn -0 into +0).
+    __device__ __forceinline__ void finish(const Tile& tile) const {
+        if (tile.num_k_blocks > 0 || params.accumulate == 0)
+            write_out(tile);
+    }
+
+    // Where the pipelined K loop stands in the stage ring: the stage it issues next and that stage's phase,
+    // and the stage it promotes next. Stepped by compare and select, not by dividing a running count.
+    struct Ring {
+        uint32_t issue = 0, phase = 0, promote = 0;
+        __device__ __forceinline__ static uint32_t after(uint32_t s) { return s + 1 == V::kNumStages ? 0 : s + 1; }
+    };
+
+    // FP8: the K block in the ring's issue stage into acc (from zero), once its data has landed; left in
+    // flight.
+    __device__ __forceinline__ void issue_next(Ring& ring, float (&acc)[kNumAccum]) {
+        mbarrier_wait(smem_addr + Layout::kOffsetBarriers + ring.issue * 8, ring.phase);
+        issue(ring.issue, acc, false);
+        ring.phase ^= ring.issue + 1 == V::kNumStages ? 1u : 0u;
+        ring.issue = Ring::after(ring.issue);
+    }
+
+    // FP8: the block in the ring's promote stage, in flight in acc with kPending younger commit groups
+    // behind it, promoted into the sums once its wgmmas complete; then the stage goes back to the producer.
+    // Each column pair's SFB is loaded where it is used: all of them up front spilled at 128 wide.
+    template <uint32_t kPending>
+    __device__ __forceinline__ void promote_next(Ring& ring, float (&acc)[kNumAccum]) {
+        const uint32_t stage = smem_addr + ring.promote * Layout::kStageBytes;
+        const uint32_t sfa = stage + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
+        const uint32_t sfb = stage + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA + col_in_chunk * 4;
+        const float a_lo = ld_shared_f32(sfa), a_hi = ld_shared_f32(sfa + 8 * 4);
+        wgmma::wait_group<kPending>();
+        DG_MOE_UNROLL
+        for (uint32_t i = 0; i < kNumAccum; ++i)
+            wgmma::fence_operand(acc[i]);
+        DG_MOE_UNROLL
+        for (uint32_t j = 0; j < V::kNumColPairs; ++j) {
+            const float2 b = ld_shared_f32x2(sfb + 8 * j * 4);
+            result[4 * j] = fmaf(acc[4 * j], a_lo * b.x, result[4 * j]);
+            result[4 * j + 1] = fmaf(acc[4 * j + 1], a_lo * b.y, result[4 * j + 1]);
+            result[4 * j + 2] = fmaf(acc[4 * j + 2], a_hi * b.x, result[4 * j + 2]);
+            result[4 * j + 3] = fmaf(acc[4 * j + 3], a_hi * b.y, result[4 * j + 3]);
+        }
+        release(ring.promote);
+        ring.promote = Ring::after(ring.promote);
+    }
+
+    // FP8, 128 wide and narrower: the K loop software-pipelined over two accumulator sets, so that each
+    // warpgroup's next K block runs on the tensor cores while it promotes the previous one. With one set, a
+    // warpgroup's tensor work stops for each promotion (about 190 issue slots a block), and the tensor cores
+    // stay busy only while the other warpgroup's wgmmas fill that gap. Three sets of accumulators (two in
+    // flight, the sums) fit at 128 wide only. Pairs of blocks keep the buffer choice static (no indexed
+    // registers).
+    __device__ __forceinline__ void run_pipelined() {
+        float acc0[kNumAccum], acc1[kNumAccum];
+        Ring ring;
         Tile tile;
         while (walker.next(tile)) {
             DG_MOE_UNROLL
             for (uint32_t i = 0; i < kNumAccum; ++i)
                 result[i] = 0.0f;
-            if constexpr (V::kScaled) {
+            if (tile.num_k_blocks > 0) {
+                issue_next(ring, acc0);
                 DG_MOE_NO_UNROLL
-                for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb)
-                    k_block(acc);
-            } else if (tile.num_k_blocks > 0) {
-                bf16_k_loop(tile.num_k_blocks);
+                for (uint32_t pair = 0; pair < (tile.num_k_blocks - 1) / 2; ++pair) {
+                    issue_next(ring, acc1);
+                    promote_next<1>(ring, acc0);
+                    issue_next(ring, acc0);
+                    promote_next<1>(ring, acc1);
+                }
+                if (tile.num_k_blocks % 2 == 0) {
+                    issue_next(ring, acc1);
+                    promote_next<1>(ring, acc0);
+                    promote_next<0>(ring, acc1);
+                } else {
+                    promote_next<0>(ring, acc0);
+                }
             }
-            // An empty group adds nothing to C, which d already holds (adding zeros would still flush a
-            // subnormal C and turn -0 into +0).
-            if (tile.num_k_blocks > 0 || params.accumulate == 0)
-                write_out(tile);
+            finish(tile);
+        }
+    }
+
+    __device__ __forceinline__ void run() {
+        if constexpr (V::kPipelined) {
+            run_pipelined();
+        } else {
+            float acc[kNumAccum];
+            Tile tile;
+            while (walker.next(tile)) {
+                DG_MOE_UNROLL
+                for (uint32_t i = 0; i < kNumAccum; ++i)
+                    result[i] = 0.0f;
+                if constexpr (V::kScaled) {
+                    DG_MOE_NO_UNROLL
+                    for (uint32_t kb = 0; kb < tile.num_k_blocks; ++kb)
+                        k_block(acc);
+                } else if (tile.num_k_blocks > 0) {
+                    bf16_k_loop(tile.num_k_blocks);
+                }
+                finish(tile);
+            }
         }
     }
 };
