@@ -44,6 +44,7 @@ if [[ ${PHASE:-1} == 1 ]]; then
   # THEN_STEPS=1: go on to the STEPS in the same call while the deadline leaves room.
   if [[ ${THEN_STEPS:-0} != 1 ]] || ((deadline - SECONDS < 120)); then
     printf '%s\n' "${summary[@]}"
+    pack_out
     exit 0
   fi
 fi
@@ -84,3 +85,4 @@ for log in $steps; do
   tail -n 30 "$OUT/$log.log"
 done
 printf '%s\n' "${summary[@]}"
+pack_out
