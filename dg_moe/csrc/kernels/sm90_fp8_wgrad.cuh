@@ -376,10 +376,18 @@ struct MathWarpgroup {
         float2 b[V::kNumColPairs];
     };
 
+    // Shared-window addresses in stage s of this thread's first SFA row (the second is 8 rows on) and of its
+    // first SFB column pair (one every 8 columns).
+    __device__ __forceinline__ uint32_t sfa_addr(uint32_t s) const {
+        return smem_addr + s * Layout::kStageBytes + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
+    }
+    __device__ __forceinline__ uint32_t sfb_addr(uint32_t s) const {
+        return smem_addr + s * Layout::kStageBytes + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA +
+               col_in_chunk * 4;
+    }
+
     __device__ __forceinline__ Scales load_scales(uint32_t s) const {
-        const uint32_t stage = smem_addr + s * Layout::kStageBytes;
-        const uint32_t sfa = stage + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
-        const uint32_t sfb = stage + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA + col_in_chunk * 4;
+        const uint32_t sfa = sfa_addr(s), sfb = sfb_addr(s);
         Scales scales;
         scales.a_lo = ld_shared_f32(sfa);
         scales.a_hi = ld_shared_f32(sfa + 8 * 4);
@@ -500,9 +508,7 @@ struct MathWarpgroup {
     // Each column pair's SFB is loaded where it is used: all of them up front spilled at 128 wide.
     template <uint32_t kPending>
     __device__ __forceinline__ void promote_next(Ring& ring, float (&acc)[kNumAccum]) {
-        const uint32_t stage = smem_addr + ring.promote * Layout::kStageBytes;
-        const uint32_t sfa = stage + Layout::kBytesA + Layout::kBytesB + row_in_tile * 4;
-        const uint32_t sfb = stage + Layout::kBytesA + Layout::kBytesB + Layout::kBytesSFA + col_in_chunk * 4;
+        const uint32_t sfa = sfa_addr(ring.promote), sfb = sfb_addr(ring.promote);
         const float a_lo = ld_shared_f32(sfa), a_hi = ld_shared_f32(sfa + 8 * 4);
         wgmma::wait_group<kPending>();
         DG_MOE_UNROLL
