@@ -9,8 +9,8 @@
 #   call 2 (same machine, warm; carry .whl again, or its install step fails): PHASE=2 bash tools/gpu_next.sh
 #       by default the BF16 benchmark with its forced tiles (bf16), transformers against grouped_mm (tf) and
 #       NVRTC against nvcc run times (jit); STEPS may name others: the A/B against the base tree on the dense
-#       and contiguous cases (hint_ab), weight gradients beside DeepGEMM (wgrad), wgrad tiles 152 wide and 144
-#       sharing B (wgrad152, wgrad144b); steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
+#       and contiguous cases (hint_ab), weight gradients beside DeepGEMM (wgrad), wgrad tiles 152 wide, 144
+#       and 128 (pipelined) sharing B (wgrad152, wgrad144b, wgrad128b); steps gemm (`dg-moe bench gemm` beside DeepGEMM, its kernels warmed
 #       first) and moe (`dg-moe bench moe`); Nsight Compute on both libraries' kernels of issue 15's worst
 #       cases (ncu: summary metrics and stall reasons; ncusrc: per-instruction stall samples as CSV); ab:
 #       tools/ab_variants.py with the arguments in AB_ARGS (e.g. several --base kernel trees beside DeepGEMM);
@@ -66,6 +66,7 @@ for name in $steps; do
     bf16) step bf16 "$(left 160 30)" python3 tools/bench_bf16.py --tile 128x192x2B --tile 256x128x2 ;;
     wgrad152) step wgrad152 "$(left 80 30)" python3 tools/bench_wgrad.py --block-n 152 ;;
     wgrad144b) step wgrad144b "$(left 70 1)" python3 tools/bench_wgrad.py --block-n 144 --share-b ;;
+    wgrad128b) step wgrad128b "$(left 80 20)" python3 tools/bench_wgrad.py --block-n 128 --share-b ;;
     gemm) step gemm "$(left 330 20)" sh -c "python3 -m dg_moe.cli bench gemm --warmup >'$OUT/gemm_warmup.log' 2>&1; \
       python3 -m dg_moe.cli bench gemm --json '$OUT/bench_gemm.json'" ;;
     moe) step moe "$(left 240 20)" python3 -m dg_moe.cli bench moe --json "$OUT/bench_moe.json" ;;
