@@ -530,8 +530,8 @@ struct MathWarpgroup {
     // warpgroup's next K block runs on the tensor cores while it promotes the previous one. With one set, a
     // warpgroup's tensor work stops for each promotion (about 190 issue slots a block), and the tensor cores
     // stay busy only while the other warpgroup's wgmmas fill that gap. Three sets of accumulators (two in
-    // flight, the sums) fit at 128 wide only. Pairs of blocks keep the buffer choice static (no indexed
-    // registers).
+    // flight, the sums) fit up to 128 wide (at 136 and 144 the loop spilled). Pairs of blocks keep the
+    // buffer choice static (no indexed registers).
     __device__ __forceinline__ void run_pipelined() {
         float acc0[kNumAccum], acc1[kNumAccum];
         Ring ring;
