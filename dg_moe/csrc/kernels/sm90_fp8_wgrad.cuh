@@ -266,6 +266,9 @@ struct SharedState {
         return reinterpret_cast<uint64_t*>(base + Layout::kOffsetBarriers);
     }
     __device__ __forceinline__ uint64_t* empty() const { return full() + V::kNumStages; }
+    // Stage s's barriers as shared-window addresses (the math warps' form: no generic-to-shared conversion).
+    __device__ __forceinline__ uint32_t full_addr(uint32_t s) const { return addr + Layout::kOffsetBarriers + s * 8; }
+    __device__ __forceinline__ uint32_t empty_addr(uint32_t s) const { return full_addr(V::kNumStages + s); }
 };
 
 // Producer thread: every TMA load of A, B, SFA and SFB (FP8), one stage per K block of every tile.
@@ -362,7 +365,7 @@ struct MathWarpgroup {
     __device__ __forceinline__ void release(uint32_t s) const {
         __syncwarp();
         if (lane == 0) {
-            const uint32_t empty = smem_addr + Layout::kOffsetBarriers + (V::kNumStages + s) * 8;
+            const uint32_t empty = smem.empty_addr(s);
             mbarrier_arrive(empty);
             if constexpr (V::kShareB)
                 mbarrier_arrive_cluster(empty, walker.cta_rank ^ 1);
@@ -398,7 +401,7 @@ struct MathWarpgroup {
     }
 
     __device__ __forceinline__ void wait_full(uint32_t at) const {
-        mbarrier_wait(smem_addr + Layout::kOffsetBarriers + (at % V::kNumStages) * 8, (at / V::kNumStages) & 1);
+        mbarrier_wait(smem.full_addr(at % V::kNumStages), (at / V::kNumStages) & 1);
     }
 
     // FP8: one K block into acc, then promoted into the sums with the stage's scales, loaded before the
@@ -497,7 +500,7 @@ struct MathWarpgroup {
     // FP8: the K block in the ring's issue stage into acc (from zero), once its data has landed; left in
     // flight.
     __device__ __forceinline__ void issue_next(Ring& ring, float (&acc)[kNumAccum]) {
-        mbarrier_wait(smem_addr + Layout::kOffsetBarriers + ring.issue * 8, ring.phase);
+        mbarrier_wait(smem.full_addr(ring.issue), ring.phase);
         issue(ring.issue, acc, false);
         ring.phase ^= ring.issue + 1 == V::kNumStages ? 1u : 0u;
         ring.issue = Ring::after(ring.issue);
