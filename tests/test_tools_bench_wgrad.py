@@ -318,9 +318,10 @@ def test_kernel_tree_reaches_every_bind(tool, monkeypatch, tmp_path):
         tool.use_kernel_tree(str(tmp_path))  # no kernels/ in it
     assert "not a kernel source tree" in str(refused.value) and seen == []
     (tmp_path / "kernels").mkdir()
-    tool.use_kernel_tree(str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert tool.use_kernel_tree(tmp_path.name) == str(tmp_path.resolve())  # relative: made absolute
     launcher.bind("type", "config", 7168)
-    assert seen == [("type", "config", 7168, str(tmp_path))]
+    assert seen == [("type", "config", 7168, str(tmp_path.resolve()))]
     assert tool.parse_args(["--base", str(tmp_path)]).base == str(tmp_path)
 
 

@@ -143,14 +143,17 @@ def force_variant(block_n: int | None, share_b: bool) -> None:
     launcher.config_for = forced
 
 
-def use_kernel_tree(root: str) -> None:
-    """Every dg_moe launch of this process builds its kernel from the source tree ``root`` first. A folder
-    without kernels/ is refused: its includes would silently fall through to the package's own sources."""
+def use_kernel_tree(tree: str) -> str:
+    """Every dg_moe launch of this process builds its kernel from the source tree ``tree`` first; returns its
+    absolute path (the compiler runs elsewhere). A folder without kernels/ is refused: its includes would
+    silently fall through to the package's own sources."""
+    root = str(Path(tree).resolve())
     if not (Path(root) / "kernels").is_dir():
-        raise SystemExit(f"--base {root}: not a kernel source tree (no kernels/ folder in it); make one with "
+        raise SystemExit(f"--base {tree}: not a kernel source tree (no kernels/ folder in it); make one with "
                          f"mkdir -p DIR && git archive main dg_moe/csrc | tar -x -C DIR --strip-components=2")
     bind = launcher.bind
     launcher.bind = lambda wgrad_type, config, n: bind(wgrad_type, config, n, source_root=root)
+    return root
 
 
 def describe_config(config: WgradConfig) -> str:
@@ -437,9 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = cases(args.only)
     if args.block_n is not None or args.share_b:
         force_variant(args.block_n, args.share_b)
-    base = str(Path(args.base).resolve()) if args.base is not None else None
-    if base is not None:
-        use_kernel_tree(base)
+    base = use_kernel_tree(args.base) if args.base is not None else None
     if args.list:
         _list(selected, torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available()
               else DEFAULT_NUM_SMS)

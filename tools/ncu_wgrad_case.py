@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     if not found:
         raise SystemExit(f"no bench_wgrad case is labelled {args.label!r}")
     if args.base is not None:
-        bench_wgrad.use_kernel_tree(str(Path(args.base).resolve()))
+        bench_wgrad.use_kernel_tree(args.base)
     device = torch.device("cuda")
     prob = bench_wgrad.problem(found[0], device, load_deep_gemm().module)
     d = torch.zeros(prob.shape, dtype=torch.float32, device=device)
