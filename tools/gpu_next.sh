@@ -15,7 +15,9 @@
 #       cases (ncu: summary metrics and stall reasons; ncusrc: per-instruction stall samples as CSV); ab:
 #       tools/ab_variants.py with the arguments in AB_ARGS (e.g. several --base kernel trees beside DeepGEMM);
 #       ncuwgrad: Nsight Compute (details and per-instruction stall samples) of both libraries' weight-gradient
-#       kernels on dense 4096 x 7168 x 4096 (WGRAD_BASE: dg_moe's kernel from that source tree).
+#       kernels on dense 4096 x 7168 x 4096 (WGRAD_BASE: dg_moe's kernel from that source tree); wgradab: the
+#       weight-gradient benchmark beside DeepGEMM once per kernel tree in WGRAD_TREES (the first the baseline),
+#       then one table of them all (tools/wgrad_ab_table.py).
 set -uo pipefail
 deadline=$((SECONDS + ${DEADLINE_S:-570}))
 left() { local s=$((deadline - SECONDS - $2)); ((s > $1)) && s=$1; ((s < 1)) && s=1; echo "$s"; }
@@ -67,6 +69,18 @@ for name in $steps; do
     wgrad152) step wgrad152 "$(left 80 30)" python3 tools/bench_wgrad.py --block-n 152 ;;
     wgrad144b) step wgrad144b "$(left 70 1)" python3 tools/bench_wgrad.py --block-n 144 --share-b ;;
     wgrad128b) step wgrad128b "$(left 80 20)" python3 tools/bench_wgrad.py --block-n 128 --share-b ;;
+    wgradab)
+      # Every tree's variants compile in parallel first; each tree then runs in a process of its own.
+      for tree in $WGRAD_TREES; do
+        python3 tools/bench_wgrad.py --compile-only --base "$tree" >"$OUT/wgradab-compile-${tree##*/}.log" 2>&1 &
+      done
+      wait
+      for tree in $WGRAD_TREES; do
+        step "wgradab-${tree##*/}" "$(left 100 20)" python3 tools/bench_wgrad.py --base "$tree"
+      done
+      # shellcheck disable=SC2046 # one log per tree
+      python3 tools/wgrad_ab_table.py $(for tree in $WGRAD_TREES; do echo "$OUT/wgradab-${tree##*/}.log"; done) \
+        >"$OUT/wgradab.log" 2>&1 ;;
     gemm) step gemm "$(left 330 20)" sh -c "python3 -m dg_moe.cli bench gemm --warmup >'$OUT/gemm_warmup.log' 2>&1; \
       python3 -m dg_moe.cli bench gemm --json '$OUT/bench_gemm.json'" ;;
     moe) step moe "$(left 240 20)" python3 -m dg_moe.cli bench moe --json "$OUT/bench_moe.json" ;;
